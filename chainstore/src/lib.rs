@@ -1,0 +1,19 @@
+//! Chains: the chain document (what operators write), its parsing with line and column,
+//! its validation with a path for every problem, and loading chains from a directory.
+//!
+//! The gateway compiles a validated [`ChainSpec`] into something it can run; the
+//! chainstore service (built on this crate) stores and versions the same documents.
+//! This crate never talks to the network.
+
+mod dir;
+mod parse;
+mod spec;
+mod validate;
+
+pub use dir::{FileProblem, LoadedChain, load_dir};
+pub use parse::{ParseError, parse_chain};
+pub use spec::{
+    AggregateSpec, BranchSpec, ChainSpec, DecideSpec, Decision, FilterRef, OnError, Policy,
+    StageSpec,
+};
+pub use validate::{Limits, Problem, RULE_VARIABLES, compile_rule, validate};

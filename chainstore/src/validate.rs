@@ -1,0 +1,572 @@
+//! Validation of a parsed chain: every problem names its path
+//! (`stages[1].branches[0].when`) and says what to do. Checks that need discovery
+//! (is the filter known, does it accept the content types) live with discovery.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::spec::{AggregateSpec, ChainSpec, OnError};
+
+/// The variables branch rules may use.
+pub const RULE_VARIABLES: &[&str] = &["score", "filters", "stages", "metadata"];
+
+/// One thing wrong with a chain, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Size limits that keep a chain cheap to run and to show.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_stages: usize,
+    pub max_filters_per_stage: usize,
+    pub max_branches_per_stage: usize,
+    pub max_expression_len: usize,
+    pub max_timeout: Duration,
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stages: 32,
+            max_filters_per_stage: 32,
+            max_branches_per_stage: 64,
+            max_expression_len: 4096,
+            max_timeout: Duration::from_secs(60),
+            max_retries: 10,
+        }
+    }
+}
+
+/// Compiles a branch rule, checking that it names only the rule variables.
+pub fn compile_rule(expr: &str) -> Result<cel::Program, String> {
+    let program = cel::Program::compile(expr).map_err(|e| format!("CEL does not compile: {e}"))?;
+    let refs = program.references();
+    let mut unknown: Vec<&str> = refs
+        .variables()
+        .into_iter()
+        .filter(|v| !RULE_VARIABLES.contains(v))
+        .collect();
+    unknown.sort_unstable();
+    if let Some(first) = unknown.first() {
+        return Err(format!(
+            "unknown variable `{first}`; rules may use {}",
+            RULE_VARIABLES.join(", ")
+        ));
+    }
+    Ok(program)
+}
+
+/// Validates a chain; an empty list means it is valid.
+pub fn validate(spec: &ChainSpec, limits: &Limits) -> Vec<Problem> {
+    let mut v = Validator::default();
+    v.chain(spec, limits);
+    v.problems
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn chain(&mut self, c: &ChainSpec, limits: &Limits) {
+        if !is_name(&c.name) {
+            self.push(
+                "name",
+                "a chain name is 1 to 128 characters of a-z, 0-9, `-` and `_`",
+            );
+        }
+        if c.content_types.is_empty() {
+            self.push(
+                "content_types",
+                "list at least one content type, e.g. image/jpeg",
+            );
+        }
+        for (i, ct) in c.content_types.iter().enumerate() {
+            if !is_content_type(ct) {
+                self.push(
+                    format!("content_types[{i}]"),
+                    format!("`{ct}` is not a content type like `image/png` or `image/*`"),
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&c.audit_sample_rate) {
+            self.push("audit_sample_rate", "must be between 0 and 1");
+        }
+        self.policy("defaults", &c.defaults, limits);
+        if c.stages.is_empty() {
+            self.push("stages", "a chain needs at least one stage");
+        }
+        if c.stages.len() > limits.max_stages {
+            self.push(
+                "stages",
+                format!(
+                    "{} stages; the limit is {}",
+                    c.stages.len(),
+                    limits.max_stages
+                ),
+            );
+        }
+
+        let mut stage_index: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in c.stages.iter().enumerate() {
+            if !is_name(&s.id) {
+                self.push(
+                    format!("stages[{i}].id"),
+                    "a stage id is 1 to 128 characters of a-z, 0-9, `-` and `_`",
+                );
+            }
+            if let Some(first) = stage_index.insert(&s.id, i) {
+                self.push(
+                    format!("stages[{i}].id"),
+                    format!("duplicate stage id `{}` (also stages[{first}])", s.id),
+                );
+            }
+        }
+
+        // Aliases are chain-wide: rules of later stages see earlier stages' filters.
+        let mut aliases: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut seen_aliases: HashSet<&str> = HashSet::new();
+        for (i, s) in c.stages.iter().enumerate() {
+            let p = format!("stages[{i}]");
+            if s.filters.is_empty() {
+                self.push(format!("{p}.filters"), "a stage needs at least one filter");
+            }
+            if s.filters.len() > limits.max_filters_per_stage {
+                self.push(
+                    format!("{p}.filters"),
+                    format!(
+                        "{} filters; the limit is {}",
+                        s.filters.len(),
+                        limits.max_filters_per_stage
+                    ),
+                );
+            }
+            let mut stage_aliases = HashSet::new();
+            for (j, f) in s.filters.iter().enumerate() {
+                let fp = format!("{p}.filters[{j}]");
+                if f.filter.is_empty() {
+                    self.push(format!("{fp}.use"), "name the filter to use");
+                }
+                if let Some((si, fi)) = aliases.insert(f.alias(), (i, j)) {
+                    self.push(
+                        format!("{fp}.as"),
+                        format!(
+                            "duplicate alias `{}` (also stages[{si}].filters[{fi}]); give one of them another `as`",
+                            f.alias()
+                        ),
+                    );
+                }
+                if let Some(cfg) = &f.config
+                    && !cfg.is_object()
+                {
+                    self.push(format!("{fp}.config"), "config must be a map");
+                }
+                self.policy(&fp, &f.policy(), limits);
+                stage_aliases.insert(f.alias());
+                seen_aliases.insert(f.alias());
+            }
+            if s.filters.iter().all(|f| f.shadow) && !s.filters.is_empty() {
+                self.push(
+                    format!("{p}.filters"),
+                    "every filter of this stage is a shadow; at least one must count",
+                );
+            }
+            self.aggregate(&format!("{p}.aggregate"), &s.aggregate, &stage_aliases);
+
+            if s.branches.len() > limits.max_branches_per_stage {
+                self.push(
+                    format!("{p}.branches"),
+                    format!(
+                        "{} branches; the limit is {}",
+                        s.branches.len(),
+                        limits.max_branches_per_stage
+                    ),
+                );
+            }
+            for (k, b) in s.branches.iter().enumerate() {
+                let bp = format!("{p}.branches[{k}]");
+                if b.when.len() > limits.max_expression_len {
+                    self.push(
+                        format!("{bp}.when"),
+                        format!(
+                            "the expression is {} characters; the limit is {}",
+                            b.when.len(),
+                            limits.max_expression_len
+                        ),
+                    );
+                } else if let Err(e) = compile_rule(&b.when) {
+                    self.push(format!("{bp}.when"), e);
+                } else {
+                    self.references(&format!("{bp}.when"), &b.when, &seen_aliases, i, c);
+                }
+                match (&b.goto, &b.decide) {
+                    (Some(_), Some(_)) | (None, None) => self.push(
+                        bp.clone(),
+                        "a branch needs exactly one of `goto` or `decide`",
+                    ),
+                    (Some(target), None) => match stage_index.get(target.as_str()) {
+                        None => self.push(
+                            format!("{bp}.goto"),
+                            format!("no stage `{target}`; stages are {}", stage_list(c)),
+                        ),
+                        Some(&t) if t <= i => self.push(
+                            format!("{bp}.goto"),
+                            format!(
+                                "`goto` must point to a later stage (`{target}` is not after `{}`), so that every run ends",
+                                s.id
+                            ),
+                        ),
+                        Some(_) => {}
+                    },
+                    (None, Some(d)) => {
+                        if d.reason.trim().is_empty() {
+                            self.push(format!("{bp}.decide.reason"), "give a reason");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn policy(&mut self, path: &str, p: &crate::spec::Policy, limits: &Limits) {
+        if let Some(t) = p.timeout
+            && (t.is_zero() || t > limits.max_timeout)
+        {
+            self.push(
+                format!("{path}.timeout"),
+                format!(
+                    "must be above 0 and at most {}s",
+                    limits.max_timeout.as_secs()
+                ),
+            );
+        }
+        if let Some(r) = p.retries
+            && r > limits.max_retries
+        {
+            self.push(
+                format!("{path}.retries"),
+                format!("{r} retries; the limit is {}", limits.max_retries),
+            );
+        }
+        if let Some(OnError::Score(s)) = p.on_error
+            && !(0.0..=1.0).contains(&s)
+        {
+            self.push(format!("{path}.on_error.score"), "must be between 0 and 1");
+        }
+    }
+
+    fn aggregate(&mut self, path: &str, a: &AggregateSpec, stage_aliases: &HashSet<&str>) {
+        let AggregateSpec::Builtin {
+            name,
+            weights,
+            k,
+            threshold,
+        } = a
+        else {
+            // Custom and remote aggregators are checked against what the gateway registered.
+            return;
+        };
+        const BUILTINS: &[&str] = &["min", "max", "mean", "weighted_mean", "vote"];
+        if !BUILTINS.contains(&name.as_str()) {
+            self.push(
+                path,
+                format!(
+                    "unknown aggregator `{name}`; built-in ones are {}",
+                    BUILTINS.join(", ")
+                ),
+            );
+            return;
+        }
+        if name == "weighted_mean" {
+            if weights.is_empty() {
+                self.push(
+                    format!("{path}.weights"),
+                    "weighted_mean needs weights per alias",
+                );
+            }
+            for (alias, w) in weights {
+                if !stage_aliases.contains(alias.as_str()) {
+                    self.push(
+                        format!("{path}.weights.{alias}"),
+                        format!("no filter with alias `{alias}` in this stage"),
+                    );
+                }
+                if !w.is_finite() || *w < 0.0 {
+                    self.push(
+                        format!("{path}.weights.{alias}"),
+                        "a weight is a number ≥ 0",
+                    );
+                }
+            }
+        } else if !weights.is_empty() {
+            self.push(
+                format!("{path}.weights"),
+                "weights go with weighted_mean only",
+            );
+        }
+        if name == "vote" {
+            match k {
+                None | Some(0) => self.push(format!("{path}.k"), "vote needs k ≥ 1"),
+                Some(k) if *k as usize > stage_aliases.len() => self.push(
+                    format!("{path}.k"),
+                    format!("k = {k} but the stage has {} filters", stage_aliases.len()),
+                ),
+                _ => {}
+            }
+            if let Some(t) = threshold
+                && !(0.0..=1.0).contains(t)
+            {
+                self.push(format!("{path}.threshold"), "must be between 0 and 1");
+            }
+        } else if k.is_some() || threshold.is_some() {
+            self.push(path, "k and threshold go with vote only");
+        }
+    }
+
+    /// Rules may only name aliases and stages that have run by the time they are evaluated.
+    fn references(
+        &mut self,
+        path: &str,
+        expr: &str,
+        aliases: &HashSet<&str>,
+        stage: usize,
+        c: &ChainSpec,
+    ) {
+        for alias in member_refs(expr, "filters") {
+            if !aliases.contains(alias.as_str()) {
+                self.push(
+                    path,
+                    format!("no filter with alias `{alias}` in this or an earlier stage"),
+                );
+            }
+        }
+        for id in member_refs(expr, "stages") {
+            if !c.stages[..=stage].iter().any(|s| s.id == id) {
+                self.push(
+                    path,
+                    format!("no stage `{id}` at or before `{}`", c.stages[stage].id),
+                );
+            }
+        }
+    }
+}
+
+/// Keys used as `root.key` or `root["key"]` in an expression.
+fn member_refs(expr: &str, root: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = expr[from..].find(root) {
+        let start = from + pos;
+        let end = start + root.len();
+        from = end;
+        let before_ok = start == 0 || !is_ident_byte(bytes[start - 1]) && bytes[start - 1] != b'.';
+        if !before_ok {
+            continue;
+        }
+        let rest = &expr[end..];
+        if let Some(r) = rest.strip_prefix('.') {
+            let key: String = r
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !key.is_empty() {
+                out.push(key);
+            }
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let r = r.trim_start();
+            if let Some(q) = r.chars().next().filter(|c| *c == '"' || *c == '\'')
+                && let Some(close) = r[1..].find(q)
+            {
+                out.push(r[1..1 + close].to_owned());
+            }
+        }
+    }
+    out
+}
+
+fn is_ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+fn stage_list(c: &ChainSpec) -> String {
+    c.stages
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn is_content_type(s: &str) -> bool {
+    let Some((t, sub)) = s.split_once('/') else {
+        return false;
+    };
+    let tok = |x: &str| {
+        !x.is_empty()
+            && x.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    (tok(t) || t == "*") && (tok(sub) || sub == "*")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_chain;
+
+    fn problems(doc: &str) -> Vec<String> {
+        validate(&parse_chain(doc).unwrap(), &Limits::default())
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    const HEAD: &str = "name: c\ncontent_types: [text/plain]\n";
+
+    #[test]
+    fn a_good_chain_has_no_problems() {
+        let doc = format!(
+            "{HEAD}stages:\n  - id: a\n    filters: [{{use: kw}}]\n    branches:\n      - when: \"filters.kw.score > 0.5 && metadata['x'] == 'y'\"\n        goto: b\n  - id: b\n    filters: [{{use: kw, as: kw2}}]\n    branches:\n      - when: \"stages.a.score > 0.1\"\n        decide: {{decision: REJECT, reason: r}}\n"
+        );
+        assert_eq!(problems(&doc), Vec::<String>::new());
+    }
+
+    #[test]
+    fn goto_must_point_forward() {
+        let doc = format!(
+            "{HEAD}stages:\n  - id: a\n    filters: [{{use: kw}}]\n  - id: b\n    filters: [{{use: kw, as: k2}}]\n    branches:\n      - when: \"true\"\n        goto: a\n"
+        );
+        let p = problems(&doc);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("stages[1].branches[0].goto: `goto` must point to a later stage"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn goto_to_a_missing_stage_lists_the_stages() {
+        let doc = format!(
+            "{HEAD}stages:\n  - id: a\n    filters: [{{use: kw}}]\n    branches:\n      - when: \"true\"\n        goto: zz\n"
+        );
+        assert_eq!(
+            problems(&doc),
+            vec!["stages[0].branches[0].goto: no stage `zz`; stages are a"]
+        );
+    }
+
+    #[test]
+    fn bad_cel_and_unknown_variables_are_named() {
+        let doc = format!(
+            "{HEAD}stages:\n  - id: a\n    filters: [{{use: kw}}]\n    branches:\n      - when: \"score >=\"\n        decide: {{decision: REVIEW, reason: r}}\n      - when: \"scor > 1.0\"\n        decide: {{decision: REVIEW, reason: r}}\n"
+        );
+        let p = problems(&doc);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("stages[0].branches[0].when: CEL does not compile"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("stages[0].branches[1].when: unknown variable `scor`"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_aliases_and_later_stages_in_rules_are_named() {
+        let doc = format!(
+            "{HEAD}stages:\n  - id: a\n    filters: [{{use: kw}}]\n    branches:\n      - when: \"filters['nope'].score > 0.1 || stages.b.score > 0.1\"\n        decide: {{decision: REVIEW, reason: r}}\n  - id: b\n    filters: [{{use: kw, as: k2}}]\n"
+        );
+        let p = problems(&doc);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("no filter with alias `nope`"), "{p:?}");
+        assert!(p[1].contains("no stage `b` at or before `a`"), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_ids_and_aliases_are_named() {
+        let doc = format!(
+            "{HEAD}stages:\n  - id: a\n    filters: [{{use: kw}}, {{use: kw}}]\n  - id: a\n    filters: [{{use: x}}]\n"
+        );
+        let p = problems(&doc);
+        assert!(
+            p.contains(&"stages[1].id: duplicate stage id `a` (also stages[0])".to_owned()),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("stages[0].filters[1].as: duplicate alias `kw`")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn aggregators_are_checked() {
+        let doc = format!(
+            "{HEAD}stages:\n  - id: a\n    filters: [{{use: kw}}]\n    aggregate: median\n  - id: b\n    filters: [{{use: x}}]\n    aggregate: {{builtin: vote, k: 3}}\n  - id: c\n    filters: [{{use: y}}]\n    aggregate: {{builtin: weighted_mean, weights: {{zz: 1}}}}\n"
+        );
+        let p = problems(&doc);
+        assert!(
+            p[0].starts_with("stages[0].aggregate: unknown aggregator `median`"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("stages[1].aggregate.k: k = 3 but the stage has 1 filters"),
+            "{p:?}"
+        );
+        assert!(
+            p[2].starts_with("stages[2].aggregate.weights.zz: no filter with alias `zz`"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn limits_are_named() {
+        let mut doc = format!("{HEAD}stages:\n  - id: a\n    filters:\n");
+        for i in 0..33 {
+            doc.push_str(&format!("      - {{use: f, as: f{i}}}\n"));
+        }
+        let p = problems(&doc);
+        assert_eq!(p, vec!["stages[0].filters: 33 filters; the limit is 32"]);
+    }
+
+    #[test]
+    fn member_refs_finds_dot_and_index_forms() {
+        assert_eq!(
+            member_refs(
+                "filters.a.score + filters['b-c'].score + myfilters.z",
+                "filters"
+            ),
+            vec!["a", "b-c"]
+        );
+    }
+}

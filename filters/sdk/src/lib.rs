@@ -1,0 +1,161 @@
+//! Write a Sekisho filter in Rust: implement [`Filter`] (usually only `name`,
+//! `content_types` and `apply`) and hand it to [`FilterServer`]. The SDK answers
+//! `Describe` from the trait, checks the content type, merges the chain's config over the
+//! filter's defaults into a typed config, and serves health checking and reflection.
+//!
+//! The proto in `proto/sekisho/filter/v1` is the whole contract: a filter in another
+//! language implements the same service (see `filters/examples/python`).
+
+mod config;
+mod server;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use sekisho_proto::filter::v1 as proto;
+pub use server::{FilterServer, ServeError};
+
+/// The item a filter scores.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Data(Bytes),
+    Text(String),
+    Features(Vec<f32>),
+}
+
+/// One `Apply` call, as a filter sees it.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub content_type: String,
+    pub payload: Payload,
+    /// The chain, stage, alias, metadata and earlier stages' results.
+    pub context: proto::FilterContext,
+}
+
+impl Input {
+    /// The text payload, or an `InvalidInput` error naming what was sent instead.
+    pub fn text(&self) -> Result<&str, FilterError> {
+        match &self.payload {
+            Payload::Text(t) => Ok(t),
+            Payload::Data(d) => std::str::from_utf8(d)
+                .map_err(|_| FilterError::InvalidInput("the data is not UTF-8 text".into())),
+            Payload::Features(_) => Err(FilterError::InvalidInput(
+                "expected text, got a feature vector".into(),
+            )),
+        }
+    }
+}
+
+/// A filter's answer: a score in [0, 1] (higher = more likely NG), labels and regions.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    pub score: f64,
+    pub labels: BTreeMap<String, f64>,
+    pub regions: Vec<proto::Region>,
+    pub details: Option<serde_json::Value>,
+}
+
+impl Verdict {
+    pub fn score(score: f64) -> Self {
+        Verdict {
+            score,
+            ..Default::default()
+        }
+    }
+
+    pub fn label(mut self, name: impl Into<String>, value: f64) -> Self {
+        self.labels.insert(name.into(), value);
+        self
+    }
+
+    pub fn region(mut self, region: proto::Region) -> Self {
+        self.regions.push(region);
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+/// Why a filter could not score an item. Mapped to a gRPC status in one place
+/// ([`FilterError::into_status`]); only `Unavailable` is worth a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The item or config is wrong: retrying will not help.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The filter cannot serve now (overloaded, a dependency away): retry may help.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or a broken model.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl FilterError {
+    pub fn into_status(self) -> tonic::Status {
+        match self {
+            FilterError::InvalidInput(m) => tonic::Status::invalid_argument(m),
+            FilterError::Unavailable(m) => tonic::Status::unavailable(m),
+            FilterError::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+/// A moderation filter. Implement `name`, `content_types` and `apply`; the rest has
+/// defaults. `Config` is what chains may set per call: its JSON Schema goes into the
+/// descriptor, its `Default` is the filter's default config, and unknown fields are
+/// refused when it says `#[serde(deny_unknown_fields)]`.
+#[async_trait]
+pub trait Filter: Send + Sync + 'static {
+    type Config: DeserializeOwned + Serialize + JsonSchema + Default + Clone + Send + Sync;
+
+    /// The name chains use (`use: <name>`).
+    fn name(&self) -> &str;
+
+    fn version(&self) -> &str {
+        "0.1.0"
+    }
+
+    /// Accepted content types; `image/*` wildcards allowed.
+    fn content_types(&self) -> Vec<String>;
+
+    /// Label names `apply` may emit.
+    fn labels(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn max_batch_size(&self) -> u32 {
+        1
+    }
+
+    /// Free-form facts for `Describe`, e.g. the execution provider.
+    fn info(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    /// Scores one item.
+    async fn apply(&self, input: Input, config: Self::Config) -> Result<Verdict, FilterError>;
+
+    /// The descriptor `Describe` returns, built from the methods above.
+    fn describe(&self) -> proto::FilterDescriptor {
+        let schema = schemars::schema_for!(Self::Config);
+        proto::FilterDescriptor {
+            name: self.name().to_owned(),
+            version: self.version().to_owned(),
+            content_types: self.content_types(),
+            config_schema: serde_json::to_string(&schema).unwrap_or_default(),
+            labels: self.labels(),
+            max_batch_size: self.max_batch_size(),
+            info: self.info().into_iter().collect(),
+            default_config: serde_json::to_string(&Self::Config::default()).unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Serving a [`Filter`] over gRPC: `Describe` and `Apply`, plus `grpc.health.v1` and
+//! server reflection. On shutdown the filter reports NOT_SERVING, stops accepting and
+//! drains the calls in flight.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::proto::{self, content::Payload as ProtoPayload, filter_server};
+use crate::{Filter, Input, Payload, config};
+
+/// Why a filter server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The gRPC service wrapping one filter.
+struct FilterService<F: Filter> {
+    filter: Arc<F>,
+    descriptor: proto::FilterDescriptor,
+    default_config: F::Config,
+    default_json: serde_json::Value,
+}
+
+#[tonic::async_trait]
+impl<F: Filter> filter_server::Filter for FilterService<F> {
+    async fn describe(
+        &self,
+        _: Request<proto::DescribeRequest>,
+    ) -> Result<Response<proto::FilterDescriptor>, Status> {
+        Ok(Response::new(self.descriptor.clone()))
+    }
+
+    async fn apply(
+        &self,
+        request: Request<proto::ApplyRequest>,
+    ) -> Result<Response<proto::ApplyResponse>, Status> {
+        let req = request.into_inner();
+        let content = req
+            .content
+            .ok_or_else(|| Status::invalid_argument("content is missing"))?;
+        let accepted = &self.descriptor.content_types;
+        if !accepted
+            .iter()
+            .any(|p| sekisho_proto::content_type_matches(p, &content.content_type))
+        {
+            return Err(Status::invalid_argument(format!(
+                "filter `{}` does not accept content type `{}`; it accepts {}",
+                self.descriptor.name,
+                content.content_type,
+                accepted.join(", ")
+            )));
+        }
+        let payload = match content.payload {
+            Some(ProtoPayload::Data(d)) => Payload::Data(d),
+            Some(ProtoPayload::Text(t)) => Payload::Text(t),
+            Some(ProtoPayload::Features(f)) => Payload::Features(f.values),
+            None => return Err(Status::invalid_argument("content has no payload")),
+        };
+        let over = req.config.as_ref().map(sekisho_proto::struct_to_json);
+        let cfg = config::resolve(&self.default_config, &self.default_json, over)
+            .map_err(Status::invalid_argument)?;
+        let input = Input {
+            content_type: content.content_type,
+            payload,
+            context: req.context.unwrap_or_default(),
+        };
+        let verdict = self
+            .filter
+            .apply(input, cfg)
+            .await
+            .map_err(|e| e.into_status())?;
+        if !(0.0..=1.0).contains(&verdict.score) {
+            return Err(Status::internal(format!(
+                "filter `{}` produced score {} outside [0, 1]",
+                self.descriptor.name, verdict.score
+            )));
+        }
+        Ok(Response::new(proto::ApplyResponse {
+            score: verdict.score,
+            labels: verdict.labels.into_iter().collect(),
+            regions: verdict.regions,
+            details: verdict
+                .details
+                .as_ref()
+                .and_then(sekisho_proto::json_to_struct),
+        }))
+    }
+}
+
+/// Serves one filter. `FilterServer::new(f).serve("127.0.0.1:50061", shutdown)`.
+pub struct FilterServer<F: Filter> {
+    filter: Arc<F>,
+}
+
+impl<F: Filter> FilterServer<F> {
+    pub fn new(filter: F) -> Self {
+        FilterServer {
+            filter: Arc::new(filter),
+        }
+    }
+
+    /// Binds `addr` and serves until `shutdown` resolves. Use port 0 and
+    /// [`FilterServer::serve_on`] when the caller needs the bound address first.
+    pub async fn serve(
+        self,
+        addr: &str,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves on a listener already bound (its `local_addr` is the address to announce).
+    pub async fn serve_on(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let descriptor = self.filter.describe();
+        let default_config = F::Config::default();
+        let default_json = serde_json::to_value(&default_config).unwrap_or_default();
+        let name = descriptor.name.clone();
+        let service = FilterService {
+            filter: self.filter,
+            descriptor,
+            default_config,
+            default_json,
+        };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<filter_server::FilterServer<FilterService<F>>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sekisho_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let local: Option<SocketAddr> = listener.local_addr().ok();
+        tracing::info!(filter = %name, addr = ?local, "filter serving");
+        let shutdown = async move {
+            shutdown.await;
+            // Tell health checkers first, then drain what is in flight.
+            health
+                .set_not_serving::<filter_server::FilterServer<FilterService<F>>>()
+                .await;
+            tracing::info!(filter = %name, "filter draining");
+        };
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(filter_server::FilterServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! Sekisho's contracts, generated from `proto/` at build time, and the encoded descriptor
+//! set that server reflection, the JSON proxy and `/openapi.json` are built from.
+//!
+//! Nothing here is written by hand but the few helpers at the bottom; generated code is
+//! never committed.
+
+pub mod filter {
+    pub mod v1 {
+        tonic::include_proto!("sekisho.filter.v1");
+    }
+}
+
+pub mod gateway {
+    pub mod v1 {
+        tonic::include_proto!("sekisho.gateway.v1");
+    }
+}
+
+pub mod chainstore {
+    pub mod v1 {
+        tonic::include_proto!("sekisho.chainstore.v1");
+    }
+}
+
+pub mod aggregator {
+    pub mod v1 {
+        tonic::include_proto!("sekisho.aggregator.v1");
+    }
+}
+
+pub mod google {
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}
+
+mod structs;
+pub use structs::{json_to_struct, struct_to_json};
+
+/// Every Sekisho proto file, with its imports, as an encoded `FileDescriptorSet`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sekisho_descriptor");
+
+/// The descriptor pool decoded from [`FILE_DESCRIPTOR_SET`], built once.
+pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set built by build.rs decodes")
+    })
+}
+
+/// Whether `content_type` (e.g. `image/png; q=1`) is matched by `pattern`
+/// (`image/png`, `image/*` or `*/*`). Parameters are ignored; case does not matter.
+pub fn content_type_matches(pattern: &str, content_type: &str) -> bool {
+    let essence = |s: &str| {
+        s.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let (p, c) = (essence(pattern), essence(content_type));
+    if p == "*/*" || p == c {
+        return true;
+    }
+    match (p.split_once('/'), c.split_once('/')) {
+        (Some((pt, "*")), Some((ct, _))) => pt == ct,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_match_with_wildcards_and_parameters() {
+        assert!(content_type_matches("image/*", "image/png"));
+        assert!(content_type_matches("*/*", "text/plain"));
+        assert!(content_type_matches(
+            "text/plain",
+            "Text/Plain; charset=utf-8"
+        ));
+        assert!(!content_type_matches("image/*", "text/plain"));
+        assert!(!content_type_matches("image/png", "image/jpeg"));
+    }
+
+    #[test]
+    fn the_descriptor_pool_knows_every_service_and_its_http_rules() {
+        let pool = descriptor_pool();
+        for s in [
+            "sekisho.filter.v1.Filter",
+            "sekisho.gateway.v1.Gateway",
+            "sekisho.chainstore.v1.ChainStore",
+            "sekisho.aggregator.v1.Aggregator",
+        ] {
+            assert!(pool.get_service_by_name(s).is_some(), "{s}");
+        }
+        let http = pool.get_extension_by_name("google.api.http").unwrap();
+        let moderate = pool
+            .get_service_by_name("sekisho.gateway.v1.Gateway")
+            .unwrap()
+            .methods()
+            .find(|m| m.name() == "Moderate")
+            .unwrap();
+        let rule = moderate.options().get_extension(&http).into_owned();
+        let rule = rule.as_message().unwrap();
+        assert_eq!(
+            rule.get_field_by_name("post").unwrap().as_str(),
+            Some("/v1/chains/{chain}:moderate")
+        );
+    }
+}
