@@ -1,1 +1,135 @@
-fn main() {}
+//! `sekisho`: one binary for every part. `sekisho dev` runs the whole product on
+//! localhost; `sekisho gateway` and `sekisho filter <name>` run the parts alone;
+//! `sekisho bench` is the load generator.
+
+mod bench;
+mod dev;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sekisho_filter_sdk::FilterServer;
+use sekisho_filters_samples::{Keywords, Noop};
+use sekisho_gateway::{GatewayConfig, GatewayServer};
+
+#[derive(Parser)]
+#[command(
+    name = "sekisho",
+    version,
+    about = "Sekisho, a content-moderation gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole product on localhost: the gateway, the sample filters and sample chains.
+    Dev(dev::DevArgs),
+    /// The gateway alone, configured by a file and SEKISHO_* variables.
+    Gateway {
+        /// YAML or TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// One built-in filter as a gRPC service.
+    Filter {
+        name: BuiltinFilter,
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+        /// Serve under another name (e.g. several noop filters in tests).
+        #[arg(long = "as")]
+        alias: Option<String>,
+    },
+    /// The load generator.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BuiltinFilter {
+    Noop,
+    Keywords,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEKISHO_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Gateway { config } => gateway(config).await,
+            Command::Filter {
+                name,
+                listen,
+                alias,
+            } => filter(name, &listen, alias).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = GatewayConfig::load(config.as_deref())?;
+    let running = GatewayServer::new(cfg).start(shutdown_signal()).await?;
+    // Tests and scripts read this line to learn the port.
+    println!("sekisho gateway listening on http://{}", running.addr);
+    running.wait().await?;
+    Ok(())
+}
+
+async fn filter(name: BuiltinFilter, listen: &str, alias: Option<String>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let label = match name {
+        BuiltinFilter::Noop => alias.clone().unwrap_or_else(|| "noop".into()),
+        BuiltinFilter::Keywords => "keywords".into(),
+    };
+    println!("sekisho filter {label} listening on http://{addr}");
+    match name {
+        BuiltinFilter::Noop => {
+            let f = Noop { name: label };
+            FilterServer::new(f)
+                .serve_on(listener, shutdown_signal())
+                .await?
+        }
+        BuiltinFilter::Keywords => {
+            FilterServer::new(Keywords)
+                .serve_on(listener, shutdown_signal())
+                .await?
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,26 @@
-//! stub
+//! The gateway: runs an item through a named chain of filter stages and decides APPROVE,
+//! REJECT or REVIEW, with every score that led there.
+//!
+//! One request reads top-down: [`service`] (the gRPC API) → [`runner::chain`] →
+//! [`runner::stage`] → [`runner::filter`] → [`registry`] (endpoint pools, found by
+//! [`discovery`]) → the filter's gRPC service. The cross-cutting guards of a filter call
+//! (timeout, retry, metrics) are tower layers composed in [`layers`].
+//!
+//! The gateway never decodes an image and never logs one.
+
+pub mod aggregate;
+pub mod chain;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod layers;
+pub mod metrics;
+pub mod registry;
+pub mod rules;
+pub mod runner;
+pub mod server;
+pub mod service;
+
+pub use config::GatewayConfig;
+pub use error::GatewayError;
+pub use server::{GatewayServer, RunningGateway};

@@ -1,1 +1,71 @@
-//! stub
+//! The JSON proxy: every gRPC method with a `google.api.http` annotation is served over
+//! HTTP/JSON with the proto3 JSON mapping, and `/openapi.json` describes them. Both come
+//! from the descriptor set, so the proto stays the only contract.
+//!
+//! The proxy transcodes and forwards to a gRPC service — the server's own routes in
+//! process, or a channel to another process — so it never duplicates a handler.
+
+mod codec;
+mod error;
+mod openapi;
+mod proxy;
+mod routes;
+mod template;
+
+pub use error::{ApiError, http_status};
+pub use openapi::openapi;
+pub use proxy::{JsonProxy, Upstream, upstream};
+pub use routes::{Route, RouteError, routes};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_come_from_the_annotations() {
+        let pool = sekisho_proto::descriptor_pool();
+        let r = routes(
+            pool,
+            &[
+                "sekisho.gateway.v1.Gateway",
+                "sekisho.chainstore.v1.ChainStore",
+            ],
+        )
+        .unwrap();
+        let moderate = r.iter().find(|r| r.method.name() == "Moderate").unwrap();
+        assert_eq!(moderate.http_method, http::Method::POST);
+        assert_eq!(moderate.body, "*");
+        assert_eq!(moderate.grpc_path, "/sekisho.gateway.v1.Gateway/Moderate");
+        // Streaming methods have no HTTP binding.
+        assert!(
+            !r.iter()
+                .any(|r| r.method.name() == "ModerateStream" || r.method.name() == "Watch")
+        );
+    }
+
+    #[test]
+    fn openapi_describes_paths_and_the_json_mapping() {
+        let pool = sekisho_proto::descriptor_pool();
+        let r = routes(pool, &["sekisho.gateway.v1.Gateway"]).unwrap();
+        let doc = openapi(&r, "Sekisho", "0.1.0");
+        let op = &doc["paths"]["/v1/chains/{chain}:moderate"]["post"];
+        assert_eq!(op["operationId"], "Gateway_Moderate");
+        assert_eq!(op["parameters"][0]["name"], "chain");
+        let content = &doc["components"]["schemas"]["sekisho.filter.v1.Content"]["properties"];
+        assert_eq!(content["data"]["format"], "byte");
+        assert_eq!(content["contentType"]["type"], "string");
+        let resp =
+            &doc["components"]["schemas"]["sekisho.gateway.v1.ModerateResponse"]["properties"];
+        assert_eq!(resp["decision"]["enum"][1], "APPROVE");
+        assert_eq!(
+            resp["chainVersion"]["type"], "string",
+            "uint64 is a string in proto3 JSON"
+        );
+        assert!(
+            resp["audit"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("spot check")
+        );
+    }
+}

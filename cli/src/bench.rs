@@ -1,0 +1,290 @@
+//! `sekisho bench`: the load generator. `moderate` measures a chain's throughput and
+//! latency through a gateway; `overhead` puts the gateway next to a direct call of the
+//! same filter in one run, alternating rounds so that machine noise hits both alike;
+//! `body` writes a length-prefixed request for h2load, the independent cross-check.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::{BufMut, BytesMut};
+use hdrhistogram::Histogram;
+use sekisho_proto::filter::v1::{self as fproto, filter_client::FilterClient};
+use sekisho_proto::gateway::v1::{self as gproto, gateway_client::GatewayClient};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Subcommand)]
+enum Mode {
+    /// Throughput and latency of one chain through a gateway.
+    Moderate {
+        #[command(flatten)]
+        load: Load,
+        #[arg(long)]
+        chain: String,
+    },
+    /// Gateway (1 stage, 1 filter) next to a direct call of that filter.
+    Overhead {
+        #[command(flatten)]
+        load: Load,
+        #[arg(long, default_value = "bench-1x1")]
+        chain: String,
+        /// The filter to call directly; its endpoint is asked of the gateway.
+        #[arg(long, default_value = "noop")]
+        filter: String,
+        /// Alternating rounds of each.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+    /// Writes a gRPC length-prefixed ModerateRequest (for `h2load --data`).
+    Body {
+        #[arg(long)]
+        chain: String,
+        #[arg(long, default_value = "hello world")]
+        text: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct Load {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// HTTP/2 connections the requests are spread over.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "hello world")]
+    text: String,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.mode {
+        Mode::Moderate { load, chain } => {
+            let channels = channels(&load.gateway, load.connections).await?;
+            let req = moderate_request(&chain, &load.text);
+            let target = Target::Gateway(channels, req);
+            target.run(&load, load.warmup).await?;
+            let r = target.run(&load, load.duration).await?;
+            println!(
+                "chain {chain}, concurrency {}, {} connection(s)",
+                load.concurrency, load.connections
+            );
+            r.print("gateway");
+        }
+        Mode::Overhead {
+            load,
+            chain,
+            filter,
+            rounds,
+        } => {
+            let gw = channels(&load.gateway, load.connections).await?;
+            let endpoint = filter_endpoint(gw[0].clone(), &filter).await?;
+            let direct = channels(&endpoint, load.connections).await?;
+            let via_gateway = Target::Gateway(gw, moderate_request(&chain, &load.text));
+            let direct = Target::Direct(direct, apply_request(&load.text));
+            via_gateway.run(&load, load.warmup).await?;
+            direct.run(&load, load.warmup).await?;
+            let (mut g, mut d) = (Report::default(), Report::default());
+            for _ in 0..rounds {
+                d.merge(direct.run(&load, load.duration).await?);
+                g.merge(via_gateway.run(&load, load.duration).await?);
+            }
+            println!(
+                "chain {chain} vs filter {filter} at {endpoint}, concurrency {}, {rounds} alternating rounds of {:?}",
+                load.concurrency, load.duration
+            );
+            d.print("direct filter");
+            g.print("through gateway");
+            let p = |r: &Report, q: f64| r.hist.value_at_quantile(q) as f64;
+            println!(
+                "overhead: p50 +{:.0} µs ({:.2}×), p99 +{:.0} µs ({:.2}×), throughput {:.2}× of direct",
+                p(&g, 0.5) - p(&d, 0.5),
+                p(&g, 0.5) / p(&d, 0.5),
+                p(&g, 0.99) - p(&d, 0.99),
+                p(&g, 0.99) / p(&d, 0.99),
+                g.rate() / d.rate()
+            );
+        }
+        Mode::Body { chain, text, out } => {
+            use prost::Message;
+            let msg = moderate_request(&chain, &text).encode_to_vec();
+            let mut buf = BytesMut::with_capacity(msg.len() + 5);
+            buf.put_u8(0);
+            buf.put_u32(msg.len() as u32);
+            buf.put_slice(&msg);
+            std::fs::write(&out, &buf)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {} bytes to {}", buf.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+fn moderate_request(chain: &str, text: &str) -> gproto::ModerateRequest {
+    gproto::ModerateRequest {
+        chain: chain.to_owned(),
+        content: Some(fproto::Content {
+            content_type: "text/plain".into(),
+            payload: Some(fproto::content::Payload::Text(text.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn apply_request(text: &str) -> fproto::ApplyRequest {
+    fproto::ApplyRequest {
+        content: Some(fproto::Content {
+            content_type: "text/plain".into(),
+            payload: Some(fproto::content::Payload::Text(text.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn channels(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut v = Vec::new();
+    for _ in 0..n.max(1) {
+        v.push(
+            Endpoint::from_shared(url.to_owned())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {url}"))?,
+        );
+    }
+    Ok(v)
+}
+
+async fn filter_endpoint(gateway: Channel, filter: &str) -> anyhow::Result<String> {
+    let list = GatewayClient::new(gateway)
+        .list_filters(gproto::ListFiltersRequest {})
+        .await?
+        .into_inner();
+    match list
+        .filters
+        .iter()
+        .find(|f| f.name == filter)
+        .and_then(|f| f.endpoints.first())
+    {
+        Some(e) => Ok(e.address.clone()),
+        None => bail!("the gateway knows no filter `{filter}`"),
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Gateway(Vec<Channel>, gproto::ModerateRequest),
+    Direct(Vec<Channel>, fproto::ApplyRequest),
+}
+
+struct Report {
+    hist: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report {
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds are valid"),
+            ok: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+impl Report {
+    fn merge(&mut self, o: Report) {
+        let _ = self.hist.add(&o.hist);
+        self.ok += o.ok;
+        self.errors += o.errors;
+        self.elapsed += o.elapsed;
+    }
+
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self, what: &str) {
+        let q = |q: f64| self.hist.value_at_quantile(q);
+        println!(
+            "{what:<16} {:>9.0} req/s  p50 {:>6} µs  p90 {:>6} µs  p99 {:>6} µs  max {:>7} µs  ok {}  errors {}",
+            self.rate(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            self.hist.max(),
+            self.ok,
+            self.errors
+        );
+    }
+}
+
+impl Target {
+    async fn run(&self, load: &Load, duration: Duration) -> anyhow::Result<Report> {
+        let deadline = Instant::now() + duration;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        let target = Arc::new(self.clone());
+        for w in 0..load.concurrency.max(1) {
+            let target = target.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut hist =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds are valid");
+                let (mut ok, mut errors) = (0u64, 0u64);
+                let mut first_error = None;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let r = match &*target {
+                        Target::Gateway(ch, req) => GatewayClient::new(ch[w % ch.len()].clone())
+                            .moderate(req.clone())
+                            .await
+                            .map(|_| ()),
+                        Target::Direct(ch, req) => FilterClient::new(ch[w % ch.len()].clone())
+                            .apply(req.clone())
+                            .await
+                            .map(|_| ()),
+                    };
+                    match r {
+                        Ok(()) => {
+                            let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                            ok += 1;
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                (hist, ok, errors, first_error)
+            }));
+        }
+        let mut report = Report::default();
+        for t in tasks {
+            let (h, ok, errors, first_error) = t.await?;
+            report.hist.add(&h)?;
+            report.ok += ok;
+            report.errors += errors;
+            if let Some(e) = first_error {
+                eprintln!("error: {}: {}", e.code(), e.message());
+            }
+        }
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+}

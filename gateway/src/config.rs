@@ -1,0 +1,116 @@
+//! The gateway's configuration: a file (YAML or TOML) plus `SEKISHO_*` environment
+//! overrides (`SEKISHO_LISTEN`, `SEKISHO_MAX_REQUEST_BYTES`, ...), validated at start-up.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::GatewayError;
+
+/// Everything the gateway needs to start. Every field has a documented default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address for gRPC, the JSON proxy, `/metrics` and `/openapi.json` (one port).
+    pub listen: String,
+    /// Directory of chain files (`*.yaml`, `*.yml`, `*.json`).
+    pub chains_dir: Option<PathBuf>,
+    /// Largest request message, in bytes (gRPC). JSON bodies may be 4/3 of this plus
+    /// 16 KiB, for base64. Larger requests get RESOURCE_EXHAUSTED / HTTP 413.
+    pub max_request_bytes: usize,
+    /// Requests in flight at once; more are shed with RESOURCE_EXHAUSTED / HTTP 429.
+    pub max_in_flight: usize,
+    /// Static discovery: filter name → its endpoints (`http://host:port`).
+    pub filters: BTreeMap<String, StaticFilter>,
+    /// Remote aggregators by name.
+    pub aggregators: BTreeMap<String, RemoteAggregator>,
+    /// How often a filter's descriptor is asked for again.
+    #[serde(with = "humantime_serde")]
+    pub describe_interval: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "127.0.0.1:8080".into(),
+            chains_dir: None,
+            max_request_bytes: 8 * 1024 * 1024,
+            max_in_flight: 4096,
+            filters: BTreeMap::new(),
+            aggregators: BTreeMap::new(),
+            describe_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFilter {
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteAggregator {
+    pub endpoint: String,
+    /// Default 200ms.
+    #[serde(default = "default_aggregator_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_aggregator_timeout() -> Duration {
+    Duration::from_millis(200)
+}
+
+impl GatewayConfig {
+    /// Loads `path` (if any) with `SEKISHO_*` environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, GatewayError> {
+        let mut b = config::Config::builder();
+        if let Some(p) = path {
+            b = b.add_source(config::File::from(p));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("SEKISHO")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let cfg: GatewayConfig = b
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| GatewayError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let bad = |m: String| Err(GatewayError::Config(m));
+        if self.max_request_bytes < 1024 {
+            return bad("max_request_bytes: must be at least 1024".into());
+        }
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight: must be at least 1".into());
+        }
+        for (name, f) in &self.filters {
+            if f.endpoints.is_empty() {
+                return bad(format!(
+                    "filters.{name}.endpoints: list at least one endpoint"
+                ));
+            }
+            for e in &f.endpoints {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    return bad(format!(
+                        "filters.{name}.endpoints: `{e}` must start with http:// or https://"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The JSON body limit that matches `max_request_bytes` once base64 is accounted for.
+    pub fn max_json_bytes(&self) -> usize {
+        self.max_request_bytes / 3 * 4 + 16 * 1024
+    }
+}

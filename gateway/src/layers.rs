@@ -1,0 +1,220 @@
+//! Tower layers, composed in one place each:
+//!
+//! - [`filter_stack`]: a filter call = timeout (the whole budget) ∘ retry (backoff with
+//!   jitter, retryable codes only) ∘ the gRPC `Apply` call, counting attempts.
+//! - [`GrpcFrameLimit`]: refuses a gRPC request message larger than the limit from its
+//!   5-byte length prefix, before the message is buffered.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
+use http_body::{Body, Frame};
+use sekisho_proto::filter::v1::{ApplyRequest, ApplyResponse, filter_client::FilterClient};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tower::util::BoxService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use crate::chain::ResolvedPolicy;
+use crate::metrics as m;
+
+/// Codes worth another attempt: the filter was away or shed load, not the item's fault.
+pub fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+/// One `Apply` attempt against a filter's pool.
+#[derive(Clone)]
+struct ApplyCall {
+    client: FilterClient<Channel>,
+    attempts: Arc<AtomicU32>,
+    timeout: Duration,
+}
+
+impl Service<ApplyRequest> for ApplyCall {
+    type Response = ApplyResponse;
+    type Error = Status;
+    type Future = BoxFuture<'static, Result<ApplyResponse, Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: ApplyRequest) -> Self::Future {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let mut client = self.client.clone();
+        let mut req = tonic::Request::new(req);
+        // The filter learns the deadline too (`grpc-timeout`) and can stop early.
+        req.set_timeout(self.timeout);
+        Box::pin(async move { client.apply(req).await.map(tonic::Response::into_inner) })
+    }
+}
+
+/// Retries retryable failures, with exponential backoff and full jitter.
+#[derive(Clone)]
+struct RetryPolicy {
+    remaining: u32,
+    next_backoff: Duration,
+    filter: Arc<str>,
+}
+
+impl tower::retry::Policy<ApplyRequest, ApplyResponse, Status> for RetryPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _: &mut ApplyRequest,
+        result: &mut Result<ApplyResponse, Status>,
+    ) -> Option<Self::Future> {
+        match result {
+            Err(s) if self.remaining > 0 && retryable(s.code()) => {
+                self.remaining -= 1;
+                let wait = self.next_backoff.mul_f64(rand::random::<f64>());
+                self.next_backoff = self.next_backoff.saturating_mul(2);
+                metrics::counter!(m::FILTER_RETRIES_TOTAL, "filter" => self.filter.to_string())
+                    .increment(1);
+                Some(tokio::time::sleep(wait))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &ApplyRequest) -> Option<ApplyRequest> {
+        // Content is `Bytes`: a clone shares the image, it does not copy it.
+        (self.remaining > 0).then(|| req.clone())
+    }
+}
+
+/// The guarded call for one filter under one policy: the request path's only place where
+/// timeout and retry are put together.
+pub fn filter_stack(
+    client: FilterClient<Channel>,
+    filter: &str,
+    policy: &ResolvedPolicy,
+    attempts: Arc<AtomicU32>,
+) -> BoxService<ApplyRequest, ApplyResponse, Status> {
+    let budget = policy.timeout;
+    let filter_name: Arc<str> = Arc::from(filter);
+    let timeouts_label = filter_name.clone();
+    ServiceBuilder::new()
+        .map_err(move |e: tower::BoxError| match e.downcast::<Status>() {
+            Ok(s) => *s,
+            Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
+                metrics::counter!(m::FILTER_TIMEOUTS_TOTAL, "filter" => timeouts_label.to_string())
+                    .increment(1);
+                Status::deadline_exceeded(format!("no answer within {budget:?}"))
+            }
+            Err(e) => Status::internal(e.to_string()),
+        })
+        .timeout(budget)
+        .retry(RetryPolicy {
+            remaining: policy.retries,
+            next_backoff: policy.backoff,
+            filter: filter_name,
+        })
+        .service(ApplyCall {
+            client,
+            attempts,
+            timeout: budget,
+        })
+        .boxed()
+}
+
+/// Calls a stack once.
+pub async fn call_once(
+    svc: BoxService<ApplyRequest, ApplyResponse, Status>,
+    req: ApplyRequest,
+) -> Result<ApplyResponse, Status> {
+    svc.oneshot(req).await
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that fails with RESOURCE_EXHAUSTED as soon as a gRPC message prefix
+    /// declares more than `limit` bytes.
+    pub struct GrpcFrameLimit<B> {
+        #[pin]
+        inner: B,
+        limit: usize,
+        header: Vec<u8>,
+        skip: usize,
+    }
+}
+
+impl<B> GrpcFrameLimit<B> {
+    pub fn new(inner: B, limit: usize) -> Self {
+        GrpcFrameLimit {
+            inner,
+            limit,
+            header: Vec::with_capacity(5),
+            skip: 0,
+        }
+    }
+}
+
+impl<B> Body for GrpcFrameLimit<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<tower::BoxError>,
+{
+    type Data = Bytes;
+    type Error = tower::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let mut buf = data.clone();
+            while buf.has_remaining() {
+                if *this.skip > 0 {
+                    let n = (*this.skip).min(buf.remaining());
+                    buf.advance(n);
+                    *this.skip -= n;
+                    continue;
+                }
+                this.header.push(buf.get_u8());
+                if this.header.len() == 5 {
+                    let len = u32::from_be_bytes([
+                        this.header[1],
+                        this.header[2],
+                        this.header[3],
+                        this.header[4],
+                    ]) as usize;
+                    this.header.clear();
+                    if len > *this.limit {
+                        let status = Status::resource_exhausted(format!(
+                            "the request message is {len} bytes; the limit is {} bytes (max_request_bytes)",
+                            this.limit
+                        ));
+                        return Poll::Ready(Some(Err(Box::new(status))));
+                    }
+                    *this.skip = len;
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

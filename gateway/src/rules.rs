@@ -1,0 +1,140 @@
+//! Branch rules: CEL over `score`, `filters.<alias>.{score,labels}`, `stages.<id>.score`
+//! and `metadata`. The variables grow as stages finish; a rule that fails to evaluate
+//! (a missing label, a non-boolean result) is an error, and errors end in REVIEW.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cel::Value;
+use cel::objects::{Key, Map};
+
+thread_local! {
+    /// The standard functions, built once per thread; each evaluation adds its variables
+    /// in a child scope.
+    static ROOT: cel::Context<'static, 'static> = cel::Context::default();
+}
+
+/// The variables rules see, built up over a chain run.
+pub struct RuleVars {
+    filters: HashMap<Key, Value>,
+    stages: HashMap<Key, Value>,
+    metadata: Value,
+}
+
+impl RuleVars {
+    pub fn new(metadata: &HashMap<String, String>) -> Self {
+        let m: HashMap<Key, Value> = metadata
+            .iter()
+            .map(|(k, v)| (Key::from(k.as_str()), Value::from(v.as_str())))
+            .collect();
+        RuleVars {
+            filters: HashMap::new(),
+            stages: HashMap::new(),
+            metadata: Value::Map(Map { map: Arc::new(m) }),
+        }
+    }
+
+    /// Records a counted filter's result.
+    pub fn add_filter(&mut self, alias: &str, score: f64, labels: &HashMap<String, f64>) {
+        let labels: HashMap<Key, Value> = labels
+            .iter()
+            .map(|(k, v)| (Key::from(k.as_str()), Value::Float(*v)))
+            .collect();
+        let mut entry = HashMap::with_capacity(2);
+        entry.insert(Key::from("score"), Value::Float(score));
+        entry.insert(
+            Key::from("labels"),
+            Value::Map(Map {
+                map: Arc::new(labels),
+            }),
+        );
+        self.filters.insert(
+            Key::from(alias),
+            Value::Map(Map {
+                map: Arc::new(entry),
+            }),
+        );
+    }
+
+    /// Records a finished stage's score.
+    pub fn add_stage(&mut self, id: &str, score: f64) {
+        let mut entry = HashMap::with_capacity(1);
+        entry.insert(Key::from("score"), Value::Float(score));
+        self.stages.insert(
+            Key::from(id),
+            Value::Map(Map {
+                map: Arc::new(entry),
+            }),
+        );
+    }
+
+    /// Evaluates the rules in order with `score` as the current stage's score; returns the
+    /// index of the first that holds.
+    pub fn first_match<'a>(
+        &self,
+        score: f64,
+        rules: impl Iterator<Item = &'a cel::Program>,
+    ) -> Result<Option<usize>, (usize, String)> {
+        ROOT.with(|root| {
+            let mut ctx = root.new_inner_scope();
+            ctx.add_variable_from_value("score", Value::Float(score));
+            ctx.add_variable_from_value(
+                "filters",
+                Value::Map(Map {
+                    map: Arc::new(self.filters.clone()),
+                }),
+            );
+            ctx.add_variable_from_value(
+                "stages",
+                Value::Map(Map {
+                    map: Arc::new(self.stages.clone()),
+                }),
+            );
+            ctx.add_variable_from_value("metadata", self.metadata.clone());
+            for (i, program) in rules.enumerate() {
+                match program.execute(&ctx) {
+                    Ok(Value::Bool(true)) => return Ok(Some(i)),
+                    Ok(Value::Bool(false)) => {}
+                    Ok(other) => {
+                        return Err((i, format!("the rule gave {other:?}, not true or false")));
+                    }
+                    Err(e) => return Err((i, e.to_string())),
+                }
+            }
+            Ok(None)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(s: &str) -> cel::Program {
+        sekisho_chainstore::compile_rule(s).unwrap()
+    }
+
+    #[test]
+    fn rules_see_scores_labels_stages_and_metadata() {
+        let mut v = RuleVars::new(&[("tier".to_owned(), "free".to_owned())].into());
+        v.add_filter("face", 0.9, &[("face_count".to_owned(), 2.0)].into());
+        v.add_stage("faces", 0.9);
+        let rules = [
+            rule("score > 0.95"),
+            rule(
+                "filters.face.labels.face_count > 1.0 && stages.faces.score > 0.5 && metadata.tier == 'free'",
+            ),
+        ];
+        assert_eq!(v.first_match(0.3, rules.iter()), Ok(Some(1)));
+        assert_eq!(v.first_match(0.99, rules.iter()), Ok(Some(0)));
+    }
+
+    #[test]
+    fn missing_labels_and_non_booleans_are_errors() {
+        let v = RuleVars::new(&HashMap::new());
+        let rules = [rule("score + 1.0")];
+        assert!(matches!(v.first_match(0.1, rules.iter()), Err((0, _))));
+        let rules = [rule("filters.nope.score > 0.5")];
+        assert!(matches!(v.first_match(0.1, rules.iter()), Err((0, _))));
+    }
+}

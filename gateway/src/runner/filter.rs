@@ -1,0 +1,94 @@
+//! One filter call through its guard stack, timed and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sekisho_proto::filter::v1::{ApplyRequest, ApplyResponse};
+use tonic::Status;
+
+use crate::chain::CompiledFilter;
+use crate::layers;
+use crate::metrics as m;
+use crate::registry::FilterRegistry;
+
+/// How one filter call went.
+pub struct FilterRun {
+    pub result: Result<ApplyResponse, Status>,
+    pub attempts: u32,
+    pub latency: Duration,
+}
+
+/// Calls `f` with `req` under its policy.
+pub async fn run_filter(
+    registry: &FilterRegistry,
+    f: &CompiledFilter,
+    req: ApplyRequest,
+    chain: &str,
+    stage: &str,
+) -> FilterRun {
+    let start = Instant::now();
+    let Some(pool) = registry.get(&f.filter) else {
+        let status = Status::unavailable(format!(
+            "filter `{}` is not known to discovery; known: {}",
+            f.filter,
+            registry.names().join(", ")
+        ));
+        metrics::counter!(m::FILTER_ERRORS_TOTAL, "filter" => f.filter.clone(), "code" => "unknown_filter").increment(1);
+        return FilterRun {
+            result: Err(status),
+            attempts: 0,
+            latency: start.elapsed(),
+        };
+    };
+    let attempts = Arc::new(AtomicU32::new(0));
+    let stack = layers::filter_stack(pool.client(), &f.filter, &f.policy, attempts.clone());
+    let result = layers::call_once(stack, req).await;
+    let latency = start.elapsed();
+    metrics::histogram!(m::FILTER_DURATION, "chain" => chain.to_owned(), "stage" => stage.to_owned(), "filter" => f.filter.clone())
+        .record(latency.as_secs_f64());
+    match &result {
+        Ok(r) => metrics::histogram!(m::FILTER_SCORE, "filter" => f.filter.clone()).record(r.score),
+        Err(s) => metrics::counter!(m::FILTER_ERRORS_TOTAL, "filter" => f.filter.clone(), "code" => code_label(s.code()))
+            .increment(1),
+    }
+    // A filter that answers a score outside [0, 1] is broken, whatever it says.
+    let result = result.and_then(|r| {
+        if (0.0..=1.0).contains(&r.score) {
+            Ok(r)
+        } else {
+            Err(Status::internal(format!(
+                "score {} is outside [0, 1]",
+                r.score
+            )))
+        }
+    });
+    FilterRun {
+        result,
+        attempts: attempts.load(Ordering::Relaxed),
+        latency,
+    }
+}
+
+pub fn code_label(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}

@@ -1,0 +1,252 @@
+//! The `sekisho.gateway.v1.Gateway` gRPC service: checks the request, sheds load, picks
+//! the chain version the request will run on, and hands it to the chain runner.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use sekisho_proto::filter::v1::content::Payload;
+use sekisho_proto::gateway::v1::{
+    self as gproto, ModerateRequest, ModerateResponse, gateway_server::Gateway,
+};
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::chain::Chains;
+use crate::error::GatewayError;
+use crate::metrics as m;
+use crate::runner::{Item, Runner};
+
+/// Requests a stream may have in flight at once (responses keep request order).
+const STREAM_WINDOW: usize = 64;
+
+#[derive(Clone)]
+pub struct GatewayService {
+    chains: Arc<Chains>,
+    runner: Runner,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+impl GatewayService {
+    pub fn new(chains: Arc<Chains>, runner: Runner, max_in_flight: usize) -> Self {
+        GatewayService {
+            chains,
+            runner,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    /// One moderation, with its metrics.
+    pub async fn moderate_one(&self, req: ModerateRequest) -> Result<ModerateResponse, Status> {
+        let start = Instant::now();
+        let chain_label = req.chain.clone();
+        let result = self.moderate_inner(req).await;
+        // Unknown chains share one label so that callers cannot grow the series.
+        let chain_label = match &result {
+            Err(GatewayError::NotFound(_)) => "unknown".to_owned(),
+            _ => chain_label,
+        };
+        let code = match &result {
+            Ok(_) => "ok",
+            Err(GatewayError::InvalidArgument(_)) => "invalid_argument",
+            Err(GatewayError::NotFound(_)) => "not_found",
+            Err(GatewayError::Overloaded(_)) => "resource_exhausted",
+            Err(GatewayError::FilterFailed { status, .. }) => {
+                crate::runner::filter::code_label(status.code())
+            }
+            Err(_) => "internal",
+        };
+        metrics::counter!(m::REQUESTS_TOTAL, "chain" => chain_label.clone(), "code" => code)
+            .increment(1);
+        metrics::histogram!(m::REQUEST_DURATION, "chain" => chain_label.clone())
+            .record(start.elapsed().as_secs_f64());
+        if let Ok(r) = &result {
+            let decision = gproto::Decision::try_from(r.decision)
+                .map(|d| d.as_str_name())
+                .unwrap_or("DECISION_UNSPECIFIED");
+            metrics::counter!(m::DECISIONS_TOTAL, "chain" => chain_label, "decision" => decision, "reason" => r.reason.clone())
+                .increment(1);
+        }
+        result.map_err(Status::from)
+    }
+
+    async fn moderate_inner(&self, req: ModerateRequest) -> Result<ModerateResponse, GatewayError> {
+        if req.chain.is_empty() {
+            return Err(GatewayError::InvalidArgument(
+                "chain: name the chain to run".into(),
+            ));
+        }
+        let content = req
+            .content
+            .ok_or_else(|| GatewayError::InvalidArgument("content: missing".into()))?;
+        if content.content_type.is_empty() {
+            return Err(GatewayError::InvalidArgument(
+                "content.content_type: missing (e.g. image/jpeg or text/plain)".into(),
+            ));
+        }
+        match &content.payload {
+            None => {
+                return Err(GatewayError::InvalidArgument(
+                    "content: set one of data, text or features".into(),
+                ));
+            }
+            Some(Payload::Data(d)) if d.is_empty() => {
+                return Err(GatewayError::InvalidArgument("content.data: empty".into()));
+            }
+            _ => {}
+        }
+        let set = self.chains.snapshot();
+        let Some(chain) = set.chains.get(&req.chain).cloned() else {
+            let mut known: Vec<&str> = set.chains.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(GatewayError::NotFound(format!(
+                "chain `{}` is not known; known chains: {}",
+                req.chain,
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        if !chain.accepts(&content.content_type) {
+            return Err(GatewayError::InvalidArgument(format!(
+                "content.content_type: chain `{}` does not accept `{}`; it accepts {}",
+                chain.name,
+                content.content_type,
+                chain.content_types.join(", ")
+            )));
+        }
+        for stage in &chain.stages {
+            for f in &stage.filters {
+                let Some(d) = self
+                    .runner
+                    .registry
+                    .get(&f.filter)
+                    .and_then(|p| p.descriptor())
+                else {
+                    continue;
+                };
+                if !d
+                    .content_types
+                    .iter()
+                    .any(|p| sekisho_proto::content_type_matches(p, &content.content_type))
+                {
+                    return Err(GatewayError::InvalidArgument(format!(
+                        "content.content_type: chain `{}` stage `{}`: filter `{}` does not accept `{}`; it accepts {}",
+                        chain.name,
+                        stage.id,
+                        f.filter,
+                        content.content_type,
+                        d.content_types.join(", ")
+                    )));
+                }
+            }
+        }
+        let _permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            GatewayError::Overloaded(format!(
+                "the gateway is serving its limit of {} requests; retry with backoff",
+                self.max_in_flight
+            ))
+        })?;
+        let gauge = metrics::gauge!(m::REQUESTS_IN_FLIGHT);
+        gauge.increment(1.0);
+        let _dec = scopeguard(move || gauge.decrement(1.0));
+        let request_id = if req.request_id.is_empty() {
+            format!("{:032x}", rand::random::<u128>())
+        } else {
+            req.request_id
+        };
+        self.runner
+            .run(
+                chain,
+                Item {
+                    content,
+                    metadata: req.metadata,
+                    request_id,
+                },
+            )
+            .await
+    }
+}
+
+/// Runs `f` when dropped, so the in-flight gauge falls even if the caller goes away.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ModerateResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn moderate(
+        &self,
+        request: Request<ModerateRequest>,
+    ) -> Result<Response<ModerateResponse>, Status> {
+        self.moderate_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type ModerateStreamStream = ResponseStream;
+
+    /// Requests are served up to a window at a time, answered in order. A request that
+    /// fails (unknown chain, bad content) ends the stream with its status.
+    async fn moderate_stream(
+        &self,
+        request: Request<Streaming<ModerateRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let svc = self.clone();
+        let out = request
+            .into_inner()
+            .map(move |r| {
+                let svc = svc.clone();
+                async move { svc.moderate_one(r?).await }
+            })
+            .buffered(STREAM_WINDOW);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn list_filters(
+        &self,
+        _: Request<gproto::ListFiltersRequest>,
+    ) -> Result<Response<gproto::ListFiltersResponse>, Status> {
+        Ok(Response::new(gproto::ListFiltersResponse {
+            filters: self.runner.registry.list(),
+        }))
+    }
+
+    async fn list_chains(
+        &self,
+        _: Request<gproto::ListChainsRequest>,
+    ) -> Result<Response<gproto::ListChainsResponse>, Status> {
+        let set = self.chains.snapshot();
+        let mut chains: Vec<gproto::ChainSummary> = set
+            .chains
+            .values()
+            .map(|c| gproto::ChainSummary {
+                name: c.name.clone(),
+                version: c.version,
+                content_types: c.content_types.clone(),
+                stages: c.stages.iter().map(|s| s.id.clone()).collect(),
+                source: c.source.clone(),
+            })
+            .collect();
+        chains.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(gproto::ListChainsResponse {
+            chains,
+            problems: set.problems.clone(),
+        }))
+    }
+}

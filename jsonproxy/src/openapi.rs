@@ -1,0 +1,189 @@
+//! `/openapi.json`: an OpenAPI 3.0 document generated from the same routes and
+//! descriptors the proxy serves, so it cannot drift from what is served. Field and
+//! message descriptions come from the comments in `proto/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{Value, json};
+
+use crate::routes::{Route, field_path};
+
+/// The OpenAPI document for `routes`.
+pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
+    let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    let mut todo: Vec<MessageDescriptor> = Vec::new();
+    for r in routes {
+        let input = r.input();
+        let path_fields: BTreeSet<&str> = r.template.fields().collect();
+        let mut params: Vec<Value> = path_fields
+            .iter()
+            .map(|f| {
+                let schema = field_path(&input, f)
+                    .map(|fd| scalar_schema(&fd.kind()))
+                    .unwrap_or_else(|| json!({"type": "string"}));
+                json!({"name": f, "in": "path", "required": true, "schema": schema})
+            })
+            .collect();
+        if r.body.is_empty() {
+            for f in input.fields() {
+                if path_fields.contains(f.name()) || matches!(f.kind(), Kind::Message(_)) {
+                    continue;
+                }
+                params.push(json!({"name": f.name(), "in": "query", "required": false,
+                    "schema": field_schema(&f), "description": comments(&f).unwrap_or_default()}));
+            }
+        }
+        let mut op = json!({
+            "operationId": format!("{}_{}", r.method.parent_service().name(), r.method.name()),
+            "tags": [r.method.parent_service().name()],
+            "summary": method_comments(r).unwrap_or_default(),
+            "parameters": params,
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": reference(&r.output())}}},
+                "default": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        if !r.body.is_empty() {
+            let body_msg = if r.body == "*" {
+                input.clone()
+            } else {
+                match input.get_field_by_name(&r.body).map(|f| f.kind()) {
+                    Some(Kind::Message(m)) => m,
+                    _ => input.clone(),
+                }
+            };
+            todo.push(body_msg.clone());
+            op["requestBody"] = json!({"required": true,
+                "content": {"application/json": {"schema": reference(&body_msg)}}});
+        }
+        todo.push(r.output());
+        paths
+            .entry(r.template.source().to_owned())
+            .or_default()
+            .insert(r.http_method.as_str().to_ascii_lowercase(), op);
+    }
+
+    let mut schemas = serde_json::Map::new();
+    schemas.insert(
+        "Error".into(),
+        json!({"type": "object", "properties": {"error": {"type": "object", "properties": {
+            "code": {"type": "integer", "description": "The HTTP status."},
+            "status": {"type": "string", "description": "The gRPC code name, e.g. INVALID_ARGUMENT."},
+            "message": {"type": "string"}}}}}),
+    );
+    let mut done = BTreeSet::new();
+    while let Some(m) = todo.pop() {
+        if !done.insert(m.full_name().to_owned()) || well_known(&m).is_some() {
+            continue;
+        }
+        let mut props = serde_json::Map::new();
+        for f in m.fields() {
+            if let Kind::Message(inner) = f.kind() {
+                if f.is_map() {
+                    if let Kind::Message(v) = inner.map_entry_value_field().kind() {
+                        todo.push(v);
+                    }
+                } else {
+                    todo.push(inner);
+                }
+            }
+            let mut s = field_schema(&f);
+            if let Some(c) = comments(&f) {
+                s["description"] = Value::String(c);
+            }
+            props.insert(f.json_name().to_owned(), s);
+        }
+        let mut schema = json!({"type": "object", "properties": props});
+        if let Some(c) = message_comments(&m) {
+            schema["description"] = Value::String(c);
+        }
+        schemas.insert(m.full_name().to_owned(), schema);
+    }
+
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {"schemas": schemas}
+    })
+}
+
+fn reference(m: &MessageDescriptor) -> Value {
+    well_known(m)
+        .unwrap_or_else(|| json!({"$ref": format!("#/components/schemas/{}", m.full_name())}))
+}
+
+fn well_known(m: &MessageDescriptor) -> Option<Value> {
+    Some(match m.full_name() {
+        "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.ListValue" => json!({"type": "array", "items": {}}),
+        "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        "google.protobuf.Duration" => json!({"type": "string", "example": "1.5s"}),
+        "google.protobuf.Empty" => json!({"type": "object"}),
+        _ => return None,
+    })
+}
+
+fn field_schema(f: &FieldDescriptor) -> Value {
+    if f.is_map() {
+        let Kind::Message(entry) = f.kind() else {
+            return json!({"type": "object"});
+        };
+        return json!({"type": "object",
+            "additionalProperties": kind_schema(&entry.map_entry_value_field().kind())});
+    }
+    let s = kind_schema(&f.kind());
+    if f.is_list() {
+        json!({"type": "array", "items": s})
+    } else {
+        s
+    }
+}
+
+fn kind_schema(k: &Kind) -> Value {
+    match k {
+        Kind::Message(m) => reference(m),
+        other => scalar_schema(other),
+    }
+}
+
+/// Scalars in the proto3 JSON mapping: 64-bit integers are strings, bytes are base64.
+fn scalar_schema(k: &Kind) -> Value {
+    match k {
+        Kind::Double | Kind::Float => json!({"type": "number"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
+        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int64", "minimum": 0}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
+        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::String => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "format": "byte"}),
+        Kind::Enum(e) => {
+            json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
+        }
+        Kind::Message(m) => reference(m),
+    }
+}
+
+fn location_comments(file: &prost_reflect::FileDescriptor, path: &[i32]) -> Option<String> {
+    let info = file.file_descriptor_proto().source_code_info.as_ref()?;
+    let loc = info.location.iter().find(|l| l.path == path)?;
+    let text = loc.leading_comments.as_deref()?.trim();
+    (!text.is_empty()).then(|| text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn comments(f: &FieldDescriptor) -> Option<String> {
+    location_comments(&f.parent_file(), f.path())
+}
+
+fn message_comments(m: &MessageDescriptor) -> Option<String> {
+    location_comments(&m.parent_file(), m.path())
+}
+
+fn method_comments(r: &Route) -> Option<String> {
+    location_comments(&r.method.parent_file(), r.method.path())
+}
