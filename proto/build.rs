@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("sekisho_descriptor.bin"))
         // Image bytes are shared, never copied, when a filter call is retried.
         .bytes(".")
+        .codec_path("crate::codec::StrictCodec")
         .compile_protos(&protos, &["."])?;
     Ok(())
 }

@@ -54,7 +54,26 @@ impl Service<ApplyRequest> for ApplyCall {
         let mut req = tonic::Request::new(req);
         // The filter learns the deadline too (`grpc-timeout`) and can stop early.
         req.set_timeout(self.timeout);
-        Box::pin(async move { client.apply(req).await.map(tonic::Response::into_inner) })
+        Box::pin(async move {
+            client
+                .apply(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(deadline_as_deadline)
+        })
+    }
+}
+
+/// tonic reports a `grpc-timeout` expiring as CANCELLED "Timeout expired", on the client
+/// (with a `TimeoutExpired` source) or from a tonic server (only the message survives
+/// the wire). Either way it is a deadline.
+fn deadline_as_deadline(s: Status) -> Status {
+    let expired = std::error::Error::source(&s).is_some_and(|e| e.is::<tonic::TimeoutExpired>())
+        || s.message() == tonic::TimeoutExpired(()).to_string();
+    if s.code() == Code::Cancelled && expired {
+        Status::deadline_exceeded(s.message().to_owned())
+    } else {
+        s
     }
 }
 

@@ -34,6 +34,7 @@ pub mod google {
     }
 }
 
+pub mod codec;
 mod structs;
 pub use structs::{json_to_struct, struct_to_json};
 

@@ -16,6 +16,11 @@ pub fn struct_to_json(s: &Struct) -> serde_json::Value {
 fn value_to_json(v: &Value) -> serde_json::Value {
     match &v.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        // Struct carries every number as a double; whole numbers come back as integers
+        // so that typed configs (`delay_ms: u64`) read them.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+            serde_json::Value::from(*n as i64)
+        }
         Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
@@ -63,6 +68,8 @@ mod tests {
     fn json_round_trips_through_struct() {
         let json = serde_json::json!({
             "min_score": 0.5,
+            "delay_ms": 5000,
+            "offset": -3,
             "nms": {"method": "gaussian", "sigma": 0.5},
             "words": ["a", "b"],
             "strict": true,

@@ -1,1 +1,294 @@
-//! stub
+//! The integration-test harness: [`TestGateway`] runs the real `sekisho gateway` binary
+//! as a child process on port 0; [`TestFilter`] serves a filter from the test process on
+//! a real socket; [`PythonFilter`] runs the Python example. Everything talks gRPC over
+//! loopback, as in production.
+
+pub mod filters;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sekisho_filter_sdk::{Filter, FilterServer};
+use sekisho_proto::filter::v1 as fproto;
+use sekisho_proto::gateway::v1::{self as gproto, gateway_client::GatewayClient};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The `sekisho` binary, built once per test run (a no-op when it is up to date).
+pub fn sekisho_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "sekisho-cli", "--bin", "sekisho"])
+            .current_dir(workspace())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the sekisho binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        target.join("debug").join("sekisho")
+    })
+    .clone()
+}
+
+/// Reads a child's stdout until it prints `listening on http://ADDR`; returns the URL.
+async fn wait_for_listen_line(child: &mut Child, what: &str) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("stdout is piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(i) = line.find("listening on http://") {
+                return Ok::<_, std::io::Error>(Some(
+                    line[i + "listening on ".len()..].trim().to_owned(),
+                ));
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    // Keep draining so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    match found {
+        Ok(Ok(Some(url))) => Ok(url),
+        Ok(Ok(None)) => bail!("{what} exited before listening"),
+        Ok(Err(e)) => bail!("{what}: {e}"),
+        Err(_) => bail!("{what} did not start within 60s"),
+    }
+}
+
+/// A gateway process with a config and chains written to a temporary directory.
+pub struct TestGateway {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+/// What a test gateway is started with.
+#[derive(Default)]
+pub struct GatewaySetup {
+    /// Filter name → endpoint URLs.
+    pub filters: Vec<(String, Vec<String>)>,
+    /// Chain file name → contents.
+    pub chains: Vec<(String, String)>,
+    /// Remote aggregator name → endpoint URL.
+    pub aggregators: Vec<(String, String)>,
+    pub max_request_bytes: Option<usize>,
+}
+
+impl GatewaySetup {
+    pub fn filter(mut self, name: &str, url: &str) -> Self {
+        self.filters.push((name.into(), vec![url.into()]));
+        self
+    }
+
+    pub fn chain(mut self, yaml: &str) -> Self {
+        let n = self.chains.len();
+        self.chains.push((format!("chain{n}.yaml"), yaml.into()));
+        self
+    }
+
+    pub fn chain_file(mut self, file: &str, yaml: &str) -> Self {
+        self.chains.push((file.into(), yaml.into()));
+        self
+    }
+
+    pub fn aggregator(mut self, name: &str, url: &str) -> Self {
+        self.aggregators.push((name.into(), url.into()));
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<TestGateway> {
+        TestGateway::start(self).await
+    }
+}
+
+impl TestGateway {
+    pub fn setup() -> GatewaySetup {
+        GatewaySetup::default()
+    }
+
+    async fn start(setup: GatewaySetup) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let chains = dir.path().join("chains");
+        std::fs::create_dir(&chains)?;
+        for (file, yaml) in &setup.chains {
+            std::fs::write(chains.join(file), yaml)?;
+        }
+        let mut config = serde_json::json!({
+            "listen": "127.0.0.1:0",
+            "chains_dir": chains,
+            "describe_interval": "5s",
+            "filters": {},
+            "aggregators": {},
+        });
+        for (name, eps) in &setup.filters {
+            config["filters"][name] = serde_json::json!({ "endpoints": eps });
+        }
+        for (name, ep) in &setup.aggregators {
+            config["aggregators"][name] = serde_json::json!({ "endpoint": ep });
+        }
+        if let Some(m) = setup.max_request_bytes {
+            config["max_request_bytes"] = m.into();
+        }
+        let config_path = dir.path().join("gateway.yaml");
+        // JSON is YAML.
+        std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
+        let mut child = Command::new(sekisho_bin())
+            .args(["gateway", "--config"])
+            .arg(&config_path)
+            .env(
+                "SEKISHO_LOG",
+                std::env::var("SEKISHO_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning sekisho gateway")?;
+        let url = wait_for_listen_line(&mut child, "sekisho gateway").await?;
+        Ok(TestGateway { url, dir, child })
+    }
+
+    pub async fn client(&self) -> GatewayClient<Channel> {
+        GatewayClient::new(
+            Channel::from_shared(self.url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// Moderates a text item through `chain`.
+    pub async fn moderate_text(
+        &self,
+        chain: &str,
+        text: &str,
+    ) -> Result<gproto::ModerateResponse, tonic::Status> {
+        self.moderate(request(
+            chain,
+            "text/plain",
+            fproto::content::Payload::Text(text.into()),
+        ))
+        .await
+    }
+
+    pub async fn moderate(
+        &self,
+        req: gproto::ModerateRequest,
+    ) -> Result<gproto::ModerateResponse, tonic::Status> {
+        self.client()
+            .await
+            .moderate(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until the gateway has a descriptor for every named filter.
+    pub async fn wait_described(&self, names: &[&str]) -> anyhow::Result<()> {
+        for _ in 0..100 {
+            let list = self
+                .client()
+                .await
+                .list_filters(gproto::ListFiltersRequest {})
+                .await?
+                .into_inner();
+            if names.iter().all(|n| {
+                list.filters
+                    .iter()
+                    .any(|f| f.name == *n && f.descriptor.is_some())
+            }) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("filters {names:?} were not described within 10s")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A moderation request.
+pub fn request(
+    chain: &str,
+    content_type: &str,
+    payload: fproto::content::Payload,
+) -> gproto::ModerateRequest {
+    gproto::ModerateRequest {
+        chain: chain.into(),
+        content: Some(fproto::Content {
+            content_type: content_type.into(),
+            payload: Some(payload),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A filter served from the test process on a loopback port; stopped when dropped.
+pub struct TestFilter {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestFilter {
+    pub async fn start<F: Filter>(filter: F) -> TestFilter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(FilterServer::new(filter).serve_on(listener, async move {
+            let _ = rx.await;
+        }));
+        TestFilter {
+            url,
+            stop: Some(tx),
+        }
+    }
+}
+
+impl Drop for TestFilter {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The Python example filter (`filters/examples/python/links_filter.py`).
+pub struct PythonFilter {
+    pub url: String,
+    _child: Child,
+}
+
+impl PythonFilter {
+    pub async fn start() -> anyhow::Result<PythonFilter> {
+        let script = workspace().join("filters/examples/python/links_filter.py");
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the Python filter (needs python3 with grpcio and grpcio-tools)")?;
+        let url = wait_for_listen_line(&mut child, "the Python filter").await?;
+        Ok(PythonFilter { url, _child: child })
+    }
+}

@@ -79,7 +79,7 @@ pub async fn run_stage(
                 }
             }
             Err(status) => {
-                t.error = format!("{}: {}", status.code(), status.message());
+                t.error = format!("{:?}: {}", status.code(), status.message());
                 let policy = if f.shadow {
                     OnError::Skip
                 } else {
