@@ -1,0 +1,165 @@
+//! Streaming, metrics, OpenAPI and custom aggregators.
+
+use std::sync::Arc;
+
+use sekisho_filters_samples::Noop;
+use sekisho_gateway::aggregate::{AggregateInput, Aggregator, StageRef};
+use sekisho_gateway::config::StaticFilter;
+use sekisho_gateway::{GatewayConfig, GatewayServer};
+use sekisho_proto::filter::v1::content::Payload;
+use sekisho_proto::gateway::v1::{Decision, gateway_client::GatewayClient};
+use sekisho_tests::{TestFilter, TestGateway, request};
+
+const CHAIN: &str = r#"
+name: c
+content_types: [text/plain]
+stages:
+  - id: s
+    filters: [{use: noop, config: {score: 0.7}}]
+    branches:
+      - when: "score > 0.5 && 'n' in metadata && metadata.n == '3'"
+        decide: {decision: REJECT, reason: third}
+default_decision: APPROVE
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_answers_every_request_in_order() {
+    let f = TestFilter::start(Noop::default()).await;
+    let gw = TestGateway::setup()
+        .filter("noop", &f.url)
+        .chain(CHAIN)
+        .start()
+        .await
+        .unwrap();
+    let reqs: Vec<_> = (0..40)
+        .map(|i| {
+            let mut r = request("c", "text/plain", Payload::Text(format!("item {i}")));
+            r.request_id = format!("req-{i}");
+            r.metadata.insert("n".into(), (i % 5).to_string());
+            r
+        })
+        .collect();
+    let mut out = gw
+        .client()
+        .await
+        .moderate_stream(futures::stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut i = 0;
+    while let Some(r) = out.message().await.unwrap() {
+        assert_eq!(r.request_id, format!("req-{i}"));
+        let want = if i % 5 == 3 {
+            Decision::Reject
+        } else {
+            Decision::Approve
+        };
+        assert_eq!(r.decision(), want, "item {i}");
+        i += 1;
+    }
+    assert_eq!(i, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_openapi_are_served() {
+    let f = TestFilter::start(Noop::default()).await;
+    let gw = TestGateway::setup()
+        .filter("noop", &f.url)
+        .chain(CHAIN)
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        gw.moderate_text("c", "hi").await.unwrap();
+    }
+    let _ = gw.moderate_text("missing", "hi").await.unwrap_err();
+    let text = reqwest::get(format!("{}/metrics", gw.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"sekisho_gateway_requests_total{chain="c",code="ok"} 3"#,
+        r#"sekisho_gateway_requests_total{chain="unknown",code="not_found"} 1"#,
+        r#"sekisho_gateway_decisions_total{chain="c",decision="APPROVE",reason="default"} 3"#,
+        r#"sekisho_gateway_request_duration_seconds_count{chain="c"} 3"#,
+        r#"sekisho_gateway_stage_duration_seconds_count{chain="c",stage="s"} 3"#,
+        r#"sekisho_gateway_filter_duration_seconds_count{chain="c",stage="s",filter="noop"} 3"#,
+        r#"sekisho_gateway_filter_score_bucket{filter="noop",le="0.7"} 3"#,
+        "sekisho_gateway_requests_in_flight 0",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in\n{text}");
+    }
+    let doc: serde_json::Value = reqwest::get(format!("{}/openapi.json", gw.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/v1/chains/{chain}:moderate"]["post"].is_object());
+    assert!(doc["paths"]["/v1/filters"]["get"].is_object());
+}
+
+/// The second-highest score: something the built-ins cannot express.
+struct SecondHighest;
+
+#[async_trait::async_trait]
+impl Aggregator for SecondHighest {
+    async fn aggregate(
+        &self,
+        _: StageRef<'_>,
+        inputs: &[AggregateInput<'_>],
+    ) -> Result<f64, String> {
+        let mut s: Vec<f64> = inputs.iter().map(|i| i.score).collect();
+        s.sort_by(|a, b| b.total_cmp(a));
+        Ok(s.get(1).copied().unwrap_or(s[0]))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_aggregator_registered_in_code_is_used() {
+    let f = TestFilter::start(Noop::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "name: c\ncontent_types: [text/plain]\nstages:\n  - id: s\n    filters: [{use: noop, as: a, config: {score: 0.9}}, {use: noop, as: b, config: {score: 0.4}}, {use: noop, as: c, config: {score: 0.6}}]\n    aggregate: {custom: second-highest}\ndefault_decision: APPROVE\n",
+    )
+    .unwrap();
+    let config = GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        chains_dir: Some(dir.path().to_owned()),
+        filters: [(
+            "noop".to_owned(),
+            StaticFilter {
+                endpoints: vec![f.url.clone()],
+            },
+        )]
+        .into(),
+        ..GatewayConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = GatewayServer::new(config)
+        .custom_aggregator(
+            "second-highest",
+            Arc::new(|_| Ok(Arc::new(SecondHighest) as Arc<dyn Aggregator>)),
+        )
+        .start(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    let mut client = GatewayClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let r = client
+        .moderate(request("c", "text/plain", Payload::Text("hi".into())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.stages[0].score, 0.6);
+    assert_eq!(r.stages[0].aggregator, "custom:second-highest");
+    let _ = stop.send(());
+    running.wait().await.unwrap();
+}
