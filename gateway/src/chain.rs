@@ -58,6 +58,8 @@ pub struct CompiledStage {
     pub aggregator: Arc<dyn Aggregator>,
     pub aggregator_label: String,
     pub branches: Vec<CompiledBranch>,
+    /// The rule variables the branches read.
+    pub uses: crate::rules::Uses,
 }
 
 pub struct CompiledChain {
@@ -120,7 +122,9 @@ impl CompiledChain {
                     action,
                 });
             }
+            let uses = crate::rules::Uses::of(branches.iter().map(|b| &b.program));
             stages.push(CompiledStage {
+                uses,
                 id: s.id.clone(),
                 filters,
                 aggregator,

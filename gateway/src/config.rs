@@ -26,6 +26,9 @@ pub struct GatewayConfig {
     pub filters: BTreeMap<String, StaticFilter>,
     /// Remote aggregators by name.
     pub aggregators: BTreeMap<String, RemoteAggregator>,
+    /// HTTP/2 connections to each filter endpoint, used in turn. One connection is
+    /// served by one task; 2 measured best on 2 cores (BENCHMARKS.md).
+    pub connections_per_endpoint: usize,
     /// How often a filter's descriptor is asked for again.
     #[serde(with = "humantime_serde")]
     pub describe_interval: Duration,
@@ -40,6 +43,7 @@ impl Default for GatewayConfig {
             max_in_flight: 4096,
             filters: BTreeMap::new(),
             aggregators: BTreeMap::new(),
+            connections_per_endpoint: 2,
             describe_interval: Duration::from_secs(30),
         }
     }
@@ -88,6 +92,9 @@ impl GatewayConfig {
         let bad = |m: String| Err(GatewayError::Config(m));
         if self.max_request_bytes < 1024 {
             return bad("max_request_bytes: must be at least 1024".into());
+        }
+        if !(1..=16).contains(&self.connections_per_endpoint) {
+            return bad("connections_per_endpoint: must be between 1 and 16".into());
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight: must be at least 1".into());

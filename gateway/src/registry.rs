@@ -2,6 +2,7 @@
 //! the descriptor its endpoints answered to `Describe` (asked again periodically).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,13 +19,20 @@ const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct FilterPool {
     pub name: String,
     endpoints: Vec<FoundEndpoint>,
-    client: FilterClient<Channel>,
+    /// Several HTTP/2 connections, used in turn: one connection's frames are handled by
+    /// one task, so a busy filter is served by more than one core.
+    clients: Vec<FilterClient<Channel>>,
+    next: AtomicUsize,
     descriptor: RwLock<Option<Arc<fproto::FilterDescriptor>>>,
     last_error: Mutex<String>,
 }
 
 impl FilterPool {
-    fn new(name: String, endpoints: Vec<FoundEndpoint>) -> Result<Self, String> {
+    fn new(
+        name: String,
+        endpoints: Vec<FoundEndpoint>,
+        connections: usize,
+    ) -> Result<Self, String> {
         let mut eps = Vec::new();
         for e in &endpoints {
             let ep = Endpoint::from_shared(e.address.clone())
@@ -34,17 +42,23 @@ impl FilterPool {
                 .http2_adaptive_window(true);
             eps.push(ep);
         }
-        let channel = if eps.len() == 1 {
-            eps.remove(0).connect_lazy()
-        } else {
-            Channel::balance_list(eps.into_iter())
-        };
+        let clients = (0..connections.max(1))
+            .map(|_| {
+                let channel = if eps.len() == 1 {
+                    eps[0].clone().connect_lazy()
+                } else {
+                    Channel::balance_list(eps.clone().into_iter())
+                };
+                FilterClient::new(channel)
+                    .max_decoding_message_size(64 * 1024 * 1024)
+                    .max_encoding_message_size(64 * 1024 * 1024)
+            })
+            .collect();
         Ok(FilterPool {
             name,
             endpoints,
-            client: FilterClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024),
+            clients,
+            next: AtomicUsize::new(0),
             descriptor: RwLock::new(None),
             last_error: Mutex::new(String::new()),
         })
@@ -52,7 +66,8 @@ impl FilterPool {
 
     /// A client for this filter's endpoints (cheap to clone).
     pub fn client(&self) -> FilterClient<Channel> {
-        self.client.clone()
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.clients[i % self.clients.len()].clone()
     }
 
     /// The descriptor, if an endpoint has answered `Describe`.
@@ -135,7 +150,7 @@ pub struct FilterRegistry {
 
 impl FilterRegistry {
     /// Builds pools from what the discovery sources know now.
-    pub fn from_discovery(sources: &[&dyn Discovery]) -> Result<Self, String> {
+    pub fn from_discovery(sources: &[&dyn Discovery], connections: usize) -> Result<Self, String> {
         let mut by_filter: BTreeMap<String, Vec<FoundEndpoint>> = BTreeMap::new();
         for s in sources {
             for e in s.snapshot() {
@@ -144,7 +159,10 @@ impl FilterRegistry {
         }
         let mut pools = HashMap::new();
         for (name, endpoints) in by_filter {
-            pools.insert(name.clone(), Arc::new(FilterPool::new(name, endpoints)?));
+            pools.insert(
+                name.clone(),
+                Arc::new(FilterPool::new(name, endpoints, connections)?),
+            );
         }
         Ok(FilterRegistry {
             pools: Arc::new(pools),

@@ -14,6 +14,28 @@ thread_local! {
     static ROOT: cel::Context<'static, 'static> = cel::Context::default();
 }
 
+/// Which rule variables a stage's rules read, found when the chain is compiled: only
+/// those are bound when the rules run (binding `filters` converts every filter's result).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Uses {
+    pub filters: bool,
+    pub stages: bool,
+    pub metadata: bool,
+}
+
+impl Uses {
+    pub fn of<'a>(programs: impl Iterator<Item = &'a cel::Program>) -> Self {
+        let mut u = Uses::default();
+        for p in programs {
+            let r = p.references();
+            u.filters |= r.has_variable("filters");
+            u.stages |= r.has_variable("stages");
+            u.metadata |= r.has_variable("metadata");
+        }
+        u
+    }
+}
+
 /// The variables rules see, built up over a chain run.
 pub struct RuleVars {
     filters: HashMap<Key, Value>,
@@ -73,24 +95,34 @@ impl RuleVars {
     pub fn first_match<'a>(
         &self,
         score: f64,
-        rules: impl Iterator<Item = &'a cel::Program>,
+        uses: Uses,
+        rules: impl ExactSizeIterator<Item = &'a cel::Program>,
     ) -> Result<Option<usize>, (usize, String)> {
+        if rules.len() == 0 {
+            return Ok(None);
+        }
         ROOT.with(|root| {
             let mut ctx = root.new_inner_scope();
             ctx.add_variable_from_value("score", Value::Float(score));
-            ctx.add_variable_from_value(
-                "filters",
-                Value::Map(Map {
-                    map: Arc::new(self.filters.clone()),
-                }),
-            );
-            ctx.add_variable_from_value(
-                "stages",
-                Value::Map(Map {
-                    map: Arc::new(self.stages.clone()),
-                }),
-            );
-            ctx.add_variable_from_value("metadata", self.metadata.clone());
+            if uses.filters {
+                ctx.add_variable_from_value(
+                    "filters",
+                    Value::Map(Map {
+                        map: Arc::new(self.filters.clone()),
+                    }),
+                );
+            }
+            if uses.stages {
+                ctx.add_variable_from_value(
+                    "stages",
+                    Value::Map(Map {
+                        map: Arc::new(self.stages.clone()),
+                    }),
+                );
+            }
+            if uses.metadata {
+                ctx.add_variable_from_value("metadata", self.metadata.clone());
+            }
             for (i, program) in rules.enumerate() {
                 match program.execute(&ctx) {
                     Ok(Value::Bool(true)) => return Ok(Some(i)),
@@ -125,16 +157,25 @@ mod tests {
                 "filters.face.labels.face_count > 1.0 && stages.faces.score > 0.5 && metadata.tier == 'free'",
             ),
         ];
-        assert_eq!(v.first_match(0.3, rules.iter()), Ok(Some(1)));
-        assert_eq!(v.first_match(0.99, rules.iter()), Ok(Some(0)));
+        let uses = Uses::of(rules.iter());
+        assert!(uses.filters && uses.stages && uses.metadata);
+        assert_eq!(v.first_match(0.3, uses, rules.iter()), Ok(Some(1)));
+        assert_eq!(v.first_match(0.99, uses, rules.iter()), Ok(Some(0)));
     }
 
     #[test]
     fn missing_labels_and_non_booleans_are_errors() {
         let v = RuleVars::new(&HashMap::new());
         let rules = [rule("score + 1.0")];
-        assert!(matches!(v.first_match(0.1, rules.iter()), Err((0, _))));
+        assert!(!Uses::of(rules.iter()).filters);
+        assert!(matches!(
+            v.first_match(0.1, Uses::of(rules.iter()), rules.iter()),
+            Err((0, _))
+        ));
         let rules = [rule("filters.nope.score > 0.5")];
-        assert!(matches!(v.first_match(0.1, rules.iter()), Err((0, _))));
+        assert!(matches!(
+            v.first_match(0.1, Uses::of(rules.iter()), rules.iter()),
+            Err((0, _))
+        ));
     }
 }

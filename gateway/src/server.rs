@@ -70,9 +70,11 @@ impl GatewayServer {
         cfg.validate()?;
         let metrics = crate::metrics::install();
 
-        let registry =
-            FilterRegistry::from_discovery(&[&StaticDiscovery::new(cfg.filters.clone())])
-                .map_err(GatewayError::Config)?;
+        let registry = FilterRegistry::from_discovery(
+            &[&StaticDiscovery::new(cfg.filters.clone())],
+            cfg.connections_per_endpoint,
+        )
+        .map_err(GatewayError::Config)?;
         registry.spawn_describer(cfg.describe_interval);
 
         let mut aggregators = self.aggregators;
@@ -141,6 +143,12 @@ impl GatewayServer {
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         tracing::info!(%addr, "gateway serving");
         let task = tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            // gRPC writes headers, data and trailers separately: without NODELAY, Nagle
+            // and delayed ACKs hold the tail of a response for ~40ms.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     shutdown.await;
