@@ -459,3 +459,28 @@ default_decision: APPROVE
     let d = list.filters[0].descriptor.as_ref().unwrap();
     assert_eq!(d.info["language"], "python");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_sampling_marks_approvals_only() {
+    let f = TestFilter::start(noop()).await;
+    let chain = |name: &str, rate: f64, decision: &str| {
+        format!(
+            "name: {name}\ncontent_types: [text/plain]\naudit_sample_rate: {rate}\nstages:\n  - id: s\n    filters: [{{use: noop}}]\ndefault_decision: {decision}\n"
+        )
+    };
+    let gw = TestGateway::setup()
+        .filter("noop", &f.url)
+        .chain(&chain("always", 1.0, "APPROVE"))
+        .chain(&chain("never", 0.0, "APPROVE"))
+        .chain(&chain("rejects", 1.0, "REJECT"))
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert!(gw.moderate_text("always", "hi").await.unwrap().audit);
+        assert!(!gw.moderate_text("never", "hi").await.unwrap().audit);
+        let r = gw.moderate_text("rejects", "hi").await.unwrap();
+        assert_eq!(r.decision(), Decision::Reject);
+        assert!(!r.audit, "only APPROVE is sampled for a spot check");
+    }
+}
