@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, unit and integration tests (real gateway processes,
-# real filters over loopback, the Python example filter).
+# real filters over loopback, the Python example filter, SQLite and a throwaway
+# PostgreSQL for the chainstore's storage suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --locked -p sekisho-cli --bin sekisho
+pg=$(mktemp -d)
+trap 'scripts/postgres.sh stop "$pg/cluster"; rm -rf "$pg"' EXIT
+SEKISHO_TEST_POSTGRES_URL=$(scripts/postgres.sh start "$pg/cluster")
+export SEKISHO_TEST_POSTGRES_URL SEKISHO_REQUIRE_POSTGRES=1
 cargo test --workspace --locked

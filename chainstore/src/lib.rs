@@ -17,3 +17,5 @@ pub use spec::{
     StageSpec,
 };
 pub use validate::{Limits, Problem, RULE_VARIABLES, compile_rule, validate};
+
+pub mod store;
