@@ -18,4 +18,6 @@ pub use spec::{
 };
 pub use validate::{Limits, Problem, RULE_VARIABLES, compile_rule, validate};
 
+pub mod server;
+pub mod service;
 pub mod store;

@@ -34,6 +34,19 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The chainstore: validated, versioned chains over gRPC and JSON. (The gateway does
+    /// not follow it yet; it reads a chain directory.)
+    Chainstore {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+        /// `sqlite://path?mode=rwc` (embedded) or `postgres://user@host/db`.
+        #[arg(
+            long,
+            env = "SEKISHO_DATABASE",
+            default_value = "sqlite://.sekisho/chainstore.db?mode=rwc"
+        )]
+        database: String,
+    },
     /// One built-in filter as a gRPC service.
     Filter {
         name: BuiltinFilter,
@@ -69,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Gateway { config } => gateway(config).await,
+            Command::Chainstore { listen, database } => chainstore(&listen, &database).await,
             Command::Filter {
                 name,
                 listen,
@@ -105,6 +119,26 @@ async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port.
     println!("sekisho gateway listening on http://{}", running.addr);
     running.wait().await?;
+    Ok(())
+}
+
+async fn chainstore(listen: &str, database: &str) -> anyhow::Result<()> {
+    if let Some(path) = database.strip_prefix("sqlite://") {
+        let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+    }
+    let store = sekisho_chainstore::store::SqlStore::connect(database)
+        .await
+        .with_context(|| format!("cannot open the chainstore database {database}"))?;
+    let (addr, task) =
+        sekisho_chainstore::server::serve(std::sync::Arc::new(store), listen, shutdown_signal())
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("sekisho chainstore listening on http://{addr}");
+    task.await??;
     Ok(())
 }
 

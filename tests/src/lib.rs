@@ -292,3 +292,48 @@ impl PythonFilter {
         Ok(PythonFilter { url, _child: child })
     }
 }
+
+/// A `sekisho chainstore` process on a SQLite file that outlives restarts.
+pub struct TestChainstore {
+    pub url: String,
+    pub db: PathBuf,
+    child: Child,
+}
+
+impl TestChainstore {
+    pub async fn start(db: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(sekisho_bin())
+            .args(["chainstore", "--listen", "127.0.0.1:0", "--database"])
+            .arg(format!("sqlite://{}?mode=rwc", db.display()))
+            .env("SEKISHO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning sekisho chainstore")?;
+        let url = wait_for_listen_line(&mut child, "sekisho chainstore").await?;
+        Ok(TestChainstore {
+            url,
+            db: db.to_owned(),
+            child,
+        })
+    }
+
+    /// Kills the process (no graceful shutdown) and starts it again on the same database.
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        self.child.kill().await?;
+        TestChainstore::start(&self.db).await
+    }
+
+    pub async fn client(
+        &self,
+    ) -> sekisho_proto::chainstore::v1::chain_store_client::ChainStoreClient<Channel> {
+        sekisho_proto::chainstore::v1::chain_store_client::ChainStoreClient::new(
+            Channel::from_shared(self.url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    }
+}

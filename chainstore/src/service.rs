@@ -1,0 +1,305 @@
+//! The `sekisho.chainstore.v1.ChainStore` gRPC service: every write is parsed and
+//! validated first, carries the version it expects, and becomes a new version; `Watch`
+//! streams the change feed from any revision.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use sekisho_proto::chainstore::v1::{self as proto, chain_store_server::ChainStore};
+use tonic::{Request, Response, Status};
+
+use crate::store::{ChainStorage, Expect, StoreError, StoredChain, Write};
+use crate::{Limits, parse_chain, validate};
+
+/// How often a watcher looks for changes other replicas committed (changes made through
+/// this process wake it at once).
+const POLL: Duration = Duration::from_millis(500);
+const PAGE: u32 = 500;
+
+pub struct ChainStoreService {
+    store: Arc<dyn ChainStorage>,
+    limits: Limits,
+}
+
+impl ChainStoreService {
+    pub fn new(store: Arc<dyn ChainStorage>) -> Self {
+        ChainStoreService {
+            store,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Parses and validates a document; returns the chain's name or every problem.
+    fn check(&self, document: &str) -> Result<String, Vec<proto::ValidationProblem>> {
+        let spec = parse_chain(document).map_err(|e| {
+            vec![proto::ValidationProblem {
+                path: String::new(),
+                message: e.message,
+                line: e.line.unwrap_or(0) as u32,
+                column: e.column.unwrap_or(0) as u32,
+            }]
+        })?;
+        let problems = validate(&spec, &self.limits);
+        if problems.is_empty() {
+            Ok(spec.name)
+        } else {
+            Err(problems
+                .into_iter()
+                .map(|p| proto::ValidationProblem {
+                    path: p.path,
+                    message: p.message,
+                    line: 0,
+                    column: 0,
+                })
+                .collect())
+        }
+    }
+
+    fn checked(&self, document: &str) -> Result<String, Status> {
+        self.check(document).map_err(|problems| {
+            let text: Vec<String> = problems
+                .iter()
+                .map(|p| match (p.path.is_empty(), p.line) {
+                    (_, l) if l > 0 => format!("line {l} column {}: {}", p.column, p.message),
+                    (true, _) => p.message.clone(),
+                    (false, _) => format!("{}: {}", p.path, p.message),
+                })
+                .collect();
+            Status::invalid_argument(format!("the chain is not valid: {}", text.join("; ")))
+        })
+    }
+}
+
+/// The one mapping from storage errors to gRPC statuses.
+fn status(e: StoreError) -> Status {
+    let message = e.to_string();
+    match e {
+        StoreError::NotFound(_) | StoreError::NoSuchVersion { .. } => Status::not_found(message),
+        StoreError::AlreadyExists(_) => Status::already_exists(message),
+        StoreError::Conflict { .. } => Status::aborted(message),
+        StoreError::Db(_) => Status::unavailable(message),
+    }
+}
+
+fn to_proto(c: StoredChain) -> proto::Chain {
+    proto::Chain {
+        name: c.name,
+        version: c.version,
+        document: c.document,
+        author: c.author,
+        comment: c.comment,
+        updated_at: c.updated_at,
+        deleted: c.deleted,
+    }
+}
+
+fn expected(v: u64) -> Result<Expect, Status> {
+    if v == 0 {
+        Err(Status::invalid_argument(
+            "expected_version: give the version you read, so a concurrent change is not overwritten",
+        ))
+    } else {
+        Ok(Expect::Version(v))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChainStore for ChainStoreService {
+    async fn create_chain(
+        &self,
+        r: Request<proto::CreateChainRequest>,
+    ) -> Result<Response<proto::Chain>, Status> {
+        let r = r.into_inner();
+        let name = self.checked(&r.document)?;
+        let c = self
+            .store
+            .write(Write {
+                name,
+                document: Some(r.document),
+                expect: Expect::Absent,
+                author: r.author,
+                comment: r.comment,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(to_proto(c)))
+    }
+
+    async fn get_chain(
+        &self,
+        r: Request<proto::GetChainRequest>,
+    ) -> Result<Response<proto::Chain>, Status> {
+        let r = r.into_inner();
+        let version = (r.version > 0).then_some(r.version);
+        let c = self.store.get(&r.name, version).await.map_err(status)?;
+        Ok(Response::new(to_proto(c)))
+    }
+
+    async fn list_chains(
+        &self,
+        _: Request<proto::ListChainsRequest>,
+    ) -> Result<Response<proto::ListChainsResponse>, Status> {
+        let chains = self.store.list().await.map_err(status)?;
+        Ok(Response::new(proto::ListChainsResponse {
+            chains: chains.into_iter().map(to_proto).collect(),
+        }))
+    }
+
+    async fn update_chain(
+        &self,
+        r: Request<proto::UpdateChainRequest>,
+    ) -> Result<Response<proto::Chain>, Status> {
+        let r = r.into_inner();
+        let expect = expected(r.expected_version)?;
+        let name = self.checked(&r.document)?;
+        if name != r.name {
+            return Err(Status::invalid_argument(format!(
+                "the document names chain `{name}`, not `{}`; a chain is renamed by creating the new one and deleting the old",
+                r.name
+            )));
+        }
+        let c = self
+            .store
+            .write(Write {
+                name,
+                document: Some(r.document),
+                expect,
+                author: r.author,
+                comment: r.comment,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(to_proto(c)))
+    }
+
+    async fn delete_chain(
+        &self,
+        r: Request<proto::DeleteChainRequest>,
+    ) -> Result<Response<proto::DeleteChainResponse>, Status> {
+        let r = r.into_inner();
+        let expect = expected(r.expected_version)?;
+        self.store
+            .write(Write {
+                name: r.name,
+                document: None,
+                expect,
+                author: String::new(),
+                comment: "deleted".into(),
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::DeleteChainResponse {}))
+    }
+
+    async fn validate_chain(
+        &self,
+        r: Request<proto::ValidateChainRequest>,
+    ) -> Result<Response<proto::ValidateChainResponse>, Status> {
+        let problems = self
+            .check(&r.into_inner().document)
+            .err()
+            .unwrap_or_default();
+        Ok(Response::new(proto::ValidateChainResponse {
+            valid: problems.is_empty(),
+            problems,
+        }))
+    }
+
+    async fn list_versions(
+        &self,
+        r: Request<proto::ListVersionsRequest>,
+    ) -> Result<Response<proto::ListVersionsResponse>, Status> {
+        let versions = self
+            .store
+            .versions(&r.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::ListVersionsResponse {
+            versions: versions.into_iter().map(to_proto).collect(),
+        }))
+    }
+
+    /// A rollback is a new version carrying an earlier version's document.
+    async fn rollback(
+        &self,
+        r: Request<proto::RollbackRequest>,
+    ) -> Result<Response<proto::Chain>, Status> {
+        let r = r.into_inner();
+        let expect = expected(r.expected_version)?;
+        let old = self
+            .store
+            .get(&r.name, Some(r.to_version))
+            .await
+            .map_err(status)?;
+        self.checked(&old.document)?;
+        let c = self
+            .store
+            .write(Write {
+                name: r.name,
+                document: Some(old.document),
+                expect,
+                author: r.author,
+                comment: format!("rollback to version {}", r.to_version),
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(to_proto(c)))
+    }
+
+    type WatchStream = WatchStream;
+
+    /// Every change after `from_revision`, in order, then changes as they are committed.
+    /// From 0 the whole history is replayed, so a new watcher ends in the current state.
+    async fn watch(
+        &self,
+        r: Request<proto::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let store = self.store.clone();
+        let mut last = r.into_inner().from_revision;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut committed = store.committed();
+            loop {
+                let batch = match store.changes_since(last, PAGE).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                let full = batch.len() == PAGE as usize;
+                for c in batch {
+                    last = c.revision;
+                    let kind = if c.deleted {
+                        proto::watch_event::Kind::Delete
+                    } else {
+                        proto::watch_event::Kind::Put
+                    };
+                    let event = proto::WatchEvent {
+                        kind: kind as i32,
+                        revision: c.revision,
+                        chain: Some(to_proto(c)),
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return; // the watcher went away
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    _ = committed.changed() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
