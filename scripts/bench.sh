@@ -29,3 +29,10 @@ if command -v h2load >/dev/null; then
     -H 'content-type: application/grpc' -H 'te: trailers' \
     -d "$tmp/req.bin" "$url/sekisho.gateway.v1.Gateway/Moderate" | grep -E "finished in|requests:|status codes|time for request" || true
 fi
+
+echo "== (c) chain update -> first gateway response using it (sekisho dev with its chainstore)"
+SEKISHO_LOG=warn $bin dev --listen 127.0.0.1:18090 --chainstore-listen 127.0.0.1:17090 --data-dir "$tmp/store" > "$tmp/dev2.log" 2>&1 &
+dev2=$!
+trap 'kill $dev $dev2 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 50); do grep -q "listening on" "$tmp/dev2.log" && break; sleep 0.2; done
+$bin bench reload --gateway http://127.0.0.1:18090 --chainstore http://127.0.0.1:17090 --chain comment-text --updates 100

@@ -41,6 +41,18 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// Time from a chain update in the chainstore to the first gateway response using it.
+    Reload {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        chainstore: String,
+        /// A chain that accepts text/plain.
+        #[arg(long, default_value = "comment-text")]
+        chain: String,
+        #[arg(long, default_value_t = 50)]
+        updates: u32,
+    },
     /// Writes a gRPC length-prefixed ModerateRequest (for `h2load --data`).
     Body {
         #[arg(long)]
@@ -118,6 +130,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 g.rate() / d.rate()
             );
         }
+        Mode::Reload {
+            gateway,
+            chainstore,
+            chain,
+            updates,
+        } => reload(&gateway, &chainstore, &chain, updates).await?,
         Mode::Body { chain, text, out } => {
             use prost::Message;
             let msg = moderate_request(&chain, &text).encode_to_vec();
@@ -130,6 +148,67 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("wrote {} bytes to {}", buf.len(), out.display());
         }
     }
+    Ok(())
+}
+
+/// Updates the chain `updates` times; after each update is committed, moderates back to
+/// back until a response names the new version.
+async fn reload(gateway: &str, chainstore: &str, chain: &str, updates: u32) -> anyhow::Result<()> {
+    use sekisho_proto::chainstore::v1::{
+        GetChainRequest, UpdateChainRequest, chain_store_client::ChainStoreClient,
+    };
+    let mut store = ChainStoreClient::new(channels(chainstore, 1).await?.remove(0));
+    let mut gw = GatewayClient::new(channels(gateway, 1).await?.remove(0));
+    let current = store
+        .get_chain(GetChainRequest {
+            name: chain.to_owned(),
+            version: 0,
+        })
+        .await?
+        .into_inner();
+    let (mut version, base) = (current.version, current.document);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let req = moderate_request(chain, "hello");
+    for i in 0..updates {
+        let updated = store
+            .update_chain(UpdateChainRequest {
+                name: chain.to_owned(),
+                document: format!("{base}\n# sekisho bench reload {i}\n"),
+                expected_version: version,
+                author: "sekisho bench".into(),
+                comment: "reload benchmark".into(),
+            })
+            .await?
+            .into_inner();
+        version = updated.version;
+        let t = Instant::now();
+        loop {
+            let r = gw.moderate(req.clone()).await?.into_inner();
+            if r.chain_version >= version {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("the gateway did not serve version {version} within 30s");
+            }
+        }
+        hist.record(t.elapsed().as_micros().max(1) as u64)?;
+    }
+    // Put the original document back.
+    store
+        .update_chain(UpdateChainRequest {
+            name: chain.to_owned(),
+            document: base,
+            expected_version: version,
+            author: "sekisho bench".into(),
+            comment: "reload benchmark: restored".into(),
+        })
+        .await?;
+    println!(
+        "chain {chain}: {updates} updates; update committed -> first gateway response using it: p50 {} µs  p99 {} µs  max {} µs",
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.max()
+    );
     Ok(())
 }
 

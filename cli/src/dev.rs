@@ -1,11 +1,14 @@
-//! `sekisho dev`: the gateway and the sample filters in one process, on localhost, with
-//! the sample chains. The filters still speak gRPC over loopback, as they do when each
-//! runs alone.
+//! `sekisho dev`: the chainstore (SQLite under the data directory, seeded with the sample
+//! chains), the gateway following it, and the sample filters, in one process on
+//! localhost. The parts still speak gRPC over loopback, as they do when each runs alone.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use sekisho_chainstore::store::{ChainStorage, Expect, SqlStore, StoreError, Write};
 use sekisho_filter_sdk::FilterServer;
 use sekisho_filters_samples::{Keywords, Noop};
 use sekisho_gateway::config::StaticFilter;
@@ -23,16 +26,20 @@ pub struct DevArgs {
     /// Where the gateway listens (gRPC, JSON, /openapi.json, /metrics).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
-    /// A directory of chains to serve instead of the samples.
+    /// A directory of chains to serve instead of the chainstore (read at start-up).
     #[arg(long)]
     chains: Option<PathBuf>,
-    /// Where dev keeps its files (the sample chains).
+    /// Where the chainstore listens.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    chainstore_listen: String,
+    /// Where dev keeps its files (the chainstore's SQLite database).
     #[arg(long, default_value = ".sekisho/dev")]
     data_dir: PathBuf,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut store_task = None;
     let mut filters = BTreeMap::new();
     let mut tasks = Vec::new();
     macro_rules! start_filter {
@@ -57,21 +64,35 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     start_filter!("noop", Noop::default());
     start_filter!("keywords", Keywords);
 
-    let chains_dir = match args.chains {
-        Some(d) => d,
+    let (chains_dir, chainstore, chains_from) = match args.chains {
+        Some(d) => (Some(d.clone()), None, d.display().to_string()),
         None => {
-            let dir = args.data_dir.join("chains");
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            for (name, text) in SAMPLE_CHAINS {
-                std::fs::write(dir.join(name), text)?;
-            }
-            dir
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+            let db = args.data_dir.join("chainstore.db");
+            let store =
+                Arc::new(SqlStore::connect(&format!("sqlite://{}?mode=rwc", db.display())).await?);
+            seed(store.as_ref()).await?;
+            let mut rx = stop_rx.clone();
+            let (addr, task) =
+                sekisho_chainstore::server::serve(store, &args.chainstore_listen, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+                .with_context(|| format!("cannot listen on {}", args.chainstore_listen))?;
+            store_task = Some(task);
+            let url = format!("http://{addr}");
+            (
+                None,
+                Some(url.clone()),
+                format!("{url} (SQLite {})", db.display()),
+            )
         }
     };
     let config = GatewayConfig {
         listen: args.listen,
-        chains_dir: Some(chains_dir.clone()),
+        chains_dir,
+        chainstore,
         filters: filters.clone(),
         ..GatewayConfig::default()
     };
@@ -86,7 +107,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  gateway, gRPC and JSON  http://{addr}");
     println!("  OpenAPI                 http://{addr}/openapi.json");
     println!("  metrics                 http://{addr}/metrics");
-    println!("  chains from             {}", chains_dir.display());
+    println!("  chains from             {chains_from}");
     for (name, f) in &filters {
         println!("  filter {name:<16} {}", f.endpoints[0]);
     }
@@ -101,6 +122,31 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     running.wait().await?;
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(t) = store_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Creates the sample chains that are not in the store yet; edits made since are kept.
+async fn seed(store: &dyn ChainStorage) -> anyhow::Result<()> {
+    for (_, text) in SAMPLE_CHAINS {
+        let spec = sekisho_chainstore::parse_chain(text)
+            .map_err(|e| anyhow::anyhow!("sample chain: {e}"))?;
+        match store
+            .write(Write {
+                name: spec.name,
+                document: Some((*text).to_owned()),
+                expect: Expect::Absent,
+                author: "sekisho dev".into(),
+                comment: "sample chain".into(),
+            })
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

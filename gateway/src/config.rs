@@ -15,8 +15,11 @@ use crate::error::GatewayError;
 pub struct GatewayConfig {
     /// Address for gRPC, the JSON proxy, `/metrics` and `/openapi.json` (one port).
     pub listen: String,
-    /// Directory of chain files (`*.yaml`, `*.yml`, `*.json`).
+    /// Directory of chain files (`*.yaml`, `*.yml`, `*.json`), read at start-up.
     pub chains_dir: Option<PathBuf>,
+    /// A chainstore to follow (`http://host:port`): chains change as it changes. Give
+    /// this or `chains_dir`, not both.
+    pub chainstore: Option<String>,
     /// Largest request message, in bytes (gRPC). JSON bodies may be 4/3 of this plus
     /// 16 KiB, for base64. Larger requests get RESOURCE_EXHAUSTED / HTTP 413.
     pub max_request_bytes: usize,
@@ -39,6 +42,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: "127.0.0.1:8080".into(),
             chains_dir: None,
+            chainstore: None,
             max_request_bytes: 8 * 1024 * 1024,
             max_in_flight: 4096,
             filters: BTreeMap::new(),
@@ -92,6 +96,9 @@ impl GatewayConfig {
         let bad = |m: String| Err(GatewayError::Config(m));
         if self.max_request_bytes < 1024 {
             return bad("max_request_bytes: must be at least 1024".into());
+        }
+        if self.chains_dir.is_some() && self.chainstore.is_some() {
+            return bad("chains_dir and chainstore: give one source of chains, not both".into());
         }
         if !(1..=16).contains(&self.connections_per_endpoint) {
             return bad("connections_per_endpoint: must be between 1 and 16".into());

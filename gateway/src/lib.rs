@@ -13,6 +13,7 @@ pub mod chain;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod follow;
 pub mod layers;
 pub mod metrics;
 pub mod registry;

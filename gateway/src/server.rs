@@ -89,6 +89,10 @@ impl GatewayServer {
             None => ChainSet::default(),
         };
         let chains = Arc::new(Chains::new(set));
+        if let Some(url) = &cfg.chainstore {
+            crate::follow::spawn_follower(url.clone(), chains.clone(), aggregators.clone())
+                .map_err(GatewayError::Config)?;
+        }
         let service = GatewayService::new(chains.clone(), Runner { registry }, cfg.max_in_flight);
 
         let (health, health_service) = tonic_health::server::health_reporter();

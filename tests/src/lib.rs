@@ -87,6 +87,8 @@ pub struct GatewaySetup {
     /// Remote aggregator name → endpoint URL.
     pub aggregators: Vec<(String, String)>,
     pub max_request_bytes: Option<usize>,
+    /// Follow this chainstore instead of reading a chain directory.
+    pub chainstore: Option<String>,
 }
 
 impl GatewaySetup {
@@ -103,6 +105,11 @@ impl GatewaySetup {
 
     pub fn chain_file(mut self, file: &str, yaml: &str) -> Self {
         self.chains.push((file.into(), yaml.into()));
+        self
+    }
+
+    pub fn chainstore(mut self, url: &str) -> Self {
+        self.chainstore = Some(url.into());
         self
     }
 
@@ -143,6 +150,10 @@ impl TestGateway {
         }
         if let Some(m) = setup.max_request_bytes {
             config["max_request_bytes"] = m.into();
+        }
+        if let Some(url) = &setup.chainstore {
+            config["chainstore"] = url.clone().into();
+            config.as_object_mut().unwrap().remove("chains_dir");
         }
         let config_path = dir.path().join("gateway.yaml");
         // JSON is YAML.
@@ -302,8 +313,12 @@ pub struct TestChainstore {
 
 impl TestChainstore {
     pub async fn start(db: &Path) -> anyhow::Result<Self> {
+        Self::start_at(db, "127.0.0.1:0").await
+    }
+
+    async fn start_at(db: &Path, listen: &str) -> anyhow::Result<Self> {
         let mut child = Command::new(sekisho_bin())
-            .args(["chainstore", "--listen", "127.0.0.1:0", "--database"])
+            .args(["chainstore", "--listen", listen, "--database"])
             .arg(format!("sqlite://{}?mode=rwc", db.display()))
             .env("SEKISHO_LOG", "warn")
             .stdout(Stdio::piped())
@@ -319,10 +334,26 @@ impl TestChainstore {
         })
     }
 
-    /// Kills the process (no graceful shutdown) and starts it again on the same database.
+    /// Kills the process (no graceful shutdown) and starts it again on the same database
+    /// and address.
     pub async fn restart(mut self) -> anyhow::Result<Self> {
         self.child.kill().await?;
-        TestChainstore::start(&self.db).await
+        let _ = self.child.wait().await;
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        TestChainstore::start_at(&self.db, &addr).await
+    }
+
+    /// Kills the process, keeping what `restart` needs.
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+    }
+
+    /// Starts a stopped chainstore again on its database and address.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        *self = TestChainstore::start_at(&self.db, &addr).await?;
+        Ok(())
     }
 
     pub async fn client(
