@@ -5,9 +5,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::routing::get;
-use sekisho_jsonproxy::{JsonProxy, openapi, routes, upstream};
 use sekisho_proto::chainstore::v1::chain_store_server::ChainStoreServer;
 use tokio::net::TcpListener;
 
@@ -37,35 +34,15 @@ pub async fn serve(
     )
     .add_service(health_service)
     .add_service(reflection);
-    let http_routes = routes(
-        sekisho_proto::descriptor_pool(),
+    let app = sekisho_jsonproxy::app(
+        grpc,
         &["sekisho.chainstore.v1.ChainStore"],
+        "Sekisho chainstore",
+        MAX_REQUEST_BYTES,
     )
     .map_err(std::io::Error::other)?;
-    let doc = Arc::new(openapi(
-        &http_routes,
-        "Sekisho chainstore",
-        env!("CARGO_PKG_VERSION"),
-    ));
-    let proxy = JsonProxy::new(http_routes, upstream(grpc.clone()), MAX_REQUEST_BYTES);
-    let app = grpc
-        .into_axum_router()
-        .route(
-            "/openapi.json",
-            get(move || async move { axum::Json((*doc).clone()) }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .fallback(move |req: http::Request<Body>| proxy.handle(req));
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
+    let task = tokio::spawn(sekisho_jsonproxy::serve(listener, app, shutdown));
     Ok((addr, task))
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::routing::get;
 use http::Request;
-use sekisho_jsonproxy::{JsonProxy, openapi, routes, upstream};
 use sekisho_proto::gateway::v1::gateway_server::GatewayServer as GatewayApi;
 use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
@@ -109,31 +108,18 @@ impl GatewayServer {
         .add_service(health_service)
         .add_service(reflection);
 
-        let http_routes = routes(
-            sekisho_proto::descriptor_pool(),
-            &["sekisho.gateway.v1.Gateway"],
-        )
-        .map_err(|e| GatewayError::Internal(e.to_string()))?;
-        let doc = Arc::new(openapi(
-            &http_routes,
-            "Sekisho gateway",
-            env!("CARGO_PKG_VERSION"),
-        ));
-        let proxy = JsonProxy::new(http_routes, upstream(grpc.clone()), cfg.max_json_bytes());
         let limit = cfg.max_request_bytes;
-
-        let app = grpc
-            .into_axum_router()
-            .route("/metrics", get(move || async move { metrics.render() }))
-            .route(
-                "/openapi.json",
-                get(move || async move { axum::Json((*doc).clone()) }),
-            )
-            .route("/healthz", get(|| async { "ok" }))
-            .fallback(move |req: Request<Body>| fallback(proxy.clone(), req))
-            .layer(axum::middleware::map_request(move |req: Request<Body>| {
-                std::future::ready(limit_grpc_frames(req, limit))
-            }));
+        let app = sekisho_jsonproxy::app(
+            grpc,
+            &["sekisho.gateway.v1.Gateway"],
+            "Sekisho gateway",
+            cfg.max_json_bytes(),
+        )
+        .map_err(|e| GatewayError::Internal(e.to_string()))?
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .layer(axum::middleware::map_request(move |req: Request<Body>| {
+            std::future::ready(limit_grpc_frames(req, limit))
+        }));
 
         let listener =
             TcpListener::bind(&cfg.listen)
@@ -146,45 +132,19 @@ impl GatewayServer {
             .local_addr()
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         tracing::info!(%addr, "gateway serving");
-        let task = tokio::spawn(async move {
-            use axum::serve::ListenerExt;
-            // gRPC writes headers, data and trailers separately: without NODELAY, Nagle
-            // and delayed ACKs hold the tail of a response for ~40ms.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    shutdown.await;
-                    health.set_not_serving::<GatewayApi<GatewayService>>().await;
-                    tracing::info!("gateway draining");
-                })
-                .await
-        });
+        let task = tokio::spawn(sekisho_jsonproxy::serve(listener, app, async move {
+            shutdown.await;
+            health.set_not_serving::<GatewayApi<GatewayService>>().await;
+            tracing::info!("gateway draining");
+        }));
         Ok(RunningGateway { addr, chains, task })
     }
 }
 
-/// Paths no route claims: JSON goes to the proxy; gRPC gets UNIMPLEMENTED, in gRPC.
-async fn fallback(proxy: JsonProxy, req: Request<Body>) -> axum::response::Response {
-    if is_grpc(&req) {
-        let status = tonic::Status::unimplemented(format!("no gRPC method {}", req.uri().path()));
-        status.into_http::<Body>()
-    } else {
-        proxy.handle(req).await
-    }
-}
-
 fn limit_grpc_frames(req: Request<Body>, limit: usize) -> Request<Body> {
-    if is_grpc(&req) {
+    if sekisho_jsonproxy::is_grpc(&req) {
         req.map(|b| Body::new(GrpcFrameLimit::new(b, limit)))
     } else {
         req
     }
-}
-
-fn is_grpc(req: &Request<Body>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }

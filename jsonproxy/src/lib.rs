@@ -5,6 +5,7 @@
 //! The proxy transcodes and forwards to a gRPC service — the server's own routes in
 //! process, or a channel to another process — so it never duplicates a handler.
 
+mod app;
 mod codec;
 mod error;
 mod openapi;
@@ -12,6 +13,7 @@ mod proxy;
 mod routes;
 mod template;
 
+pub use app::{app, is_grpc, serve};
 pub use error::{ApiError, http_status};
 pub use openapi::openapi;
 pub use proxy::{JsonProxy, Upstream, upstream};
