@@ -3,6 +3,7 @@
 //! `sekisho bench` is the load generator.
 
 mod bench;
+mod chains;
 mod dev;
 
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ enum Command {
         )]
         database: String,
     },
+    /// Edit chains in a chainstore: apply, get, list, history, diff, rollback, delete.
+    Chains(chains::ChainsArgs),
     /// One built-in filter as a gRPC service.
     Filter {
         name: BuiltinFilter,
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
                 alias,
             } => filter(name, &listen, alias).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Chains(args) => chains::run(args).await,
         }
     })
 }
