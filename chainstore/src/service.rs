@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status};
 use crate::store::{ChainStorage, Expect, StoreError, StoredChain, Write};
 use crate::{Limits, parse_chain, validate};
 
-/// How often a watcher looks for changes other replicas committed (changes made through
-/// this process wake it at once).
+/// How often a watcher looks for changes anyway. Writes through this process, and on
+/// PostgreSQL other replicas' writes (NOTIFY), wake it at once; the poll catches
+/// announcements missed while the LISTEN connection was being re-established.
 const POLL: Duration = Duration::from_millis(500);
 const PAGE: u32 = 500;
 

@@ -5,14 +5,19 @@
 //! Every write (create, update, delete, rollback) is a new version and takes the next
 //! store *revision*. Writers first bump the revision row, whose lock serializes them, so
 //! revisions commit in order: a watcher that asks for everything after revision `n`
-//! never misses a change and never sees one twice.
+//! never misses a change and never sees one twice. On PostgreSQL every write also sends
+//! a NOTIFY, so that watchers on every replica wake at once.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use tokio::sync::watch;
+
+/// The PostgreSQL channel writes are announced on, with the revision as payload.
+const NOTIFY_CHANNEL: &str = "sekisho_chains";
 
 /// Migrations, applied in order at start-up and recorded in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_chains.sql"))];
@@ -94,14 +99,16 @@ pub trait ChainStorage: Send + Sync + 'static {
         revision: u64,
         limit: u32,
     ) -> Result<Vec<StoredChain>, StoreError>;
-    /// The latest revision this process has committed; it changes after each local write.
+    /// The latest revision known to be committed: after each write through this store,
+    /// and (PostgreSQL) when another replica announces one.
     fn committed(&self) -> watch::Receiver<u64>;
 }
 
 /// SQLite (`sqlite://path?mode=rwc`) or PostgreSQL (`postgres://...`).
 pub struct SqlStore {
     pool: AnyPool,
-    committed: watch::Sender<u64>,
+    committed: Arc<watch::Sender<u64>>,
+    postgres: bool,
 }
 
 impl SqlStore {
@@ -116,11 +123,17 @@ impl SqlStore {
             .await?;
         let store = SqlStore {
             pool,
-            committed: watch::channel(0).0,
+            committed: Arc::new(watch::channel(0).0),
+            postgres: !sqlite,
         };
         store.migrate(!sqlite).await?;
+        if store.postgres {
+            let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
+            tokio::spawn(listen(listener, Arc::downgrade(&store.committed)));
+        }
         let rev = store.revision().await?;
-        store.committed.send_replace(rev);
+        advance(&store.committed, rev);
         Ok(store)
     }
 
@@ -261,14 +274,16 @@ impl ChainStorage for SqlStore {
         .bind(deleted as i64)
         .execute(&mut *tx)
         .await?;
+        if self.postgres {
+            // Delivered when the transaction commits, to every replica listening.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(revision.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        self.committed.send_if_modified(|r| {
-            let newer = revision as u64 > *r;
-            if newer {
-                *r = revision as u64;
-            }
-            newer
-        });
+        advance(&self.committed, revision as u64);
         Ok(StoredChain {
             name: w.name,
             version,
@@ -352,6 +367,42 @@ impl ChainStorage for SqlStore {
 
     fn committed(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()
+    }
+}
+
+/// Raises the known committed revision; never lowers it.
+fn advance(committed: &watch::Sender<u64>, revision: u64) {
+    committed.send_if_modified(|r| {
+        let newer = revision > *r;
+        if newer {
+            *r = revision;
+        }
+        newer
+    });
+}
+
+/// Turns other replicas' NOTIFYs into revisions, until the store is dropped. A dropped
+/// connection is re-established by sqlx; announcements missed meanwhile are caught by
+/// the watchers' polling.
+async fn listen(mut listener: sqlx::postgres::PgListener, committed: Weak<watch::Sender<u64>>) {
+    loop {
+        match listener.recv().await {
+            Ok(n) => {
+                let Some(committed) = committed.upgrade() else {
+                    return;
+                };
+                if let Ok(rev) = n.payload().parse::<u64>() {
+                    advance(&committed, rev);
+                }
+            }
+            Err(e) => {
+                if committed.upgrade().is_none() {
+                    return;
+                }
+                tracing::warn!(error = %e, "chainstore: LISTEN failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

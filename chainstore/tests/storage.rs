@@ -175,3 +175,28 @@ async fn concurrent_writers_exactly_one_wins_per_version() {
         assert_eq!(s.get(&name, None).await.unwrap().version, 2);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_replica_wakes_the_others() {
+    for (backend, a, _dir) in backends().await {
+        if backend != "postgres" {
+            continue; // replicas share a database only on PostgreSQL
+        }
+        let url = std::env::var("SEKISHO_TEST_POSTGRES_URL").unwrap();
+        let b = SqlStore::connect(&url).await.unwrap();
+        let mut woken = b.committed();
+        let name = format!("replica-{}", std::process::id());
+        let written = a
+            .write(write(&name, Some("d"), Expect::Absent))
+            .await
+            .unwrap();
+        // `b` made no write and does not poll: only the NOTIFY can move it.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            woken.wait_for(|r| *r >= written.revision),
+        )
+        .await
+        .expect("the other replica heard of the write within 5s")
+        .unwrap();
+    }
+}
