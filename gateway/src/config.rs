@@ -30,7 +30,7 @@ pub struct GatewayConfig {
     /// Remote aggregators by name.
     pub aggregators: BTreeMap<String, RemoteAggregator>,
     /// HTTP/2 connections to each filter endpoint, used in turn. One connection is
-    /// served by one task; 2 measured best on 2 cores (BENCHMARKS.md).
+    /// served by one task; on 2 cores, 2 gave +8 % over 1 and 4 no more (BENCHMARKS.md).
     pub connections_per_endpoint: usize,
     /// How often a filter's descriptor is asked for again.
     #[serde(with = "humantime_serde")]

@@ -147,14 +147,6 @@ pub fn filter_stack(
         .boxed()
 }
 
-/// Calls a stack once.
-pub async fn call_once(
-    svc: BoxService<ApplyRequest, ApplyResponse, Status>,
-    req: ApplyRequest,
-) -> Result<ApplyResponse, Status> {
-    svc.oneshot(req).await
-}
-
 pin_project_lite::pin_project! {
     /// A request body that fails with RESOURCE_EXHAUSTED as soon as a gRPC message prefix
     /// declares more than `limit` bytes.

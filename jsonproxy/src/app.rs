@@ -19,7 +19,7 @@ pub fn app(
     title: &str,
     max_json_bytes: usize,
 ) -> Result<axum::Router, RouteError> {
-    let http_routes = routes(sekisho_proto_pool(), services)?;
+    let http_routes = routes(sekisho_proto::descriptor_pool(), services)?;
     let doc = Arc::new(openapi(&http_routes, title, env!("CARGO_PKG_VERSION")));
     let proxy = JsonProxy::new(http_routes, upstream(grpc.clone()), max_json_bytes);
     Ok(grpc
@@ -30,10 +30,6 @@ pub fn app(
         )
         .route("/healthz", get(|| async { "ok" }))
         .fallback(move |req: Request<Body>| fallback(proxy.clone(), req)))
-}
-
-fn sekisho_proto_pool() -> &'static prost_reflect::DescriptorPool {
-    sekisho_proto::descriptor_pool()
 }
 
 async fn fallback(proxy: JsonProxy, req: Request<Body>) -> axum::response::Response {

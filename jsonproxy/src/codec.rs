@@ -1,12 +1,12 @@
 //! A gRPC codec that moves already-encoded messages: the proxy encodes and decodes with
-//! dynamic messages itself.
+//! dynamic messages itself (and tests use it to send bytes no client would).
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RawCodec;
+pub struct RawCodec;
 
 impl Codec for RawCodec {
     type Encode = Bytes;

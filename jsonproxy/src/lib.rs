@@ -14,6 +14,7 @@ mod routes;
 mod template;
 
 pub use app::{app, is_grpc, serve};
+pub use codec::RawCodec;
 pub use error::{ApiError, http_status};
 pub use openapi::openapi;
 pub use proxy::{JsonProxy, Upstream, upstream};

@@ -1,7 +1,8 @@
 //! Bad input gets a clear error, loses nothing, and leaves the gateway serving.
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use sekisho_filters_samples::Noop;
+use sekisho_jsonproxy::RawCodec;
 use sekisho_proto::filter::v1::content::Payload;
 use sekisho_proto::gateway::v1::{Decision, ListChainsRequest};
 use sekisho_tests::filters::Echo;
@@ -118,47 +119,6 @@ async fn grpc_bad_requests_get_clear_statuses() {
     still_serving(&mut gw).await;
 }
 
-/// Sends raw bytes as a Moderate request body.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl tonic::codec::Codec for Raw {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl tonic::codec::Encoder for Raw {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for Raw {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Bytes>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_protobuf_is_invalid_argument() {
     let noop = TestFilter::start(Noop::default()).await;
@@ -180,7 +140,7 @@ async fn malformed_protobuf_is_invalid_argument() {
         .unary(
             tonic::Request::new(garbage),
             http::uri::PathAndQuery::from_static("/sekisho.gateway.v1.Gateway/Moderate"),
-            Raw,
+            RawCodec,
         )
         .await
         .unwrap_err();

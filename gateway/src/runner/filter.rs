@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use sekisho_proto::filter::v1::{ApplyRequest, ApplyResponse};
 use tonic::Status;
+use tower::ServiceExt;
 
 use crate::chain::CompiledFilter;
 use crate::layers;
@@ -43,7 +44,7 @@ pub async fn run_filter(
     };
     let attempts = Arc::new(AtomicU32::new(0));
     let stack = layers::filter_stack(pool.client(), &f.filter, &f.policy, attempts.clone());
-    let result = layers::call_once(stack, req).await;
+    let result = stack.oneshot(req).await;
     let latency = start.elapsed();
     metrics::histogram!(m::FILTER_DURATION, "chain" => chain.to_owned(), "stage" => stage.to_owned(), "filter" => f.filter.clone())
         .record(latency.as_secs_f64());
