@@ -2,8 +2,8 @@
 //! its validation with a path for every problem, and loading chains from a directory.
 //!
 //! The gateway compiles a validated [`ChainSpec`] into something it can run; the
-//! chainstore service (built on this crate) stores and versions the same documents.
-//! This crate never talks to the network.
+//! chainstore service ([`service`], [`store`], [`server`]) stores and versions the same
+//! documents, checking filters against discovery ([`catalog`]) on every write.
 
 mod dir;
 mod parse;
@@ -18,6 +18,7 @@ pub use spec::{
 };
 pub use validate::{Limits, Problem, RULE_VARIABLES, compile_rule, validate};
 
+pub mod catalog;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -3,20 +3,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use sekisho_proto::chainstore::v1::chain_store_server::ChainStoreServer;
 use tokio::net::TcpListener;
 
 use crate::service::ChainStoreService;
-use crate::store::ChainStorage;
 
 /// Largest request the chainstore accepts (a chain document is at most 256 KiB).
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// Binds `listen` and serves until `shutdown`; returns the bound address and the task.
 pub async fn serve(
-    store: Arc<dyn ChainStorage>,
+    service: ChainStoreService,
     listen: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
@@ -29,8 +27,7 @@ pub async fn serve(
         .build_v1()
         .map_err(std::io::Error::other)?;
     let grpc = tonic::service::Routes::new(
-        ChainStoreServer::new(ChainStoreService::new(store))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        ChainStoreServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .add_service(health_service)
     .add_service(reflection);

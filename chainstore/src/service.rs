@@ -10,6 +10,7 @@ use futures::Stream;
 use sekisho_proto::chainstore::v1::{self as proto, chain_store_server::ChainStore};
 use tonic::{Request, Response, Status};
 
+use crate::catalog::GatewayCatalog;
 use crate::store::{ChainStorage, Expect, StoreError, StoredChain, Write};
 use crate::{Limits, parse_chain, validate};
 
@@ -22,6 +23,32 @@ const PAGE: u32 = 500;
 pub struct ChainStoreService {
     store: Arc<dyn ChainStorage>,
     limits: Limits,
+    catalog: Option<Arc<GatewayCatalog>>,
+}
+
+/// What a check found: problems refuse the write; warnings are checks not made.
+struct Checked {
+    name: Option<String>,
+    problems: Vec<proto::ValidationProblem>,
+    warnings: Vec<proto::ValidationProblem>,
+}
+
+/// Whether a write is checked against discovery too. A rollback is not: it restores a
+/// version that was accepted once, and must work in an emergency even when a filter is
+/// away.
+#[derive(Clone, Copy, PartialEq)]
+enum Against {
+    Discovery,
+    StructureOnly,
+}
+
+fn problem(path: String, message: String) -> proto::ValidationProblem {
+    proto::ValidationProblem {
+        path,
+        message,
+        line: 0,
+        column: 0,
+    }
 }
 
 impl ChainStoreService {
@@ -29,47 +56,79 @@ impl ChainStoreService {
         ChainStoreService {
             store,
             limits: Limits::default(),
+            catalog: None,
         }
     }
 
-    /// Parses and validates a document; returns the chain's name or every problem.
-    fn check(&self, document: &str) -> Result<String, Vec<proto::ValidationProblem>> {
-        let spec = parse_chain(document).map_err(|e| {
-            vec![proto::ValidationProblem {
-                path: String::new(),
-                message: e.message,
-                line: e.line.unwrap_or(0) as u32,
-                column: e.column.unwrap_or(0) as u32,
-            }]
-        })?;
-        let problems = validate(&spec, &self.limits);
-        if problems.is_empty() {
-            Ok(spec.name)
-        } else {
-            Err(problems
-                .into_iter()
-                .map(|p| proto::ValidationProblem {
-                    path: p.path,
-                    message: p.message,
-                    line: 0,
-                    column: 0,
-                })
-                .collect())
+    /// Checks filters against what a gateway's discovery reports.
+    pub fn with_catalog(mut self, catalog: Arc<GatewayCatalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Parses and validates a document.
+    async fn check(&self, document: &str, against: Against) -> Checked {
+        let spec = match parse_chain(document) {
+            Ok(s) => s,
+            Err(e) => {
+                return Checked {
+                    name: None,
+                    problems: vec![proto::ValidationProblem {
+                        path: String::new(),
+                        message: e.message,
+                        line: e.line.unwrap_or(0) as u32,
+                        column: e.column.unwrap_or(0) as u32,
+                    }],
+                    warnings: vec![],
+                };
+            }
+        };
+        let mut problems: Vec<_> = validate(&spec, &self.limits)
+            .into_iter()
+            .map(|p| problem(p.path, p.message))
+            .collect();
+        let mut warnings = vec![];
+        if let (Some(catalog), Against::Discovery) = (&self.catalog, against) {
+            match catalog.current().await {
+                Ok(c) => problems.extend(
+                    c.check(&spec)
+                        .into_iter()
+                        .map(|p| problem(p.path, p.message)),
+                ),
+                Err(why) => warnings.push(problem(String::new(), why)),
+            }
+        }
+        Checked {
+            name: Some(spec.name),
+            problems,
+            warnings,
         }
     }
 
-    fn checked(&self, document: &str) -> Result<String, Status> {
-        self.check(document).map_err(|problems| {
-            let text: Vec<String> = problems
-                .iter()
-                .map(|p| match (p.path.is_empty(), p.line) {
-                    (_, l) if l > 0 => format!("line {l} column {}: {}", p.column, p.message),
-                    (true, _) => p.message.clone(),
-                    (false, _) => format!("{}: {}", p.path, p.message),
-                })
-                .collect();
-            Status::invalid_argument(format!("the chain is not valid: {}", text.join("; ")))
-        })
+    /// The chain's name, or INVALID_ARGUMENT listing every problem.
+    async fn checked(&self, document: &str, against: Against) -> Result<String, Status> {
+        let c = self.check(document, against).await;
+        for w in &c.warnings {
+            tracing::warn!(warning = %w.message, "chain written without this check");
+        }
+        match c.name {
+            Some(name) if c.problems.is_empty() => Ok(name),
+            _ => {
+                let text: Vec<String> = c
+                    .problems
+                    .iter()
+                    .map(|p| match (p.path.is_empty(), p.line) {
+                        (_, l) if l > 0 => format!("line {l} column {}: {}", p.column, p.message),
+                        (true, _) => p.message.clone(),
+                        (false, _) => format!("{}: {}", p.path, p.message),
+                    })
+                    .collect();
+                Err(Status::invalid_argument(format!(
+                    "the chain is not valid: {}",
+                    text.join("; ")
+                )))
+            }
+        }
     }
 }
 
@@ -115,7 +174,7 @@ impl ChainStore for ChainStoreService {
         r: Request<proto::CreateChainRequest>,
     ) -> Result<Response<proto::Chain>, Status> {
         let r = r.into_inner();
-        let name = self.checked(&r.document)?;
+        let name = self.checked(&r.document, Against::Discovery).await?;
         let c = self
             .store
             .write(Write {
@@ -156,7 +215,7 @@ impl ChainStore for ChainStoreService {
     ) -> Result<Response<proto::Chain>, Status> {
         let r = r.into_inner();
         let expect = expected(r.expected_version)?;
-        let name = self.checked(&r.document)?;
+        let name = self.checked(&r.document, Against::Discovery).await?;
         if name != r.name {
             return Err(Status::invalid_argument(format!(
                 "the document names chain `{name}`, not `{}`; a chain is renamed by creating the new one and deleting the old",
@@ -200,13 +259,13 @@ impl ChainStore for ChainStoreService {
         &self,
         r: Request<proto::ValidateChainRequest>,
     ) -> Result<Response<proto::ValidateChainResponse>, Status> {
-        let problems = self
-            .check(&r.into_inner().document)
-            .err()
-            .unwrap_or_default();
+        let c = self
+            .check(&r.into_inner().document, Against::Discovery)
+            .await;
         Ok(Response::new(proto::ValidateChainResponse {
-            valid: problems.is_empty(),
-            problems,
+            valid: c.problems.is_empty(),
+            problems: c.problems,
+            warnings: c.warnings,
         }))
     }
 
@@ -236,7 +295,7 @@ impl ChainStore for ChainStoreService {
             .get(&r.name, Some(r.to_version))
             .await
             .map_err(status)?;
-        self.checked(&old.document)?;
+        self.checked(&old.document, Against::StructureOnly).await?;
         let c = self
             .store
             .write(Write {

@@ -1,6 +1,7 @@
 //! Validation of a parsed chain: every problem names its path
 //! (`stages[1].branches[0].when`) and says what to do. Checks that need discovery
-//! (is the filter known, does it accept the content types) live with discovery.
+//! (is the filter known, does it accept the content types, does the config fit its
+//! schema) are in [`crate::catalog`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

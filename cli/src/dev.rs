@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use sekisho_chainstore::catalog::GatewayCatalog;
+use sekisho_chainstore::service::ChainStoreService;
 use sekisho_chainstore::store::{ChainStorage, Expect, SqlStore, StoreError, Write};
 use sekisho_filter_sdk::FilterServer;
 use sekisho_filters_samples::{Keywords, Noop};
@@ -74,8 +76,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 Arc::new(SqlStore::connect(&format!("sqlite://{}?mode=rwc", db.display())).await?);
             seed(store.as_ref()).await?;
             let mut rx = stop_rx.clone();
+            // The gateway started below reports what discovery found.
+            let catalog = GatewayCatalog::new(&format!("http://{}", args.listen))
+                .map_err(anyhow::Error::msg)?;
+            let service = ChainStoreService::new(store).with_catalog(Arc::new(catalog));
             let (addr, task) =
-                sekisho_chainstore::server::serve(store, &args.chainstore_listen, async move {
+                sekisho_chainstore::server::serve(service, &args.chainstore_listen, async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
                 .await

@@ -7,9 +7,12 @@ mod chains;
 mod dev;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use sekisho_chainstore::catalog::GatewayCatalog;
+use sekisho_chainstore::service::ChainStoreService;
 use sekisho_filter_sdk::FilterServer;
 use sekisho_filters_samples::{Keywords, Noop};
 use sekisho_gateway::{GatewayConfig, GatewayServer};
@@ -35,11 +38,15 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// The chainstore: validated, versioned chains over gRPC and JSON. (The gateway does
-    /// not follow it yet; it reads a chain directory.)
+    /// The chainstore: validated, versioned chains over gRPC and JSON, followed by gateways.
     Chainstore {
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: String,
+        /// A gateway whose discovery checks each written chain's filters (known, content
+        /// types, config schema), e.g. `http://gateway:8080`. Without it only the chain's
+        /// own structure is checked.
+        #[arg(long, env = "SEKISHO_FILTERS_FROM")]
+        filters_from: Option<String>,
         /// `sqlite://path?mode=rwc` (embedded) or `postgres://user@host/db`.
         #[arg(
             long,
@@ -85,7 +92,11 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Gateway { config } => gateway(config).await,
-            Command::Chainstore { listen, database } => chainstore(&listen, &database).await,
+            Command::Chainstore {
+                listen,
+                filters_from,
+                database,
+            } => chainstore(&listen, filters_from.as_deref(), &database).await,
             Command::Filter {
                 name,
                 listen,
@@ -126,7 +137,11 @@ async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn chainstore(listen: &str, database: &str) -> anyhow::Result<()> {
+async fn chainstore(
+    listen: &str,
+    filters_from: Option<&str>,
+    database: &str,
+) -> anyhow::Result<()> {
     if let Some(path) = database.strip_prefix("sqlite://") {
         let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -137,10 +152,14 @@ async fn chainstore(listen: &str, database: &str) -> anyhow::Result<()> {
     let store = sekisho_chainstore::store::SqlStore::connect(database)
         .await
         .with_context(|| format!("cannot open the chainstore database {database}"))?;
-    let (addr, task) =
-        sekisho_chainstore::server::serve(std::sync::Arc::new(store), listen, shutdown_signal())
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+    let mut service = ChainStoreService::new(Arc::new(store));
+    if let Some(url) = filters_from {
+        let catalog = GatewayCatalog::new(url).map_err(anyhow::Error::msg)?;
+        service = service.with_catalog(Arc::new(catalog));
+    }
+    let (addr, task) = sekisho_chainstore::server::serve(service, listen, shutdown_signal())
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     println!("sekisho chainstore listening on http://{addr}");
     task.await??;
     Ok(())

@@ -36,7 +36,7 @@ pub mod google {
 
 pub mod codec;
 mod structs;
-pub use structs::{json_to_struct, struct_to_json};
+pub use structs::{json_to_struct, merge_config, struct_to_json};
 
 /// Every Sekisho proto file, with its imports, as an encoded `FileDescriptorSet`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sekisho_descriptor");

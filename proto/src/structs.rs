@@ -60,6 +60,24 @@ fn json_to_value(v: &serde_json::Value) -> Value {
     Value { kind: Some(kind) }
 }
 
+/// Merges a chain's config override into a filter's defaults, as every filter does before
+/// a call: objects key by key, anything else replaced.
+pub fn merge_config(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_config(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! The integration-test harness: [`TestGateway`] runs the real `sekisho gateway` binary
 //! as a child process on port 0; [`TestFilter`] serves a filter from the test process on
-//! a real socket; [`PythonFilter`] runs the Python example. Everything talks gRPC over
-//! loopback, as in production.
+//! a real socket; [`PythonFilter`] runs the Python example; [`TestChainstore`] runs
+//! `sekisho chainstore`; [`LoadRun`] drives a gateway with the project's load generator
+//! (`sekisho bench moderate`). Everything talks gRPC over loopback, as in production.
 
 pub mod filters;
 
@@ -330,6 +331,7 @@ impl TestChainstore {
         Ok(TestChainstore {
             url,
             db: db.to_owned(),
+            filters_from,
             child,
         })
     }
@@ -340,7 +342,7 @@ impl TestChainstore {
         self.child.kill().await?;
         let _ = self.child.wait().await;
         let addr = self.url.trim_start_matches("http://").to_owned();
-        TestChainstore::start_at(&self.db, &addr).await
+        TestChainstore::start_at(&self.db, &addr, self.filters_from.take()).await
     }
 
     /// Kills the process, keeping what `restart` needs.
@@ -352,7 +354,7 @@ impl TestChainstore {
     /// Starts a stopped chainstore again on its database and address.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         let addr = self.url.trim_start_matches("http://").to_owned();
-        *self = TestChainstore::start_at(&self.db, &addr).await?;
+        *self = TestChainstore::start_at(&self.db, &addr, self.filters_from.clone()).await?;
         Ok(())
     }
 

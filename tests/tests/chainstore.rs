@@ -291,3 +291,96 @@ async fn watch_resumes_after_a_restart_without_gaps() {
         "nothing lost, nothing repeated"
     );
 }
+
+/// Filters are checked against what a real gateway's discovery found: the name is known,
+/// the chain's content types are accepted, the config override fits the filter's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_checked_against_discovery() {
+    let keywords = sekisho_tests::TestFilter::start(sekisho_filters_samples::Keywords).await;
+    let gw = sekisho_tests::TestGateway::setup()
+        .filter("keywords", &keywords.url)
+        .start()
+        .await
+        .unwrap();
+    gw.wait_described(&["keywords"]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cs = TestChainstore::start_checking(&dir.path().join("chains.db"), &gw.url)
+        .await
+        .unwrap();
+    let mut c = cs.client().await;
+
+    c.create_chain(create(doc("fits", "r"))).await.unwrap();
+
+    let cases = [
+        (
+            doc("typo", "r").replace("use: keywords", "use: keywrods"),
+            "stages[0].filters[0].use: no filter named `keywrods` is known to discovery; known: keywords",
+        ),
+        (
+            doc("images", "r").replace("[text/plain]", "[image/png]"),
+            "stages[0].filters[0].use: `keywords` accepts text/*, not `image/png`",
+        ),
+        (
+            doc("config", "r").replace(
+                "{use: keywords}",
+                "{use: keywords, config: {case_sensitive: \"yes\"}}",
+            ),
+            "stages[0].filters[0].config.case_sensitive: ",
+        ),
+    ];
+    for (document, expected) in cases {
+        let e = c.create_chain(create(document.clone())).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains(expected), "{}", e.message());
+        // The dry run reports the same problem at the same path, and saves nothing.
+        let v = c
+            .validate_chain(proto::ValidateChainRequest { document })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!v.valid);
+        let path = expected.split(": ").next().unwrap();
+        assert!(v.problems.iter().any(|p| p.path == path), "{v:?}");
+    }
+    let names: Vec<String> = c
+        .list_chains(proto::ListChainsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .chains
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["fits"]);
+}
+
+/// With no gateway answering, writes are checked for structure only and `Validate` says
+/// which check was not made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_gateway_filters_are_not_checked_and_validate_says_so() {
+    // A port that was free a moment ago: nothing answers there.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cs = TestChainstore::start_checking(&dir.path().join("chains.db"), &dead)
+        .await
+        .unwrap();
+    let mut c = cs.client().await;
+    let document = doc("later", "r").replace("use: keywords", "use: not-deployed-yet");
+    let v = c
+        .validate_chain(proto::ValidateChainRequest {
+            document: document.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.valid, "{v:?}");
+    assert_eq!(v.warnings.len(), 1, "{v:?}");
+    assert!(
+        v.warnings[0].message.contains("filters were not checked"),
+        "{v:?}"
+    );
+    c.create_chain(create(document)).await.unwrap();
+}

@@ -4,23 +4,6 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Merges `over` into `base`: objects key by key, anything else replaced.
-pub(crate) fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
 /// The typed config for one call: `defaults` when there is no override.
 pub(crate) fn resolve<C>(
     defaults: &C,
@@ -34,7 +17,7 @@ where
         return Ok(defaults.clone());
     };
     let mut merged = default_json.clone();
-    merge(&mut merged, over);
+    sekisho_proto::merge_config(&mut merged, over);
     from_json(merged)
 }
 
