@@ -3,7 +3,9 @@
 //! same filter in one run, alternating rounds so that machine noise hits both alike;
 //! `body` writes a length-prefixed request for h2load, the independent cross-check.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -80,6 +82,13 @@ struct Load {
     warmup: Duration,
     #[arg(long, default_value = "hello world")]
     text: String,
+    /// Send exactly this many requests (no warm-up) instead of running for `--duration`.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Print the report as one JSON line (with each chain version, decision and reason
+    /// seen, and how often), for tests and scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -88,13 +97,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let channels = channels(&load.gateway, load.connections).await?;
             let req = moderate_request(&chain, &load.text);
             let target = Target::Gateway(channels, req);
-            target.run(&load, load.warmup).await?;
+            if load.requests.is_none() {
+                target.run(&load, load.warmup).await?;
+            }
+            // Tests start changing things once they read this line.
+            println!("load started");
             let r = target.run(&load, load.duration).await?;
-            println!(
-                "chain {chain}, concurrency {}, {} connection(s)",
-                load.concurrency, load.connections
-            );
-            r.print("gateway");
+            if load.json {
+                println!("{}", r.json());
+            } else {
+                println!(
+                    "chain {chain}, concurrency {}, {} connection(s)",
+                    load.concurrency, load.connections
+                );
+                r.print("gateway");
+            }
         }
         Mode::Overhead {
             load,
@@ -273,6 +290,9 @@ struct Report {
     hist: Histogram<u64>,
     ok: u64,
     errors: u64,
+    first_error: Option<tonic::Status>,
+    /// (chain version, decision, reason) of each gateway response → how many.
+    outcomes: BTreeMap<(u64, String, String), u64>,
     elapsed: Duration,
 }
 
@@ -282,6 +302,8 @@ impl Default for Report {
             hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds are valid"),
             ok: 0,
             errors: 0,
+            first_error: None,
+            outcomes: BTreeMap::new(),
             elapsed: Duration::ZERO,
         }
     }
@@ -293,6 +315,35 @@ impl Report {
         self.ok += o.ok;
         self.errors += o.errors;
         self.elapsed += o.elapsed;
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+        for (k, n) in o.outcomes {
+            *self.outcomes.entry(k).or_default() += n;
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let q = |q: f64| self.hist.value_at_quantile(q);
+        let outcomes: Vec<_> = self
+            .outcomes
+            .iter()
+            .map(|((version, decision, reason), n)| {
+                serde_json::json!({
+                    "chain_version": version, "decision": decision, "reason": reason, "count": n,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "ok": self.ok,
+            "errors": self.errors,
+            "first_error": self.first_error.as_ref().map(|e| format!("{}: {}", e.code(), e.message())),
+            "requests_per_s": self.rate(),
+            "p50_us": q(0.5),
+            "p99_us": q(0.99),
+            "max_us": self.hist.max(),
+            "outcomes": outcomes,
+        })
     }
 
     fn rate(&self) -> f64 {
@@ -320,48 +371,59 @@ impl Target {
         let start = Instant::now();
         let mut tasks = Vec::new();
         let target = Arc::new(self.clone());
+        // With `--requests`, each request takes a ticket; the duration no longer ends it.
+        let tickets = Arc::new(AtomicU64::new(0));
+        let limit = load.requests;
         for w in 0..load.concurrency.max(1) {
-            let target = target.clone();
+            let (target, tickets) = (target.clone(), tickets.clone());
             tasks.push(tokio::spawn(async move {
-                let mut hist =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds are valid");
-                let (mut ok, mut errors) = (0u64, 0u64);
-                let mut first_error = None;
-                while Instant::now() < deadline {
+                let mut r = Report::default();
+                loop {
+                    let more = match limit {
+                        Some(n) => tickets.fetch_add(1, Ordering::Relaxed) < n,
+                        None => Instant::now() < deadline,
+                    };
+                    if !more {
+                        break;
+                    }
                     let t = Instant::now();
-                    let r = match &*target {
+                    let outcome = match &*target {
                         Target::Gateway(ch, req) => GatewayClient::new(ch[w % ch.len()].clone())
                             .moderate(req.clone())
                             .await
-                            .map(|_| ()),
+                            .map(|resp| {
+                                let resp = resp.into_inner();
+                                let decision = resp.decision().as_str_name().to_owned();
+                                Some((resp.chain_version, decision, resp.reason))
+                            }),
                         Target::Direct(ch, req) => FilterClient::new(ch[w % ch.len()].clone())
                             .apply(req.clone())
                             .await
-                            .map(|_| ()),
+                            .map(|_| None),
                     };
-                    match r {
-                        Ok(()) => {
-                            let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
-                            ok += 1;
+                    match outcome {
+                        Ok(o) => {
+                            let _ = r.hist.record(t.elapsed().as_micros().max(1) as u64);
+                            r.ok += 1;
+                            if let Some(key) = o {
+                                *r.outcomes.entry(key).or_default() += 1;
+                            }
                         }
                         Err(e) => {
-                            errors += 1;
-                            first_error.get_or_insert(e);
+                            r.errors += 1;
+                            r.first_error.get_or_insert(e);
                         }
                     }
                 }
-                (hist, ok, errors, first_error)
+                r
             }));
         }
         let mut report = Report::default();
         for t in tasks {
-            let (h, ok, errors, first_error) = t.await?;
-            report.hist.add(&h)?;
-            report.ok += ok;
-            report.errors += errors;
-            if let Some(e) = first_error {
-                eprintln!("error: {}: {}", e.code(), e.message());
-            }
+            report.merge(t.await?);
+        }
+        if let Some(e) = &report.first_error {
+            eprintln!("error: {}: {}", e.code(), e.message());
         }
         report.elapsed = start.elapsed();
         Ok(report)

@@ -309,18 +309,32 @@ impl PythonFilter {
 pub struct TestChainstore {
     pub url: String,
     pub db: PathBuf,
+    filters_from: Option<String>,
     child: Child,
 }
 
 impl TestChainstore {
     pub async fn start(db: &Path) -> anyhow::Result<Self> {
-        Self::start_at(db, "127.0.0.1:0").await
+        Self::start_at(db, "127.0.0.1:0", None).await
     }
 
-    async fn start_at(db: &Path, listen: &str) -> anyhow::Result<Self> {
-        let mut child = Command::new(sekisho_bin())
-            .args(["chainstore", "--listen", listen, "--database"])
-            .arg(format!("sqlite://{}?mode=rwc", db.display()))
+    /// A chainstore that checks filters against `gateway`'s discovery.
+    pub async fn start_checking(db: &Path, gateway: &str) -> anyhow::Result<Self> {
+        Self::start_at(db, "127.0.0.1:0", Some(gateway.to_owned())).await
+    }
+
+    async fn start_at(
+        db: &Path,
+        listen: &str,
+        filters_from: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(sekisho_bin());
+        cmd.args(["chainstore", "--listen", listen, "--database"])
+            .arg(format!("sqlite://{}?mode=rwc", db.display()));
+        if let Some(g) = &filters_from {
+            cmd.args(["--filters-from", g]);
+        }
+        let mut child = cmd
             .env("SEKISHO_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -368,5 +382,67 @@ impl TestChainstore {
                 .await
                 .unwrap(),
         )
+    }
+}
+
+/// The project's load generator (`sekisho bench moderate --json`) running against a
+/// gateway as its own process.
+pub struct LoadRun {
+    child: Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl LoadRun {
+    /// Starts the load and returns once requests are being sent. `args` are more
+    /// `sekisho bench moderate` flags, e.g. `["--requests", "10000"]`.
+    pub async fn start(gateway: &str, chain: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(sekisho_bin())
+            .args([
+                "bench",
+                "moderate",
+                "--json",
+                "--gateway",
+                gateway,
+                "--chain",
+                chain,
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning sekisho bench")?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout is piped")?).lines();
+        let started = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if line == "load started" {
+                    return Ok::<_, std::io::Error>(true);
+                }
+            }
+            Ok(false)
+        })
+        .await;
+        match started {
+            Ok(Ok(true)) => Ok(LoadRun { child, lines }),
+            Ok(Ok(false)) => bail!("sekisho bench exited before the load started"),
+            Ok(Err(e)) => bail!("sekisho bench: {e}"),
+            Err(_) => bail!("sekisho bench did not start within 60s"),
+        }
+    }
+
+    /// Waits for the load to end; returns its JSON report (`ok`, `errors`,
+    /// `first_error`, `outcomes`: chain_version, decision, reason, count).
+    pub async fn finish(mut self) -> anyhow::Result<serde_json::Value> {
+        let mut report = None;
+        while let Some(line) = self.lines.next_line().await? {
+            if line.starts_with('{') {
+                report = Some(serde_json::from_str(&line)?);
+            }
+        }
+        let status = self.child.wait().await?;
+        if !status.success() {
+            bail!("sekisho bench failed: {status}");
+        }
+        report.context("sekisho bench printed no report")
     }
 }
