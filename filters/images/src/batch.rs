@@ -1,0 +1,223 @@
+//! Dynamic batching: requests that arrive together run as one batch, up to `max_batch`
+//! items or `max_wait` after the first, on one of `sessions.len()` worker threads (each
+//! owns its session: `Session::run` takes `&mut self`, so there is no lock to share).
+//! Only items of the same shape share a batch; each caller gets back exactly its own
+//! rows of every output.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use ort::session::Session;
+use ort::value::Tensor;
+
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    /// Items waiting at most, across workers; beyond it callers are told to retry.
+    pub queue: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            max_batch: 8,
+            max_wait: Duration::from_millis(2),
+            queue: 256,
+        }
+    }
+}
+
+/// One output of one item: its shape without the batch dimension, and its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub shape: Vec<i64>,
+    pub data: Vec<f32>,
+}
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum BatchError {
+    #[error("the model is busy ({0} items queued); retry")]
+    Busy(usize),
+    #[error("the model failed: {0}")]
+    Failed(String),
+    #[error("the model's workers have stopped")]
+    Stopped,
+}
+
+struct Job {
+    shape: Vec<i64>,
+    data: Vec<f32>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Output>, BatchError>>,
+}
+
+/// Batches per worker and items, for the mean batch size.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub batches: AtomicU64,
+    pub items: AtomicU64,
+}
+
+pub struct Batcher {
+    tx: Sender<Job>,
+    queue: usize,
+    pub stats: Arc<BatchStats>,
+}
+
+impl Batcher {
+    /// Starts one worker thread per session. `input` is the model's input name,
+    /// `outputs` the outputs returned, in that order.
+    pub fn start(
+        sessions: Vec<Session>,
+        input: &str,
+        outputs: &[&str],
+        opts: BatchOptions,
+    ) -> Batcher {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(opts.queue.max(1));
+        let stats = Arc::new(BatchStats::default());
+        for (i, session) in sessions.into_iter().enumerate() {
+            let w = Worker {
+                session,
+                input: input.to_owned(),
+                outputs: outputs.iter().map(|s| (*s).to_owned()).collect(),
+                rx: rx.clone(),
+                opts: opts.clone(),
+                stats: stats.clone(),
+                held: VecDeque::new(),
+            };
+            std::thread::Builder::new()
+                .name(format!("onnx-worker-{i}"))
+                .spawn(move || w.run())
+                .expect("spawning a model worker thread");
+        }
+        Batcher {
+            tx,
+            queue: opts.queue,
+            stats,
+        }
+    }
+
+    /// Runs one item (`shape` without the batch dimension, row-major `data`).
+    pub async fn run(&self, shape: Vec<i64>, data: Vec<f32>) -> Result<Vec<Output>, BatchError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        match self.tx.try_send(Job { shape, data, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(BatchError::Busy(self.queue)),
+            Err(TrySendError::Disconnected(_)) => return Err(BatchError::Stopped),
+        }
+        rx.await.map_err(|_| BatchError::Stopped)?
+    }
+
+    /// Mean items per batch so far.
+    pub fn mean_batch(&self) -> f64 {
+        let b = self.stats.batches.load(Ordering::Relaxed);
+        let i = self.stats.items.load(Ordering::Relaxed);
+        if b == 0 { 0.0 } else { i as f64 / b as f64 }
+    }
+}
+
+struct Worker {
+    session: Session,
+    input: String,
+    outputs: Vec<String>,
+    rx: Receiver<Job>,
+    opts: BatchOptions,
+    stats: Arc<BatchStats>,
+    /// Jobs taken while collecting a batch of another shape: they start the next one.
+    held: VecDeque<Job>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let first = match self.held.pop_front() {
+                Some(j) => j,
+                None => match self.rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return, // every sender is gone
+                },
+            };
+            let mut batch = vec![first];
+            // Held jobs of the same shape join first.
+            let mut i = 0;
+            while i < self.held.len() && batch.len() < self.opts.max_batch {
+                if self.held[i].shape == batch[0].shape {
+                    batch.push(self.held.remove(i).expect("index is in range"));
+                } else {
+                    i += 1;
+                }
+            }
+            let deadline = Instant::now() + self.opts.max_wait;
+            while batch.len() < self.opts.max_batch {
+                match self.rx.recv_deadline(deadline) {
+                    Ok(j) if j.shape == batch[0].shape => batch.push(j),
+                    Ok(j) => self.held.push_back(j),
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .items
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let result = self.infer(&batch);
+            match result {
+                Ok(per_item) => {
+                    for (job, outs) in batch.into_iter().zip(per_item) {
+                        let _ = job.reply.send(Ok(outs));
+                    }
+                }
+                Err(e) => {
+                    for job in batch {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn infer(&mut self, batch: &[Job]) -> Result<Vec<Vec<Output>>, BatchError> {
+        let n = batch.len();
+        let mut shape = Vec::with_capacity(batch[0].shape.len() + 1);
+        shape.push(n as i64);
+        shape.extend_from_slice(&batch[0].shape);
+        let data: Vec<f32> = if n == 1 {
+            batch[0].data.clone()
+        } else {
+            let mut d = Vec::with_capacity(batch[0].data.len() * n);
+            for j in batch {
+                d.extend_from_slice(&j.data);
+            }
+            d
+        };
+        let failed = |e: ort::Error| BatchError::Failed(e.to_string());
+        let tensor = Tensor::from_array((shape, data)).map_err(failed)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(failed)?;
+        let mut per_item: Vec<Vec<Output>> = (0..n).map(|_| Vec::new()).collect();
+        for name in &self.outputs {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| BatchError::Failed(format!("the model has no output `{name}`")))?;
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(failed)?;
+            if shape.first().copied() != Some(n as i64) {
+                return Err(BatchError::Failed(format!(
+                    "output `{name}` has shape {shape:?}, not a batch of {n}"
+                )));
+            }
+            let per = data.len() / n;
+            let item_shape = shape[1..].to_vec();
+            for (i, slot) in per_item.iter_mut().enumerate() {
+                slot.push(Output {
+                    shape: item_shape.clone(),
+                    data: data[i * per..(i + 1) * per].to_vec(),
+                });
+            }
+        }
+        Ok(per_item)
+    }
+}

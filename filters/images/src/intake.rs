@@ -1,0 +1,174 @@
+//! Image intake: JPEG, PNG, WebP and GIF (first frame), bytes and pixels checked from the
+//! header before anything is decoded (a decompression bomb is refused, not allocated),
+//! EXIF orientation applied, grayscale and alpha turned into RGB.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use sekisho_filter_sdk::{FilterError, Input, Payload};
+
+/// What an image filter accepts.
+pub const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/webp", "image/gif"];
+
+#[derive(Debug, Clone)]
+pub struct ImageLimits {
+    pub max_bytes: usize,
+    pub max_pixels: u64,
+    pub max_side: u32,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_bytes: 20 * 1024 * 1024,
+            max_pixels: 40_000_000,
+            max_side: 16_384,
+        }
+    }
+}
+
+fn invalid(m: impl Into<String>) -> FilterError {
+    FilterError::InvalidInput(m.into())
+}
+
+/// The item's image as RGB, upright.
+pub fn decode_input(input: &Input, limits: &ImageLimits) -> Result<RgbImage, FilterError> {
+    match &input.payload {
+        Payload::Data(d) => decode(d, limits),
+        Payload::Text(_) => Err(invalid(
+            "this filter reads images; the item is text (send the image bytes in `data`)",
+        )),
+        Payload::Features(_) => Err(invalid(
+            "this filter reads images; the item is a feature vector",
+        )),
+    }
+}
+
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterError> {
+    if bytes.is_empty() {
+        return Err(invalid("the image is empty (0 bytes)"));
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(invalid(format!(
+            "the image is {} bytes; the limit is {}",
+            bytes.len(),
+            limits.max_bytes
+        )));
+    }
+    let format = image::guess_format(bytes)
+        .map_err(|_| invalid("not an image this filter reads (JPEG, PNG, WebP or GIF)"))?;
+    if !matches!(
+        format,
+        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif
+    ) {
+        return Err(invalid(format!(
+            "{format:?} images are not read here; send JPEG, PNG, WebP or GIF"
+        )));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut l = Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    // RGBA at 16 bits per channel is the widest a decoder allocates, plus slack.
+    l.max_alloc = Some(limits.max_pixels.saturating_mul(8) + (1 << 20));
+    reader.limits(l);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| invalid(format!("cannot read the {format:?} header: {e}")))?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(invalid(format!("the image is {w}×{h} pixels")));
+    }
+    if w > limits.max_side || h > limits.max_side || u64::from(w) * u64::from(h) > limits.max_pixels
+    {
+        return Err(invalid(format!(
+            "the image is {w}×{h} pixels; the limits are {} per side and {} in all",
+            limits.max_side, limits.max_pixels
+        )));
+    }
+    let orientation = decoder.orientation().ok();
+    let mut img = DynamicImage::from_decoder(decoder)
+        .map_err(|e| invalid(format!("the {format:?} image is corrupt or truncated: {e}")))?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbaImage::from_pixel(w, h, image::Rgba([10, 20, 30, 128]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn alpha_and_gray_become_rgb() {
+        let img = decode(&png(3, 2), &ImageLimits::default()).unwrap();
+        assert_eq!(img.dimensions(), (3, 2));
+        assert_eq!(img.get_pixel(0, 0).0, [10, 20, 30]);
+        let gray = image::GrayImage::from_pixel(2, 2, image::Luma([77]));
+        let mut out = Cursor::new(Vec::new());
+        gray.write_to(&mut out, ImageFormat::Png).unwrap();
+        let img = decode(out.get_ref(), &ImageLimits::default()).unwrap();
+        assert_eq!(img.get_pixel(1, 1).0, [77, 77, 77]);
+    }
+
+    #[test]
+    fn bad_images_are_refused_with_the_reason() {
+        let l = ImageLimits::default();
+        let msg = |r: Result<RgbImage, FilterError>| r.unwrap_err().to_string();
+        assert!(msg(decode(b"", &l)).contains("empty"));
+        assert!(msg(decode(b"hello, not an image", &l)).contains("not an image"));
+        let mut truncated = png(64, 64);
+        truncated.truncate(truncated.len() / 2);
+        assert!(msg(decode(&truncated, &l)).contains("corrupt or truncated"));
+        // BMP is an image, but not one we read.
+        let mut bmp = b"BM".to_vec();
+        bmp.resize(64, 0);
+        assert!(msg(decode(&bmp, &l)).contains("Bmp images are not read here"));
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    /// A PNG whose header claims 50,000 × 50,000 pixels is refused from the header,
+    /// before any pixel is allocated.
+    #[test]
+    fn decompression_bombs_are_refused_from_the_header() {
+        let mut p = png(1, 1);
+        // IHDR: 8-byte signature, 4-byte length, "IHDR", then width and height.
+        p[16..20].copy_from_slice(&50_000u32.to_be_bytes());
+        p[20..24].copy_from_slice(&50_000u32.to_be_bytes());
+        // A well-formed header: its CRC (over "IHDR" and the 13 data bytes) follows.
+        let crc = crc32(&p[12..29]);
+        p[29..33].copy_from_slice(&crc.to_be_bytes());
+        let e = decode(&p, &ImageLimits::default()).unwrap_err().to_string();
+        assert!(e.contains("50000") || e.contains("limit"), "{e}");
+        let small = ImageLimits {
+            max_pixels: 10,
+            ..Default::default()
+        };
+        let e = decode(&png(4, 4), &small).unwrap_err().to_string();
+        assert!(e.contains("4×4 pixels; the limits are"), "{e}");
+    }
+}

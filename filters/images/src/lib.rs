@@ -1,0 +1,19 @@
+//! Sekisho's built-in image filters: `face-detect` (CenterFace + Soft-NMS), `ng-image`
+//! (an ONNX image classifier, open_nsfw by default) and `qr-code` (no model).
+//!
+//! The ONNX filters share one runtime ([`runtime`]: ONNX Runtime loaded dynamically, the
+//! execution provider from config) and one way of serving a model ([`batch`]: dynamic
+//! batching on worker threads that each own a session). Images come in through
+//! [`intake`], which checks sizes before decoding.
+
+pub mod batch;
+pub mod face;
+pub mod intake;
+pub mod model;
+pub mod nms;
+pub mod onnx_dims;
+pub mod resize;
+pub mod runtime;
+
+pub use face::{FaceConfig, FaceDetect};
+pub use model::ModelOptions;

@@ -1,0 +1,75 @@
+//! Bilinear resizing straight into a model's input tensor, with OpenCV's `INTER_LINEAR`
+//! conventions (pixel centres at +0.5, edges clamped, no anti-aliasing, results rounded
+//! to 8 bits as `cv2.resize` on a `uint8` image gives), because the reference
+//! pipelines feed their models through `cv2.dnn.blobFromImage`.
+
+use image::RgbImage;
+
+/// Source index and weight of the next pixel, per destination coordinate.
+fn taps(src: u32, dst: u32) -> Vec<(usize, usize, f32)> {
+    let scale = src as f64 / dst as f64;
+    (0..dst)
+        .map(|d| {
+            let f = (d as f64 + 0.5) * scale - 0.5;
+            let mut s = f.floor();
+            let mut w = f - s;
+            if s < 0.0 {
+                s = 0.0;
+                w = 0.0;
+            }
+            let s = s as usize;
+            if s + 1 >= src as usize {
+                return (src as usize - 1, src as usize - 1, 0.0);
+            }
+            (s, s + 1, w as f32)
+        })
+        .collect()
+}
+
+/// Resizes `img` to `w × h` and writes it planar (C, H, W) in RGB order, values 0–255.
+pub fn to_chw(img: &RgbImage, w: u32, h: u32) -> Vec<f32> {
+    let (sw, _) = img.dimensions();
+    let src = img.as_raw();
+    let xs = taps(sw, w);
+    let ys = taps(img.height(), h);
+    let plane = (w * h) as usize;
+    let mut out = vec![0f32; plane * 3];
+    let row_len = sw as usize * 3;
+    for (dy, &(y0, y1, wy)) in ys.iter().enumerate() {
+        let r0 = &src[y0 * row_len..(y0 + 1) * row_len];
+        let r1 = &src[y1 * row_len..(y1 + 1) * row_len];
+        for (dx, &(x0, x1, wx)) in xs.iter().enumerate() {
+            let o = dy * w as usize + dx;
+            for c in 0..3 {
+                let p = |r: &[u8], x: usize| r[x * 3 + c] as f32;
+                let top = p(r0, x0) + (p(r0, x1) - p(r0, x0)) * wx;
+                let bottom = p(r1, x0) + (p(r1, x1) - p(r1, x0)) * wx;
+                out[c * plane + o] = (top + (bottom - top) * wy).round();
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_size_is_a_copy_in_planar_order() {
+        let img = RgbImage::from_fn(3, 2, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let t = to_chw(&img, 3, 2);
+        assert_eq!(&t[0..6], &[0., 1., 2., 0., 1., 2.]);
+        assert_eq!(&t[6..12], &[0., 0., 0., 1., 1., 1.]);
+        assert_eq!(&t[12..18], &[7.; 6]);
+    }
+
+    /// Upscaling 2 → 4 pixels: OpenCV gives 0, 25, 75, 100 for a 0–100 ramp (centres at
+    /// −0.25, 0.25, 0.75, 1.25, clamped at the edges).
+    #[test]
+    fn upscaling_matches_opencv() {
+        let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([(x * 100) as u8, 0, 0]));
+        let t = to_chw(&img, 4, 1);
+        assert_eq!(&t[0..4], &[0., 25., 75., 100.]);
+    }
+}

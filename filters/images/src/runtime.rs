@@ -1,0 +1,194 @@
+//! ONNX Runtime, loaded dynamically (`libonnxruntime.so` from the `onnxruntime` or
+//! `onnxruntime-gpu` wheel, fetched by `scripts/fetch-models.sh`), and sessions on the
+//! execution provider the operator asked for.
+//!
+//! The CUDA provider is registered with `error_on_failure`: ONNX Runtime's default is to
+//! fall back to CPU silently. Whether a missing CUDA then falls back (loudly) or refuses
+//! to start is the operator's choice (`on_missing_cuda`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::ep;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+/// Where the project's setup puts its downloads (`SEKISHO_CACHE`, else `.sekisho/cache`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SEKISHO_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".sekisho/cache"))
+}
+
+/// The ONNX Runtime library: `ORT_DYLIB_PATH`, else the cache's copy.
+pub fn default_library() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("onnxruntime/libonnxruntime.so.1.31.1"))
+}
+
+/// A model file in the cache (`models/<name>`).
+pub fn default_model(name: &str) -> PathBuf {
+    cache_dir().join("models").join(name)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingCuda {
+    /// Log an error and run on CPU.
+    Fallback,
+    /// Refuse to start.
+    Refuse,
+}
+
+/// How a model's sessions run.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub library: PathBuf,
+    pub provider: Provider,
+    pub device_id: i32,
+    pub on_missing_cuda: OnMissingCuda,
+    /// ONNX Runtime's intra-op threads per session (0: ONNX Runtime's default).
+    pub intra_threads: usize,
+    /// Whether idle intra-op threads spin-wait (fast hand-off, burns the cores).
+    pub spin: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            library: default_library(),
+            provider: Provider::Cpu,
+            device_id: 0,
+            on_missing_cuda: OnMissingCuda::Fallback,
+            intra_threads: 0,
+            spin: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "cannot load ONNX Runtime from {path}: {reason} (run scripts/fetch-models.sh, or set ORT_DYLIB_PATH)"
+    )]
+    Library { path: PathBuf, reason: String },
+    #[error("cannot read the model {path}: {reason}")]
+    Model { path: PathBuf, reason: String },
+    #[error("CUDA was asked for (device {device}) but cannot be used: {reason}")]
+    CudaMissing { device: i32, reason: String },
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+}
+
+static ENV: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+
+/// Loads the library once per process and returns its environment.
+fn init(library: &Path) -> Result<&'static ort::environment::Environment, RuntimeError> {
+    let loaded = ENV.get_or_init(|| {
+        if !library.is_file() {
+            return Err("no such file".to_owned());
+        }
+        let env = ort::init_from(library)
+            .map_err(|e| e.to_string())?
+            .with_name("sekisho")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok((library.to_owned(), env))
+    });
+    match loaded {
+        Ok((path, env)) if path == library => Ok(env),
+        Ok((path, _)) => Err(RuntimeError::Library {
+            path: library.to_owned(),
+            reason: format!("{} is already loaded in this process", path.display()),
+        }),
+        Err(reason) => Err(RuntimeError::Library {
+            path: library.to_owned(),
+            reason: reason.clone(),
+        }),
+    }
+}
+
+/// A built session and the provider it really runs on.
+pub struct Built {
+    pub session: Session,
+    pub provider: Provider,
+}
+
+/// Builds a session for `model` (bytes, already edited if need be).
+pub fn session(model: &[u8], opts: &RuntimeOptions) -> Result<Built, RuntimeError> {
+    let env = init(&opts.library)?;
+    let ort_err = |e: ort::Error| RuntimeError::Ort(e.to_string());
+    let base = || -> Result<_, RuntimeError> {
+        let mut b = Session::builder(env)
+            .map_err(ort_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| RuntimeError::Ort(e.to_string()))?
+            .with_intra_op_spinning(opts.spin)
+            .map_err(|e| RuntimeError::Ort(e.to_string()))?;
+        if opts.intra_threads > 0 {
+            b = b
+                .with_intra_threads(opts.intra_threads)
+                .map_err(|e| RuntimeError::Ort(e.to_string()))?;
+        }
+        Ok(b)
+    };
+    if opts.provider == Provider::Cuda {
+        let cuda = ep::CUDA::default()
+            .with_device_id(opts.device_id)
+            .build()
+            .error_on_failure();
+        let attempt = base()?
+            .with_execution_providers([cuda])
+            .map_err(|e| e.to_string())
+            .and_then(|mut b| b.commit_from_memory(model).map_err(|e| e.to_string()));
+        match attempt {
+            Ok(session) => {
+                return Ok(Built {
+                    session,
+                    provider: Provider::Cuda,
+                });
+            }
+            Err(reason) => {
+                let e = RuntimeError::CudaMissing {
+                    device: opts.device_id,
+                    reason,
+                };
+                if opts.on_missing_cuda == OnMissingCuda::Refuse {
+                    return Err(e);
+                }
+                tracing::error!(error = %e, "FALLING BACK TO CPU: this filter runs on the CPU");
+            }
+        }
+    }
+    let session = base()?.commit_from_memory(model).map_err(ort_err)?;
+    Ok(Built {
+        session,
+        provider: Provider::Cpu,
+    })
+}
+
+/// Reads a model file.
+pub fn read_model(path: &Path) -> Result<Vec<u8>, RuntimeError> {
+    std::fs::read(path).map_err(|e| RuntimeError::Model {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+        }
+    }
+}
