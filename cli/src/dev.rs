@@ -12,16 +12,23 @@ use sekisho_chainstore::catalog::GatewayCatalog;
 use sekisho_chainstore::service::ChainStoreService;
 use sekisho_chainstore::store::{ChainStorage, Expect, SqlStore, StoreError, Write};
 use sekisho_filter_sdk::FilterServer;
+use sekisho_filters_images::{FaceDetect, NgImage, QrCode};
 use sekisho_filters_samples::{Keywords, Noop};
 use sekisho_gateway::config::StaticFilter;
 use sekisho_gateway::{GatewayConfig, GatewayServer};
 use tokio::net::TcpListener;
 
 /// Sample chains written to the data directory when `--chains` is not given.
-const SAMPLE_CHAINS: &[(&str, &str)] = &[(
-    "comment-text.yaml",
-    include_str!("../chains/comment-text.yaml"),
-)];
+const SAMPLE_CHAINS: &[(&str, &str)] = &[
+    (
+        "comment-text.yaml",
+        include_str!("../chains/comment-text.yaml"),
+    ),
+    (
+        "profile-photo.yaml",
+        include_str!("../chains/profile-photo.yaml"),
+    ),
+];
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -37,6 +44,8 @@ pub struct DevArgs {
     /// Where dev keeps its files (the chainstore's SQLite database).
     #[arg(long, default_value = ".sekisho/dev")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    onnx: crate::filter::OnnxArgs,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -65,6 +74,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     start_filter!("noop", Noop::default());
     start_filter!("keywords", Keywords);
+    start_filter!("qr-code", QrCode::default());
+    // The ONNX filters need ONNX Runtime and the models (scripts/fetch-models.sh).
+    let onnx = args.onnx.options();
+    match (
+        FaceDetect::load(&onnx),
+        NgImage::load(args.onnx.spec()?, &onnx),
+    ) {
+        (Ok(face), Ok(ng)) => {
+            start_filter!("face-detect", face);
+            start_filter!("ng-image", ng);
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("WARNING: face-detect and ng-image are not running: {e}");
+        }
+    }
 
     let (chains_dir, chainstore, chains_from) = match args.chains {
         Some(d) => (Some(d.clone()), None, d.display().to_string()),

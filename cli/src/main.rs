@@ -5,16 +5,15 @@
 mod bench;
 mod chains;
 mod dev;
+mod filter;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use sekisho_chainstore::catalog::GatewayCatalog;
 use sekisho_chainstore::service::ChainStoreService;
-use sekisho_filter_sdk::FilterServer;
-use sekisho_filters_samples::{Keywords, Noop};
 use sekisho_gateway::{GatewayConfig, GatewayServer};
 
 #[derive(Parser)]
@@ -58,29 +57,16 @@ enum Command {
     /// Edit chains in a chainstore: apply, get, list, history, diff, rollback, delete.
     Chains(chains::ChainsArgs),
     /// One built-in filter as a gRPC service.
-    Filter {
-        name: BuiltinFilter,
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: String,
-        /// Serve under another name (e.g. several noop filters in tests).
-        #[arg(long = "as")]
-        alias: Option<String>,
-    },
+    Filter(filter::FilterArgs),
     /// The load generator.
     Bench(bench::BenchArgs),
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BuiltinFilter {
-    Noop,
-    Keywords,
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEKISHO_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,ort=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -97,11 +83,7 @@ fn main() -> anyhow::Result<()> {
                 filters_from,
                 database,
             } => chainstore(&listen, filters_from.as_deref(), &database).await,
-            Command::Filter {
-                name,
-                listen,
-                alias,
-            } => filter(name, &listen, alias).await,
+            Command::Filter(args) => filter::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Chains(args) => chains::run(args).await,
         }
@@ -162,31 +144,5 @@ async fn chainstore(
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!("sekisho chainstore listening on http://{addr}");
     task.await??;
-    Ok(())
-}
-
-async fn filter(name: BuiltinFilter, listen: &str, alias: Option<String>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
-    let label = match name {
-        BuiltinFilter::Noop => alias.clone().unwrap_or_else(|| "noop".into()),
-        BuiltinFilter::Keywords => "keywords".into(),
-    };
-    println!("sekisho filter {label} listening on http://{addr}");
-    match name {
-        BuiltinFilter::Noop => {
-            let f = Noop { name: label };
-            FilterServer::new(f)
-                .serve_on(listener, shutdown_signal())
-                .await?
-        }
-        BuiltinFilter::Keywords => {
-            FilterServer::new(Keywords)
-                .serve_on(listener, shutdown_signal())
-                .await?
-        }
-    }
     Ok(())
 }

@@ -305,6 +305,72 @@ impl PythonFilter {
     }
 }
 
+/// A built-in filter as its own process: `sekisho filter <name> [args]`.
+pub struct FilterProcess {
+    pub url: String,
+    child: Child,
+}
+
+impl FilterProcess {
+    pub async fn start(name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(sekisho_bin())
+            .args(["filter", name, "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("SEKISHO_CACHE", cache_dir())
+            .env(
+                "SEKISHO_LOG",
+                std::env::var("SEKISHO_LOG").unwrap_or_else(|_| "warn,ort=error".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning sekisho filter {name}"))?;
+        let url = wait_for_listen_line(&mut child, name).await?;
+        Ok(FilterProcess { url, child })
+    }
+
+    /// The process's resident memory, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// The setup's download cache (ONNX Runtime, models): `SEKISHO_CACHE`, else the
+/// workspace's `.sekisho/cache` (filled by `scripts/fetch-models.sh`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SEKISHO_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".sekisho/cache"))
+}
+
+/// scikit-image's sample photos and two composed ones, written by the reference script
+/// (`filters/images/reference/reference.py samples`) into a temporary directory.
+pub fn sample_photos() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let out = std::process::Command::new("python3")
+        .arg(workspace().join("filters/images/reference/reference.py"))
+        .arg("samples")
+        .arg(dir.path())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "reference.py samples failed (run scripts/setup.sh): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(dir)
+}
+
 /// A `sekisho chainstore` process on a SQLite file that outlives restarts.
 pub struct TestChainstore {
     pub url: String,

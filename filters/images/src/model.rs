@@ -76,9 +76,24 @@ pub fn serve(
         sessions.push(built.session);
     }
     tracing::info!(model = %path.display(), provider = provider.as_str(), workers = sessions.len(), max_batch = opts.batch.max_batch, "model loaded");
+    // An empty name means the model's first input or output.
+    let first = &sessions[0];
+    let input = match input {
+        "" => first.inputs()[0].name().to_owned(),
+        n => n.to_owned(),
+    };
+    let outputs: Vec<String> = outputs
+        .iter()
+        .map(|o| match *o {
+            "" => first.outputs()[0].name().to_owned(),
+            n => n.to_owned(),
+        })
+        .collect();
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let input = input.as_str();
     let workers = sessions.len();
     Ok(Served {
-        batcher: Batcher::start(sessions, input, outputs, opts.batch.clone()),
+        batcher: Batcher::start(sessions, input, &outputs, opts.batch.clone()),
         provider,
         path,
         max_batch: opts.batch.max_batch,

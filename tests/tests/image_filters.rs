@@ -1,0 +1,230 @@
+//! The built-in image filters as their own processes (`sekisho filter face-detect |
+//! ng-image | qr-code`) behind a real gateway running the design's profile-photo chain,
+//! on real photos; and what they do with bad images.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use sekisho_proto::filter::v1::{self as fproto, filter_client::FilterClient};
+use sekisho_proto::gateway::v1::{Decision, ModerateResponse};
+use sekisho_tests::{FilterProcess, TestGateway, request, sample_photos, workspace};
+use tonic::Code;
+
+fn image_payload(bytes: Vec<u8>) -> fproto::content::Payload {
+    fproto::content::Payload::Data(bytes.into())
+}
+
+fn png_bytes(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// `photo` with a QR code pasted into its lower right corner.
+fn with_qr_code(photo: &Path) -> Vec<u8> {
+    let mut img = image::open(photo).unwrap().to_rgb8();
+    let code = qrcode::QrCode::new(b"https://spam.example/win").unwrap();
+    let (n, colors) = (code.width() as u32, code.to_colors());
+    let module = 4;
+    let side = (n + 8) * module;
+    let (ox, oy) = (img.width() - side - 8, img.height() - side - 8);
+    for py in 0..side {
+        for px in 0..side {
+            let (mx, my) = (px / module, py / module);
+            let dark = (4..n + 4).contains(&mx)
+                && (4..n + 4).contains(&my)
+                && colors[((my - 4) * n + (mx - 4)) as usize] == qrcode::Color::Dark;
+            let v = if dark { 0 } else { 255 };
+            img.put_pixel(ox + px, oy + py, image::Rgb([v, v, v]));
+        }
+    }
+    png_bytes(&img)
+}
+
+fn labels(r: &ModerateResponse, alias: &str) -> std::collections::HashMap<String, f64> {
+    r.stages
+        .iter()
+        .flat_map(|s| &s.filters)
+        .find(|f| f.alias == alias)
+        .unwrap_or_else(|| panic!("no trace of {alias}: {r:?}"))
+        .labels
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_profile_photo_chain_runs_on_the_builtin_filters() {
+    let photos = sample_photos().unwrap();
+    let face = FilterProcess::start("face-detect", &[]).await.unwrap();
+    let ng = FilterProcess::start("ng-image", &[]).await.unwrap();
+    let qr = FilterProcess::start("qr-code", &[]).await.unwrap();
+    let chain = std::fs::read_to_string(workspace().join("cli/chains/profile-photo.yaml")).unwrap();
+    let gw = TestGateway::setup()
+        .filter("face-detect", &face.url)
+        .filter("ng-image", &ng.url)
+        .filter("qr-code", &qr.url)
+        .chain(&chain)
+        .start()
+        .await
+        .unwrap();
+    gw.wait_described(&["face-detect", "ng-image", "qr-code"])
+        .await
+        .unwrap();
+    let moderate = |bytes: Vec<u8>| {
+        let gw = &gw;
+        async move {
+            gw.moderate(request("profile-photo", "image/png", image_payload(bytes)))
+                .await
+                .unwrap()
+        }
+    };
+    let read = |name: &str| std::fs::read(photos.path().join(name)).unwrap();
+
+    // One face, nothing NG, no code: approved, with the face's box and landmarks.
+    let r = moderate(read("astronaut.png")).await;
+    assert_eq!(
+        (r.decision(), r.reason.as_str()),
+        (Decision::Approve, "default"),
+        "{r:?}"
+    );
+    assert_eq!(labels(&r, "face")["face_count"], 1.0);
+    let faces = &r.stages[0].filters[0].regions;
+    assert_eq!(faces.len(), 1);
+    assert_eq!(faces[0].landmarks.len(), 5);
+    assert!(faces[0].x > 150.0 && faces[0].x < 210.0, "{:?}", faces[0]);
+    assert!(labels(&r, "ng-image")["nsfw"] < 0.1);
+
+    let r = moderate(read("pair.png")).await;
+    assert_eq!(
+        (r.decision(), r.reason.as_str()),
+        (Decision::Review, "multiple_people")
+    );
+    assert_eq!(labels(&r, "face")["face_count"], 2.0);
+
+    let r = moderate(read("chelsea.png")).await;
+    assert_eq!(
+        (r.decision(), r.reason.as_str()),
+        (Decision::Review, "no_face")
+    );
+
+    // A QR code in a profile photo goes to review.
+    let r = moderate(with_qr_code(&photos.path().join("astronaut.png"))).await;
+    assert_eq!(
+        (r.decision(), r.reason.as_str()),
+        (Decision::Review, "ng_content"),
+        "{r:?}"
+    );
+    assert_eq!(labels(&r, "qr-code")["qr_count"], 1.0);
+
+    // A corrupt image is never approved: the filter refuses it and the chain reviews.
+    let mut broken = read("astronaut.png");
+    broken.truncate(broken.len() / 3);
+    let r = moderate(broken).await;
+    assert_eq!(r.decision(), Decision::Review, "{r:?}");
+    let err = &r.stages[0].filters[0].error;
+    assert!(err.contains("corrupt or truncated"), "{err}");
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A valid PNG header that claims 50,000 × 50,000 pixels (7.5 GB as RGB).
+fn png_bomb() -> Vec<u8> {
+    let mut p = png_bytes(&image::RgbImage::new(1, 1));
+    p[16..20].copy_from_slice(&50_000u32.to_be_bytes());
+    p[20..24].copy_from_slice(&50_000u32.to_be_bytes());
+    let crc = crc32(&p[12..29]);
+    p[29..33].copy_from_slice(&crc.to_be_bytes());
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_images_are_refused_with_the_reason_and_the_filter_keeps_serving() {
+    let photos = sample_photos().unwrap();
+    let good = std::fs::read(photos.path().join("astronaut.png")).unwrap();
+    for name in ["face-detect", "ng-image", "qr-code"] {
+        let mut f = FilterProcess::start(name, &[]).await.unwrap();
+        let mut client = FilterClient::connect(f.url.clone()).await.unwrap();
+        let apply = |ct: &str, payload: fproto::content::Payload| fproto::ApplyRequest {
+            content: Some(fproto::Content {
+                content_type: ct.into(),
+                payload: Some(payload),
+            }),
+            ..Default::default()
+        };
+        let mut truncated = good.clone();
+        truncated.truncate(good.len() / 2);
+        let mut bmp = b"BM".to_vec();
+        bmp.resize(64, 0);
+        let cases: Vec<(&str, fproto::content::Payload, &str)> = vec![
+            ("image/png", image_payload(vec![]), "empty"),
+            (
+                "image/png",
+                image_payload(truncated),
+                "corrupt or truncated",
+            ),
+            (
+                "image/png",
+                image_payload(b"<html>nope</html>".to_vec()),
+                "not an image",
+            ),
+            ("image/png", image_payload(bmp), "not read here"),
+            ("image/png", image_payload(png_bomb()), "50000"),
+            (
+                "image/png",
+                fproto::content::Payload::Text("a photo".into()),
+                "",
+            ),
+        ];
+        for (ct, payload, reason) in cases {
+            let e = client.apply(apply(ct, payload)).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{name}: {}", e.message());
+            assert!(e.message().contains(reason), "{name}: {}", e.message());
+        }
+        // A text item under a text content type is refused by the SDK before the filter.
+        let e = client
+            .apply(apply(
+                "text/plain",
+                fproto::content::Payload::Text("hi".into()),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {}", e.message());
+
+        // Many bombs later, memory is still that of a small process, and it still works.
+        for _ in 0..100 {
+            let e = client
+                .apply(apply("image/png", image_payload(png_bomb())))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+        }
+        let rss = f.rss_kib().unwrap();
+        assert!(
+            rss < 1024 * 1024,
+            "{name}: {rss} KiB resident after the bombs"
+        );
+        let ok = client
+            .apply(apply("image/png", image_payload(good.clone())))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!((0.0..=1.0).contains(&ok.score), "{name}: {ok:?}");
+        assert!(f.is_alive());
+        eprintln!(
+            "{name}: {} MiB resident after 100 decompression bombs",
+            rss / 1024
+        );
+    }
+}
