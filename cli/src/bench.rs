@@ -55,6 +55,24 @@ enum Mode {
         #[arg(long, default_value_t = 50)]
         updates: u32,
     },
+    /// Images/s of one image filter called directly over gRPC (`Apply`), cycling
+    /// through the given images (each request carries the encoded file).
+    Images {
+        /// The filter's address, e.g. http://127.0.0.1:50051.
+        #[arg(long)]
+        filter: String,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        images: Vec<std::path::PathBuf>,
+    },
     /// Writes a gRPC length-prefixed ModerateRequest (for `h2load --data`).
     Body {
         #[arg(long)]
@@ -153,6 +171,46 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             chain,
             updates,
         } => reload(&gateway, &chainstore, &chain, updates).await?,
+        Mode::Images {
+            filter,
+            concurrency,
+            duration,
+            warmup,
+            json,
+            images,
+        } => {
+            let mut reqs = Vec::new();
+            for p in &images {
+                let data =
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+                let ct = match p.extension().and_then(|e| e.to_str()) {
+                    Some("jpg" | "jpeg") => "image/jpeg",
+                    Some("webp") => "image/webp",
+                    Some("gif") => "image/gif",
+                    _ => "image/png",
+                };
+                reqs.push(fproto::ApplyRequest {
+                    content: Some(fproto::Content {
+                        content_type: ct.into(),
+                        payload: Some(fproto::content::Payload::Data(data.into())),
+                    }),
+                    ..Default::default()
+                });
+            }
+            let ch = channels(&filter, 1).await?.remove(0);
+            let run = |d: Duration| images_run(ch.clone(), reqs.clone(), concurrency, d);
+            run(warmup).await?;
+            let r = run(duration).await?;
+            if json {
+                println!("{}", r.json());
+            } else {
+                println!(
+                    "{} images through {filter}, concurrency {concurrency}",
+                    images.len()
+                );
+                r.print("filter");
+            }
+        }
         Mode::Body { chain, text, out } => {
             use prost::Message;
             let msg = moderate_request(&chain, &text).encode_to_vec();
@@ -428,4 +486,51 @@ impl Target {
         report.elapsed = start.elapsed();
         Ok(report)
     }
+}
+
+/// Calls `Apply` back to back from `concurrency` tasks, each cycling through `reqs`.
+async fn images_run(
+    ch: Channel,
+    reqs: Vec<fproto::ApplyRequest>,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    let reqs = Arc::new(reqs);
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency.max(1) {
+        let (ch, reqs) = (ch.clone(), reqs.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut r = Report::default();
+            let mut client = FilterClient::new(ch)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
+            let mut k = w;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match client.apply(reqs[k % reqs.len()].clone()).await {
+                    Ok(_) => {
+                        let _ = r.hist.record(t.elapsed().as_micros().max(1) as u64);
+                        r.ok += 1;
+                    }
+                    Err(e) => {
+                        r.errors += 1;
+                        r.first_error.get_or_insert(e);
+                    }
+                }
+                k += 1;
+            }
+            r
+        }));
+    }
+    let mut report = Report::default();
+    for t in tasks {
+        report.merge(t.await?);
+    }
+    if let Some(e) = &report.first_error {
+        eprintln!("error: {}: {}", e.code(), e.message());
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
 }

@@ -30,7 +30,9 @@ pub struct DimsError(String);
 
 // Field numbers from onnx.proto.
 const MODEL_GRAPH: u64 = 7;
+const GRAPH_INITIALIZER: u64 = 5;
 const GRAPH_INPUT: u64 = 11;
+const TENSOR_NAME: u64 = 8;
 const GRAPH_OUTPUT: u64 = 12;
 const VALUE_INFO_NAME: u64 = 1;
 const VALUE_INFO_TYPE: u64 = 2;
@@ -195,6 +197,44 @@ pub fn set_io_dims(model: &[u8], dims: &HashMap<&str, Vec<Dim>>) -> Result<Vec<u
     Ok(out)
 }
 
+/// Removes graph inputs that only restate an initializer, as ONNX Runtime's
+/// `remove_initializer_from_input.py` does. Older exporters list every weight as an
+/// input too; ONNX Runtime must then treat the weights as overridable, which stops it
+/// from folding constants and fusing batch norms into convolutions. Returns the model
+/// and how many inputs went.
+pub fn drop_initializer_inputs(model: &[u8]) -> Result<(Vec<u8>, usize), DimsError> {
+    let mut dropped = 0;
+    let out = rewrite(model, MODEL_GRAPH, |graph| {
+        let mut weights = std::collections::HashSet::new();
+        for f in fields(graph) {
+            let f = f?;
+            if f.number == GRAPH_INITIALIZER && f.wire == LEN {
+                for t in fields(f.payload) {
+                    let t = t?;
+                    if t.number == TENSOR_NAME && t.wire == LEN {
+                        weights.insert(t.payload.to_vec());
+                    }
+                }
+            }
+        }
+        let mut g = Vec::with_capacity(graph.len());
+        for f in fields(graph) {
+            let f = f?;
+            if f.number == GRAPH_INPUT
+                && f.wire == LEN
+                && let Some(name) = value_info_name(f.payload)?
+                && weights.contains(name.as_bytes())
+            {
+                dropped += 1;
+                continue;
+            }
+            g.extend_from_slice(f.raw);
+        }
+        Ok(Some(g))
+    })?;
+    Ok((out, dropped))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +283,30 @@ mod tests {
             m
         };
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn inputs_that_restate_initializers_are_dropped() {
+        let mut weight = Vec::new();
+        put_len(&mut weight, TENSOR_NAME, b"w");
+        let mut vi_w = Vec::new();
+        put_len(&mut vi_w, VALUE_INFO_NAME, b"w");
+        let mut vi_x = Vec::new();
+        put_len(&mut vi_x, VALUE_INFO_NAME, b"x");
+        let mut graph = Vec::new();
+        put_len(&mut graph, GRAPH_INITIALIZER, &weight);
+        put_len(&mut graph, GRAPH_INPUT, &vi_x);
+        put_len(&mut graph, GRAPH_INPUT, &vi_w);
+        let mut m = Vec::new();
+        put_len(&mut m, MODEL_GRAPH, &graph);
+        let (out, n) = drop_initializer_inputs(&m).unwrap();
+        assert_eq!(n, 1);
+        let mut graph = Vec::new();
+        put_len(&mut graph, GRAPH_INITIALIZER, &weight);
+        put_len(&mut graph, GRAPH_INPUT, &vi_x);
+        let mut want = Vec::new();
+        put_len(&mut want, MODEL_GRAPH, &graph);
+        assert_eq!(out, want);
     }
 
     #[test]
