@@ -15,6 +15,7 @@ pub const FILTER_RETRIES_TOTAL: &str = "sekisho_gateway_filter_retries_total";
 pub const FILTER_TIMEOUTS_TOTAL: &str = "sekisho_gateway_filter_timeouts_total";
 pub const FILTER_SCORE: &str = "sekisho_gateway_filter_score";
 pub const DECISIONS_TOTAL: &str = "sekisho_gateway_decisions_total";
+pub const FILTER_INFO: &str = "sekisho_gateway_filter_info";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> &'static PrometheusHandle {
@@ -60,4 +61,8 @@ fn describe() {
         "Scores filters returned, by filter: watch for drift."
     );
     describe_counter!(DECISIONS_TOTAL, "Decisions by chain, decision and reason.");
+    describe_gauge!(
+        FILTER_INFO,
+        "1 per described filter, labelled with its version and execution provider (cpu, cuda, or none for filters without a model)."
+    );
 }

@@ -100,6 +100,14 @@ impl FilterPool {
         };
         match &outcome {
             Ok(d) => {
+                let provider = d
+                    .info
+                    .get("execution_provider")
+                    .cloned()
+                    .unwrap_or_else(|| "none".into());
+                metrics::gauge!(crate::metrics::FILTER_INFO, "filter" => self.name.clone(),
+                    "version" => d.version.clone(), "execution_provider" => provider)
+                .set(1.0);
                 if let Ok(mut slot) = self.descriptor.write() {
                     *slot = Some(d.clone());
                 }

@@ -122,6 +122,35 @@ async fn the_profile_photo_chain_runs_on_the_builtin_filters() {
     assert_eq!(r.decision(), Decision::Review, "{r:?}");
     let err = &r.stages[0].filters[0].error;
     assert!(err.contains("corrupt or truncated"), "{err}");
+
+    // The execution provider in use is in Describe (through ListFilters) and in metrics.
+    let list = gw
+        .client()
+        .await
+        .list_filters(sekisho_proto::gateway::v1::ListFiltersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let face = list
+        .filters
+        .iter()
+        .find(|f| f.name == "face-detect")
+        .unwrap();
+    let info = &face.descriptor.as_ref().unwrap().info;
+    assert_eq!(info["execution_provider"], "cpu", "{info:?}");
+    let metrics = reqwest::get(format!("{}/metrics", gw.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("sekisho_gateway_filter_info") && l.contains("filter=\"face-detect\"")
+        })
+        .unwrap_or_else(|| panic!("no filter_info for face-detect in\n{metrics}"));
+    assert!(line.contains("execution_provider=\"cpu\""), "{line}");
 }
 
 fn crc32(data: &[u8]) -> u32 {

@@ -276,6 +276,15 @@ impl NgImage {
         Ok(p)
     }
 
+    /// Batches run so far (tests and benchmarks read it).
+    pub fn batches(&self) -> u64 {
+        self.served
+            .batcher
+            .stats
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Probabilities for a decoded image (used by tests and the reference benchmark).
     pub async fn probabilities(&self, img: &RgbImage) -> Result<Vec<f32>, FilterError> {
         let t = self.spec.preprocess(img).map_err(FilterError::Internal)?;

@@ -136,6 +136,61 @@ mod tests {
         assert!(msg(decode(&bmp, &l)).contains("Bmp images are not read here"));
     }
 
+    #[test]
+    fn webp_and_the_first_frame_of_a_gif_are_read() {
+        let img = image::RgbImage::from_pixel(5, 4, image::Rgb([200, 10, 10]));
+        for format in [ImageFormat::WebP, ImageFormat::Gif] {
+            let mut out = Cursor::new(Vec::new());
+            image::DynamicImage::ImageRgb8(img.clone())
+                .write_to(&mut out, format)
+                .unwrap();
+            let got = decode(out.get_ref(), &ImageLimits::default()).unwrap();
+            assert_eq!(got.dimensions(), (5, 4), "{format:?}");
+            let p = got.get_pixel(2, 2).0;
+            assert!(p[0] > 150 && p[1] < 60, "{format:?}: {p:?}");
+        }
+    }
+
+    /// A 4×2 JPEG whose EXIF says "rotate 90° clockwise" (orientation 6) comes out 2×4,
+    /// with the left column on top.
+    #[test]
+    fn exif_orientation_is_applied() {
+        let mut px = Vec::new();
+        for _y in 0..2 {
+            for x in 0..4 {
+                px.extend_from_slice(&if x < 2 { [255, 0, 0] } else { [0, 0, 255] });
+            }
+        }
+        // Scale up so that JPEG's 8×8 blocks keep the colours apart.
+        let big = image::imageops::resize(
+            &image::RgbImage::from_raw(4, 2, px).unwrap(),
+            64,
+            32,
+            image::imageops::FilterType::Nearest,
+        );
+        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+        exif.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0x00, 0x06, 0, 0]);
+        exif.extend_from_slice(&[0, 0, 0, 0]);
+        let mut jpeg = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 95);
+        enc.add_app_segment(1, exif).unwrap();
+        enc.encode(big.as_raw(), 64, 32, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let got = decode(&jpeg, &ImageLimits::default()).unwrap();
+        assert_eq!(got.dimensions(), (32, 64));
+        // Rotated clockwise: the red left half is now the top.
+        assert!(
+            got.get_pixel(16, 5).0[0] > 200,
+            "{:?}",
+            got.get_pixel(16, 5)
+        );
+        assert!(
+            got.get_pixel(16, 58).0[2] > 200,
+            "{:?}",
+            got.get_pixel(16, 58)
+        );
+    }
+
     fn crc32(data: &[u8]) -> u32 {
         let mut c = !0u32;
         for &b in data {

@@ -194,18 +194,7 @@ async fn a_four_class_model_drops_in_by_configuration() {
     let made = reference(&["tiny-model", model.to_str().unwrap()]);
     let w: Vec<Vec<f64>> = serde_json::from_value(made[0]["w"].clone()).unwrap();
     let b: Vec<f64> = serde_json::from_value(made[0]["b"].clone()).unwrap();
-    let spec: ClassifierSpec = serde_json::from_value(serde_json::json!({
-        "name": "tiny 4-class",
-        "model": model,
-        "layout": "nchw",
-        "size": [8, 8],
-        "color": "rgb",
-        "scale": 1.0 / 255.0,
-        "mean": [0.0, 0.0, 0.0],
-        "classes": ["e3", "g3", "id", "ok"],
-        "ok_class": "ok",
-    }))
-    .unwrap();
+    let spec = tiny_spec(&model);
     let mut o = options();
     o.model = None;
     let ng = NgImage::load(spec, &o).unwrap();
@@ -232,4 +221,120 @@ async fn a_four_class_model_drops_in_by_configuration() {
         let best = (0..4).max_by(|a, c| p[*a].total_cmp(&p[*c])).unwrap();
         assert_eq!(best, top, "{rgb:?}: {p:?}");
     }
+}
+
+fn tiny_spec(model: &Path) -> ClassifierSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": "tiny 4-class",
+        "model": model,
+        "layout": "nchw",
+        "size": [8, 8],
+        "color": "rgb",
+        "scale": 1.0 / 255.0,
+        "mean": [0.0, 0.0, 0.0],
+        "classes": ["e3", "g3", "id", "ok"],
+        "ok_class": "ok",
+    }))
+    .unwrap()
+}
+
+/// 64 requests at once through batches of up to 8: batches really form, and every
+/// caller gets exactly the probabilities of its own image (as computed alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_batching_never_mixes_up_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.onnx");
+    reference(&["tiny-model", model.to_str().unwrap()]);
+    let mut o = options();
+    o.model = None;
+    o.batch.max_batch = 8;
+    o.batch.max_wait = std::time::Duration::from_millis(20);
+    let ng = std::sync::Arc::new(NgImage::load(tiny_spec(&model), &o).unwrap());
+    let colour = |i: u8| image::Rgb([i.wrapping_mul(37), 255 - i * 3, i.wrapping_mul(11)]);
+    let mut alone = Vec::new();
+    for i in 0..64u8 {
+        let img = image::RgbImage::from_pixel(8, 8, colour(i));
+        alone.push(ng.probabilities(&img).await.unwrap());
+    }
+    let before = ng.batches();
+    let together = futures::future::join_all((0..64u8).map(|i| {
+        let ng = ng.clone();
+        async move {
+            let img = image::RgbImage::from_pixel(8, 8, colour(i));
+            ng.probabilities(&img).await.unwrap()
+        }
+    }))
+    .await;
+    let batches = ng.batches() - before;
+    assert!(
+        batches < 64,
+        "no batch formed: {batches} batches for 64 items"
+    );
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        for k in 0..4 {
+            assert!(
+                (a[k] - t[k]).abs() < 1e-5,
+                "item {i}: {a:?} alone, {t:?} batched"
+            );
+        }
+    }
+    eprintln!("64 concurrent items ran in {batches} batches");
+}
+
+/// With `crop.from`, ng-image classifies the boxes an earlier filter found: a red square
+/// in a grey image is `e3` when cropped to, `ok` as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ng_image_classifies_the_regions_of_an_earlier_filter() {
+    use sekisho_filter_sdk::{Filter, Input, Payload, proto};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.onnx");
+    reference(&["tiny-model", model.to_str().unwrap()]);
+    let mut o = options();
+    o.model = None;
+    let ng = NgImage::load(tiny_spec(&model), &o).unwrap();
+    let mut img = image::RgbImage::from_pixel(100, 100, image::Rgb([128, 128, 128]));
+    for y in 60..90 {
+        for x in 10..40 {
+            img.put_pixel(x, y, image::Rgb([255, 0, 0]));
+        }
+    }
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let input = |regions: Vec<proto::Region>| Input {
+        content_type: "image/png".into(),
+        payload: Payload::Data(png.get_ref().clone().into()),
+        context: proto::FilterContext {
+            stages: vec![proto::StageResult {
+                id: "faces".into(),
+                filters: vec![proto::FilterResult {
+                    alias: "face".into(),
+                    regions,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    };
+    let red = proto::Region {
+        x: 10.0,
+        y: 60.0,
+        width: 30.0,
+        height: 30.0,
+        ..Default::default()
+    };
+    let crop: sekisho_filters_images::NgConfig =
+        serde_json::from_value(serde_json::json!({"crop": {"from": "face"}})).unwrap();
+    let whole = ng
+        .apply(input(vec![red.clone()]), Default::default())
+        .await
+        .unwrap();
+    let cropped = ng.apply(input(vec![red]), crop.clone()).await.unwrap();
+    assert!(whole.labels["ok"] > whole.labels["e3"], "{whole:?}");
+    assert!(cropped.labels["e3"] > cropped.labels["ok"], "{cropped:?}");
+    assert!(cropped.score > whole.score);
+    assert_eq!(cropped.labels["regions_classified"], 1.0);
+    // No regions found earlier: the whole image is classified.
+    let none = ng.apply(input(vec![]), crop).await.unwrap();
+    assert!((none.score - whole.score).abs() < 1e-6);
 }
