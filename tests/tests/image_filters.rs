@@ -257,3 +257,42 @@ async fn bad_images_are_refused_with_the_reason_and_the_filter_keeps_serving() {
         );
     }
 }
+
+/// This machine's ONNX Runtime has no CUDA: asked for CUDA, the filter refuses to start
+/// or falls back to CPU, as configured, and says so; never silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
+    let out = tokio::process::Command::new(sekisho_tests::sekisho_bin())
+        .args([
+            "filter",
+            "face-detect",
+            "--listen",
+            "127.0.0.1:0",
+            "--provider",
+            "cuda",
+            "--on-missing-cuda",
+            "refuse",
+        ])
+        .env("SEKISHO_CACHE", sekisho_tests::cache_dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CUDA was asked for (device 0) but cannot be used"),
+        "{err}"
+    );
+
+    let f = FilterProcess::start("face-detect", &["--provider", "cuda"])
+        .await
+        .unwrap();
+    let d = FilterClient::connect(f.url.clone())
+        .await
+        .unwrap()
+        .describe(fproto::DescribeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.info["execution_provider"], "cpu", "{:?}", d.info);
+}
