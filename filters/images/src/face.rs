@@ -23,6 +23,8 @@ use crate::runtime::RuntimeError;
 
 const INPUT: &str = "input.1";
 const OUTPUTS: [&str; 4] = ["537", "538", "539", "540"];
+/// The longest side the model is ever given, whatever the config says.
+const MODEL_MAX_SIDE: u32 = 4096;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -34,8 +36,10 @@ pub struct FaceConfig {
     /// A largest face under this share of the image's area sets `too_small`.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_face_ratio: f64,
-    /// Images with a longer side than this are scaled down first (0: never). The model
-    /// input is then rounded up to a multiple of 32.
+    /// Images with a longer side than this are scaled down first (0: only beyond
+    /// 4096, the most the model is ever given, which bounds its memory). The model input
+    /// is then rounded up to a multiple of 32.
+    #[schemars(range(max = 4096))]
     pub max_side: u32,
 }
 
@@ -139,8 +143,12 @@ struct Prepared {
 /// image out as the model reads it (RGB, planar, 0–255).
 fn prepare(img: &image::RgbImage, cfg: &FaceConfig) -> Prepared {
     let (w, h) = img.dimensions();
-    let shrink = if cfg.max_side > 0 && w.max(h) > cfg.max_side {
-        cfg.max_side as f64 / w.max(h) as f64
+    let max_side = match cfg.max_side {
+        0 => MODEL_MAX_SIDE,
+        m => m.min(MODEL_MAX_SIDE),
+    };
+    let shrink = if w.max(h) > max_side {
+        max_side as f64 / w.max(h) as f64
     } else {
         1.0
     };
