@@ -44,8 +44,8 @@ impl Catalog {
         Catalog { filters }
     }
 
-    /// Builds a catalog straight from descriptors (tests, and in-process callers).
-    pub fn from_descriptors(descriptors: impl IntoIterator<Item = FilterDescriptor>) -> Self {
+    #[cfg(test)]
+    fn from_descriptors(descriptors: impl IntoIterator<Item = FilterDescriptor>) -> Self {
         let filters = descriptors
             .into_iter()
             .map(|d| (d.name.clone(), Some(described(d))))

@@ -162,7 +162,7 @@ impl Worker {
             self.stats
                 .items
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let result = self.infer(&batch);
+            let result = self.infer(&mut batch);
             match result {
                 Ok(per_item) => {
                     for (job, outs) in batch.into_iter().zip(per_item) {
@@ -178,16 +178,18 @@ impl Worker {
         }
     }
 
-    fn infer(&mut self, batch: &[Job]) -> Result<Vec<Vec<Output>>, BatchError> {
+    /// Runs the batch; the jobs' input data is moved into the tensor, not copied, when
+    /// the batch is a single item.
+    fn infer(&mut self, batch: &mut [Job]) -> Result<Vec<Vec<Output>>, BatchError> {
         let n = batch.len();
         let mut shape = Vec::with_capacity(batch[0].shape.len() + 1);
         shape.push(n as i64);
         shape.extend_from_slice(&batch[0].shape);
         let data: Vec<f32> = if n == 1 {
-            batch[0].data.clone()
+            std::mem::take(&mut batch[0].data)
         } else {
             let mut d = Vec::with_capacity(batch[0].data.len() * n);
-            for j in batch {
+            for j in batch.iter() {
                 d.extend_from_slice(&j.data);
             }
             d
