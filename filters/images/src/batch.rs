@@ -48,6 +48,17 @@ pub enum BatchError {
     Stopped,
 }
 
+/// A full queue or stopped workers are worth retrying elsewhere (UNAVAILABLE); a model
+/// failure is not (INTERNAL).
+impl From<BatchError> for sekisho_filter_sdk::FilterError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Busy(_) | BatchError::Stopped => Self::Unavailable(e.to_string()),
+            BatchError::Failed(m) => Self::Internal(m),
+        }
+    }
+}
+
 struct Job {
     shape: Vec<i64>,
     data: Vec<f32>,

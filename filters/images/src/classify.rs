@@ -20,8 +20,7 @@ use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::BatchError;
-use crate::intake::{self, IMAGE_TYPES, ImageLimits};
+use crate::intake::{self, ImageLimits};
 use crate::model::{self, ModelOptions, Served};
 use crate::runtime::RuntimeError;
 
@@ -251,13 +250,7 @@ impl NgImage {
             .served
             .batcher
             .run(self.spec.input_shape(), tensor)
-            .await
-            .map_err(|e| match e {
-                BatchError::Busy(_) | BatchError::Stopped => {
-                    FilterError::Unavailable(e.to_string())
-                }
-                BatchError::Failed(m) => FilterError::Internal(m),
-            })?;
+            .await?;
         let mut p = out.into_iter().next().map(|o| o.data).unwrap_or_default();
         if p.len() != self.spec.classes.len() {
             return Err(FilterError::Internal(format!(
@@ -331,7 +324,7 @@ impl Filter for NgImage {
     }
 
     fn content_types(&self) -> Vec<String> {
-        IMAGE_TYPES.iter().map(|s| (*s).to_owned()).collect()
+        intake::image_types()
     }
 
     fn labels(&self) -> Vec<String> {

@@ -13,8 +13,7 @@ use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::BatchError;
-use crate::intake::{self, IMAGE_TYPES, ImageLimits};
+use crate::intake::{self, ImageLimits};
 use crate::model::{self, ModelOptions, Served};
 use crate::nms::{self, NmsConfig, Scored};
 use crate::onnx_dims::{self, Dim};
@@ -112,13 +111,7 @@ impl FaceDetect {
             .served
             .batcher
             .run(vec![3, p.hn as i64, p.wn as i64], p.tensor)
-            .await
-            .map_err(|e| match e {
-                BatchError::Busy(_) | BatchError::Stopped => {
-                    FilterError::Unavailable(e.to_string())
-                }
-                BatchError::Failed(m) => FilterError::Internal(m),
-            })?;
+            .await?;
         let mut faces = decode(&out[0], &out[1], &out[2], &out[3], cfg, (p.wn, p.hn))?;
         for f in &mut faces {
             f.b = [f.b[0] / p.sw, f.b[1] / p.sh, f.b[2] / p.sw, f.b[3] / p.sh];
@@ -271,7 +264,7 @@ impl Filter for FaceDetect {
     }
 
     fn content_types(&self) -> Vec<String> {
-        IMAGE_TYPES.iter().map(|s| (*s).to_owned()).collect()
+        intake::image_types()
     }
 
     fn labels(&self) -> Vec<String> {

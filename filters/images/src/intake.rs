@@ -10,6 +10,11 @@ use sekisho_filter_sdk::{FilterError, Input, Payload};
 /// What an image filter accepts.
 pub const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/webp", "image/gif"];
 
+/// [`IMAGE_TYPES`] as a filter's `content_types()`.
+pub fn image_types() -> Vec<String> {
+    IMAGE_TYPES.iter().map(|s| (*s).to_owned()).collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct ImageLimits {
     pub max_bytes: usize,

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
 use serde::{Deserialize, Serialize};
 
-use crate::intake::{self, IMAGE_TYPES, ImageLimits};
+use crate::intake::{self, ImageLimits};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -93,7 +93,7 @@ impl Filter for QrCode {
     }
 
     fn content_types(&self) -> Vec<String> {
-        IMAGE_TYPES.iter().map(|s| (*s).to_owned()).collect()
+        intake::image_types()
     }
 
     fn labels(&self) -> Vec<String> {

