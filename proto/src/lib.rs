@@ -35,6 +35,7 @@ pub mod google {
 }
 
 pub mod codec;
+pub mod registration;
 mod structs;
 pub use structs::{json_to_struct, merge_config, struct_to_json};
 
