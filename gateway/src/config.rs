@@ -35,6 +35,102 @@ pub struct GatewayConfig {
     /// How often a filter's descriptor is asked for again.
     #[serde(with = "humantime_serde")]
     pub describe_interval: Duration,
+    /// Discovery sources besides `filters:` (which is the static source).
+    pub discovery: DiscoveryConfig,
+    /// How a filter's calls are spread over its endpoints: `p2c` (the less loaded of two
+    /// picked at random) or `round_robin`.
+    pub balance: Balance,
+    /// When an endpoint is taken out of rotation for failing calls.
+    pub outlier: OutlierConfig,
+    /// How many retries a filter's calls may add: `percent` of its calls plus
+    /// `min_per_second`, over a 10 s window, so that retries cannot multiply an outage.
+    pub retry_budget: RetryBudgetConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// A file of `filter: [address, ...]`, re-read every `interval`.
+    pub file: Option<FileSource>,
+    /// Replicas registered in etcd by the filter SDK (`sekisho filter ... --etcd`).
+    pub etcd: Option<EtcdSource>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSource {
+    pub path: PathBuf,
+    /// Default 2s.
+    #[serde(default = "default_file_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_file_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSource {
+    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Default `/sekisho/filters`.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+}
+
+fn default_etcd_prefix() -> String {
+    sekisho_proto::registration::DEFAULT_ETCD_PREFIX.to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    P2c,
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Failed calls in a row (the filter's fault: unavailable, internal, deadline, ...,
+    /// not invalid_argument) that eject an endpoint. Default 5.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each further one adds as much. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// The longest ejection. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed as a percentage of calls. Default 20.
+    pub percent: f32,
+    /// Retries allowed each second whatever the traffic. Default 10.
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            percent: 20.0,
+            min_per_second: 10,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -49,6 +145,10 @@ impl Default for GatewayConfig {
             aggregators: BTreeMap::new(),
             connections_per_endpoint: 2,
             describe_interval: Duration::from_secs(30),
+            discovery: DiscoveryConfig::default(),
+            balance: Balance::default(),
+            outlier: OutlierConfig::default(),
+            retry_budget: RetryBudgetConfig::default(),
         }
     }
 }
@@ -113,12 +213,32 @@ impl GatewayConfig {
                 ));
             }
             for e in &f.endpoints {
-                if !(e.starts_with("http://") || e.starts_with("https://")) {
-                    return bad(format!(
-                        "filters.{name}.endpoints: `{e}` must start with http:// or https://"
-                    ));
+                if let Err(why) = sekisho_proto::registration::check_address(e) {
+                    return bad(format!("filters.{name}.endpoints: {why}"));
                 }
             }
+        }
+        if let Some(etcd) = &self.discovery.etcd {
+            if etcd.endpoints.is_empty() {
+                return bad("discovery.etcd.endpoints: list at least one etcd URL".into());
+            }
+            if !etcd.prefix.starts_with('/') {
+                return bad("discovery.etcd.prefix: must start with /".into());
+            }
+        }
+        if self.outlier.consecutive_failures == 0 {
+            return bad("outlier.consecutive_failures: must be at least 1".into());
+        }
+        if self.outlier.base_ejection.is_zero()
+            || self.outlier.max_ejection < self.outlier.base_ejection
+        {
+            return bad(
+                "outlier: base_ejection must be above zero and max_ejection at least as long"
+                    .into(),
+            );
+        }
+        if !(0.0..=1000.0).contains(&self.retry_budget.percent) {
+            return bad("retry_budget.percent: must be between 0 and 1000".into());
         }
         Ok(())
     }

@@ -1,27 +1,28 @@
 //! Tower layers, composed in one place each:
 //!
 //! - [`filter_stack`]: a filter call = timeout (the whole budget) ∘ retry (backoff with
-//!   jitter, retryable codes only) ∘ the gRPC `Apply` call, counting attempts.
+//!   jitter, retryable codes only, within the filter's retry budget) ∘ one attempt (an
+//!   endpoint picked from the filter's pool, the deadline sent as `grpc-timeout`).
 //! - [`GrpcFrameLimit`]: refuses a gRPC request message larger than the limit from its
 //!   5-byte length prefix, before the message is buffered.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
 use http_body::{Body, Frame};
-use sekisho_proto::filter::v1::{ApplyRequest, ApplyResponse, filter_client::FilterClient};
-use tonic::transport::Channel;
+use sekisho_proto::filter::v1::{ApplyRequest, ApplyResponse};
 use tonic::{Code, Status};
 use tower::util::BoxService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::chain::ResolvedPolicy;
 use crate::metrics as m;
+use crate::pool::FilterPool;
 
 /// Codes worth another attempt: the filter was away or shed load, not the item's fault.
 pub fn retryable(code: Code) -> bool {
@@ -31,12 +32,14 @@ pub fn retryable(code: Code) -> bool {
     )
 }
 
-/// One `Apply` attempt against a filter's pool.
+/// One `Apply` attempt: picks an endpoint of the filter's pool (another than those
+/// this call has tried, when one is ready), calls it, and tells the pool how it went.
 #[derive(Clone)]
 struct ApplyCall {
-    client: FilterClient<Channel>,
+    pool: Arc<FilterPool>,
     attempts: Arc<AtomicU32>,
-    timeout: Duration,
+    tried: Arc<Mutex<Vec<u64>>>,
+    deadline: Instant,
 }
 
 impl Service<ApplyRequest> for ApplyCall {
@@ -50,16 +53,30 @@ impl Service<ApplyRequest> for ApplyCall {
 
     fn call(&mut self, req: ApplyRequest) -> Self::Future {
         self.attempts.fetch_add(1, Ordering::Relaxed);
-        let mut client = self.client.clone();
-        let mut req = tonic::Request::new(req);
-        // The filter learns the deadline too (`grpc-timeout`) and can stop early.
-        req.set_timeout(self.timeout);
+        let this = self.clone();
         Box::pin(async move {
-            client
+            let tried = this.tried.lock().map(|t| t.clone()).unwrap_or_default();
+            let call = this.pool.pick(&tried, this.deadline).await?;
+            let endpoint = call.endpoint().clone();
+            if let Ok(mut t) = this.tried.lock() {
+                t.push(endpoint.id);
+            }
+            let left = this.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Status::deadline_exceeded("no time left for the call"));
+            }
+            let mut req = tonic::Request::new(req);
+            // The filter learns the deadline too (`grpc-timeout`) and can stop early.
+            req.set_timeout(left);
+            let result = endpoint
+                .client()
                 .apply(req)
                 .await
                 .map(tonic::Response::into_inner)
-                .map_err(deadline_as_deadline)
+                .map_err(|s| broken_as_unavailable(deadline_as_deadline(s), &endpoint.address));
+            this.pool.record(&endpoint, result.as_ref().map(|_| ()));
+            drop(call);
+            result
         })
     }
 }
@@ -77,12 +94,30 @@ fn deadline_as_deadline(s: Status) -> Status {
     }
 }
 
-/// Retries retryable failures, with exponential backoff and full jitter.
+/// A connection that broke under a call (the replica died) comes back from tonic as
+/// UNKNOWN "transport error". Filters score without side effects, so the call is safe to
+/// send again: it is reported as UNAVAILABLE, which is retried on another replica.
+fn broken_as_unavailable(s: Status, address: &str) -> Status {
+    let transport =
+        std::error::Error::source(&s).is_some_and(|e| e.is::<tonic::transport::Error>());
+    if s.code() == Code::Unknown && transport {
+        let why = std::error::Error::source(&s)
+            .and_then(std::error::Error::source)
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| s.message().to_owned());
+        Status::unavailable(format!("the connection to {address} broke: {why}"))
+    } else {
+        s
+    }
+}
+
+/// Retries retryable failures, with exponential backoff and full jitter, while the
+/// filter's retry budget allows.
 #[derive(Clone)]
 struct RetryPolicy {
     remaining: u32,
     next_backoff: Duration,
-    filter: Arc<str>,
+    pool: Arc<FilterPool>,
 }
 
 impl tower::retry::Policy<ApplyRequest, ApplyResponse, Status> for RetryPolicy {
@@ -95,10 +130,13 @@ impl tower::retry::Policy<ApplyRequest, ApplyResponse, Status> for RetryPolicy {
     ) -> Option<Self::Future> {
         match result {
             Err(s) if self.remaining > 0 && retryable(s.code()) => {
+                if !self.pool.withdraw_retry() {
+                    return None;
+                }
                 self.remaining -= 1;
                 let wait = self.next_backoff.mul_f64(rand::random::<f64>());
                 self.next_backoff = self.next_backoff.saturating_mul(2);
-                metrics::counter!(m::FILTER_RETRIES_TOTAL, "filter" => self.filter.to_string())
+                metrics::counter!(m::FILTER_RETRIES_TOTAL, "filter" => self.pool.name.clone())
                     .increment(1);
                 Some(tokio::time::sleep(wait))
             }
@@ -112,37 +150,73 @@ impl tower::retry::Policy<ApplyRequest, ApplyResponse, Status> for RetryPolicy {
     }
 }
 
-/// The guarded call for one filter under one policy: the request path's only place where
-/// timeout and retry are put together.
+/// The caller's deadline from its `grpc-timeout` header (`<up to 8 digits><H|M|S|m|u|n>`),
+/// or None when it gave none or a malformed one.
+pub fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(v).map(|d| Instant::now() + d)
+}
+
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A backstop past the deadline: each attempt carries the deadline itself (`grpc-timeout`,
+/// enforced by the client too), so that its failure is counted against the endpoint.
+const BACKSTOP: Duration = Duration::from_millis(50);
+
+/// The guarded call for one filter under one policy, to finish by `deadline`: the request
+/// path's only place where deadline, retry and endpoint choice are put together.
 pub fn filter_stack(
-    client: FilterClient<Channel>,
-    filter: &str,
+    pool: Arc<FilterPool>,
     policy: &ResolvedPolicy,
+    deadline: Instant,
     attempts: Arc<AtomicU32>,
 ) -> BoxService<ApplyRequest, ApplyResponse, Status> {
-    let budget = policy.timeout;
-    let filter_name: Arc<str> = Arc::from(filter);
-    let timeouts_label = filter_name.clone();
+    let budget = deadline.saturating_duration_since(Instant::now());
+    let timeouts_label = pool.name.clone();
     ServiceBuilder::new()
-        .map_err(move |e: tower::BoxError| match e.downcast::<Status>() {
-            Ok(s) => *s,
-            Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
-                metrics::counter!(m::FILTER_TIMEOUTS_TOTAL, "filter" => timeouts_label.to_string())
+        .map_err(move |e: tower::BoxError| {
+            let status = match e.downcast::<Status>() {
+                Ok(s) => *s,
+                Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
+                    Status::deadline_exceeded(format!("no answer within {budget:?}"))
+                }
+                Err(e) => Status::internal(e.to_string()),
+            };
+            if status.code() == Code::DeadlineExceeded {
+                metrics::counter!(m::FILTER_TIMEOUTS_TOTAL, "filter" => timeouts_label.clone())
                     .increment(1);
-                Status::deadline_exceeded(format!("no answer within {budget:?}"))
             }
-            Err(e) => Status::internal(e.to_string()),
+            status
         })
-        .timeout(budget)
+        .timeout(budget + BACKSTOP)
         .retry(RetryPolicy {
             remaining: policy.retries,
             next_backoff: policy.backoff,
-            filter: filter_name,
+            pool: pool.clone(),
         })
         .service(ApplyCall {
-            client,
+            pool,
             attempts,
-            timeout: budget,
+            tried: Arc::default(),
+            deadline,
         })
         .boxed()
 }
@@ -227,5 +301,24 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_read_in_every_unit_and_malformed_ones_are_ignored() {
+        let d = |v: &str| parse_grpc_timeout(v);
+        assert_eq!(d("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(d("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(d("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(d("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(d("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(d("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "100", "123456789m", "-1m", "1x", "1.5S"] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! REJECT or REVIEW, with every score that led there.
 //!
 //! One request reads top-down: [`service`] (the gRPC API) → [`runner::chain`] →
-//! [`runner::stage`] → [`runner::filter`] → [`registry`] (endpoint pools, found by
-//! [`discovery`]) → the filter's gRPC service. The cross-cutting guards of a filter call
+//! [`runner::stage`] → [`runner::filter`] → [`registry`] (a [`pool`] per filter, its
+//! endpoints found by [`discovery`]) → the filter's gRPC service. The cross-cutting guards of a filter call
 //! (timeout, retry, metrics) are tower layers composed in [`layers`].
 //!
 //! The gateway never decodes an image and never logs one.
@@ -16,6 +16,7 @@ pub mod error;
 pub mod follow;
 pub mod layers;
 pub mod metrics;
+pub mod pool;
 pub mod registry;
 pub mod rules;
 pub mod runner;

@@ -16,6 +16,9 @@ pub const FILTER_TIMEOUTS_TOTAL: &str = "sekisho_gateway_filter_timeouts_total";
 pub const FILTER_SCORE: &str = "sekisho_gateway_filter_score";
 pub const DECISIONS_TOTAL: &str = "sekisho_gateway_decisions_total";
 pub const FILTER_INFO: &str = "sekisho_gateway_filter_info";
+pub const FILTER_ENDPOINTS: &str = "sekisho_gateway_filter_endpoints";
+pub const ENDPOINT_EJECTIONS_TOTAL: &str = "sekisho_gateway_endpoint_ejections_total";
+pub const RETRIES_REFUSED_TOTAL: &str = "sekisho_gateway_filter_retries_refused_total";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> &'static PrometheusHandle {
@@ -64,5 +67,17 @@ fn describe() {
     describe_gauge!(
         FILTER_INFO,
         "1 per described filter, labelled with its version and execution provider (cpu, cuda, or none for filters without a model)."
+    );
+    describe_gauge!(
+        FILTER_ENDPOINTS,
+        "Endpoints of each filter by state (ready, pending, refused, not_serving, unreachable, ejected)."
+    );
+    describe_counter!(
+        ENDPOINT_EJECTIONS_TOTAL,
+        "Endpoints ejected after consecutive failed calls, by filter."
+    );
+    describe_counter!(
+        RETRIES_REFUSED_TOTAL,
+        "Retries not sent because the filter's retry budget was spent, by filter."
     );
 }

@@ -16,9 +16,13 @@ use tonic::transport::Endpoint;
 use crate::aggregate::{AggregatorFactory, AggregatorRegistry};
 use crate::chain::{ChainSet, Chains};
 use crate::config::GatewayConfig;
-use crate::discovery::StaticDiscovery;
+use crate::discovery::Discovery;
+use crate::discovery::etcd::EtcdDiscovery;
+use crate::discovery::file::FileDiscovery;
+use crate::discovery::listed::ListedDiscovery;
 use crate::error::GatewayError;
 use crate::layers::GrpcFrameLimit;
+use crate::pool::PoolSettings;
 use crate::registry::FilterRegistry;
 use crate::runner::Runner;
 use crate::service::GatewayService;
@@ -69,12 +73,30 @@ impl GatewayServer {
         cfg.validate()?;
         let metrics = crate::metrics::install();
 
-        let registry = FilterRegistry::from_discovery(
-            &[&StaticDiscovery::new(cfg.filters.clone())],
-            cfg.connections_per_endpoint,
-        )
-        .map_err(GatewayError::Config)?;
-        registry.spawn_describer(cfg.describe_interval);
+        let registry = FilterRegistry::new(PoolSettings {
+            connections: cfg.connections_per_endpoint,
+            balance: cfg.balance,
+            outlier: cfg.outlier.clone(),
+            retry_budget: cfg.retry_budget.clone(),
+            describe_interval: cfg.describe_interval,
+        });
+        // The configured endpoints are in place before the first request.
+        let listed = ListedDiscovery::new(cfg.filters.clone());
+        registry.apply(0, listed.kind(), listed.endpoints()).await;
+        let mut sources: Vec<Box<dyn Discovery>> = Vec::new();
+        if let Some(f) = &cfg.discovery.file {
+            sources.push(Box::new(FileDiscovery {
+                path: f.path.clone(),
+                interval: f.interval,
+            }));
+        }
+        if let Some(e) = &cfg.discovery.etcd {
+            sources.push(Box::new(EtcdDiscovery {
+                endpoints: e.endpoints.clone(),
+                prefix: e.prefix.clone(),
+            }));
+        }
+        registry.follow(sources, 1);
 
         let mut aggregators = self.aggregators;
         for (name, a) in &cfg.aggregators {

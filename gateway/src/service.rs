@@ -40,10 +40,15 @@ impl GatewayService {
     }
 
     /// One moderation, with its metrics.
-    pub async fn moderate_one(&self, req: ModerateRequest) -> Result<ModerateResponse, Status> {
+    /// Runs one request; `deadline` is the caller's (`grpc-timeout`), if it gave one.
+    pub async fn moderate_one(
+        &self,
+        req: ModerateRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ModerateResponse, Status> {
         let start = Instant::now();
         let chain_label = req.chain.clone();
-        let result = self.moderate_inner(req).await;
+        let result = self.moderate_inner(req, deadline).await;
         // Unknown chains share one label so that callers cannot grow the series.
         let chain_label = match &result {
             Err(GatewayError::NotFound(_)) => "unknown".to_owned(),
@@ -73,7 +78,11 @@ impl GatewayService {
         result.map_err(Status::from)
     }
 
-    async fn moderate_inner(&self, req: ModerateRequest) -> Result<ModerateResponse, GatewayError> {
+    async fn moderate_inner(
+        &self,
+        req: ModerateRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ModerateResponse, GatewayError> {
         if req.chain.is_empty() {
             return Err(GatewayError::InvalidArgument(
                 "chain: name the chain to run".into(),
@@ -167,6 +176,7 @@ impl GatewayService {
                     content,
                     metadata: req.metadata,
                     request_id,
+                    deadline,
                 },
             )
             .await
@@ -194,7 +204,8 @@ impl Gateway for GatewayService {
         &self,
         request: Request<ModerateRequest>,
     ) -> Result<Response<ModerateResponse>, Status> {
-        self.moderate_one(request.into_inner())
+        let deadline = crate::layers::grpc_deadline(request.metadata());
+        self.moderate_one(request.into_inner(), deadline)
             .await
             .map(Response::new)
     }
@@ -212,7 +223,7 @@ impl Gateway for GatewayService {
             .into_inner()
             .map(move |r| {
                 let svc = svc.clone();
-                async move { svc.moderate_one(r?).await }
+                async move { svc.moderate_one(r?, None).await }
             })
             .buffered(STREAM_WINDOW);
         Ok(Response::new(Box::pin(out)))

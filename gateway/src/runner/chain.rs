@@ -20,6 +20,8 @@ pub struct Item {
     pub content: fproto::Content,
     pub metadata: HashMap<String, String>,
     pub request_id: String,
+    /// The caller's deadline, if it gave one: no filter call runs past it.
+    pub deadline: Option<Instant>,
 }
 
 /// What a run has gathered so far.
@@ -27,6 +29,7 @@ pub struct RunState {
     pub content: fproto::Content,
     pub metadata: HashMap<String, String>,
     pub request_id: String,
+    pub deadline: Option<Instant>,
     pub vars: RuleVars,
     /// Earlier stages' results, sent to later filters as context.
     pub earlier: Vec<fproto::StageResult>,
@@ -51,6 +54,7 @@ impl Runner {
             content: item.content,
             metadata: item.metadata,
             request_id: item.request_id,
+            deadline: item.deadline,
             earlier: Vec::with_capacity(chain.stages.len()),
             traces: Vec::with_capacity(chain.stages.len()),
         };

@@ -27,6 +27,7 @@ pub async fn run_filter(
     req: ApplyRequest,
     chain: &str,
     stage: &str,
+    caller_deadline: Option<Instant>,
 ) -> FilterRun {
     let start = Instant::now();
     let Some(pool) = registry.get(&f.filter) else {
@@ -42,8 +43,14 @@ pub async fn run_filter(
             latency: start.elapsed(),
         };
     };
+    // The filter's own timeout, or less when the caller's deadline comes first.
+    let mut deadline = start + f.policy.timeout;
+    if let Some(d) = caller_deadline {
+        deadline = deadline.min(d);
+    }
+    pool.deposit();
     let attempts = Arc::new(AtomicU32::new(0));
-    let stack = layers::filter_stack(pool.client(), &f.filter, &f.policy, attempts.clone());
+    let stack = layers::filter_stack(pool, &f.policy, deadline, attempts.clone());
     let result = stack.oneshot(req).await;
     let latency = start.elapsed();
     metrics::histogram!(m::FILTER_DURATION, "chain" => chain.to_owned(), "stage" => stage.to_owned(), "filter" => f.filter.clone())

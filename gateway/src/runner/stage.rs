@@ -44,7 +44,7 @@ pub async fn run_stage(
                 stages: state.earlier.clone(),
             }),
         };
-        run_filter(registry, f, req, &chain.name, &stage.id)
+        run_filter(registry, f, req, &chain.name, &stage.id, state.deadline)
     });
     let runs = futures::future::join_all(calls).await;
 

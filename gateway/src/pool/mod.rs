@@ -1,0 +1,441 @@
+//! A filter's endpoint pool: the endpoints discovery found, which of them take traffic,
+//! and how a call picks one.
+//!
+//! - An endpoint takes traffic once it has answered `Describe` as this filter, with the
+//!   descriptor most of its described siblings share (a replica of another version,
+//!   content types or config schema is refused and reported, never mixed in), and while
+//!   `grpc.health.v1` does not say NOT_SERVING ([`tend`]).
+//! - A call picks the less loaded (calls in flight) of two ready endpoints drawn at
+//!   random (p2c), or the next in turn (`balance: round_robin`); a retry avoids the
+//!   endpoints the call has tried.
+//! - Passive outlier ejection: after `consecutive_failures` failed calls in a row an
+//!   endpoint is out for `base_ejection` × (its ejections so far), up to `max_ejection`;
+//!   never the last endpoint that takes traffic.
+//! - A retry budget per filter (`percent` of calls plus `min_per_second`).
+
+mod endpoint;
+mod tend;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub use endpoint::{Endpoint, Health, InFlight, Phase};
+use sekisho_proto::filter::v1::FilterDescriptor;
+use sekisho_proto::gateway::v1 as gproto;
+use tonic::{Code, Status};
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::config::{Balance, OutlierConfig, RetryBudgetConfig};
+use crate::metrics as m;
+
+/// What every pool of a gateway shares.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub connections: usize,
+    pub balance: Balance,
+    pub outlier: OutlierConfig,
+    pub retry_budget: RetryBudgetConfig,
+    pub describe_interval: Duration,
+}
+
+/// How long a call waits for an endpoint that is still being described, at most.
+const WAIT_FOR_FIRST_DESCRIBE: Duration = Duration::from_secs(2);
+
+pub struct FilterPool {
+    pub name: String,
+    settings: Arc<PoolSettings>,
+    endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    /// The descriptor the pool serves: the one most described endpoints share.
+    reference: Mutex<Option<Arc<FilterDescriptor>>>,
+    /// Bumped whenever an endpoint's standing changes, for calls waiting on one.
+    changed: tokio::sync::watch::Sender<u64>,
+    budget: TpsBudget,
+    turn: AtomicUsize,
+    next_id: AtomicU64,
+    epoch: Instant,
+}
+
+/// The parts of a descriptor that replicas must agree on.
+fn same_filter(a: &FilterDescriptor, b: &FilterDescriptor) -> bool {
+    a.name == b.name
+        && a.version == b.version
+        && a.content_types == b.content_types
+        && a.config_schema == b.config_schema
+}
+
+/// Says how `d` differs from the reference, for the refusal.
+fn difference(d: &FilterDescriptor, reference: &FilterDescriptor) -> String {
+    let mut parts = Vec::new();
+    if d.version != reference.version {
+        parts.push(format!(
+            "version `{}` where its siblings have `{}`",
+            d.version, reference.version
+        ));
+    }
+    if d.content_types != reference.content_types {
+        parts.push(format!(
+            "content types [{}] where its siblings have [{}]",
+            d.content_types.join(", "),
+            reference.content_types.join(", ")
+        ));
+    }
+    if d.config_schema != reference.config_schema {
+        parts.push("a different config schema".into());
+    }
+    format!(
+        "descriptor disagrees with its siblings: {}",
+        parts.join("; ")
+    )
+}
+
+/// Failures that say the endpoint is unwell, as opposed to the item being bad.
+fn endpoint_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Internal
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::DataLoss
+            | Code::Unimplemented
+    )
+}
+
+impl FilterPool {
+    pub fn new(name: String, settings: Arc<PoolSettings>) -> Arc<Self> {
+        let b = &settings.retry_budget;
+        let budget = TpsBudget::new(Duration::from_secs(10), b.min_per_second, b.percent / 100.0);
+        Arc::new(FilterPool {
+            name,
+            settings,
+            endpoints: RwLock::new(Vec::new()),
+            reference: Mutex::new(None),
+            changed: tokio::sync::watch::Sender::new(0),
+            budget,
+            turn: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The descriptor the pool serves, once an endpoint has answered `Describe`.
+    pub fn descriptor(&self) -> Option<Arc<FilterDescriptor>> {
+        self.reference.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Makes the pool's endpoints those of `wanted` (address → the sources that list it):
+    /// new ones are described before they take traffic, gone ones stop being picked.
+    pub fn sync(self: &Arc<Self>, wanted: &BTreeMap<String, BTreeSet<&'static str>>) {
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let mut eps = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+            eps.retain(|e| {
+                let keep = wanted.contains_key(&e.address);
+                if !keep {
+                    removed.push(e.clone());
+                }
+                keep
+            });
+            for (address, sources) in wanted {
+                if let Some(e) = eps.iter().find(|e| &e.address == address) {
+                    if let Ok(mut s) = e.sources.lock() {
+                        *s = sources.clone();
+                    }
+                    continue;
+                }
+                let first = sources.iter().next().copied().unwrap_or("static");
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                match Endpoint::new(id, address, first, self.settings.connections, self.epoch) {
+                    Ok(e) => {
+                        if let Ok(mut s) = e.sources.lock() {
+                            *s = sources.clone();
+                        }
+                        let e = Arc::new(e);
+                        eps.push(e.clone());
+                        added.push(e);
+                    }
+                    Err(why) => {
+                        tracing::warn!(filter = %self.name, address, error = %why, "endpoint ignored")
+                    }
+                }
+            }
+        }
+        for e in &removed {
+            e.set_usable(false);
+            if let Some(t) = e.task.lock().ok().and_then(|mut t| t.take()) {
+                t.abort();
+            }
+            tracing::info!(filter = %self.name, address = %e.address, "endpoint withdrawn");
+        }
+        for e in added {
+            tracing::info!(filter = %self.name, address = %e.address, "endpoint found");
+            let task = tokio::spawn(tend::tend(self.clone(), e.clone()));
+            if let Ok(mut t) = e.task.lock() {
+                *t = Some(task.abort_handle());
+            }
+        }
+        if !removed.is_empty() {
+            self.recompute();
+        }
+    }
+
+    /// Re-derives the served descriptor and each endpoint's phase from what is known.
+    pub(crate) fn recompute(&self) {
+        let eps = self.endpoints();
+        let mut reference = self.reference.lock().unwrap_or_else(|p| p.into_inner());
+        // Group the reachable endpoints that say they are this filter by descriptor.
+        let mut groups: Vec<(Arc<FilterDescriptor>, usize)> = Vec::new();
+        for e in &eps {
+            let s = e.lock();
+            let Some(d) = s.described.as_ref().filter(|d| d.name == self.name) else {
+                continue;
+            };
+            match groups.iter_mut().find(|(g, _)| same_filter(g, d)) {
+                Some((_, n)) => *n += 1,
+                None => groups.push((d.clone(), 1)),
+            }
+        }
+        // The largest group wins; on a tie the one served now stays.
+        let best = groups.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        let keep = reference
+            .as_ref()
+            .and_then(|r| groups.iter().find(|(g, n)| *n == best && same_filter(g, r)));
+        let chosen = keep
+            .or_else(|| groups.iter().find(|(_, n)| *n == best))
+            .map(|(g, _)| g.clone());
+        if let (Some(old), Some(new)) = (reference.as_ref(), chosen.as_ref())
+            && !same_filter(old, new)
+        {
+            tracing::warn!(filter = %self.name, from = %old.version, to = %new.version,
+                "most replicas now serve another descriptor; switching to it");
+        }
+        if let Some(c) = &chosen {
+            *reference = Some(c.clone());
+        }
+        let mut counts: BTreeMap<&'static str, f64> = BTreeMap::new();
+        let now = Instant::now();
+        for e in &eps {
+            let mut s = e.lock();
+            let phase = if !s.tried {
+                Phase::Pending
+            } else if !s.unreachable.is_empty() {
+                Phase::Unreachable(s.unreachable.clone())
+            } else if let Some(d) = &s.described {
+                if d.name != self.name {
+                    Phase::Refused(format!(
+                        "the endpoint says it is filter `{}`, not `{}`",
+                        d.name, self.name
+                    ))
+                } else if let Some(r) = chosen.as_ref().filter(|r| !same_filter(d, r)) {
+                    Phase::Refused(difference(d, r))
+                } else if s.health == Health::NotServing {
+                    Phase::NotServing
+                } else {
+                    Phase::Ready
+                }
+            } else {
+                Phase::Pending
+            };
+            if phase != s.phase {
+                match &phase {
+                    Phase::Refused(why) | Phase::Unreachable(why) => {
+                        tracing::warn!(filter = %self.name, address = %e.address, state = phase.label(), reason = %why, "endpoint kept out")
+                    }
+                    _ => {
+                        tracing::info!(filter = %self.name, address = %e.address, state = phase.label(), "endpoint state")
+                    }
+                }
+            }
+            e.set_usable(phase == Phase::Ready);
+            let label = if phase == Phase::Ready && e.ejected_at(now) {
+                "ejected"
+            } else {
+                phase.label()
+            };
+            *counts.entry(label).or_default() += 1.0;
+            s.phase = phase;
+        }
+        drop(reference);
+        for state in [
+            "pending",
+            "ready",
+            "refused",
+            "not_serving",
+            "unreachable",
+            "ejected",
+        ] {
+            metrics::gauge!(m::FILTER_ENDPOINTS, "filter" => self.name.clone(), "state" => state)
+                .set(counts.get(state).copied().unwrap_or(0.0));
+        }
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// An endpoint for one attempt of a call, avoiding those in `tried` when another
+    /// will do. While endpoints are still being described for the first time the call
+    /// waits for them, up to `deadline` (and at most 2 s).
+    pub async fn pick(&self, tried: &[u64], deadline: Instant) -> Result<InFlight, Status> {
+        let wait_until = deadline.min(Instant::now() + WAIT_FOR_FIRST_DESCRIBE);
+        let mut changed = self.changed.subscribe();
+        loop {
+            let eps = self.endpoints();
+            let now = Instant::now();
+            if let Some(e) = self.choose(&eps, tried, now) {
+                return Ok(e.start_call());
+            }
+            let pending = eps.iter().any(|e| !e.lock().tried);
+            if !pending || now >= wait_until {
+                return Err(self.none_ready(&eps, now));
+            }
+            let left = wait_until - now;
+            let _ = tokio::time::timeout(left, changed.changed()).await;
+        }
+    }
+
+    fn choose(&self, eps: &[Arc<Endpoint>], tried: &[u64], now: Instant) -> Option<Arc<Endpoint>> {
+        let usable: Vec<&Arc<Endpoint>> = eps.iter().filter(|e| e.usable(now)).collect();
+        let fresh: Vec<&Arc<Endpoint>> = usable
+            .iter()
+            .copied()
+            .filter(|e| !tried.contains(&e.id))
+            .collect();
+        // A retry goes elsewhere when it can, to the same endpoint when nothing else is up.
+        let candidates = if fresh.is_empty() { usable } else { fresh };
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0].clone()),
+            n => Some(match self.settings.balance {
+                Balance::RoundRobin => {
+                    candidates[self.turn.fetch_add(1, Ordering::Relaxed) % n].clone()
+                }
+                Balance::P2c => {
+                    let a = rand::random_range(0..n);
+                    let mut b = rand::random_range(0..n - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    let (ea, eb) = (candidates[a], candidates[b]);
+                    if eb.in_flight() < ea.in_flight() {
+                        eb.clone()
+                    } else {
+                        ea.clone()
+                    }
+                }
+            }),
+        }
+    }
+
+    fn none_ready(&self, eps: &[Arc<Endpoint>], now: Instant) -> Status {
+        if eps.is_empty() {
+            return Status::unavailable(format!(
+                "filter `{}` has no endpoints: discovery has found none",
+                self.name
+            ));
+        }
+        let states: Vec<String> = eps
+            .iter()
+            .map(|e| {
+                let p = e.to_proto(now);
+                if p.last_error.is_empty() {
+                    format!("{} {}", p.address, p.state)
+                } else {
+                    format!("{} {}: {}", p.address, p.state, p.last_error)
+                }
+            })
+            .collect();
+        Status::unavailable(format!(
+            "filter `{}` has no endpoint ready: {}",
+            self.name,
+            states.join("; ")
+        ))
+    }
+
+    /// Notes how a call on `e` went, for outlier ejection.
+    pub fn record(&self, e: &Endpoint, result: Result<(), &Status>) {
+        let o = &self.settings.outlier;
+        e.calls.fetch_add(1, Ordering::Relaxed);
+        if result.is_err_and(|st| endpoint_failure(st.code())) {
+            e.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut s = e.lock();
+        let failure = match result {
+            Ok(()) => {
+                s.consecutive_failures = 0;
+                return;
+            }
+            Err(st) if endpoint_failure(st.code()) => st,
+            Err(_) => {
+                // The item's fault, not the endpoint's.
+                s.consecutive_failures = 0;
+                return;
+            }
+        };
+        s.consecutive_failures += 1;
+        s.last_call_error = format!("{}: {}", failure.code(), failure.message());
+        let now = Instant::now();
+        if s.consecutive_failures < o.consecutive_failures || e.ejected_at(now) {
+            return;
+        }
+        // Never the whole pool: someone else must be taking traffic.
+        let others = self
+            .endpoints()
+            .iter()
+            .filter(|x| x.id != e.id && x.usable(now))
+            .count();
+        if others == 0 {
+            return;
+        }
+        // Ejections that ended long ago are forgiven.
+        if let Some(end) = s.last_ejection_end
+            && now.saturating_duration_since(end) > o.base_ejection * s.ejections.max(1)
+        {
+            s.ejections = 0;
+        }
+        s.ejections += 1;
+        let length = (o.base_ejection * s.ejections).min(o.max_ejection);
+        s.consecutive_failures = 0;
+        s.last_ejection_end = Some(now + length);
+        e.eject_until(now + length);
+        tracing::warn!(filter = %self.name, address = %e.address, for_s = length.as_secs_f64(),
+            ejections = s.ejections, last_error = %s.last_call_error, "endpoint ejected after failed calls");
+        metrics::counter!(m::ENDPOINT_EJECTIONS_TOTAL, "filter" => self.name.clone()).increment(1);
+        drop(s);
+        self.recompute();
+    }
+
+    /// Counts a call against the retry budget.
+    pub fn deposit(&self) {
+        self.budget.deposit();
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub fn withdraw_retry(&self) -> bool {
+        let ok = self.budget.withdraw();
+        if !ok {
+            metrics::counter!(m::RETRIES_REFUSED_TOTAL, "filter" => self.name.clone()).increment(1);
+        }
+        ok
+    }
+
+    pub fn to_proto(&self) -> gproto::DiscoveredFilter {
+        let now = Instant::now();
+        gproto::DiscoveredFilter {
+            name: self.name.clone(),
+            endpoints: self.endpoints().iter().map(|e| e.to_proto(now)).collect(),
+            descriptor: self.descriptor().map(|d| (*d).clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

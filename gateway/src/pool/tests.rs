@@ -1,0 +1,217 @@
+//! The pool's rules on endpoints whose standing is set by hand (no network): which
+//! descriptor wins, who is picked, when an endpoint is ejected and for how long.
+
+use super::*;
+
+fn settings(balance: Balance) -> Arc<PoolSettings> {
+    Arc::new(PoolSettings {
+        connections: 1,
+        balance,
+        outlier: OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(75),
+        },
+        retry_budget: RetryBudgetConfig::default(),
+        describe_interval: Duration::from_secs(30),
+    })
+}
+
+fn descriptor(version: &str) -> Arc<FilterDescriptor> {
+    Arc::new(FilterDescriptor {
+        name: "noop".into(),
+        version: version.into(),
+        content_types: vec!["text/plain".into()],
+        ..Default::default()
+    })
+}
+
+/// Adds an endpoint that has answered Describe with `d`, without a tending task.
+fn add(pool: &Arc<FilterPool>, port: u16, d: Arc<FilterDescriptor>) -> Arc<Endpoint> {
+    let id = pool.next_id.fetch_add(1, Ordering::Relaxed);
+    let e = Arc::new(
+        Endpoint::new(
+            id,
+            &format!("http://127.0.0.1:{port}"),
+            "static",
+            1,
+            pool.epoch,
+        )
+        .unwrap(),
+    );
+    {
+        let mut s = e.lock();
+        s.described = Some(d);
+        s.tried = true;
+    }
+    pool.endpoints.write().unwrap().push(e.clone());
+    pool.recompute();
+    e
+}
+
+fn state(pool: &FilterPool, e: &Endpoint) -> String {
+    let _ = pool;
+    e.to_proto(Instant::now()).state
+}
+
+#[tokio::test]
+async fn a_replica_of_another_version_is_refused_and_the_majority_wins() {
+    let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
+    let a = add(&pool, 1, descriptor("1.0"));
+    let b = add(&pool, 2, descriptor("1.1"));
+    // One each: the first served stays.
+    assert_eq!(state(&pool, &a), "ready");
+    assert_eq!(state(&pool, &b), "refused");
+    let why = b.to_proto(Instant::now()).last_error;
+    assert!(
+        why.contains("version `1.1` where its siblings have `1.0`"),
+        "{why}"
+    );
+    // A second 1.1 replica makes 1.1 the majority: the pool switches, never mixes.
+    let c = add(&pool, 3, descriptor("1.1"));
+    assert_eq!(pool.descriptor().unwrap().version, "1.1");
+    assert_eq!(
+        [state(&pool, &a), state(&pool, &b), state(&pool, &c)],
+        ["refused", "ready", "ready"]
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_claiming_another_filter_is_refused() {
+    let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
+    let mut other = (*descriptor("1.0")).clone();
+    other.name = "keywords".into();
+    let e = add(&pool, 1, Arc::new(other));
+    let p = e.to_proto(Instant::now());
+    assert_eq!(p.state, "refused");
+    assert!(
+        p.last_error.contains("says it is filter `keywords`"),
+        "{p:?}"
+    );
+    assert!(pool.descriptor().is_none());
+}
+
+#[tokio::test]
+async fn p2c_picks_the_less_loaded_and_a_retry_goes_elsewhere() {
+    let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
+    let busy = add(&pool, 1, descriptor("1.0"));
+    let idle = add(&pool, 2, descriptor("1.0"));
+    let _calls: Vec<InFlight> = (0..3).map(|_| busy.start_call()).collect();
+    let far = Instant::now() + Duration::from_secs(1);
+    for _ in 0..50 {
+        // With two endpoints p2c compares both: the idle one always wins.
+        let c = pool.pick(&[], far).await.unwrap();
+        assert_eq!(c.endpoint().id, idle.id);
+    }
+    // A retry avoids what it tried, even when that is the less loaded...
+    let c = pool.pick(&[idle.id], far).await.unwrap();
+    assert_eq!(c.endpoint().id, busy.id);
+    // ...and goes back to it when nothing else is up.
+    busy.set_usable(false);
+    let c = pool.pick(&[idle.id], far).await.unwrap();
+    assert_eq!(c.endpoint().id, idle.id);
+}
+
+#[tokio::test]
+async fn round_robin_takes_turns_whatever_the_load() {
+    let pool = FilterPool::new("noop".into(), settings(Balance::RoundRobin));
+    let a = add(&pool, 1, descriptor("1.0"));
+    let b = add(&pool, 2, descriptor("1.0"));
+    let _calls: Vec<InFlight> = (0..3).map(|_| a.start_call()).collect();
+    let far = Instant::now() + Duration::from_secs(1);
+    let mut picks = Vec::new();
+    for _ in 0..4 {
+        picks.push(pool.pick(&[], far).await.unwrap().endpoint().id);
+    }
+    assert_eq!(picks.iter().filter(|&&id| id == a.id).count(), 2);
+    assert_eq!(picks.iter().filter(|&&id| id == b.id).count(), 2);
+}
+
+#[tokio::test]
+async fn five_failures_in_a_row_eject_for_longer_each_time_but_never_the_last() {
+    let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
+    let bad = add(&pool, 1, descriptor("1.0"));
+    let good = add(&pool, 2, descriptor("1.0"));
+    let unavailable = Status::unavailable("connection refused");
+    // An item's fault does not count, and a success resets the count.
+    for _ in 0..4 {
+        pool.record(&bad, Err(&unavailable));
+    }
+    pool.record(&bad, Err(&Status::invalid_argument("not an image")));
+    for _ in 0..4 {
+        pool.record(&bad, Err(&unavailable));
+    }
+    pool.record(&bad, Ok(()));
+    assert_eq!(state(&pool, &bad), "ready");
+    for _ in 0..5 {
+        pool.record(&bad, Err(&unavailable));
+    }
+    let p = bad.to_proto(Instant::now());
+    assert_eq!(p.state, "ejected");
+    assert_eq!(p.ejections, 1);
+    assert!((29_000..=30_000).contains(&p.ejected_for_ms), "{p:?}");
+    assert!(p.last_error.contains("connection refused"), "{p:?}");
+    // Ejected endpoints are not picked.
+    let far = Instant::now() + Duration::from_secs(1);
+    for _ in 0..20 {
+        assert_eq!(pool.pick(&[], far).await.unwrap().endpoint().id, good.id);
+    }
+    // Back after its time; failing again ejects it for twice as long, then the cap.
+    bad.eject_until(Instant::now());
+    {
+        let mut s = bad.lock();
+        s.last_ejection_end = Some(Instant::now());
+    }
+    for _ in 0..5 {
+        pool.record(&bad, Err(&unavailable));
+    }
+    let p = bad.to_proto(Instant::now());
+    assert_eq!((p.state.as_str(), p.ejections), ("ejected", 2));
+    assert!((59_000..=60_000).contains(&p.ejected_for_ms), "{p:?}");
+    bad.eject_until(Instant::now());
+    for _ in 0..5 {
+        pool.record(&bad, Err(&unavailable));
+    }
+    let p = bad.to_proto(Instant::now());
+    assert!((74_000..=75_000).contains(&p.ejected_for_ms), "{p:?}");
+    // The last endpoint taking traffic is never ejected, however it fails.
+    for _ in 0..20 {
+        pool.record(&good, Err(&unavailable));
+    }
+    assert_eq!(state(&pool, &good), "ready");
+}
+
+#[tokio::test]
+async fn with_nothing_ready_the_error_says_why_each_endpoint_is_out() {
+    let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
+    let far = Instant::now() + Duration::from_secs(1);
+    let e = pool.pick(&[], far).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("discovery has found none"), "{e:?}");
+    let a = add(&pool, 1, descriptor("1.0"));
+    {
+        let mut s = a.lock();
+        s.health = Health::NotServing;
+    }
+    pool.recompute();
+    let e = pool.pick(&[], far).await.unwrap_err();
+    assert!(
+        e.message().contains("http://127.0.0.1:1 not_serving"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_retry_budget_allows_a_share_of_calls_and_then_refuses() {
+    let mut s = (*settings(Balance::P2c)).clone();
+    s.retry_budget = RetryBudgetConfig {
+        percent: 20.0,
+        min_per_second: 0,
+    };
+    let pool = FilterPool::new("noop".into(), Arc::new(s));
+    for _ in 0..100 {
+        pool.deposit();
+    }
+    let allowed = (0..100).take_while(|_| pool.withdraw_retry()).count();
+    assert_eq!(allowed, 20);
+}
