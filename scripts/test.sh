@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, unit and integration tests (real gateway processes,
 # real filters over loopback, the Python example filter, SQLite and a throwaway
-# PostgreSQL for the chainstore's storage suite).
+# PostgreSQL for the chainstore's storage suite, a throwaway etcd for discovery).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/debian-packages.sh
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -43,6 +43,40 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// One chain through several gateways (differently configured, same filters), side by
+    /// side in alternating rounds: e.g. p2c next to round robin.
+    Compare {
+        #[command(flatten)]
+        load: Load,
+        #[arg(long)]
+        chain: String,
+        /// The other gateways, compared with `--gateway`.
+        #[arg(long = "against", required = true)]
+        against: Vec<String>,
+        /// Names for the gateways in the report, `--gateway` first (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+    /// Time from a filter replica's etcd registration to the first call it serves.
+    Join {
+        #[arg(long)]
+        etcd: String,
+        #[arg(long, default_value = sekisho_proto::registration::DEFAULT_ETCD_PREFIX)]
+        etcd_prefix: String,
+        /// A gateway with `discovery.etcd` on the same etcd.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+        /// A chain that calls `--filter`.
+        #[arg(long)]
+        chain: String,
+        /// The built-in filter to start replicas of.
+        #[arg(long, default_value = "noop")]
+        filter: String,
+        #[arg(long, default_value_t = 20)]
+        replicas: u32,
+    },
     /// Time from a chain update in the chainstore to the first gateway response using it.
     Reload {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -164,6 +198,67 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 p(&g, 0.99) / p(&d, 0.99),
                 g.rate() / d.rate()
             );
+        }
+        Mode::Compare {
+            load,
+            chain,
+            against,
+            labels,
+            rounds,
+        } => {
+            let urls: Vec<String> = std::iter::once(load.gateway.clone())
+                .chain(against)
+                .collect();
+            let mut targets = Vec::new();
+            for u in &urls {
+                let ch = channels(u, load.connections).await?;
+                let t = Target::Gateway(ch, moderate_request(&chain, &load.text));
+                t.run(&load, load.warmup).await?;
+                targets.push(t);
+            }
+            let mut reports: Vec<Report> = urls.iter().map(|_| Report::default()).collect();
+            for _ in 0..rounds {
+                for (t, r) in targets.iter().zip(reports.iter_mut()) {
+                    r.merge(t.run(&load, load.duration).await?);
+                }
+            }
+            println!(
+                "chain {chain}, concurrency {}, {rounds} alternating rounds of {:?}",
+                load.concurrency, load.duration
+            );
+            for (i, (u, r)) in urls.iter().zip(&reports).enumerate() {
+                r.print(labels.get(i).map(String::as_str).unwrap_or(u));
+            }
+            let p = |r: &Report, q: f64| r.hist.value_at_quantile(q) as f64;
+            let first = &reports[0];
+            for (i, r) in reports.iter().enumerate().skip(1) {
+                let name = labels.get(i).cloned().unwrap_or_else(|| urls[i].clone());
+                let base = labels.first().cloned().unwrap_or_else(|| urls[0].clone());
+                println!(
+                    "{name} / {base}: p50 {:.2}×, p99 {:.2}×, throughput {:.2}×",
+                    p(r, 0.5) / p(first, 0.5),
+                    p(r, 0.99) / p(first, 0.99),
+                    r.rate() / first.rate()
+                );
+            }
+        }
+        Mode::Join {
+            etcd,
+            etcd_prefix,
+            gateway,
+            chain,
+            filter,
+            replicas,
+        } => {
+            crate::join::run(crate::join::JoinArgs {
+                etcd,
+                prefix: etcd_prefix,
+                gateway,
+                chain,
+                filter,
+                replicas,
+            })
+            .await?
         }
         Mode::Reload {
             gateway,

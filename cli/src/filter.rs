@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use sekisho_filter_sdk::FilterServer;
+use sekisho_filter_sdk::{EtcdRegistration, FilterServer};
 use sekisho_filters_images::runtime::{OnMissingCuda, Provider};
 use sekisho_filters_images::{ClassifierSpec, FaceDetect, ModelOptions, NgImage, QrCode};
 use sekisho_filters_samples::{Keywords, Noop};
@@ -28,7 +28,49 @@ pub struct FilterArgs {
     #[arg(long = "as")]
     alias: Option<String>,
     #[command(flatten)]
+    registration: RegistrationArgs,
+    #[command(flatten)]
+    noop: NoopArgs,
+    #[command(flatten)]
     onnx: OnnxArgs,
+}
+
+/// Registration for discovery, and shutdown.
+#[derive(clap::Args, Clone)]
+pub struct RegistrationArgs {
+    /// Register in etcd while serving (comma-separated client URLs), for gateways with
+    /// `discovery.etcd`.
+    #[arg(long, env = "SEKISHO_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The etcd key prefix gateways watch.
+    #[arg(long, default_value = sekisho_proto::registration::DEFAULT_ETCD_PREFIX)]
+    etcd_prefix: String,
+    /// The etcd lease TTL: how long a replica that died without withdrawing stays listed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    etcd_ttl: Duration,
+    /// The address gateways dial, `http://host:port` (default: http:// and the bound
+    /// address, which is right unless it is 0.0.0.0 or behind NAT; in Kubernetes, the pod IP).
+    #[arg(long, env = "SEKISHO_ADVERTISE")]
+    advertise: Option<String>,
+    /// On SIGTERM: say NOT_SERVING and withdraw, keep serving this long so that gateways
+    /// stop sending, then drain what is in flight and exit.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
+}
+
+/// Shaping one noop replica, for tests and benchmarks of balancing.
+#[derive(clap::Args, Clone)]
+pub struct NoopArgs {
+    /// noop: add this to every call (a slow replica).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    extra_delay: Option<Duration>,
+    /// noop: fail every call with UNAVAILABLE for this long after start (a broken replica
+    /// that recovers).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    fail_for: Option<Duration>,
+    /// noop: the version Describe reports.
+    #[arg(long, default_value = "0.1.0")]
+    describe_version: String,
 }
 
 /// How the ONNX filters (face-detect, ng-image) run their model.
@@ -126,33 +168,52 @@ pub async fn run(args: FilterArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let announce = |name: &str| println!("sekisho filter {name} listening on http://{addr}");
     let stop = crate::shutdown_signal();
+    let reg = args.registration.clone();
+    let advertise = reg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    // Every filter is served the same way: registration and draining included.
+    macro_rules! serve {
+        ($filter:expr) => {{
+            let mut server = FilterServer::new($filter).drain_delay(reg.drain_delay);
+            if !reg.etcd.is_empty() {
+                let mut r = EtcdRegistration::new(reg.etcd.clone(), advertise.clone());
+                r.prefix = reg.etcd_prefix.clone();
+                r.ttl = reg.etcd_ttl;
+                server = server.register_in_etcd(r);
+            }
+            server.serve_on(listener, stop).await?
+        }};
+    }
     match args.name {
         BuiltinFilter::Noop => {
             let name = args.alias.unwrap_or_else(|| "noop".into());
             announce(&name);
-            FilterServer::new(Noop { name })
-                .serve_on(listener, stop)
-                .await?
+            serve!(Noop {
+                name,
+                extra_delay: args.noop.extra_delay.unwrap_or_default(),
+                fail_until: args.noop.fail_for.map(|d| std::time::Instant::now() + d),
+                version: args.noop.describe_version,
+            })
         }
         BuiltinFilter::Keywords => {
             announce("keywords");
-            FilterServer::new(Keywords).serve_on(listener, stop).await?
+            serve!(Keywords)
         }
         BuiltinFilter::FaceDetect => {
             let f = FaceDetect::load(&args.onnx.options())?;
             announce("face-detect");
-            FilterServer::new(f).serve_on(listener, stop).await?
+            serve!(f)
         }
         BuiltinFilter::NgImage => {
             let f = NgImage::load(args.onnx.spec()?, &args.onnx.options())?;
             announce("ng-image");
-            FilterServer::new(f).serve_on(listener, stop).await?
+            serve!(f)
         }
         BuiltinFilter::QrCode => {
             announce("qr-code");
-            FilterServer::new(QrCode::default())
-                .serve_on(listener, stop)
-                .await?
+            serve!(QrCode::default())
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ mod bench;
 mod chains;
 mod dev;
 mod filter;
+mod join;
 
 use std::path::PathBuf;
 use std::sync::Arc;

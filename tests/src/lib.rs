@@ -90,11 +90,26 @@ pub struct GatewaySetup {
     pub max_request_bytes: Option<usize>,
     /// Follow this chainstore instead of reading a chain directory.
     pub chainstore: Option<String>,
+    /// More configuration keys (discovery, balance, outlier, ...), set last.
+    pub extra: Vec<(String, serde_json::Value)>,
 }
 
 impl GatewaySetup {
     pub fn filter(mut self, name: &str, url: &str) -> Self {
         self.filters.push((name.into(), vec![url.into()]));
+        self
+    }
+
+    /// A filter with several endpoints (replicas).
+    pub fn filter_replicas(mut self, name: &str, urls: &[&str]) -> Self {
+        self.filters
+            .push((name.into(), urls.iter().map(|u| u.to_string()).collect()));
+        self
+    }
+
+    /// Sets a top-level configuration key, e.g. `("outlier", json!({...}))`.
+    pub fn config(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra.push((key.into(), value));
         self
     }
 
@@ -156,6 +171,9 @@ impl TestGateway {
             config["chainstore"] = url.clone().into();
             config.as_object_mut().unwrap().remove("chains_dir");
         }
+        for (key, value) in &setup.extra {
+            config[key] = value.clone();
+        }
         let config_path = dir.path().join("gateway.yaml");
         // JSON is YAML.
         std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
@@ -208,6 +226,44 @@ impl TestGateway {
             .moderate(req)
             .await
             .map(|r| r.into_inner())
+    }
+
+    /// The endpoints the gateway knows for `filter`, by address.
+    pub async fn endpoints(&self, filter: &str) -> anyhow::Result<Vec<gproto::Endpoint>> {
+        let list = self
+            .client()
+            .await
+            .list_filters(gproto::ListFiltersRequest {})
+            .await?
+            .into_inner();
+        let mut eps: Vec<gproto::Endpoint> = list
+            .filters
+            .into_iter()
+            .filter(|f| f.name == filter)
+            .flat_map(|f| f.endpoints)
+            .collect();
+        eps.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(eps)
+    }
+
+    /// Polls [`TestGateway::endpoints`] until `cond` holds (at most `within`).
+    pub async fn wait_endpoints(
+        &self,
+        filter: &str,
+        within: Duration,
+        cond: impl Fn(&[gproto::Endpoint]) -> bool,
+    ) -> anyhow::Result<Vec<gproto::Endpoint>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let eps = self.endpoints(filter).await?;
+            if cond(&eps) {
+                return Ok(eps);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("endpoints of `{filter}` never got there; last: {eps:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until the gateway has a descriptor for every named filter.
@@ -342,6 +398,130 @@ impl FilterProcess {
 
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; waits for the process to exit.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        signal(&self.child, "TERM").await?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+
+    /// SIGKILL: the replica dies with calls in flight.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// Sends a signal by name (`TERM`, `STOP`, ...) to a child process.
+pub async fn signal(child: &Child, name: &str) -> anyhow::Result<()> {
+    let pid = child.id().context("the process has exited")?;
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A real etcd (Debian's `etcd-server`) on free ports with its data in a temporary
+/// directory, for discovery tests.
+pub struct TestEtcd {
+    pub url: String,
+    dir: tempfile::TempDir,
+    peer: String,
+    child: Option<Child>,
+}
+
+impl TestEtcd {
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let mut etcd = TestEtcd {
+            url,
+            dir,
+            peer,
+            child: None,
+        };
+        etcd.start_again().await?;
+        Ok(etcd)
+    }
+
+    /// Starts etcd (again, on the same ports and data) and waits until it answers.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("etcd is not installed (Debian package etcd-server)")?;
+        let child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--name", "test"])
+            .args(["--listen-client-urls", &self.url])
+            .args(["--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", &self.peer])
+            .args(["--initial-advertise-peer-urls", &self.peer])
+            .args(["--initial-cluster", &format!("test={}", self.peer)])
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning etcd")?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = self.client().await
+                && c.get("/", None).await.is_ok()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("etcd did not answer within 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills etcd; its data stays for [`TestEtcd::start_again`].
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(2));
+        Ok(etcd_client::Client::connect([&self.url], Some(opts)).await?)
+    }
+
+    /// The keys under `prefix`, with their values.
+    pub async fn keys(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let mut c = self.client().await?;
+        let r = c
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect())
     }
 }
 

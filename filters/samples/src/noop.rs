@@ -21,16 +21,35 @@ pub struct NoopConfig {
 }
 
 /// A filter that answers its config. `name` lets one process serve several under
-/// different names.
+/// different names; the other fields shape one replica for tests and benchmarks of
+/// balancing (a slow replica, a failing one, one of another version).
 #[derive(Debug, Clone)]
 pub struct Noop {
     pub name: String,
+    /// Added to every call, whatever the config says.
+    pub extra_delay: Duration,
+    /// Every call before this instant fails with UNAVAILABLE.
+    pub fail_until: Option<std::time::Instant>,
+    /// The version `Describe` reports.
+    pub version: String,
+}
+
+impl Noop {
+    pub fn named(name: impl Into<String>) -> Self {
+        Noop {
+            name: name.into(),
+            ..Noop::default()
+        }
+    }
 }
 
 impl Default for Noop {
     fn default() -> Self {
         Noop {
             name: "noop".into(),
+            extra_delay: Duration::ZERO,
+            fail_until: None,
+            version: "0.1.0".into(),
         }
     }
 }
@@ -43,6 +62,10 @@ impl Filter for Noop {
         &self.name
     }
 
+    fn version(&self) -> &str {
+        &self.version
+    }
+
     fn content_types(&self) -> Vec<String> {
         vec!["*/*".into()]
     }
@@ -53,8 +76,17 @@ impl Filter for Noop {
                 "config: score must be between 0 and 1".into(),
             ));
         }
-        if config.delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(config.delay_ms.min(60_000))).await;
+        if self
+            .fail_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return Err(FilterError::Unavailable(
+                "this replica is set to fail for now (--fail-for)".into(),
+            ));
+        }
+        let delay = Duration::from_millis(config.delay_ms.min(60_000)) + self.extra_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         let mut v = Verdict::score(config.score);
         v.labels = config.labels;

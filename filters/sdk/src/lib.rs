@@ -7,6 +7,7 @@
 //! language implements the same service (see `filters/examples/python`).
 
 mod config;
+mod register;
 mod server;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use register::EtcdRegistration;
 pub use sekisho_proto::filter::v1 as proto;
 pub use server::{FilterServer, ServeError};
 

@@ -1,16 +1,19 @@
 //! Serving a [`Filter`] over gRPC: `Describe` and `Apply`, plus `grpc.health.v1` and
-//! server reflection. On shutdown the filter reports NOT_SERVING, stops accepting and
-//! drains the calls in flight.
+//! server reflection, and optionally a registration in etcd. On shutdown the filter
+//! reports NOT_SERVING, withdraws its registration, waits `drain_delay`, stops accepting
+//! and drains the calls in flight.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::proto::{self, content::Payload as ProtoPayload, filter_server};
+use crate::register::EtcdRegistration;
 use crate::{Filter, Input, Payload, config};
 
 /// Why a filter server could not start or stopped.
@@ -23,6 +26,8 @@ pub enum ServeError {
     },
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("etcd registration: {0}")]
+    Registration(String),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -117,13 +122,30 @@ fn nodelay(
 /// Serves one filter. `FilterServer::new(f).serve("127.0.0.1:50061", shutdown)`.
 pub struct FilterServer<F: Filter> {
     filter: Arc<F>,
+    etcd: Option<EtcdRegistration>,
+    drain_delay: Duration,
 }
 
 impl<F: Filter> FilterServer<F> {
     pub fn new(filter: F) -> Self {
         FilterServer {
             filter: Arc::new(filter),
+            etcd: None,
+            drain_delay: Duration::ZERO,
         }
+    }
+
+    /// Registers the filter in etcd while it serves, for gateways that discover there.
+    pub fn register_in_etcd(mut self, registration: EtcdRegistration) -> Self {
+        self.etcd = Some(registration);
+        self
+    }
+
+    /// On shutdown, how long to keep serving after saying NOT_SERVING and withdrawing
+    /// the registration, so that gateways stop sending before the listener closes.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
     }
 
     /// Binds `addr` and serves until `shutdown` resolves. Use port 0 and
@@ -167,14 +189,30 @@ impl<F: Filter> FilterServer<F> {
             .build_v1()
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
         let local: Option<SocketAddr> = listener.local_addr().ok();
+        // The listener is bound: a gateway that learns of us now is answered as soon as
+        // the server below runs.
+        let registered = match self.etcd {
+            Some(reg) => Some(
+                crate::register::register(reg, name.clone())
+                    .await
+                    .map_err(ServeError::Registration)?,
+            ),
+            None => None,
+        };
         tracing::info!(filter = %name, addr = ?local, "filter serving");
+        let drain_delay = self.drain_delay;
         let shutdown = async move {
             shutdown.await;
-            // Tell health checkers first, then drain what is in flight.
+            // Tell health checkers and discovery first, give gateways time to stop
+            // sending, then drain what is in flight.
             health
                 .set_not_serving::<filter_server::FilterServer<FilterService<F>>>()
                 .await;
-            tracing::info!(filter = %name, "filter draining");
+            if let Some(r) = registered {
+                r.withdraw().await;
+            }
+            tracing::info!(filter = %name, delay = ?drain_delay, "filter draining");
+            tokio::time::sleep(drain_delay).await;
         };
         tonic::transport::Server::builder()
             .add_service(health_service)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests run for real (PostgreSQL, etcd) when they are
+# missing: with apt-get as root, else it names the command to run and fails.
+set -euo pipefail
+need=()
+ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+else
+  echo "The tests need these Debian packages: sudo apt-get install ${need[*]}" >&2
+  exit 1
+fi
