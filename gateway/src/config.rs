@@ -37,8 +37,9 @@ pub struct GatewayConfig {
     pub describe_interval: Duration,
     /// Discovery sources besides `filters:` (which is the static source).
     pub discovery: DiscoveryConfig,
-    /// How a filter's calls are spread over its endpoints: `p2c` (the less loaded of two
-    /// picked at random) or `round_robin`.
+    /// How a filter's calls are spread over its endpoints: `p2c` (of two endpoints drawn
+    /// at random, the one with the lower peak-EWMA latency × calls in flight),
+    /// `p2c_in_flight` (the one with fewer calls in flight), or `round_robin`.
     pub balance: Balance,
     /// When an endpoint is taken out of rotation for failing calls.
     pub outlier: OutlierConfig,
@@ -88,6 +89,7 @@ fn default_etcd_prefix() -> String {
 pub enum Balance {
     #[default]
     P2c,
+    P2cInFlight,
     RoundRobin,
 }
 

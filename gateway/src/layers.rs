@@ -65,6 +65,7 @@ impl Service<ApplyRequest> for ApplyCall {
             if left.is_zero() {
                 return Err(Status::deadline_exceeded("no time left for the call"));
             }
+            let started = Instant::now();
             let mut req = tonic::Request::new(req);
             // The filter learns the deadline too (`grpc-timeout`) and can stop early.
             req.set_timeout(left);
@@ -74,7 +75,8 @@ impl Service<ApplyRequest> for ApplyCall {
                 .await
                 .map(tonic::Response::into_inner)
                 .map_err(|s| broken_as_unavailable(deadline_as_deadline(s), &endpoint.address));
-            this.pool.record(&endpoint, result.as_ref().map(|_| ()));
+            this.pool
+                .record(&endpoint, result.as_ref().map(|_| ()), started.elapsed());
             drop(call);
             result
         })

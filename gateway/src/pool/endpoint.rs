@@ -77,8 +77,26 @@ pub struct Endpoint {
     /// When its last ejection ends, as 1 + ms since `epoch`; 0 when never ejected.
     ejected_until_ms: AtomicU64,
     epoch: Instant,
+    rtt: Mutex<Ewma>,
     pub(crate) status: Mutex<Status>,
     pub(crate) task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// How long an endpoint's latency is remembered: the weight of an old estimate falls by
+/// e every `DECAY` (as in Finagle's and tower's peak EWMA).
+const DECAY: Duration = Duration::from_secs(10);
+/// The latency assumed of an endpoint before its first answer.
+const FIRST_RTT_NS: f64 = 1_000_000.0;
+/// The most a run of failures can raise the estimate to, so that a replica that failed
+/// for a while is tried again within about a minute of idling.
+const MAX_FAILED_RTT_NS: f64 = 1e9;
+
+/// Peak EWMA of call latency: a slower call raises the estimate at once, faster ones
+/// lower it gradually. Unused, it fades, so that an endpoint once slow is tried again.
+#[derive(Debug)]
+struct Ewma {
+    ns: f64,
+    at: Instant,
 }
 
 /// Counts a call in flight on its endpoint for as long as it lives.
@@ -136,6 +154,10 @@ impl Endpoint {
             usable: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             epoch,
+            rtt: Mutex::new(Ewma {
+                ns: FIRST_RTT_NS,
+                at: Instant::now(),
+            }),
             status: Mutex::new(Status {
                 described: None,
                 unreachable: String::new(),
@@ -169,6 +191,33 @@ impl Endpoint {
     pub fn start_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Folds a call's latency into the estimate. A failed call counts as at least twice
+    /// the estimate (up to 1 s), so that failing fast does not attract traffic.
+    pub(crate) fn observe(&self, latency: Duration, failed: bool) {
+        let now = Instant::now();
+        let mut e = self.rtt.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rtt = latency.as_nanos() as f64;
+        if failed {
+            rtt = rtt.max((e.ns * 2.0).min(MAX_FAILED_RTT_NS));
+        }
+        if rtt > e.ns {
+            e.ns = rtt;
+        } else {
+            let w =
+                (-now.saturating_duration_since(e.at).as_secs_f64() / DECAY.as_secs_f64()).exp();
+            e.ns = e.ns * w + rtt * (1.0 - w);
+        }
+        e.at = now;
+    }
+
+    /// Peak-EWMA latency × (calls in flight + 1): the load p2c compares.
+    pub fn cost(&self, now: Instant) -> f64 {
+        let e = self.rtt.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = now.saturating_duration_since(e.at).as_secs_f64();
+        let ns = e.ns * (-idle / DECAY.as_secs_f64()).exp();
+        ns * (self.in_flight() as f64 + 1.0)
     }
 
     pub(crate) fn set_usable(&self, usable: bool) {

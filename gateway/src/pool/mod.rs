@@ -5,9 +5,10 @@
 //!   descriptor most of its described siblings share (a replica of another version,
 //!   content types or config schema is refused and reported, never mixed in), and while
 //!   `grpc.health.v1` does not say NOT_SERVING ([`tend`]).
-//! - A call picks the less loaded (calls in flight) of two ready endpoints drawn at
-//!   random (p2c), or the next in turn (`balance: round_robin`); a retry avoids the
-//!   endpoints the call has tried.
+//! - A call draws two ready endpoints at random and takes the less loaded (p2c): load is
+//!   peak-EWMA latency × (calls in flight + 1), as in Finagle and tower, so a slow
+//!   replica gets few calls even when idle (`balance: p2c_in_flight` compares calls in
+//!   flight only; `round_robin` takes turns). A retry avoids the endpoints it has tried.
 //! - Passive outlier ejection: after `consecutive_failures` failed calls in a row an
 //!   endpoint is out for `base_ejection` × (its ejections so far), up to `max_ejection`;
 //!   never the last endpoint that takes traffic.
@@ -318,18 +319,19 @@ impl FilterPool {
                 Balance::RoundRobin => {
                     candidates[self.turn.fetch_add(1, Ordering::Relaxed) % n].clone()
                 }
-                Balance::P2c => {
+                Balance::P2c | Balance::P2cInFlight => {
                     let a = rand::random_range(0..n);
                     let mut b = rand::random_range(0..n - 1);
                     if b >= a {
                         b += 1;
                     }
                     let (ea, eb) = (candidates[a], candidates[b]);
-                    if eb.in_flight() < ea.in_flight() {
-                        eb.clone()
+                    let b_better = if self.settings.balance == Balance::P2c {
+                        eb.cost(now) < ea.cost(now)
                     } else {
-                        ea.clone()
-                    }
+                        eb.in_flight() < ea.in_flight()
+                    };
+                    if b_better { eb.clone() } else { ea.clone() }
                 }
             }),
         }
@@ -360,13 +362,16 @@ impl FilterPool {
         ))
     }
 
-    /// Notes how a call on `e` went, for outlier ejection.
-    pub fn record(&self, e: &Endpoint, result: Result<(), &Status>) {
+    /// Notes how a call on `e` went and how long it took, for balancing and outlier
+    /// ejection.
+    pub fn record(&self, e: &Endpoint, result: Result<(), &Status>, latency: Duration) {
         let o = &self.settings.outlier;
         e.calls.fetch_add(1, Ordering::Relaxed);
-        if result.is_err_and(|st| endpoint_failure(st.code())) {
+        let failed = result.is_err_and(|st| endpoint_failure(st.code()));
+        if failed {
             e.failures.fetch_add(1, Ordering::Relaxed);
         }
+        e.observe(latency, failed);
         let mut s = e.lock();
         let failure = match result {
             Ok(()) => {

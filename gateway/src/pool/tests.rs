@@ -3,6 +3,8 @@
 
 use super::*;
 
+const MS: Duration = Duration::from_millis(1);
+
 fn settings(balance: Balance) -> Arc<PoolSettings> {
     Arc::new(PoolSettings {
         connections: 1,
@@ -93,7 +95,7 @@ async fn an_endpoint_claiming_another_filter_is_refused() {
 
 #[tokio::test]
 async fn p2c_picks_the_less_loaded_and_a_retry_goes_elsewhere() {
-    let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
+    let pool = FilterPool::new("noop".into(), settings(Balance::P2cInFlight));
     let busy = add(&pool, 1, descriptor("1.0"));
     let idle = add(&pool, 2, descriptor("1.0"));
     let _calls: Vec<InFlight> = (0..3).map(|_| busy.start_call()).collect();
@@ -110,6 +112,32 @@ async fn p2c_picks_the_less_loaded_and_a_retry_goes_elsewhere() {
     busy.set_usable(false);
     let c = pool.pick(&[idle.id], far).await.unwrap();
     assert_eq!(c.endpoint().id, idle.id);
+}
+
+#[tokio::test]
+async fn p2c_weighs_calls_in_flight_by_latency() {
+    let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
+    let slow = add(&pool, 1, descriptor("1.0"));
+    let fast = add(&pool, 2, descriptor("1.0"));
+    slow.observe(Duration::from_millis(10), false);
+    fast.observe(Duration::from_millis(1), false);
+    let far = Instant::now() + Duration::from_secs(1);
+    // Idle, the fast one is cheaper; with 8 calls on it (9 × 1 ms) it is still cheaper
+    // than the idle slow one (1 × 10 ms); with 10 (11 × 1 ms) it is not.
+    let mut calls: Vec<InFlight> = Vec::new();
+    assert_eq!(pool.pick(&[], far).await.unwrap().endpoint().id, fast.id);
+    calls.extend((0..8).map(|_| fast.start_call()));
+    assert_eq!(pool.pick(&[], far).await.unwrap().endpoint().id, fast.id);
+    calls.extend((0..2).map(|_| fast.start_call()));
+    assert_eq!(pool.pick(&[], far).await.unwrap().endpoint().id, slow.id);
+    drop(calls);
+    // A peak is taken at once; faster calls bring the estimate down only gradually.
+    fast.observe(Duration::from_millis(50), false);
+    assert_eq!(pool.pick(&[], far).await.unwrap().endpoint().id, slow.id);
+    // A failure counts as at least twice the estimate.
+    let before = slow.cost(Instant::now());
+    slow.observe(Duration::from_micros(10), true);
+    assert!(slow.cost(Instant::now()) >= 1.9 * before);
 }
 
 #[tokio::test]
@@ -135,16 +163,16 @@ async fn five_failures_in_a_row_eject_for_longer_each_time_but_never_the_last() 
     let unavailable = Status::unavailable("connection refused");
     // An item's fault does not count, and a success resets the count.
     for _ in 0..4 {
-        pool.record(&bad, Err(&unavailable));
+        pool.record(&bad, Err(&unavailable), MS);
     }
-    pool.record(&bad, Err(&Status::invalid_argument("not an image")));
+    pool.record(&bad, Err(&Status::invalid_argument("not an image")), MS);
     for _ in 0..4 {
-        pool.record(&bad, Err(&unavailable));
+        pool.record(&bad, Err(&unavailable), MS);
     }
-    pool.record(&bad, Ok(()));
+    pool.record(&bad, Ok(()), MS);
     assert_eq!(state(&pool, &bad), "ready");
     for _ in 0..5 {
-        pool.record(&bad, Err(&unavailable));
+        pool.record(&bad, Err(&unavailable), MS);
     }
     let p = bad.to_proto(Instant::now());
     assert_eq!(p.state, "ejected");
@@ -163,20 +191,20 @@ async fn five_failures_in_a_row_eject_for_longer_each_time_but_never_the_last() 
         s.last_ejection_end = Some(Instant::now());
     }
     for _ in 0..5 {
-        pool.record(&bad, Err(&unavailable));
+        pool.record(&bad, Err(&unavailable), MS);
     }
     let p = bad.to_proto(Instant::now());
     assert_eq!((p.state.as_str(), p.ejections), ("ejected", 2));
     assert!((59_000..=60_000).contains(&p.ejected_for_ms), "{p:?}");
     bad.eject_until(Instant::now());
     for _ in 0..5 {
-        pool.record(&bad, Err(&unavailable));
+        pool.record(&bad, Err(&unavailable), MS);
     }
     let p = bad.to_proto(Instant::now());
     assert!((74_000..=75_000).contains(&p.ejected_for_ms), "{p:?}");
     // The last endpoint taking traffic is never ejected, however it fails.
     for _ in 0..20 {
-        pool.record(&good, Err(&unavailable));
+        pool.record(&good, Err(&unavailable), MS);
     }
     assert_eq!(state(&pool, &good), "ready");
 }
