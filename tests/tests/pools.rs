@@ -39,6 +39,12 @@ async fn gateway_on(etcd: &TestEtcd) -> TestGateway {
         .unwrap()
 }
 
+/// 6,000 moderations of the chain, 8 at a time, from the load generator's own process.
+async fn start_load(gw: &TestGateway) -> LoadRun {
+    let args = ["--requests", "6000", "--concurrency", "8"];
+    LoadRun::start(&gw.url, "replicas", &args).await.unwrap()
+}
+
 fn ready(eps: &[sekisho_proto::gateway::v1::Endpoint]) -> usize {
     eps.iter().filter(|e| e.state == "ready").count()
 }
@@ -131,13 +137,7 @@ async fn a_rolling_restart_loses_nothing_and_a_killed_replica_loses_nothing_eith
 
     // Rolling restart under load: each replica in turn gets SIGTERM and a new one
     // registers. Nothing may fail or go to REVIEW.
-    let load = LoadRun::start(
-        &gw.url,
-        "replicas",
-        &["--requests", "6000", "--concurrency", "8"],
-    )
-    .await
-    .unwrap();
+    let load = start_load(&gw).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let old = replicas.remove(0);
@@ -154,13 +154,7 @@ async fn a_rolling_restart_loses_nothing_and_a_killed_replica_loses_nothing_eith
     gw.wait_endpoints("noop", Duration::from_secs(10), |e| ready(e) == 3)
         .await
         .unwrap();
-    let load = LoadRun::start(
-        &gw.url,
-        "replicas",
-        &["--requests", "6000", "--concurrency", "8"],
-    )
-    .await
-    .unwrap();
+    let load = start_load(&gw).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let victim = replicas.remove(0);
     let victim_url = victim.url.clone();
