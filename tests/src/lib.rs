@@ -246,6 +246,15 @@ impl TestGateway {
         Ok(eps)
     }
 
+    /// The endpoint of `filter` at `address`, as `ListFilters` shows it.
+    pub async fn endpoint(&self, filter: &str, address: &str) -> anyhow::Result<gproto::Endpoint> {
+        self.endpoints(filter)
+            .await?
+            .into_iter()
+            .find(|e| e.address == address)
+            .with_context(|| format!("no endpoint {address} of `{filter}`"))
+    }
+
     /// Polls [`TestGateway::endpoints`] until `cond` holds (at most `within`).
     pub async fn wait_endpoints(
         &self,

@@ -228,24 +228,12 @@ async fn a_replica_failing_every_call_is_ejected_then_readmitted_when_it_recover
     assert!(saw_ejected, "the failing replica was never ejected");
     // Recovered: once its ejection ends it serves again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = gw
-        .endpoints("noop")
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|e| e.address == bad.url)
-        .unwrap();
+    let before = gw.endpoint("noop", &bad.url).await.unwrap();
     for _ in 0..40 {
         let r = gw.moderate_text("replicas", "hi").await.unwrap();
         assert_eq!(r.reason, "default");
     }
-    let after = gw
-        .endpoints("noop")
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|e| e.address == bad.url)
-        .unwrap();
+    let after = gw.endpoint("noop", &bad.url).await.unwrap();
     assert_eq!(after.state, "ready", "{after:?}");
     assert!(after.calls > before.calls, "{before:?} {after:?}");
     assert_eq!(after.failures, before.failures, "{after:?}");
@@ -280,8 +268,7 @@ async fn a_replica_of_another_version_is_kept_out_and_named() {
     for _ in 0..30 {
         gw.moderate_text("replicas", "hi").await.unwrap();
     }
-    let eps = gw.endpoints("noop").await.unwrap();
-    let o = eps.iter().find(|e| e.address == odd.url).unwrap();
+    let o = gw.endpoint("noop", &odd.url).await.unwrap();
     assert_eq!(o.calls, 0, "{o:?}");
 }
 

@@ -289,11 +289,16 @@ impl FilterPool {
         let wait_until = deadline.min(Instant::now() + WAIT_FOR_FIRST_DESCRIBE);
         let mut changed = self.changed.subscribe();
         loop {
-            let eps = self.endpoints();
             let now = Instant::now();
-            if let Some(e) = self.choose(&eps, tried, now) {
+            // The common case reads under the lock, without copying the endpoint list.
+            let chosen = {
+                let eps = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+                self.choose(&eps, tried, now)
+            };
+            if let Some(e) = chosen {
                 return Ok(e.start_call());
             }
+            let eps = self.endpoints();
             let pending = eps.iter().any(|e| !e.lock().tried);
             if !pending || now >= wait_until {
                 return Err(self.none_ready(&eps, now));
@@ -304,14 +309,14 @@ impl FilterPool {
     }
 
     fn choose(&self, eps: &[Arc<Endpoint>], tried: &[u64], now: Instant) -> Option<Arc<Endpoint>> {
-        let usable: Vec<&Arc<Endpoint>> = eps.iter().filter(|e| e.usable(now)).collect();
-        let fresh: Vec<&Arc<Endpoint>> = usable
-            .iter()
-            .copied()
-            .filter(|e| !tried.contains(&e.id))
-            .collect();
         // A retry goes elsewhere when it can, to the same endpoint when nothing else is up.
-        let candidates = if fresh.is_empty() { usable } else { fresh };
+        let mut candidates: Vec<&Arc<Endpoint>> = eps
+            .iter()
+            .filter(|e| e.usable(now) && !tried.contains(&e.id))
+            .collect();
+        if candidates.is_empty() && !tried.is_empty() {
+            candidates = eps.iter().filter(|e| e.usable(now)).collect();
+        }
         match candidates.len() {
             0 => None,
             1 => Some(candidates[0].clone()),
@@ -364,7 +369,7 @@ impl FilterPool {
 
     /// Notes how a call on `e` went and how long it took, for balancing and outlier
     /// ejection.
-    pub fn record(&self, e: &Endpoint, result: Result<(), &Status>, latency: Duration) {
+    pub fn record(self: &Arc<Self>, e: &Endpoint, result: Result<(), &Status>, latency: Duration) {
         let o = &self.settings.outlier;
         e.calls.fetch_add(1, Ordering::Relaxed);
         let failed = result.is_err_and(|st| endpoint_failure(st.code()));
@@ -416,6 +421,12 @@ impl FilterPool {
         metrics::counter!(m::ENDPOINT_EJECTIONS_TOTAL, "filter" => self.name.clone()).increment(1);
         drop(s);
         self.recompute();
+        // Its return is a change of state too (the endpoints gauge, waiting calls).
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(length).await;
+            pool.recompute();
+        });
     }
 
     /// Counts a call against the retry budget.
