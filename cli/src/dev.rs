@@ -41,7 +41,11 @@ pub struct DevArgs {
     /// Where the chainstore listens.
     #[arg(long, default_value = "127.0.0.1:7070")]
     chainstore_listen: String,
-    /// Where dev keeps its files (the chainstore's SQLite database).
+    /// Where the web UI (the edge) listens.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    ui_listen: String,
+    /// Where dev keeps its files (the chainstore's SQLite database, the dev credentials).
+
     #[arg(long, default_value = ".sekisho/dev")]
     data_dir: PathBuf,
     #[command(flatten)]
@@ -122,7 +126,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = GatewayConfig {
         listen: args.listen,
         chains_dir,
-        chainstore,
+        chainstore: chainstore.clone(),
         filters: filters.clone(),
         ..GatewayConfig::default()
     };
@@ -133,7 +137,44 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         })
         .await?;
     let addr = running.addr;
+
+    let creds = DevCredentials::load_or_create(&args.data_dir)?;
+    let edge_cfg = sekisho_edge::EdgeConfig {
+        listen: args.ui_listen,
+        gateway: format!("http://{addr}"),
+        chainstore: chainstore
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:1".to_owned()),
+        users: vec![sekisho_edge::config::UserEntry {
+            name: "operator".into(),
+            password_hash: sekisho_edge::auth::hash_password(&creds.password)
+                .map_err(anyhow::Error::msg)?,
+            role: sekisho_edge::Role::Operator,
+        }],
+        tokens: vec![sekisho_edge::config::TokenEntry {
+            name: "dev-service".into(),
+            sha256: sekisho_edge::auth::sha256_hex(&creds.token),
+            role: sekisho_edge::Role::Service,
+        }],
+        // Plain HTTP on localhost.
+        secure_cookies: false,
+        ..sekisho_edge::EdgeConfig::default()
+    };
+    let mut rx = stop_rx.clone();
+    let edge = sekisho_edge::start(edge_cfg, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    })
+    .await?;
+
     println!("sekisho dev is running (Ctrl-C stops it)");
+    println!(
+        "  web UI                  http://{}  (sign in as `operator`, password {})",
+        edge.addr, creds.password
+    );
+    println!(
+        "  service token           {}  (Authorization: Bearer …, for moderate through the UI port)",
+        creds.token
+    );
     println!("  gateway, gRPC and JSON  http://{addr}");
     println!("  OpenAPI                 http://{addr}/openapi.json");
     println!("  metrics                 http://{addr}/metrics");
@@ -141,7 +182,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (name, f) in &filters {
         println!("  filter {name:<16} {}", f.endpoints[0]);
     }
-    println!("  the web UI is not built yet (issue 5)");
+    if !sekisho_edge::assets::built() {
+        println!(
+            "  the web UI's page is not built: run scripts/build-ui.sh (the APIs work without it)"
+        );
+    }
     println!(
         "  try: curl -s http://{addr}/v1/chains/comment-text:moderate -d '{{\"content\":{{\"contentType\":\"text/plain\",\"text\":\"click here for free money\"}}}}'"
     );
@@ -150,12 +195,66 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     crate::shutdown_signal().await;
     let _ = stop_tx.send(true);
     running.wait().await?;
+    edge.wait().await?;
     for t in tasks {
         let _ = t.await;
     }
     if let Some(t) = store_task {
         let _ = t.await;
     }
+    Ok(())
+}
+
+/// The dev operator's password and the dev service token: kept in the data directory so
+/// that they survive restarts, unless `SEKISHO_DEV_PASSWORD` / `SEKISHO_DEV_TOKEN` say
+/// otherwise.
+struct DevCredentials {
+    password: String,
+    token: String,
+}
+
+impl DevCredentials {
+    fn load_or_create(dir: &std::path::Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("credentials.json");
+        let stored: Option<serde_json::Value> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let field = |k: &str| {
+            stored
+                .as_ref()
+                .and_then(|v| v[k].as_str())
+                .map(str::to_owned)
+        };
+        let (password, token) = match (field("password"), field("token")) {
+            (Some(p), Some(t)) => (p, t),
+            _ => {
+                let p = sekisho_edge::auth::random_secret();
+                let t = sekisho_edge::auth::random_secret();
+                write_private(
+                    &path,
+                    &serde_json::to_vec_pretty(&serde_json::json!({"password": p, "token": t}))?,
+                )?;
+                (p, t)
+            }
+        };
+        Ok(DevCredentials {
+            password: std::env::var("SEKISHO_DEV_PASSWORD").unwrap_or(password),
+            token: std::env::var("SEKISHO_DEV_TOKEN").unwrap_or(token),
+        })
+    }
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod chains;
 mod dev;
 mod filter;
 mod join;
+mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +58,8 @@ enum Command {
     },
     /// Edit chains in a chainstore: apply, get, list, history, diff, rollback, delete.
     Chains(chains::ChainsArgs),
+    /// The edge: serves the web UI and is the one public entry point to the APIs.
+    Ui(ui::UiArgs),
     /// One built-in filter as a gRPC service.
     Filter(filter::FilterArgs),
     /// The load generator.
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Command::Filter(args) => filter::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Chains(args) => chains::run(args).await,
+            Command::Ui(args) => ui::run(args).await,
         }
     })
 }

@@ -47,7 +47,7 @@ pub fn sekisho_bin() -> PathBuf {
 }
 
 /// Reads a child's stdout until it prints `listening on http://ADDR`; returns the URL.
-async fn wait_for_listen_line(child: &mut Child, what: &str) -> anyhow::Result<String> {
+pub async fn wait_for_listen_line(child: &mut Child, what: &str) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("stdout is piped")?;
     let mut lines = BufReader::new(stdout).lines();
     let found = tokio::time::timeout(Duration::from_secs(60), async {

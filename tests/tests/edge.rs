@@ -1,0 +1,389 @@
+//! The edge (`sekisho ui`, and the one inside `sekisho dev`) over real HTTP and gRPC:
+//! who may do what, sign-in sessions, the cross-site header, the author of a write, the
+//! security headers, and gRPC forwarded with a token.
+
+use std::process::Stdio;
+
+use sekisho_proto::filter::v1 as fproto;
+use sekisho_proto::gateway::v1::{self as gproto, gateway_client::GatewayClient};
+use sekisho_tests::{free_port, sekisho_bin, wait_for_listen_line};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const PASSWORD: &str = "edge-test-password";
+const SERVICE_TOKEN: &str = "edge-test-service-token";
+const VIEWER_TOKEN: &str = "edge-test-viewer-token";
+
+struct Dev {
+    ui: String,
+    gateway: String,
+    chainstore: String,
+    _dir: tempfile::TempDir,
+    _child: Child,
+}
+
+async fn dev() -> Dev {
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, cs, ui) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(sekisho_bin())
+        .args(["dev", "--listen", &format!("127.0.0.1:{gw}")])
+        .args(["--chainstore-listen", &format!("127.0.0.1:{cs}")])
+        .args(["--ui-listen", &format!("127.0.0.1:{ui}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SEKISHO_DEV_PASSWORD", PASSWORD)
+        .env("SEKISHO_DEV_TOKEN", SERVICE_TOKEN)
+        .env("SEKISHO_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_listen_line(&mut child, "sekisho dev")
+        .await
+        .unwrap();
+    Dev {
+        ui: format!("http://127.0.0.1:{ui}"),
+        gateway: format!("http://127.0.0.1:{gw}"),
+        chainstore: format!("http://127.0.0.1:{cs}"),
+        _dir: dir,
+        _child: child,
+    }
+}
+
+/// A standalone `sekisho ui` in front of `dev`'s gateway and chainstore, with a viewer.
+async fn standalone(dev: &Dev) -> (String, Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ui.yaml");
+    std::fs::write(
+        &cfg,
+        // JSON is YAML.
+        serde_json::to_string_pretty(&json!({
+            "listen": "127.0.0.1:0",
+            "gateway": dev.gateway,
+            "chainstore": dev.chainstore,
+            "max_body_bytes": 65536,
+            "tokens": [
+                {"name": "viewer-bot", "sha256": sekisho_edge::auth::sha256_hex(VIEWER_TOKEN), "role": "viewer"},
+                {"name": "svc", "sha256": sekisho_edge::auth::sha256_hex(SERVICE_TOKEN), "role": "service"},
+            ],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut child = Command::new(sekisho_bin())
+        .arg("ui")
+        .arg("--config")
+        .arg(&cfg)
+        .env("SEKISHO_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = wait_for_listen_line(&mut child, "sekisho ui")
+        .await
+        .unwrap();
+    (url, child, dir)
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn status_of(r: reqwest::Response) -> (u16, Value) {
+    let code = r.status().as_u16();
+    let body = r.json::<Value>().await.unwrap_or(Value::Null);
+    (code, body)
+}
+
+fn moderate_body() -> Value {
+    json!({"content": {"contentType": "text/plain", "text": "click here for free money"}})
+}
+
+#[tokio::test]
+async fn the_edge_enforces_who_may_do_what() {
+    let dev = dev().await;
+    let c = http();
+    let api = |p: &str| format!("{}/api/{p}", dev.ui);
+
+    // Nobody: refused with a JSON error saying how to get in.
+    let (code, body) = status_of(c.get(api("chainstore/v1/chains")).send().await.unwrap()).await;
+    assert_eq!(code, 401);
+    assert_eq!(body["error"]["status"], "UNAUTHENTICATED");
+    let (code, _) = status_of(
+        c.post(api("gateway/v1/chains/comment-text:moderate"))
+            .json(&moderate_body())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 401, "moderate needs a token");
+    // A token nobody issued.
+    let (code, body) = status_of(
+        c.get(api("chainstore/v1/chains"))
+            .bearer_auth("made-up")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 401);
+    assert!(body["error"]["message"].as_str().unwrap().contains("token"));
+
+    // The service token moderates, and only that.
+    let (code, body) = status_of(
+        c.post(api("gateway/v1/chains/comment-text:moderate"))
+            .bearer_auth(SERVICE_TOKEN)
+            .json(&moderate_body())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["decision"], "REJECT");
+    for (method, path) in [
+        (reqwest::Method::GET, "chainstore/v1/chains"),
+        (reqwest::Method::PUT, "chainstore/v1/chains/comment-text"),
+        (reqwest::Method::GET, "live"),
+    ] {
+        let (code, body) = status_of(
+            c.request(method.clone(), api(path))
+                .bearer_auth(SERVICE_TOKEN)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(code, 403, "{method} {path}: {body}");
+        assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
+    }
+    // Paths the edge does not forward stay closed, whoever asks.
+    let (code, _) = status_of(
+        c.get(api("gateway/metrics"))
+            .bearer_auth(SERVICE_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 403);
+
+    // Signing in needs the cross-site header; a wrong password is refused.
+    let sign_in = |password: &str, header: bool| {
+        let mut r = c
+            .post(api("session"))
+            .json(&json!({"name": "operator", "password": password}));
+        if header {
+            r = r.header("x-sekisho-csrf", "1");
+        }
+        r.send()
+    };
+    assert_eq!(sign_in(PASSWORD, false).await.unwrap().status(), 403);
+    assert_eq!(sign_in("wrong", true).await.unwrap().status(), 401);
+    let r = sign_in(PASSWORD, true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let who: Value = c
+        .get(api("session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(who["principal"]["name"], "operator");
+    assert_eq!(who["principal"]["role"], "operator");
+
+    // The operator reads and writes; a write without the header is refused.
+    let chain: Value = c
+        .get(api("chainstore/v1/chains/comment-text"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let update = json!({
+        "document": chain["document"].as_str().unwrap().replace("Short user comments.", "Short user comments (edited)."),
+        "expectedVersion": chain["version"],
+        "author": "mallory",
+        "comment": "from the edge test",
+    });
+    let put = |csrf: bool| {
+        let mut r = c
+            .put(api("chainstore/v1/chains/comment-text"))
+            .header("cookie", &cookie)
+            .json(&update);
+        if csrf {
+            r = r.header("x-sekisho-csrf", "1");
+        }
+        r.send()
+    };
+    let (code, body) = status_of(put(false).await.unwrap()).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = status_of(put(true).await.unwrap()).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["author"], "operator",
+        "the author is who signed in, not what the body says"
+    );
+    // A stale write is still a conflict through the edge.
+    let (code, body) = status_of(put(true).await.unwrap()).await;
+    assert_eq!(code, 409, "{body}");
+
+    // Signed out, the cookie is worth nothing.
+    let r = c
+        .delete(api("session"))
+        .header("cookie", &cookie)
+        .header("x-sekisho-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (code, _) = status_of(
+        c.get(api("chainstore/v1/chains"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 401);
+
+    // Every answer carries the security headers, the page included.
+    let r = c.get(&dev.ui).send().await.unwrap();
+    let h = r.headers();
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'")
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    let r = c.get(api("chainstore/v1/chains")).send().await.unwrap();
+    assert!(r.headers().contains_key("content-security-policy"));
+}
+
+#[tokio::test]
+async fn a_standalone_edge_serves_viewers_and_grpc_callers() {
+    let dev = dev().await;
+    let (ui, _child, _dir) = standalone(&dev).await;
+    let c = http();
+    let api = |p: &str| format!("{ui}/api/{p}");
+
+    // A viewer reads but neither writes nor moderates.
+    let (code, body) = status_of(
+        c.get(api("chainstore/v1/chains"))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(body["chains"].as_array().unwrap().len() >= 2);
+    let (code, _) = status_of(
+        c.get(api("gateway/v1/filters"))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = status_of(
+        c.delete(api("chainstore/v1/chains/comment-text"))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let (code, _) = status_of(
+        c.post(api("gateway/v1/chains/comment-text:moderate"))
+            .bearer_auth(VIEWER_TOKEN)
+            .json(&moderate_body())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 403);
+
+    // Too large a body is refused at the edge (a little over the limit, so that the
+    // unread rest fits in the socket buffers and the client reads the answer).
+    let r = c
+        .post(api("gateway/v1/chains/comment-text:moderate"))
+        .bearer_auth(SERVICE_TOKEN)
+        .json(&json!({"content": {"contentType": "text/plain", "text": "x".repeat(80_000)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let (code, body) = status_of(r).await;
+    assert_eq!(
+        (code, body["error"]["status"].as_str()),
+        (413, Some("RESOURCE_EXHAUSTED"))
+    );
+
+    // gRPC through the edge: the token travels in the metadata.
+    let mut client = GatewayClient::connect(ui.clone()).await.unwrap();
+    let request = |token: Option<&str>| {
+        let mut r = tonic::Request::new(gproto::ModerateRequest {
+            chain: "comment-text".into(),
+            content: Some(fproto::Content {
+                content_type: "text/plain".into(),
+                payload: Some(fproto::content::Payload::Text("hello there".into())),
+            }),
+            ..Default::default()
+        });
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    };
+    let e = client.moderate(request(None)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let e = client
+        .moderate(request(Some(VIEWER_TOKEN)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let r = client
+        .moderate(request(Some(SERVICE_TOKEN)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.decision(), gproto::Decision::Approve);
+    assert_eq!(r.chain, "comment-text");
+    // Methods the edge does not list are not forwarded.
+    let channel = tonic::transport::Endpoint::from_shared(ui.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest::default());
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {SERVICE_TOKEN}").parse().unwrap(),
+    );
+    let e = health.check(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented);
+}

@@ -1,0 +1,203 @@
+// End-to-end: a real `sekisho dev` (chainstore, gateway, filters, edge) driven through
+// the UI in Debian's Chromium by playwright-core. Screenshots of each main page go to
+// ui/test-results/ (the CI's artifacts).
+//
+//   node e2e/run.mjs            (SEKISHO_BIN and CHROMIUM override the defaults)
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+import QRCode from "qrcode";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "../..");
+const bin = process.env.SEKISHO_BIN ?? join(root, "target/debug/sekisho");
+const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const shots = join(here, "../test-results");
+mkdirSync(shots, { recursive: true });
+const PASSWORD = "e2e-operator-password";
+
+const freePort = () =>
+  new Promise((ok, fail) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+    s.on("error", fail);
+  });
+
+const [gw, cs, ui] = [await freePort(), await freePort(), await freePort()];
+const data = mkdtempSync(join(tmpdir(), "sekisho-e2e-"));
+const dev = spawn(
+  bin,
+  ["dev", "--listen", `127.0.0.1:${gw}`, "--chainstore-listen", `127.0.0.1:${cs}`, "--ui-listen", `127.0.0.1:${ui}`, "--data-dir", data],
+  { env: { SEKISHO_LOG: "warn", ...process.env, SEKISHO_DEV_PASSWORD: PASSWORD, SEKISHO_DEV_TOKEN: "e2e-token" }, stdio: ["ignore", "pipe", "inherit"] },
+);
+let out = "";
+process.on("exit", () => dev.kill("SIGKILL"));
+await new Promise((ok, fail) => {
+  const t = setTimeout(() => fail(new Error(`sekisho dev did not start:\n${out}`)), 60_000);
+  dev.stdout.on("data", (d) => {
+    out += d;
+    if (out.includes("sekisho gateway listening")) {
+      clearTimeout(t);
+      ok();
+    }
+  });
+  dev.on("exit", (code) => fail(new Error(`sekisho dev exited with ${code}:\n${out}`)));
+});
+const base = `http://127.0.0.1:${ui}`;
+
+const consoleErrors = [];
+let failed = false;
+let browser;
+try {
+  browser = await chromium.launch({
+    executablePath: browserPath,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const page = await browser.newPage({ viewport: { width: 1366, height: 820 } });
+  page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+  page.on("pageerror", (e) => consoleErrors.push(`page error: ${e.message}`));
+  const step = (name) => console.log(`e2e: ${name}`);
+
+  step("sign in with the keyboard (a wrong password first)");
+  await page.goto(base);
+  await page.getByLabel("Name").waitFor();
+  await page.keyboard.type("operator");
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("wrong");
+  await page.keyboard.press("Enter");
+  await page.getByRole("alert").filter({ hasText: "wrong name or password" }).waitFor();
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByLabel("Password").press("Enter");
+  await page.getByRole("heading", { name: "Chains" }).waitFor();
+  await page.getByRole("link", { name: "comment-text" }).waitFor();
+  await page.getByRole("link", { name: "profile-photo" }).waitFor();
+  await page.screenshot({ path: join(shots, "chains.png"), fullPage: true });
+
+  step("a new chain: a validation error at its field, then fixed and created");
+  await page.getByRole("link", { name: "New chain" }).click();
+  const yaml = page.locator("#chain-yaml");
+  const bad = `name: e2e-qr
+content_types: [image/png]
+stages:
+  - id: codes
+    filters:
+      - use: no-such-filter
+    aggregate: max
+    branches:
+      - when: "score >= 0.5"
+        decide: {decision: REVIEW, reason: qr_code}
+default_decision: APPROVE
+`;
+  await yaml.fill(bad);
+  const filterNode = page.locator('[data-path="stages[0].filters[0]"]');
+  await filterNode.locator(".problem").filter({ hasText: "no-such-filter" }).waitFor();
+  assert.equal(await page.getByRole("button", { name: "Create" }).isDisabled(), true, "an invalid chain cannot be created");
+  assert.equal(await page.locator(".gutter .bad").count() > 0, true, "the problem's line is marked");
+  await page.screenshot({ path: join(shots, "editor-invalid.png"), fullPage: true });
+  await yaml.fill(bad.replace("no-such-filter", "qr-code"));
+  await page.locator("#chain-problems").getByText("Valid.").waitFor();
+  await page.getByLabel("Comment").fill("e2e: first version");
+  await page.getByRole("button", { name: "Create" }).click();
+  await page.waitForURL(`${base}/chains/e2e-qr`);
+  await page.getByText("version 1").waitFor();
+
+  step("edit and save: version 2, with the signed-in author");
+  await yaml.fill(bad.replace("no-such-filter", "qr-code").replace("reason: qr_code", "reason: has_qr"));
+  await page.locator("#chain-problems").getByText("Valid.").waitFor();
+  await page.getByLabel("Comment").fill("e2e: rename the reason");
+  await page.keyboard.press("Control+s");
+  await page.getByRole("status").filter({ hasText: "Saved version 2" }).waitFor();
+  const v2 = await (await fetch(`http://127.0.0.1:${cs}/v1/chains/e2e-qr`)).json();
+  assert.equal(v2.version, "2");
+  assert.equal(v2.author, "operator", "the edge writes the signed-in name as the author");
+
+  step("a stale save shows the conflict and keeps both");
+  await yaml.fill(v2.document.replace("reason: has_qr", "reason: mine"));
+  const theirs = v2.document.replace("reason: has_qr", "reason: theirs");
+  const put = await fetch(`http://127.0.0.1:${cs}/v1/chains/e2e-qr`, {
+    method: "PUT",
+    body: JSON.stringify({ document: theirs, expectedVersion: "2", author: "someone-else", comment: "saved first" }),
+  });
+  assert.equal(put.status, 200);
+  await page.locator("#chain-problems").getByText("Valid.").waitFor();
+  await page.getByRole("button", { name: "Save", exact: true }).click();
+  const conflict = page.locator(".conflict");
+  await conflict.getByText("Someone saved first").waitFor();
+  await conflict.getByText("someone-else").waitFor();
+  await page.screenshot({ path: join(shots, "conflict.png"), fullPage: true });
+  await page.getByRole("button", { name: "Take theirs (drop my edit)" }).click();
+  assert.equal(await yaml.inputValue(), theirs);
+  await page.getByText("version 3").waitFor();
+
+  step("history: a diff between two versions, and a rollback");
+  await page.getByRole("link", { name: "History" }).click();
+  await page.getByRole("heading", { name: "History of e2e-qr" }).waitFor();
+  await page.getByLabel("compare from v1").check();
+  await page.getByLabel("compare to v3").check();
+  await page.locator("table.diff tr.add").filter({ hasText: "reason: theirs" }).waitFor();
+  await page.locator("table.diff tr.del").filter({ hasText: "reason: qr_code" }).waitFor();
+  await page.getByRole("button", { name: "Roll back to v1" }).click();
+  await page.getByRole("button", { name: "Confirm roll back to v1" }).click();
+  await page.getByRole("status").filter({ hasText: "version 4 has the document of version 1" }).waitFor();
+  await page.screenshot({ path: join(shots, "history.png"), fullPage: true });
+  const v4 = await (await fetch(`http://127.0.0.1:${cs}/v1/chains/e2e-qr`)).json();
+  assert.equal(v4.version, "4");
+  assert.match(v4.document, /reason: qr_code/);
+
+  step("try an image: the decision, the path and the QR code's box");
+  const qr = await QRCode.toBuffer("https://example.com/sekisho", { type: "png", scale: 8, margin: 4 });
+  await page.goto(`${base}/chains/e2e-qr/try`);
+  await page.getByRole("tab", { name: "Image" }).click();
+  await page.getByLabel("Image file").setInputFiles({ name: "qr.png", mimeType: "image/png", buffer: qr });
+  await page.getByRole("button", { name: "Run through e2e-qr" }).click();
+  await page.getByTestId("decision").filter({ hasText: "REVIEW" }).waitFor();
+  await page.getByText("qr_code", { exact: true }).waitFor();
+  await page.locator("svg.boxes rect").first().waitFor();
+  const box = await page.locator("svg.boxes rect").first().boundingBox();
+  assert.ok(box && box.width > 20 && box.height > 20, `the QR code's box is drawn: ${JSON.stringify(box)}`);
+  await page.screenshot({ path: join(shots, "try.png"), fullPage: true });
+
+  step("try a text on the sample chain");
+  await page.goto(`${base}/chains/comment-text/try`);
+  await page.getByLabel("Text").fill("click here for free money");
+  await page.getByRole("button", { name: "Run through comment-text" }).click();
+  await page.getByTestId("decision").filter({ hasText: "REJECT" }).waitFor();
+
+  step("the live view draws the decisions");
+  await page.getByRole("link", { name: "Live" }).click();
+  await page.locator("figure.chart path.line").first().waitFor({ timeout: 15_000 });
+  await page.screenshot({ path: join(shots, "live.png"), fullPage: true });
+
+  step("filters and sign out");
+  await page.getByRole("link", { name: "Filters" }).click();
+  await page.getByRole("heading", { name: /qr-code/ }).waitFor();
+  await page.screenshot({ path: join(shots, "filters.png"), fullPage: true });
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("Password").waitFor();
+  const after = await page.evaluate(async () => (await fetch("/api/chainstore/v1/chains")).status);
+  assert.equal(after, 401, "signed out, the API refuses");
+
+  // The wrong password (401), the stale save (409) and the check after signing out (401)
+  // are the only failed requests, and nothing else reached the console.
+  const unexpected = consoleErrors.filter((e) => !/status of (401|409)/.test(e));
+  assert.deepEqual(unexpected, [], "no console errors");
+  assert.equal(consoleErrors.length, 3, `expected failed requests: ${JSON.stringify(consoleErrors)}`);
+  console.log("e2e: all passed");
+} catch (e) {
+  failed = true;
+  console.error(e);
+  console.error(`console errors: ${JSON.stringify(consoleErrors)}`);
+} finally {
+  await browser?.close();
+  dev.kill("SIGTERM");
+  rmSync(data, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,73 @@
+import { useEffect, useState } from "preact/hooks";
+import { type DiscoveredFilter, gateway, must } from "../api/client";
+
+export function Filters() {
+  const [filters, setFilters] = useState<DiscoveredFilter[] | null>(null);
+  const [error, setError] = useState("");
+  useEffect(() => {
+    gateway
+      .GET("/v1/filters")
+      .then((r) => setFilters(must(r).filters ?? []))
+      .catch((e: Error) => setError(e.message));
+  }, []);
+  return (
+    <section>
+      <h1>Filters</h1>
+      <p class="muted">What the gateway's discovery found, and the state of each endpoint.</p>
+      {error && <p class="error" role="alert">{error}</p>}
+      {filters === null && !error && <p>Loading…</p>}
+      {filters?.map((f) => (
+        <article class="filter" key={f.name}>
+          <h2>
+            {f.name} <span class="muted">{f.descriptor?.version}</span>
+          </h2>
+          <p>
+            accepts {(f.descriptor?.contentTypes ?? []).join(", ") || "?"}
+            {f.descriptor?.labels?.length ? <> · labels {f.descriptor.labels.join(", ")}</> : null}
+          </p>
+          {f.descriptor?.configSchema && (
+            <details>
+              <summary>Config schema</summary>
+              <pre>{pretty(f.descriptor.configSchema)}</pre>
+            </details>
+          )}
+          <table class="list">
+            <thead>
+              <tr>
+                <th scope="col">Endpoint</th>
+                <th scope="col">State</th>
+                <th scope="col">Source</th>
+                <th scope="col">Calls</th>
+                <th scope="col">Failures</th>
+              </tr>
+            </thead>
+            <tbody>
+              {(f.endpoints ?? []).map((e) => (
+                <tr key={e.address}>
+                  <td>
+                    <code>{e.address}</code>
+                  </td>
+                  <td class={`state ${e.state}`}>
+                    {e.state}
+                    {e.lastError ? <span class="muted"> {e.lastError}</span> : null}
+                  </td>
+                  <td>{e.source}</td>
+                  <td>{e.calls ?? 0}</td>
+                  <td>{e.failures ?? 0}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </article>
+      ))}
+    </section>
+  );
+}
+
+function pretty(s: string): string {
+  try {
+    return JSON.stringify(JSON.parse(s), null, 2);
+  } catch {
+    return s;
+  }
+}
