@@ -134,6 +134,10 @@ struct Load {
     warmup: Duration,
     #[arg(long, default_value = "hello world")]
     text: String,
+    /// A bearer token sent with every Moderate call (for a gateway behind the edge,
+    /// `sekisho ui`).
+    #[arg(long, env = "SEKISHO_TOKEN")]
+    token: Option<String>,
     /// Send exactly this many requests (no warm-up) instead of running for `--duration`.
     #[arg(long)]
     requests: Option<u64>,
@@ -527,8 +531,12 @@ impl Target {
         // With `--requests`, each request takes a ticket; the duration no longer ends it.
         let tickets = Arc::new(AtomicU64::new(0));
         let limit = load.requests;
+        let auth: Option<tonic::metadata::AsciiMetadataValue> = match &load.token {
+            Some(t) => Some(format!("Bearer {t}").parse()?),
+            None => None,
+        };
         for w in 0..load.concurrency.max(1) {
-            let (target, tickets) = (target.clone(), tickets.clone());
+            let (target, tickets, auth) = (target.clone(), tickets.clone(), auth.clone());
             tasks.push(tokio::spawn(async move {
                 let mut r = Report::default();
                 loop {
@@ -542,7 +550,13 @@ impl Target {
                     let t = Instant::now();
                     let outcome = match &*target {
                         Target::Gateway(ch, req) => GatewayClient::new(ch[w % ch.len()].clone())
-                            .moderate(req.clone())
+                            .moderate({
+                                let mut r = tonic::Request::new(req.clone());
+                                if let Some(a) = &auth {
+                                    r.metadata_mut().insert("authorization", a.clone());
+                                }
+                                r
+                            })
                             .await
                             .map(|resp| {
                                 let resp = resp.into_inner();

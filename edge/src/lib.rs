@@ -202,10 +202,10 @@ async fn handle(edge: Arc<Edge>, req: Request<Body>) -> Response {
 
 /// The caller of a request that must be signed in, or the response refusing it.
 #[allow(clippy::result_large_err)]
-fn caller(edge: &Edge, req: &Request<Body>) -> Result<(Principal, bool), Response> {
+fn caller(edge: &Edge, req: &Request<Body>) -> Result<Principal, Response> {
     let unsafe_method = req.method() != Method::GET && req.method() != Method::HEAD;
     match identify(edge, req.headers()) {
-        Caller::Token(p) => Ok((p, false)),
+        Caller::Token(p) => Ok(p),
         Caller::Session(p, _) => {
             if unsafe_method && !req.headers().contains_key(CSRF_HEADER) {
                 return Err(ApiError::new(
@@ -214,7 +214,7 @@ fn caller(edge: &Edge, req: &Request<Body>) -> Result<(Principal, bool), Respons
                 )
                 .into_response());
             }
-            Ok((p, true))
+            Ok(p)
         }
         Caller::Anonymous => Err(ApiError::new(
             Code::Unauthenticated,
@@ -230,7 +230,7 @@ fn caller(edge: &Edge, req: &Request<Body>) -> Result<(Principal, bool), Respons
 }
 
 async fn api(edge: &Edge, rest: String, req: Request<Body>) -> Response {
-    let (who, _) = match caller(edge, &req) {
+    let who = match caller(edge, &req) {
         Ok(c) => c,
         Err(r) => return r,
     };

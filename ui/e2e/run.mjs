@@ -109,8 +109,23 @@ default_decision: APPROVE
   await page.waitForURL(`${base}/chains/e2e-qr`);
   await page.getByText("version 1").waitFor();
 
+  step("add a filter that discovery found, its config from its JSON Schema");
+  await page.getByText("Add a filter").click();
+  await page.getByLabel("Filter", { exact: true }).selectOption("noop");
+  await page.getByLabel("As", { exact: true }).fill("extra");
+  await page.getByLabel("delay_ms").fill("1.5");
+  await page.getByRole("button", { name: "Add noop to codes" }).click();
+  await page.getByRole("alert").filter({ hasText: "delay_ms: not an integer" }).waitFor();
+  await page.getByLabel("delay_ms").fill("0");
+  await page.getByLabel("score", { exact: true }).fill("0.25");
+  await page.getByRole("button", { name: "Add noop to codes" }).click();
+  await page.locator('[data-path="stages[0].filters[1]"]').getByText("noop as extra").waitFor();
+  assert.match(await yaml.inputValue(), /- \{use: noop, as: extra, config: \{score: 0.25\}\}/);
+  assert.match(await yaml.inputValue(), /content_types: \[image\/png\]/, "the rest of the YAML keeps its layout");
+  await page.screenshot({ path: join(shots, "editor-add-filter.png"), fullPage: true });
+
   step("edit and save: version 2, with the signed-in author");
-  await yaml.fill(bad.replace("no-such-filter", "qr-code").replace("reason: qr_code", "reason: has_qr"));
+  await yaml.fill((await yaml.inputValue()).replace("reason: qr_code", "reason: has_qr"));
   await page.locator("#chain-problems").getByText("Valid.").waitFor();
   await page.getByLabel("Comment").fill("e2e: rename the reason");
   await page.keyboard.press("Control+s");
@@ -118,6 +133,7 @@ default_decision: APPROVE
   const v2 = await (await fetch(`http://127.0.0.1:${cs}/v1/chains/e2e-qr`)).json();
   assert.equal(v2.version, "2");
   assert.equal(v2.author, "operator", "the edge writes the signed-in name as the author");
+  assert.match(v2.document, /use: noop, as: extra/);
 
   step("a stale save shows the conflict and keeps both");
   await yaml.fill(v2.document.replace("reason: has_qr", "reason: mine"));

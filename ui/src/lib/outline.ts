@@ -1,6 +1,6 @@
 // The chain's structure read from its YAML, with each validation problem placed at the
 // stage, filter or branch its path names (`stages[1].branches[0].when`).
-import { LineCounter, isNode, parseDocument } from "yaml";
+import { LineCounter, isNode, isSeq, parseDocument } from "yaml";
 
 export interface Located {
   path: string;
@@ -109,4 +109,24 @@ export function locate(document: string, problems: Located[]): Located[] {
     }
     return p;
   });
+}
+
+/**
+ * The document with a filter added at the end of stage `stage`'s filters (comments and
+ * layout elsewhere kept). Throws when the YAML does not parse or has no such stage.
+ */
+export function addFilter(document: string, stage: number, use: string, alias: string, config: Record<string, unknown>): string {
+  const doc = parseDocument(document);
+  if (doc.errors.length) throw new Error(`the YAML does not parse: ${doc.errors[0].message}`);
+  if (!isNode(doc.getIn(["stages", stage], true))) throw new Error(`there is no stage ${stage + 1}`);
+  const entry: Record<string, unknown> = { use };
+  if (alias && alias !== use) entry.as = alias;
+  if (Object.keys(config).length) entry.config = config;
+  const node = doc.createNode(entry);
+  node.flow = true;
+  const filters = doc.getIn(["stages", stage, "filters"], true);
+  if (isSeq(filters)) filters.add(node);
+  else doc.setIn(["stages", stage, "filters"], doc.createNode([entry]));
+  // `[a]` and `{a: 1}` stay as the operator wrote them (no padding inside the brackets).
+  return doc.toString({ flowCollectionPadding: false });
 }

@@ -3,6 +3,7 @@ import { ApiError, type Chain, type Principal, type Problem, chainstore, must } 
 import { lineDiff } from "../lib/diff";
 import { type Located, locate, outline } from "../lib/outline";
 import { chainPath, navigate, onLink } from "../lib/router";
+import { AddFilter } from "./addfilter";
 import { DiffTable } from "./history";
 
 const TEMPLATE = `name: my-chain
@@ -250,6 +251,9 @@ export function Editor({ who, name }: { who: Principal; name?: string }) {
               </ul>
             </div>
           ))}
+          {canWrite && !tree.syntax && tree.stages.length > 0 && (
+            <AddFilter doc={doc} stages={tree.stages.map((s) => s.id)} onAdd={setDoc} />
+          )}
           {warnings.length > 0 && (
             <details>
               <summary>{warnings.length} check(s) not made</summary>
