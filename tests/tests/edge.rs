@@ -100,6 +100,21 @@ async fn status_of(r: reqwest::Response) -> (u16, Value) {
     (code, body)
 }
 
+/// `method url` with a bearer token and an optional JSON body: the status and the answer.
+async fn bearer(
+    c: &reqwest::Client,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut r = c.request(method.parse().unwrap(), url).bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(b);
+    }
+    status_of(r.send().await.unwrap()).await
+}
+
 fn moderate_body() -> Value {
     json!({"content": {"contentType": "text/plain", "text": "click here for free money"}})
 }
@@ -124,55 +139,32 @@ async fn the_edge_enforces_who_may_do_what() {
     .await;
     assert_eq!(code, 401, "moderate needs a token");
     // A token nobody issued.
-    let (code, body) = status_of(
-        c.get(api("chainstore/v1/chains"))
-            .bearer_auth("made-up")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, body) = bearer(&c, "GET", &api("chainstore/v1/chains"), "made-up", None).await;
     assert_eq!(code, 401);
     assert!(body["error"]["message"].as_str().unwrap().contains("token"));
 
     // The service token moderates, and only that.
-    let (code, body) = status_of(
-        c.post(api("gateway/v1/chains/comment-text:moderate"))
-            .bearer_auth(SERVICE_TOKEN)
-            .json(&moderate_body())
-            .send()
-            .await
-            .unwrap(),
+    let (code, body) = bearer(
+        &c,
+        "POST",
+        &api("gateway/v1/chains/comment-text:moderate"),
+        SERVICE_TOKEN,
+        Some(&moderate_body()),
     )
     .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["decision"], "REJECT");
     for (method, path) in [
-        (reqwest::Method::GET, "chainstore/v1/chains"),
-        (reqwest::Method::PUT, "chainstore/v1/chains/comment-text"),
-        (reqwest::Method::GET, "live"),
+        ("GET", "chainstore/v1/chains"),
+        ("PUT", "chainstore/v1/chains/comment-text"),
+        ("GET", "live"),
     ] {
-        let (code, body) = status_of(
-            c.request(method.clone(), api(path))
-                .bearer_auth(SERVICE_TOKEN)
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (code, body) = bearer(&c, method, &api(path), SERVICE_TOKEN, Some(&json!({}))).await;
         assert_eq!(code, 403, "{method} {path}: {body}");
         assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
     }
     // Paths the edge does not forward stay closed, whoever asks.
-    let (code, _) = status_of(
-        c.get(api("gateway/metrics"))
-            .bearer_auth(SERVICE_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = bearer(&c, "GET", &api("gateway/metrics"), SERVICE_TOKEN, None).await;
     assert_eq!(code, 403);
 
     // Signing in needs the cross-site header; a wrong password is refused.
@@ -286,41 +278,26 @@ async fn a_standalone_edge_serves_viewers_and_grpc_callers() {
     let api = |p: &str| format!("{ui}/api/{p}");
 
     // A viewer reads but neither writes nor moderates.
-    let (code, body) = status_of(
-        c.get(api("chainstore/v1/chains"))
-            .bearer_auth(VIEWER_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, body) = bearer(&c, "GET", &api("chainstore/v1/chains"), VIEWER_TOKEN, None).await;
     assert_eq!(code, 200);
     assert!(body["chains"].as_array().unwrap().len() >= 2);
-    let (code, _) = status_of(
-        c.get(api("gateway/v1/filters"))
-            .bearer_auth(VIEWER_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = bearer(&c, "GET", &api("gateway/v1/filters"), VIEWER_TOKEN, None).await;
     assert_eq!(code, 200);
-    let (code, _) = status_of(
-        c.delete(api("chainstore/v1/chains/comment-text"))
-            .bearer_auth(VIEWER_TOKEN)
-            .send()
-            .await
-            .unwrap(),
+    let (code, _) = bearer(
+        &c,
+        "DELETE",
+        &api("chainstore/v1/chains/comment-text"),
+        VIEWER_TOKEN,
+        None,
     )
     .await;
     assert_eq!(code, 403);
-    let (code, _) = status_of(
-        c.post(api("gateway/v1/chains/comment-text:moderate"))
-            .bearer_auth(VIEWER_TOKEN)
-            .json(&moderate_body())
-            .send()
-            .await
-            .unwrap(),
+    let (code, _) = bearer(
+        &c,
+        "POST",
+        &api("gateway/v1/chains/comment-text:moderate"),
+        VIEWER_TOKEN,
+        Some(&moderate_body()),
     )
     .await;
     assert_eq!(code, 403);
