@@ -34,6 +34,8 @@ export function LivePage() {
   const samples = view.samples;
   const t0 = samples.length ? samples[samples.length - 1].at_ms : 0;
   const x = (at: number) => (at - t0) / 1000;
+  // Every chart spans the whole window, so that a filter seen only lately sits on the right.
+  const since = samples.length ? x(samples[0].at_ms) : -1;
 
   const decisionSeries: Series[] = [];
   const keys = new Set<string>();
@@ -62,22 +64,22 @@ export function LivePage() {
       </p>
       {view.trouble && <p class="error" role="alert">{view.trouble}</p>}
       {error && <p class="error" role="alert">{error}</p>}
-      <Chart title="Decisions per second, by chain and decision" series={decisionSeries} unit="/s" />
-      <Chart title="Filter latency p50 (ms)" series={latency("p50_ms")} unit="ms" />
-      <Chart title="Filter latency p99 (ms)" series={latency("p99_ms")} unit="ms" />
+      <Chart title="Decisions per second, by chain and decision" series={decisionSeries} unit="/s" since={since} />
+      <Chart title="Filter latency p50 (ms)" series={latency("p50_ms")} unit="ms" since={since} />
+      <Chart title="Filter latency p99 (ms)" series={latency("p99_ms")} unit="ms" since={since} />
     </section>
   );
 }
 
-function Chart({ title, series, unit }: { title: string; series: Series[]; unit: string }) {
-  const f = frameOf(series);
+function Chart({ title, series, unit, since }: { title: string; series: Series[]; unit: string; since: number }) {
+  const f = { ...frameOf(series), x0: Math.min(since, -1), x1: 0 };
   const has = series.some((s) => s.points.length > 0);
   return (
     <figure class="chart">
       <figcaption>{title}</figcaption>
       {has ? (
         <>
-          <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={title}>
+          <svg class="plot" viewBox={`0 0 ${W} ${H}`} role="img" aria-label={title}>
             <line class="axis" x1={0} y1={H} x2={W} y2={H} />
             <text class="tick" x={2} y={12}>
               {f.yMax} {unit}
@@ -88,13 +90,20 @@ function Chart({ title, series, unit }: { title: string; series: Series[]; unit:
             {series.map((s, i) => (
               <path key={s.name} d={linePath(s.points, f, W, H)} stroke={COLOURS[i % COLOURS.length]} class="line" />
             ))}
+            {/* The latest point of each series, so that one sample shows too. */}
+            {series.map((s, i) => {
+              const last = s.points[s.points.length - 1];
+              if (!last) return null;
+              const [cx, cy] = linePath([last], f, W, H).slice(1).split(",").map(Number);
+              return <circle key={`${s.name}-last`} cx={cx} cy={cy} r={3} fill={COLOURS[i % COLOURS.length]} />;
+            })}
           </svg>
           <ul class="legend">
             {series.map((s, i) => {
               const last = s.points[s.points.length - 1]?.[1] ?? 0;
               return (
                 <li key={s.name}>
-                  <svg width="12" height="12" aria-hidden="true">
+                  <svg class="swatch" width="12" height="12" aria-hidden="true">
                     <rect width="12" height="12" fill={COLOURS[i % COLOURS.length]} />
                   </svg>{" "}
                   {s.name}: {last.toFixed(last < 10 ? 2 : 0)} {unit}
