@@ -21,11 +21,16 @@ export function AddFilter({ doc, stages, onAdd }: { doc: string; stages: string[
   }, []);
   const chosen = filters.find((f) => f.name === name);
   const fields: Field[] = useMemo(() => fieldsOf(chosen?.descriptor?.configSchema ?? ""), [chosen]);
-  useEffect(() => {
-    setTexts(Object.fromEntries(fields.map((f) => [f.name, show(f, f.default)])));
+  // Choosing a filter resets the form in the same event, never later (an effect could
+  // run after the operator has started typing and wipe what they typed).
+  const choose = (next: string) => {
+    const f = filters.find((x) => x.name === next);
+    const nextFields = fieldsOf(f?.descriptor?.configSchema ?? "");
+    setName(next);
+    setTexts(Object.fromEntries(nextFields.map((x) => [x.name, show(x, x.default)])));
     setProblems({});
-    setAlias(name);
-  }, [fields, name]);
+    setAlias(next);
+  };
 
   const add = () => {
     const { config, problems } = configFrom(fields, texts);
@@ -46,7 +51,7 @@ export function AddFilter({ doc, stages, onAdd }: { doc: string; stages: string[
       <div class="row">
         <span class="cell">
           <label for="af-filter">Filter</label>
-          <select id="af-filter" value={name} onChange={(e) => setName(e.currentTarget.value)}>
+          <select id="af-filter" value={name} onChange={(e) => choose(e.currentTarget.value)}>
             <option value="">choose…</option>
             {filters.map((f) => (
               <option value={f.name} key={f.name}>
