@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests run for real (PostgreSQL, etcd, Chromium for the
-# UI's end-to-end tests, Node.js and npm to build the UI) when they are
+# Installs the Debian packages the tests run for real (PostgreSQL, etcd, dnsmasq as the DNS
+# server of the DNS discovery test, Chromium for the UI's end-to-end tests, Node.js and npm
+# to build the UI) when they are
 # missing: with apt-get as root, else it names the command to run and fails.
 set -euo pipefail
 need=()
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+[ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 [ ${#need[@]} -eq 0 ] && exit 0

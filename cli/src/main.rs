@@ -38,6 +38,9 @@ enum Command {
         /// YAML or TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Check the configuration (file and environment) and exit: 0 when it is usable.
+        #[arg(long)]
+        check: bool,
     },
     /// The chainstore: validated, versioned chains over gRPC and JSON, followed by gateways.
     Chainstore {
@@ -81,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
-            Command::Gateway { config } => gateway(config).await,
+            Command::Gateway { config, check } => gateway(config, check).await,
             Command::Chainstore {
                 listen,
                 filters_from,
@@ -115,8 +118,12 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
+async fn gateway(config: Option<PathBuf>, check: bool) -> anyhow::Result<()> {
     let cfg = GatewayConfig::load(config.as_deref())?;
+    if check {
+        println!("gateway configuration ok");
+        return Ok(());
+    }
     let running = GatewayServer::new(cfg).start(shutdown_signal()).await?;
     // Tests and scripts read this line to learn the port.
     println!("sekisho gateway listening on http://{}", running.addr);

@@ -11,6 +11,9 @@ pub struct UiArgs {
     /// YAML or TOML configuration file (listen, gateway, chainstore, users, tokens).
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Check the configuration (file and environment) and exit: 0 when it is usable.
+    #[arg(long)]
+    check: bool,
     #[command(subcommand)]
     command: Option<UiCommand>,
 }
@@ -34,6 +37,10 @@ pub async fn run(args: UiArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = EdgeConfig::load(args.config.as_deref())?;
+    if args.check {
+        println!("ui configuration ok");
+        return Ok(());
+    }
     if cfg.users.is_empty() && cfg.tokens.is_empty() {
         eprintln!(
             "WARNING: no users and no tokens are configured: every /api/ call will be refused"

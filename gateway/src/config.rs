@@ -55,6 +55,86 @@ pub struct DiscoveryConfig {
     pub file: Option<FileSource>,
     /// Replicas registered in etcd by the filter SDK (`sekisho filter ... --etcd`).
     pub etcd: Option<EtcdSource>,
+    /// Names re-resolved in DNS (A/AAAA or SRV), e.g. Kubernetes headless Services.
+    pub dns: Option<DnsSource>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSource {
+    /// How often every name is resolved again. Default 5s.
+    #[serde(default = "default_dns_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// One query's time limit. Default 2s.
+    #[serde(default = "default_dns_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Name servers, `ip` or `ip:port`; default: the system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    pub names: Vec<DnsName>,
+}
+
+/// One name to resolve for one filter: `host` with `port`, or `srv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsName {
+    pub filter: String,
+    /// Every A/AAAA address of this name is an endpoint at `port`.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Every target of this SRV name is an endpoint at the record's port, e.g.
+    /// `_grpc._tcp.face-detect.sekisho.svc.cluster.local`.
+    #[serde(default)]
+    pub srv: Option<String>,
+}
+
+fn default_dns_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl DnsSource {
+    /// Names the first entry that is not usable.
+    pub fn check(&self) -> Result<(), String> {
+        if self.interval < Duration::from_millis(100) {
+            return Err("discovery.dns.interval: must be at least 100ms".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("discovery.dns.timeout: must be above zero".into());
+        }
+        for ns in &self.nameservers {
+            crate::discovery::dns::parse_nameserver(ns)
+                .map_err(|e| format!("discovery.dns.nameservers: {e}"))?;
+        }
+        if self.names.is_empty() {
+            return Err("discovery.dns.names: give at least one name".into());
+        }
+        for (i, n) in self.names.iter().enumerate() {
+            let at = format!("discovery.dns.names[{i}]");
+            if n.filter.trim().is_empty() {
+                return Err(format!("{at}.filter: empty"));
+            }
+            match (&n.host, n.port, &n.srv) {
+                (Some(h), Some(p), None) if !h.trim().is_empty() && p != 0 => {}
+                (Some(_), _, None) => {
+                    return Err(format!("{at}: `host` needs a `port` above 0"));
+                }
+                (None, None, Some(s)) if !s.trim().is_empty() => {}
+                (None, Some(_), Some(_)) => {
+                    return Err(format!(
+                        "{at}: an SRV record names its own port; drop `port`"
+                    ));
+                }
+                _ => return Err(format!("{at}: give `host` and `port`, or `srv`")),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +287,9 @@ impl GatewayConfig {
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight: must be at least 1".into());
+        }
+        if let Some(dns) = &self.discovery.dns {
+            dns.check().map_err(GatewayError::Config)?;
         }
         for (name, f) in &self.filters {
             if f.endpoints.is_empty() {

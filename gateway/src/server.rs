@@ -17,6 +17,7 @@ use crate::aggregate::{AggregatorFactory, AggregatorRegistry};
 use crate::chain::{ChainSet, Chains};
 use crate::config::GatewayConfig;
 use crate::discovery::Discovery;
+use crate::discovery::dns::DnsDiscovery;
 use crate::discovery::etcd::EtcdDiscovery;
 use crate::discovery::file::FileDiscovery;
 use crate::discovery::listed::ListedDiscovery;
@@ -95,6 +96,11 @@ impl GatewayServer {
                 endpoints: e.endpoints.clone(),
                 prefix: e.prefix.clone(),
             }));
+        }
+        if let Some(d) = &cfg.discovery.dns {
+            sources.push(Box::new(
+                DnsDiscovery::new(d.clone()).map_err(GatewayError::Config)?,
+            ));
         }
         registry.follow(sources, 1);
 

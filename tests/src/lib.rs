@@ -378,8 +378,13 @@ pub struct FilterProcess {
 
 impl FilterProcess {
     pub async fn start(name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(name, "127.0.0.1:0", args).await
+    }
+
+    /// Listening on `listen`, e.g. `127.0.0.2:PORT` for replicas that DNS names by address.
+    pub async fn start_on(name: &str, listen: &str, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new(sekisho_bin())
-            .args(["filter", name, "--listen", "127.0.0.1:0"])
+            .args(["filter", name, "--listen", listen])
             .args(args)
             .env("SEKISHO_CACHE", cache_dir())
             .env(
@@ -440,6 +445,104 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// A real DNS server (Debian's `dnsmasq`) on a free port, authoritative for
+/// `sekisho.test`: names come from a hosts file that [`TestDns::set_hosts`] rewrites and
+/// SRV records given at start; names not in the file answer NXDOMAIN.
+pub struct TestDns {
+    /// `127.0.0.1:PORT`, for `discovery.dns.nameservers`.
+    pub server: String,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl TestDns {
+    /// `srv`: `(name, target, port)` records.
+    pub async fn start(hosts: &[(&str, &str)], srv: &[(&str, &str, u16)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let hosts_file = dir.path().join("hosts");
+        std::fs::write(&hosts_file, hosts_text(hosts))?;
+        let mut cmd = Command::new("/usr/sbin/dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+        ])
+        .args(["--listen-address=127.0.0.1", "--local=/sekisho.test/"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--addn-hosts={}", hosts_file.display()))
+        .arg("--pid-file=")
+        .arg("--log-facility=-");
+        for (name, target, p) in srv {
+            cmd.arg(format!("--srv-host={name},{target},{p}"));
+        }
+        // As root, dnsmasq would drop to `nobody`, who cannot read the temporary directory.
+        if running_as_root() {
+            cmd.arg("--user=root");
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning dnsmasq (Debian package dnsmasq-base)")?;
+        // dnsmasq says `started` on stderr once it answers.
+        let stderr = child.stderr.take().context("dnsmasq stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("started") {
+                    return Ok(());
+                }
+                if line.contains("FAILED") || line.contains("failed") {
+                    bail!("dnsmasq: {line}");
+                }
+            }
+            bail!("dnsmasq exited")
+        })
+        .await
+        .context("dnsmasq did not start within 10s")?;
+        started?;
+        // Keep draining its log so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(TestDns {
+            server: format!("127.0.0.1:{port}"),
+            dir,
+            child,
+        })
+    }
+
+    /// Replaces the hosts file and makes dnsmasq read it again (SIGHUP).
+    pub async fn set_hosts(&self, hosts: &[(&str, &str)]) -> anyhow::Result<()> {
+        std::fs::write(self.dir.path().join("hosts"), hosts_text(hosts))?;
+        signal(&self.child, "HUP").await
+    }
+
+    /// Kills the server: queries time out from now on.
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn hosts_text(hosts: &[(&str, &str)]) -> String {
+    hosts
+        .iter()
+        .map(|(ip, name)| format!("{ip} {name}\n"))
+        .collect()
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
 }
 
 /// A real etcd (Debian's `etcd-server`) on free ports with its data in a temporary

@@ -1,11 +1,13 @@
 //! Discovery finds filter endpoints. Each source sits behind one trait and yields, as a
 //! stream, the endpoints it knows; several sources run at once and the registry joins
 //! what they say. Sources: [`listed`] (the configuration's `filters:`), [`file`] (a
-//! watched file), [`etcd`] (replicas register themselves under a key prefix).
+//! watched file), [`etcd`] (replicas register themselves under a key prefix), [`dns`]
+//! (names re-resolved: A/AAAA or SRV, as Kubernetes headless Services publish them).
 //!
 //! A source never decides whether an endpoint is fit for traffic: the registry asks each
 //! new endpoint `Describe` and watches its health before it sends it anything.
 
+pub mod dns;
 pub mod etcd;
 pub mod file;
 pub mod listed;
