@@ -126,7 +126,8 @@ def common_checks(docs: list[dict], label: str) -> None:
     for name, d in deploys.items():
         pod = d["spec"]["template"]["spec"]
         check(pod["securityContext"].get("runAsNonRoot") is True, f"{label}: {name} runs as non-root")
-        check(pod.get("automountServiceAccountToken") is False, f"{label}: {name} mounts no API token")
+        if kinds(docs, "Role") == {}:
+            check(pod.get("automountServiceAccountToken") is False, f"{label}: {name} mounts no API token")
         for c in containers(d):
             sc = c["securityContext"]
             check(sc.get("readOnlyRootFilesystem") is True, f"{label}: {name} has a read-only root")
@@ -145,7 +146,7 @@ def common_checks(docs: list[dict], label: str) -> None:
     services = kinds(docs, "Service")
     filter_deploys = {n: d for n, d in deploys.items() if
                       d["spec"]["template"]["metadata"]["labels"].get("sekisho.io/role") == "filter"}
-    names = {n["srv"]: n["filter"] for n in gw["discovery"]["dns"]["names"]}
+    names = {n["srv"]: n["filter"] for n in gw["discovery"].get("dns", {}).get("names", [])}
     expected = {}
     for n, d in filter_deploys.items():
         svc = services[n]
@@ -275,6 +276,34 @@ def main() -> int:
     check(any("namespaceSelector" in p for p in gwnp["spec"]["ingress"][0]["from"]),
           "gpu-postgres: Prometheus may scrape the gateway")
     print(f"gpu-postgres: {len(docs)} manifests")
+
+    # Discovery through the Kubernetes API: a read-only Role on pods, bound to the
+    # gateway's ServiceAccount, the only pod that mounts a token.
+    docs = render({"gateway": {"discovery": "kubernetes"}})
+    validate_all(docs, "kubernetes-discovery")
+    run_binary(binary, docs, "kubernetes-discovery")
+    gw = yaml.safe_load(kinds(docs, "ConfigMap")[f"{RELEASE}-gateway"]["data"]["gateway.yaml"])
+    check(gw["discovery"] == {"kubernetes": {
+        "namespaces": [NAMESPACE],
+        "label_selector": f"sekisho.io/role=filter,app.kubernetes.io/instance={RELEASE}"}},
+        f"kubernetes-discovery: gateway watches the release's filter pods: {gw['discovery']}")
+    role = kinds(docs, "Role")[f"{RELEASE}-gateway"]
+    check(role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+          "kubernetes-discovery: the Role reads pods only")
+    binding = kinds(docs, "RoleBinding")[f"{RELEASE}-gateway"]
+    check(binding["subjects"][0]["name"] == f"{RELEASE}-gateway", "kubernetes-discovery: bound to the gateway")
+    for name, d in kinds(docs, "Deployment").items():
+        pod = d["spec"]["template"]["spec"]
+        is_gw = name == f"{RELEASE}-gateway"
+        check(pod["automountServiceAccountToken"] is is_gw, f"kubernetes-discovery: {name} token only for the gateway")
+        if is_gw:
+            check(pod.get("serviceAccountName") == f"{RELEASE}-gateway", "kubernetes-discovery: gateway ServiceAccount")
+        else:
+            ann = d["spec"]["template"]["metadata"].get("annotations", {})
+            labels = d["spec"]["template"]["metadata"]["labels"]
+            if "sekisho.io/filter" in ann:
+                check(labels.get("sekisho.io/role") == "filter", f"kubernetes-discovery: {name} matches the selector")
+    print(f"kubernetes-discovery: {len(docs)} manifests")
 
     refused({"gateway": {"balance": "random"}}, "balance")
     refused({"filters": {"ocr": {"enabled": True}}}, "ocr")

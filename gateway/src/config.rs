@@ -57,6 +57,53 @@ pub struct DiscoveryConfig {
     pub etcd: Option<EtcdSource>,
     /// Names re-resolved in DNS (A/AAAA or SRV), e.g. Kubernetes headless Services.
     pub dns: Option<DnsSource>,
+    /// Ready pods annotated `sekisho.io/filter`, watched through the Kubernetes API.
+    pub kubernetes: Option<KubernetesSource>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSource {
+    /// The namespaces whose pods are watched (one watch each).
+    pub namespaces: Vec<String>,
+    /// Only pods with these labels, e.g. `sekisho.io/role=filter`.
+    #[serde(default)]
+    pub label_selector: Option<String>,
+    /// The API server's URL; default: in-cluster (the pod's service account), else the
+    /// kubeconfig (`KUBECONFIG`).
+    #[serde(default)]
+    pub api_server: Option<String>,
+}
+
+impl KubernetesSource {
+    pub fn check(&self) -> Result<(), String> {
+        if self.namespaces.is_empty() {
+            return Err("discovery.kubernetes.namespaces: give at least one namespace".into());
+        }
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let ok = !ns.is_empty()
+                && ns.len() <= 63
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(format!(
+                    "discovery.kubernetes.namespaces[{i}]: `{ns}` is not a namespace name"
+                ));
+            }
+        }
+        if let Some(url) = &self.api_server
+            && url
+                .parse::<http::Uri>()
+                .map(|u| u.scheme().is_none())
+                .unwrap_or(true)
+        {
+            return Err(format!(
+                "discovery.kubernetes.api_server: `{url}` is not a URL (https://host:port)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,6 +337,9 @@ impl GatewayConfig {
         }
         if let Some(dns) = &self.discovery.dns {
             dns.check().map_err(GatewayError::Config)?;
+        }
+        if let Some(k) = &self.discovery.kubernetes {
+            k.check().map_err(GatewayError::Config)?;
         }
         for (name, f) in &self.filters {
             if f.endpoints.is_empty() {

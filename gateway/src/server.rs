@@ -20,6 +20,7 @@ use crate::discovery::Discovery;
 use crate::discovery::dns::DnsDiscovery;
 use crate::discovery::etcd::EtcdDiscovery;
 use crate::discovery::file::FileDiscovery;
+use crate::discovery::kubernetes::KubernetesDiscovery;
 use crate::discovery::listed::ListedDiscovery;
 use crate::error::GatewayError;
 use crate::layers::GrpcFrameLimit;
@@ -101,6 +102,9 @@ impl GatewayServer {
             sources.push(Box::new(
                 DnsDiscovery::new(d.clone()).map_err(GatewayError::Config)?,
             ));
+        }
+        if let Some(k) = &cfg.discovery.kubernetes {
+            sources.push(Box::new(KubernetesDiscovery { source: k.clone() }));
         }
         registry.follow(sources, 1);
 

@@ -5,6 +5,7 @@
 //! (`sekisho bench moderate`). Everything talks gRPC over loopback, as in production.
 
 pub mod filters;
+pub mod kube_fake;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -42,13 +42,14 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.image.cacheDir | quote }}
 {{- end -}}
 
-{{/* Pod-level settings shared by every Deployment: (dict "root" $ "part" .Values.gateway). */}}
+{{/* Pod-level settings shared by every Deployment: (dict "root" $ "part" .Values.gateway
+   "nodeSelector" … "tolerations" … ["token" true]); only a part given "token" mounts an API token. */}}
 {{- define "sekisho.podSpec" -}}
 {{- with .root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-automountServiceAccountToken: false
+automountServiceAccountToken: {{ .token | default false }}
 enableServiceLinks: false
 securityContext:
   {{- toYaml .root.Values.podSecurityContext | nindent 2 }}

@@ -2,7 +2,8 @@
 //! stream, the endpoints it knows; several sources run at once and the registry joins
 //! what they say. Sources: [`listed`] (the configuration's `filters:`), [`file`] (a
 //! watched file), [`etcd`] (replicas register themselves under a key prefix), [`dns`]
-//! (names re-resolved: A/AAAA or SRV, as Kubernetes headless Services publish them).
+//! (names re-resolved: A/AAAA or SRV, as Kubernetes headless Services publish them),
+//! [`kubernetes`] (ready pods annotated `sekisho.io/filter`, watched through the API).
 //!
 //! A source never decides whether an endpoint is fit for traffic: the registry asks each
 //! new endpoint `Describe` and watches its health before it sends it anything.
@@ -10,6 +11,7 @@
 pub mod dns;
 pub mod etcd;
 pub mod file;
+pub mod kubernetes;
 pub mod listed;
 
 use futures::stream::BoxStream;
