@@ -16,7 +16,8 @@
 //! The test drives it: [`FakeApiServer::apply`] and [`FakeApiServer::delete`] change pods
 //! (with events), [`FakeApiServer::rewrite_unseen`] changes them with no event (as if
 //! the events were compacted away), [`FakeApiServer::compact`] and
-//! [`FakeApiServer::drop_watches`] force a client to resume, and
+//! [`FakeApiServer::drop_watches`] force a client to resume, [`FakeApiServer::forbid`]
+//! answers 403 for a namespace, and
 //! [`FakeApiServer::stop`] takes the server away.
 
 use std::collections::BTreeMap;
@@ -45,6 +46,8 @@ struct Store {
     watch_versions: Vec<String>,
     bookmark_versions: Vec<u64>,
     lists: usize,
+    /// Namespaces whose pods the caller may not read (403 Forbidden).
+    forbidden: Vec<String>,
 }
 
 struct Shared {
@@ -200,6 +203,16 @@ impl FakeApiServer {
         self.shared.store.lock().unwrap().bookmark_versions.clone()
     }
 
+    /// From now on, reading the pods of `ns` is 403 Forbidden.
+    pub fn forbid(&self, ns: &str) {
+        self.shared
+            .store
+            .lock()
+            .unwrap()
+            .forbidden
+            .push(ns.to_owned());
+    }
+
     /// How many list requests were served.
     pub fn lists(&self) -> usize {
         self.shared.store.lock().unwrap().lists
@@ -239,6 +252,14 @@ async fn pods(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     let selector = q.get("labelSelector").cloned();
+    if shared.store.lock().unwrap().forbidden.contains(&ns) {
+        let msg = format!("pods is forbidden: cannot list resource \"pods\" in namespace \"{ns}\"");
+        return (
+            http::StatusCode::FORBIDDEN,
+            axum::Json(status(403, "Forbidden", &msg)),
+        )
+            .into_response();
+    }
     if q.get("watch").map(String::as_str) != Some("true") {
         let mut s = shared.store.lock().unwrap();
         s.lists += 1;

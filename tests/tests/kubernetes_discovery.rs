@@ -57,13 +57,16 @@ async fn ready_annotated_pods_are_followed_through_bookmarks_and_a_410_relist() 
         filter_pod("noop-x", "noop", "127.0.0.6", port, true),
     );
 
+    // A second namespace the gateway may not read: it must not hold back the first.
+    api.forbid("locked");
+
     let gw = TestGateway::setup()
         .chain(CHAIN)
         .config(
             "discovery",
             json!({"kubernetes": {
                 "api_server": api.url,
-                "namespaces": [NS],
+                "namespaces": [NS, "locked"],
                 "label_selector": "sekisho.io/role=filter",
             }}),
         )

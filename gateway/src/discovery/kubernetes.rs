@@ -178,7 +178,12 @@ impl Discovery for KubernetesDiscovery {
                 .collect();
             let mut said: Option<Vec<FoundEndpoint>> = None;
             let mut reports = ReportOnce::default();
-            let mut trouble = ReportOnce::default();
+            // Per namespace: one that keeps failing is reported once.
+            let mut trouble: Vec<ReportOnce> = source
+                .namespaces
+                .iter()
+                .map(|_| ReportOnce::default())
+                .collect();
             while let Some((i, ev)) = events.next().await {
                 let ns = &mut spaces[i];
                 match ev {
@@ -208,7 +213,7 @@ impl Discovery for KubernetesDiscovery {
                     Err(e) => {
                         let why =
                             format!("Kubernetes API, namespace {}: {e}", source.namespaces[i]);
-                        if trouble.first(&why) {
+                        if trouble[i].first(&why) {
                             tracing::warn!(problem = %why, "Kubernetes discovery: keeping the last endpoints");
                             if tx.send(SourceEvent::Trouble(why)).await.is_err() {
                                 return;
@@ -217,9 +222,10 @@ impl Discovery for KubernetesDiscovery {
                         continue;
                     }
                 }
-                trouble.keep_only(&[]);
-                // Nothing is said until every namespace has been listed once.
-                if !spaces.iter().all(|s| s.listed) {
+                trouble[i].keep_only(&[]);
+                // Nothing is said before a first list; a namespace that cannot be
+                // listed (forbidden, say) does not hold back the others.
+                if !spaces.iter().any(|s| s.listed) {
                     continue;
                 }
                 let mut now = BTreeSet::new();
