@@ -3,6 +3,7 @@
 # 10 ms a call); three gateways on the same replicas, balancing with p2c (peak-EWMA
 # latency x calls in flight, the default), p2c by calls in flight only, and round
 # robin; the same chain through each, alternating rounds.
+# (e') repeats (e) with h2load as the load generator, when it is installed.
 # Then (f): time from a replica's etcd registration to the first call it serves.
 #   scripts/bench-balance.sh [seconds-per-run] [rounds] [concurrency]
 set -euo pipefail
@@ -53,6 +54,36 @@ for f in json.load(open(sys.argv[1])).get("filters", []):
         print("  ", e["address"], e.get("calls", 0))
 PY
 done
+
+if command -v h2load >/dev/null; then
+  # (e') the same three gateways driven by h2load (Debian nghttp2-client), an independent
+  # load generator: the same request bytes, the same streams in flight, alternating rounds;
+  # latency quantiles from its per-request log.
+  echo "== (e') h2load cross-check: $conc streams on 2 connections, alternating rounds"
+  $bin bench body --chain bench-replicas --out "$tmp/req.bin" > /dev/null
+  for r in $(seq "$rounds"); do
+    for i in 1 2 3; do
+      h2load -D "$secs" -c 2 -m $((conc / 2)) -t 1 --warm-up-time=1 \
+        -H 'content-type: application/grpc' -H 'te: trailers' -d "$tmp/req.bin" \
+        --log-file "$tmp/h2-$i-$r.log" \
+        "http://127.0.0.1:$((18180 + i))/sekisho.gateway.v1.Gateway/Moderate" > "$tmp/h2-$i-$r.out"
+    done
+  done
+  python3 - "$tmp" "$rounds" "$secs" <<'PY'
+import sys
+tmp, rounds, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+for i, mode in enumerate(["p2c", "p2c_in_flight", "round_robin"], 1):
+    lat, done = [], 0
+    for r in range(1, rounds + 1):
+        rows = [l.split("\t") for l in open(f"{tmp}/h2-{i}-{r}.log") if l.strip()]
+        lat += [int(x[2]) for x in rows if x[1] == "200"]
+        done += len(rows)
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] / 1000
+    print(f"  {mode:14} {len(lat) / (rounds * secs):8.0f} req/s  p50 {q(0.5):6.2f} ms  "
+          f"p90 {q(0.9):6.2f} ms  p99 {q(0.99):6.2f} ms  ({len(lat)}/{done} HTTP 200)")
+PY
+fi
 
 if command -v etcd >/dev/null; then
   echo "== (f) etcd registration -> first call the new replica serves"
