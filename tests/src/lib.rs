@@ -229,6 +229,14 @@ impl TestGateway {
             .map(|r| r.into_inner())
     }
 
+    /// The decision for a text sent through `chain` (`APPROVE`, `REVIEW`, ...).
+    pub async fn decision(&self, chain: &str, text: &str) -> anyhow::Result<String> {
+        let r = self.moderate_text(chain, text).await?;
+        Ok(gproto::Decision::try_from(r.decision)?
+            .as_str_name()
+            .to_owned())
+    }
+
     /// The endpoints the gateway knows for `filter`, by address.
     pub async fn endpoints(&self, filter: &str) -> anyhow::Result<Vec<gproto::Endpoint>> {
         let list = self
@@ -369,6 +377,22 @@ impl PythonFilter {
         let url = wait_for_listen_line(&mut child, "the Python filter").await?;
         Ok(PythonFilter { url, _child: child })
     }
+}
+
+/// A one-stage chain `name` calling `noop` (no retries): approved unless the filter
+/// cannot be called, which sends the item to REVIEW, never to APPROVE.
+pub fn noop_chain(name: &str) -> String {
+    format!(
+        "name: {name}\ncontent_types: [text/plain]\nstages:\n  - id: s\n    filters: [{{use: noop, timeout: 2s}}]\n    branches:\n      - when: \"score >= 0.5\"\n        decide: {{decision: REJECT, reason: flagged}}\ndefault_decision: APPROVE\n"
+    )
+}
+
+/// The addresses of the endpoints in state `ready`.
+pub fn ready_addresses(eps: &[gproto::Endpoint]) -> Vec<String> {
+    eps.iter()
+        .filter(|e| e.state == "ready")
+        .map(|e| e.address.clone())
+        .collect()
 }
 
 /// A built-in filter as its own process: `sekisho filter <name> [args]`.

@@ -6,31 +6,12 @@
 
 use std::time::Duration;
 
-use sekisho_tests::{FilterProcess, TestDns, TestGateway, free_port};
+use sekisho_tests::{FilterProcess, TestDns, TestGateway, free_port, noop_chain, ready_addresses};
 use serde_json::json;
-
-/// One stage of noop: approved unless the filter cannot be called, which sends the item to
-/// REVIEW, never to APPROVE.
-const CHAIN: &str = "name: dns\ncontent_types: [text/plain]\nstages:\n  - id: s\n    filters: [{use: noop, timeout: 2s}]\n    branches:\n      - when: \"score >= 0.5\"\n        decide: {decision: REJECT, reason: flagged}\ndefault_decision: APPROVE\n";
 
 const NOOP: &str = "noop.sekisho.test";
 const KW: &str = "kw.sekisho.test";
 const KW_SRV: &str = "_grpc._tcp.keywords.sekisho.test";
-
-fn ready(eps: &[sekisho_proto::gateway::v1::Endpoint]) -> Vec<String> {
-    eps.iter()
-        .filter(|e| e.state == "ready")
-        .map(|e| e.address.clone())
-        .collect()
-}
-
-async fn decision(gw: &TestGateway) -> String {
-    let r = gw.moderate_text("dns", "hello").await.unwrap();
-    sekisho_proto::gateway::v1::Decision::try_from(r.decision)
-        .unwrap()
-        .as_str_name()
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_named_in_dns_are_found_followed_and_kept_while_dns_is_away() {
@@ -55,7 +36,7 @@ async fn replicas_named_in_dns_are_found_followed_and_kept_while_dns_is_away() {
     .await
     .unwrap();
     let gw = TestGateway::setup()
-        .chain(CHAIN)
+        .chain(&noop_chain("dns"))
         .config(
             "discovery",
             json!({"dns": {
@@ -74,13 +55,13 @@ async fn replicas_named_in_dns_are_found_followed_and_kept_while_dns_is_away() {
 
     // A record: one replica. SRV: both ports.
     let eps = gw
-        .wait_endpoints("noop", within, |e| ready(e).len() == 1)
+        .wait_endpoints("noop", within, |e| ready_addresses(e).len() == 1)
         .await
         .unwrap();
     assert_eq!(eps[0].address, a.url);
     assert_eq!(eps[0].source, "dns");
     let eps = gw
-        .wait_endpoints("keywords", within, |e| ready(e).len() == 2)
+        .wait_endpoints("keywords", within, |e| ready_addresses(e).len() == 2)
         .await
         .unwrap();
     let mut want = vec![
@@ -88,8 +69,8 @@ async fn replicas_named_in_dns_are_found_followed_and_kept_while_dns_is_away() {
         format!("http://127.0.0.1:{kw2}"),
     ];
     want.sort();
-    assert_eq!(ready(&eps), want);
-    assert_eq!(decision(&gw).await, "APPROVE");
+    assert_eq!(ready_addresses(&eps), want);
+    assert_eq!(gw.decision("dns", "hello").await.unwrap(), "APPROVE");
 
     // A second address on the name: a second replica.
     let b = FilterProcess::start_on("noop", &format!("127.0.0.3:{noop_port}"), &[])
@@ -99,32 +80,35 @@ async fn replicas_named_in_dns_are_found_followed_and_kept_while_dns_is_away() {
         .await
         .unwrap();
     let eps = gw
-        .wait_endpoints("noop", within, |e| ready(e).len() == 2)
+        .wait_endpoints("noop", within, |e| ready_addresses(e).len() == 2)
         .await
         .unwrap();
-    assert_eq!(ready(&eps), [a.url.clone(), b.url.clone()]);
+    assert_eq!(ready_addresses(&eps), [a.url.clone(), b.url.clone()]);
 
     // The name gone (NXDOMAIN): no endpoints, and the item goes to REVIEW, not APPROVE.
     dns.set_hosts(&[("127.0.0.1", KW)]).await.unwrap();
     gw.wait_endpoints("noop", within, |e| e.is_empty())
         .await
         .unwrap();
-    assert_eq!(decision(&gw).await, "REVIEW");
+    assert_eq!(gw.decision("dns", "hello").await.unwrap(), "REVIEW");
 
     // Back, then the DNS server away: the last endpoints keep serving.
     dns.set_hosts(&[("127.0.0.3", NOOP), ("127.0.0.1", KW)])
         .await
         .unwrap();
-    gw.wait_endpoints("noop", within, |e| ready(e) == [b.url.clone()])
+    gw.wait_endpoints("noop", within, |e| ready_addresses(e) == [b.url.clone()])
         .await
         .unwrap();
     dns.stop().await;
     // Several rounds, each timing out.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        ready(&gw.endpoints("noop").await.unwrap()),
+        ready_addresses(&gw.endpoints("noop").await.unwrap()),
         [b.url.as_str()]
     );
-    assert_eq!(ready(&gw.endpoints("keywords").await.unwrap()).len(), 2);
-    assert_eq!(decision(&gw).await, "APPROVE");
+    assert_eq!(
+        ready_addresses(&gw.endpoints("keywords").await.unwrap()).len(),
+        2
+    );
+    assert_eq!(gw.decision("dns", "hello").await.unwrap(), "APPROVE");
 }

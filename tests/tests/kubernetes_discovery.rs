@@ -7,27 +7,10 @@
 use std::time::Duration;
 
 use sekisho_tests::kube_fake::{FakeApiServer, filter_pod};
-use sekisho_tests::{FilterProcess, TestGateway, free_port};
+use sekisho_tests::{FilterProcess, TestGateway, free_port, noop_chain, ready_addresses};
 use serde_json::json;
 
 const NS: &str = "moderation";
-
-const CHAIN: &str = "name: k8s\ncontent_types: [text/plain]\nstages:\n  - id: s\n    filters: [{use: noop, timeout: 2s}]\n    branches:\n      - when: \"score >= 0.5\"\n        decide: {decision: REJECT, reason: flagged}\ndefault_decision: APPROVE\n";
-
-fn ready(eps: &[sekisho_proto::gateway::v1::Endpoint]) -> Vec<String> {
-    eps.iter()
-        .filter(|e| e.state == "ready")
-        .map(|e| e.address.clone())
-        .collect()
-}
-
-async fn decision(gw: &TestGateway) -> String {
-    let r = gw.moderate_text("k8s", "hello").await.unwrap();
-    sekisho_proto::gateway::v1::Decision::try_from(r.decision)
-        .unwrap()
-        .as_str_name()
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_annotated_pods_are_followed_through_bookmarks_and_a_410_relist() {
@@ -61,7 +44,7 @@ async fn ready_annotated_pods_are_followed_through_bookmarks_and_a_410_relist() 
     api.forbid("locked");
 
     let gw = TestGateway::setup()
-        .chain(CHAIN)
+        .chain(&noop_chain("k8s"))
         .config(
             "discovery",
             json!({"kubernetes": {
@@ -75,24 +58,24 @@ async fn ready_annotated_pods_are_followed_through_bookmarks_and_a_410_relist() 
         .unwrap();
 
     let eps = gw
-        .wait_endpoints("noop", within, |e| ready(e).len() == 1)
+        .wait_endpoints("noop", within, |e| ready_addresses(e).len() == 1)
         .await
         .unwrap();
     assert_eq!(eps.len(), 1, "{eps:#?}");
     assert_eq!(eps[0].address, a.url);
     assert_eq!(eps[0].source, "kubernetes");
-    assert_eq!(decision(&gw).await, "APPROVE");
+    assert_eq!(gw.decision("k8s", "hello").await.unwrap(), "APPROVE");
 
     // noop-b becomes ready (MODIFIED): two endpoints.
     api.apply(NS, filter_pod("noop-b", "noop", "127.0.0.3", port, true));
     let eps = gw
-        .wait_endpoints("noop", within, |e| ready(e).len() == 2)
+        .wait_endpoints("noop", within, |e| ready_addresses(e).len() == 2)
         .await
         .unwrap();
-    assert_eq!(ready(&eps), [a.url.clone(), b.url.clone()]);
+    assert_eq!(ready_addresses(&eps), [a.url.clone(), b.url.clone()]);
     // noop-a deleted (DELETED): one.
     api.delete(NS, "noop-a");
-    gw.wait_endpoints("noop", within, |e| ready(e) == [b.url.clone()])
+    gw.wait_endpoints("noop", within, |e| ready_addresses(e) == [b.url.clone()])
         .await
         .unwrap();
 
@@ -125,7 +108,7 @@ async fn ready_annotated_pods_are_followed_through_bookmarks_and_a_410_relist() 
     );
     api.compact();
     api.drop_watches();
-    gw.wait_endpoints("noop", within, |e| ready(e) == [a.url.clone()])
+    gw.wait_endpoints("noop", within, |e| ready_addresses(e) == [a.url.clone()])
         .await
         .unwrap();
     assert!(api.lists() > lists, "the client listed again after 410");
@@ -134,8 +117,8 @@ async fn ready_annotated_pods_are_followed_through_bookmarks_and_a_410_relist() 
     api.stop();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        ready(&gw.endpoints("noop").await.unwrap()),
+        ready_addresses(&gw.endpoints("noop").await.unwrap()),
         [a.url.as_str()]
     );
-    assert_eq!(decision(&gw).await, "APPROVE");
+    assert_eq!(gw.decision("k8s", "hello").await.unwrap(), "APPROVE");
 }
