@@ -126,8 +126,7 @@ def common_checks(docs: list[dict], label: str) -> None:
     for name, d in deploys.items():
         pod = d["spec"]["template"]["spec"]
         check(pod["securityContext"].get("runAsNonRoot") is True, f"{label}: {name} runs as non-root")
-        if kinds(docs, "Role") == {}:
-            check(pod.get("automountServiceAccountToken") is False, f"{label}: {name} mounts no API token")
+        check(pod.get("automountServiceAccountToken") is False, f"{label}: {name} mounts no API token")
         for c in containers(d):
             sc = c["securityContext"]
             check(sc.get("readOnlyRootFilesystem") is True, f"{label}: {name} has a read-only root")

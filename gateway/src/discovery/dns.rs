@@ -46,7 +46,6 @@ impl DnsDiscovery {
     }
 
     fn resolver(&self) -> Result<TokioResolver, NetError> {
-        let provider = TokioRuntimeProvider::default();
         let mut builder = if self.source.nameservers.is_empty() {
             TokioResolver::builder_tokio()?
         } else {
@@ -60,7 +59,7 @@ impl DnsDiscovery {
                 }
                 config.add_name_server(ns);
             }
-            TokioResolver::builder_with_config(config, provider)
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         };
         let opts = builder.options_mut();
         opts.timeout = self.source.timeout;
