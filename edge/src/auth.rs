@@ -18,7 +18,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{TokenEntry, UserEntry};
+use crate::config::{SignInLimit, TokenEntry, UserEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,6 +132,83 @@ pub struct Accounts {
     tokens: HashMap<[u8; 32], Principal>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     ttl: Duration,
+    throttle: Throttle,
+}
+
+/// Why a sign-in was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInError {
+    /// Wrong name or password (which of the two is not said).
+    Wrong,
+    /// Too many failures for this name: no password is checked until this has passed.
+    Locked(Duration),
+}
+
+/// Failed sign-ins per name. After `limit.failures` failures in a row a name is locked
+/// for `limit.lockout`, doubled with each further failure up to `limit.max_lockout`; a
+/// success clears the count. Unknown names are counted the same way, so the answer does
+/// not tell which names exist. Keyed by name, not by address: behind an ingress every
+/// caller has the same address, and guessing one account's password is what this stops.
+struct Throttle {
+    limit: SignInLimit,
+    names: Mutex<HashMap<String, Failures>>,
+}
+
+struct Failures {
+    count: u32,
+    locked_until: Option<Instant>,
+    last: Instant,
+}
+
+/// At most this many names with failures are remembered; the stalest go first.
+const MAX_THROTTLED: usize = 10_000;
+
+impl Throttle {
+    fn locked(&self, name: &str, now: Instant) -> Option<Duration> {
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .get(name)
+            .and_then(|f| f.locked_until)
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+
+    fn failed(&self, name: &str, now: Instant) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if names.len() >= MAX_THROTTLED && !names.contains_key(name) {
+            let forget = self.limit.max_lockout.max(self.limit.lockout);
+            names.retain(|_, f| now.duration_since(f.last) < forget);
+            if names.len() >= MAX_THROTTLED
+                && let Some(stalest) = names
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| k.clone())
+            {
+                names.remove(&stalest);
+            }
+        }
+        let f = names.entry(name.to_owned()).or_insert(Failures {
+            count: 0,
+            locked_until: None,
+            last: now,
+        });
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        if self.limit.failures > 0 && f.count >= self.limit.failures {
+            let doublings = (f.count - self.limit.failures).min(16);
+            let lockout = self
+                .limit
+                .lockout
+                .saturating_mul(1 << doublings)
+                .min(self.limit.max_lockout.max(self.limit.lockout));
+            f.locked_until = Some(now + lockout);
+        }
+    }
+
+    fn succeeded(&self, name: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names.remove(name);
+    }
 }
 
 struct Session {
@@ -143,7 +220,12 @@ struct Session {
 const MAX_SESSIONS: usize = 10_000;
 
 impl Accounts {
-    pub fn new(users: &[UserEntry], tokens: &[TokenEntry], ttl: Duration) -> Self {
+    pub fn new(
+        users: &[UserEntry],
+        tokens: &[TokenEntry],
+        ttl: Duration,
+        limit: SignInLimit,
+    ) -> Self {
         Accounts {
             users: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
             tokens: tokens
@@ -163,6 +245,10 @@ impl Accounts {
                 .collect(),
             sessions: Mutex::new(HashMap::new()),
             ttl,
+            throttle: Throttle {
+                limit,
+                names: Mutex::new(HashMap::new()),
+            },
         }
     }
 
@@ -173,16 +259,27 @@ impl Accounts {
     }
 
     /// Checks a password; argon2 is slow on purpose, so this runs off the async threads.
-    pub async fn sign_in(&self, name: &str, password: &str) -> Option<(String, Principal)> {
-        let Some(user) = self.users.get(name).cloned() else {
-            // Spend the same time as for a known name, so that timing does not tell
-            // which names exist.
-            let _ = verify_password(dummy_hash(), password.to_owned()).await;
-            return None;
-        };
-        if !verify_password(user.password_hash.clone(), password.to_owned()).await {
-            return None;
+    /// A name locked after too many failures is refused before any password is checked.
+    pub async fn sign_in(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<(String, Principal), SignInError> {
+        if let Some(left) = self.throttle.locked(name, Instant::now()) {
+            return Err(SignInError::Locked(left));
         }
+        let user = self.users.get(name).cloned();
+        // An unknown name spends the same time as a known one, so that timing does not
+        // tell which names exist.
+        let hash = user
+            .as_ref()
+            .map_or_else(dummy_hash, |u| u.password_hash.clone());
+        let right = verify_password(hash, password.to_owned()).await;
+        let Some(user) = user.filter(|_| right) else {
+            self.throttle.failed(name, Instant::now());
+            return Err(SignInError::Wrong);
+        };
+        self.throttle.succeeded(name);
         let who = Principal {
             name: user.name,
             role: user.role,
@@ -208,7 +305,7 @@ impl Accounts {
                 expires: now + self.ttl,
             },
         );
-        Some((id, who))
+        Ok((id, who))
     }
 
     /// The principal a session cookie stands for, while it lasts.
@@ -365,9 +462,9 @@ mod tests {
             sha256: sha256_hex("tok"),
             role: Role::Service,
         }];
-        let a = Accounts::new(&users, &tokens, Duration::from_secs(60));
-        assert!(a.sign_in("ana", "wrong").await.is_none());
-        assert!(a.sign_in("bob", "s3cret").await.is_none());
+        let a = Accounts::new(&users, &tokens, Duration::from_secs(60), limit(5));
+        assert_eq!(a.sign_in("ana", "wrong").await, Err(SignInError::Wrong));
+        assert_eq!(a.sign_in("bob", "s3cret").await, Err(SignInError::Wrong));
         let (id, who) = a.sign_in("ana", "s3cret").await.unwrap();
         assert_eq!(who.role, Role::Operator);
         assert_eq!(a.session(&id), Some(who));
@@ -377,11 +474,80 @@ mod tests {
         assert_eq!(a.token("tok").unwrap().role, Role::Service);
         assert!(a.token("tok2").is_none());
 
-        let short = Accounts::new(&users, &tokens, Duration::ZERO);
+        let short = Accounts::new(&users, &tokens, Duration::ZERO, limit(5));
         let (id, _) = short.sign_in("ana", "s3cret").await.unwrap();
         assert!(
             short.session(&id).is_none(),
             "an expired session is refused"
         );
+    }
+
+    fn limit(failures: u32) -> SignInLimit {
+        SignInLimit {
+            failures,
+            lockout: Duration::from_secs(30),
+            max_lockout: Duration::from_secs(120),
+        }
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_lock_a_name_and_the_lock_grows() {
+        let users = vec![UserEntry {
+            name: "ana".into(),
+            password_hash: hash_password("s3cret").unwrap(),
+            role: Role::Operator,
+        }];
+        let a = Accounts::new(&users, &[], Duration::from_secs(60), limit(3));
+        for _ in 0..3 {
+            assert_eq!(a.sign_in("ana", "guess").await, Err(SignInError::Wrong));
+        }
+        match a.sign_in("ana", "s3cret").await {
+            Err(SignInError::Locked(left)) => assert!(left <= Duration::from_secs(30)),
+            other => panic!("the right password while locked: {other:?}"),
+        }
+        // Other names are not held back; unknown names are counted like known ones.
+        assert_eq!(a.sign_in("bob", "x").await, Err(SignInError::Wrong));
+
+        // Each further failure doubles the lockout, up to the cap.
+        let t = &a.throttle;
+        let now = Instant::now();
+        let lock = |name: &str| t.locked(name, now).unwrap_or_default();
+        for (failures, want) in [(3, 30), (4, 60), (5, 120), (6, 120)] {
+            t.names.lock().unwrap().clear();
+            for _ in 0..failures {
+                t.failed("carl", now);
+            }
+            assert_eq!(
+                lock("carl"),
+                Duration::from_secs(want),
+                "{failures} failures"
+            );
+        }
+        assert!(t.locked("carl", now + Duration::from_secs(121)).is_none());
+
+        // A success clears the count: the lock is gone once it has passed, and then
+        // the next failure starts from zero.
+        t.names.lock().unwrap().clear();
+        t.failed("ana", now);
+        t.failed("ana", now);
+        assert!(a.sign_in("ana", "s3cret").await.is_ok());
+        t.failed("ana", now);
+        assert!(t.locked("ana", now).is_none(), "the count started again");
+    }
+
+    #[test]
+    fn the_throttle_remembers_a_bounded_number_of_names() {
+        let t = Throttle {
+            limit: limit(3),
+            names: Mutex::new(HashMap::new()),
+        };
+        let now = Instant::now();
+        for i in 0..MAX_THROTTLED + 50 {
+            t.failed(&format!("name-{i}"), now + Duration::from_millis(i as u64));
+        }
+        let names = t.names.lock().unwrap();
+        assert_eq!(names.len(), MAX_THROTTLED);
+        assert!(!names.contains_key("name-0"), "the stalest went first");
+        assert!(names.contains_key(&format!("name-{}", MAX_THROTTLED + 49)));
     }
 }

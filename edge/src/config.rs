@@ -34,6 +34,31 @@ pub struct EdgeConfig {
     pub metrics_interval: Duration,
     /// How many metric samples the live view keeps.
     pub metrics_samples: usize,
+    /// When repeated failed sign-ins lock a name.
+    pub sign_in_limit: SignInLimit,
+}
+
+/// After `failures` failed sign-ins in a row for one name, that name is refused (HTTP
+/// 429, with `Retry-After`) for `lockout`, doubled with each further failure up to
+/// `max_lockout`. A successful sign-in clears the count. `failures: 0` turns it off.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignInLimit {
+    pub failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub lockout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_lockout: Duration,
+}
+
+impl Default for SignInLimit {
+    fn default() -> Self {
+        SignInLimit {
+            failures: 5,
+            lockout: Duration::from_secs(30),
+            max_lockout: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 impl Default for EdgeConfig {
@@ -49,6 +74,7 @@ impl Default for EdgeConfig {
             max_body_bytes: 16 << 20,
             metrics_interval: Duration::from_secs(2),
             metrics_samples: 150,
+            sign_in_limit: SignInLimit::default(),
         }
     }
 }

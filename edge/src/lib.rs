@@ -24,7 +24,7 @@ use tonic::Code;
 pub use auth::{Principal, Role};
 pub use config::EdgeConfig;
 
-use auth::{Accounts, Need};
+use auth::{Accounts, Need, SignInError};
 use live::Live;
 use proxy::Upstreams;
 
@@ -91,7 +91,7 @@ pub async fn start(
     let live = Live::new(cfg.metrics_interval, cfg.metrics_samples);
     let live_task = tokio::spawn(live.clone().follow(upstreams.clone()));
     let edge = Arc::new(Edge {
-        accounts: Accounts::new(&cfg.users, &cfg.tokens, cfg.session_ttl),
+        accounts: Accounts::new(&cfg.users, &cfg.tokens, cfg.session_ttl, cfg.sign_in_limit),
         upstreams,
         live,
         cfg: cfg.clone(),
@@ -310,7 +310,9 @@ async fn grpc(edge: &Edge, req: Request<Body>) -> Response {
         ))
         .into_http();
     }
-    edge.upstreams.grpc(upstream, req, &who).await
+    edge.upstreams
+        .grpc(upstream, req, &who, edge.cfg.max_body_bytes)
+        .await
 }
 
 #[derive(Deserialize)]
@@ -370,7 +372,7 @@ async fn session(edge: &Edge, req: Request<Body>) -> Response {
                 }
             };
             match edge.accounts.sign_in(&form.name, &form.password).await {
-                Some((id, who)) => {
+                Ok((id, who)) => {
                     tracing::info!(user = %who.name, "signed in");
                     let max_age = edge.accounts.ttl().as_secs();
                     (
@@ -379,9 +381,21 @@ async fn session(edge: &Edge, req: Request<Body>) -> Response {
                     )
                         .into_response()
                 }
-                None => {
+                Err(SignInError::Wrong) => {
                     tracing::warn!(user = %form.name, "sign-in refused");
                     ApiError::new(Code::Unauthenticated, "wrong name or password").into_response()
+                }
+                Err(SignInError::Locked(left)) => {
+                    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                    tracing::warn!(user = %form.name, retry_after_s = secs, "sign-in refused: locked after repeated failures");
+                    let mut resp = ApiError::new(
+                        Code::ResourceExhausted,
+                        format!("too many failed sign-ins for this name; try again in {secs} s"),
+                    )
+                    .into_response();
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    resp
                 }
             }
         }

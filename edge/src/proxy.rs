@@ -128,9 +128,35 @@ impl Upstreams {
         }
     }
 
-    /// Forwards a gRPC call, streaming both ways.
-    pub async fn grpc(&self, upstream: &str, req: Request<Body>, who: &Principal) -> Response {
+    /// Forwards a gRPC call, streaming both ways. A chainstore write (`CreateChain`,
+    /// `UpdateChain`, `Rollback`) is unary: its one message is read whole (within
+    /// `limit`) and re-encoded with the caller as its `author`, whatever it said.
+    pub async fn grpc(
+        &self,
+        upstream: &str,
+        req: Request<Body>,
+        who: &Principal,
+        limit: usize,
+    ) -> Response {
         let (parts, body) = req.into_parts();
+        let method = parts.uri.path().rsplit('/').next().unwrap_or_default();
+        let body = if upstream == "chainstore" && AUTHORED.contains(&method) {
+            let whole = match axum::body::to_bytes(body, limit).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return tonic::Status::resource_exhausted(format!(
+                        "the request is over the edge's limit of {limit} bytes"
+                    ))
+                    .into_http();
+                }
+            };
+            match grpc_with_author(method, &whole, &who.name) {
+                Ok(b) => Body::from(b),
+                Err(status) => return status.into_http(),
+            }
+        } else {
+            body
+        };
         let path = parts
             .uri
             .path_and_query()
@@ -143,6 +169,7 @@ impl Upstreams {
         let mut out = Request::builder().method(parts.method).uri(uri);
         if let Some(h) = out.headers_mut() {
             copy_headers(&parts.headers, h);
+            h.remove(header::CONTENT_LENGTH);
             h.insert(header::TE, HeaderValue::from_static("trailers"));
             if let Ok(v) = HeaderValue::from_str(&who.name) {
                 h.insert(HeaderName::from_static("x-sekisho-principal"), v);
@@ -219,6 +246,50 @@ fn is_hop_by_hop(k: &HeaderName) -> bool {
     )
 }
 
+/// The chainstore's gRPC writes that carry an author.
+const AUTHORED: [&str; 3] = ["CreateChain", "UpdateChain", "Rollback"];
+
+/// A unary gRPC request body (one length-prefixed message) of `method` re-encoded with
+/// `author` set. A body that is not exactly one uncompressed message of that type is
+/// refused: it is never forwarded with the author it claimed.
+fn grpc_with_author(method: &str, body: &[u8], author: &str) -> Result<Bytes, tonic::Status> {
+    use prost::Message;
+    use sekisho_proto::chainstore::v1 as cs;
+
+    let bad = |why: &str| tonic::Status::invalid_argument(format!("{method}: {why}"));
+    let (head, message) = body.split_at_checked(5).ok_or_else(|| bad("no message"))?;
+    if head[0] != 0 {
+        return Err(tonic::Status::unimplemented(format!(
+            "{method}: the edge does not accept compressed chain writes; send them uncompressed"
+        )));
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len != message.len() {
+        return Err(bad("expected exactly one message"));
+    }
+    fn redo<M: Message + Default>(
+        message: &[u8],
+        set: impl FnOnce(&mut M),
+    ) -> Result<Vec<u8>, prost::DecodeError> {
+        let mut m = M::decode(message)?;
+        set(&mut m);
+        Ok(m.encode_to_vec())
+    }
+    let author = author.to_owned();
+    let encoded = match method {
+        "CreateChain" => redo(message, |m: &mut cs::CreateChainRequest| m.author = author),
+        "UpdateChain" => redo(message, |m: &mut cs::UpdateChainRequest| m.author = author),
+        "Rollback" => redo(message, |m: &mut cs::RollbackRequest| m.author = author),
+        _ => return Err(bad("carries no author")),
+    }
+    .map_err(|e| bad(&format!("cannot decode the request: {e}")))?;
+    let mut out = Vec::with_capacity(5 + encoded.len());
+    out.push(0);
+    out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    out.extend_from_slice(&encoded);
+    Ok(Bytes::from(out))
+}
+
 /// The body with `"author"` set, when it is a JSON object; otherwise as it was (the
 /// upstream names what is wrong with it).
 fn with_author(body: Bytes, author: &str) -> Bytes {
@@ -260,6 +331,77 @@ mod tests {
         assert_eq!(v["document"], "x");
         let not_json = Bytes::from_static(b"{nope");
         assert_eq!(with_author(not_json.clone(), "ana"), not_json);
+    }
+
+    #[test]
+    fn grpc_writes_carry_the_callers_name() {
+        use prost::Message;
+        use sekisho_proto::chainstore::v1 as cs;
+        let frame = |m: &[u8], flag: u8| {
+            let mut b = vec![flag];
+            b.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            b.extend_from_slice(m);
+            b
+        };
+        let req = cs::UpdateChainRequest {
+            name: "c".into(),
+            document: "doc".into(),
+            expected_version: 3,
+            author: "mallory".into(),
+            comment: "why".into(),
+        };
+        let out = grpc_with_author("UpdateChain", &frame(&req.encode_to_vec(), 0), "ana").unwrap();
+        assert_eq!(out[0], 0);
+        assert_eq!(
+            u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+            out.len() - 5
+        );
+        let back = cs::UpdateChainRequest::decode(&out[5..]).unwrap();
+        assert_eq!(
+            back,
+            cs::UpdateChainRequest {
+                author: "ana".into(),
+                ..req.clone()
+            }
+        );
+
+        let rb = cs::RollbackRequest {
+            name: "c".into(),
+            ..Default::default()
+        };
+        let out = grpc_with_author("Rollback", &frame(&rb.encode_to_vec(), 0), "ana").unwrap();
+        assert_eq!(
+            cs::RollbackRequest::decode(&out[5..]).unwrap().author,
+            "ana"
+        );
+
+        let one = frame(&req.encode_to_vec(), 0);
+        let two = [one.clone(), one.clone()].concat();
+        let code = |r: Result<Bytes, tonic::Status>| r.unwrap_err().code();
+        assert_eq!(
+            code(grpc_with_author("UpdateChain", &two, "ana")),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(grpc_with_author("UpdateChain", &one[..3], "ana")),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(grpc_with_author(
+                "UpdateChain",
+                &frame(&req.encode_to_vec(), 1),
+                "ana"
+            )),
+            tonic::Code::Unimplemented
+        );
+        assert_eq!(
+            code(grpc_with_author(
+                "UpdateChain",
+                &frame(b"\xff\xff", 0),
+                "ana"
+            )),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]

@@ -53,24 +53,28 @@ async fn dev() -> Dev {
 
 /// A standalone `sekisho ui` in front of `dev`'s gateway and chainstore, with a viewer.
 async fn standalone(dev: &Dev) -> (String, Child, tempfile::TempDir) {
+    standalone_with(dev, json!({})).await
+}
+
+/// A standalone edge with `extra`'s keys added to its configuration.
+async fn standalone_with(dev: &Dev, extra: Value) -> (String, Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ui.yaml");
-    std::fs::write(
-        &cfg,
-        // JSON is YAML.
-        serde_json::to_string_pretty(&json!({
-            "listen": "127.0.0.1:0",
-            "gateway": dev.gateway,
-            "chainstore": dev.chainstore,
-            "max_body_bytes": 65536,
-            "tokens": [
-                {"name": "viewer-bot", "sha256": sekisho_edge::auth::sha256_hex(VIEWER_TOKEN), "role": "viewer"},
-                {"name": "svc", "sha256": sekisho_edge::auth::sha256_hex(SERVICE_TOKEN), "role": "service"},
-            ],
-        }))
-        .unwrap(),
-    )
-    .unwrap();
+    let mut config = json!({
+        "listen": "127.0.0.1:0",
+        "gateway": dev.gateway,
+        "chainstore": dev.chainstore,
+        "max_body_bytes": 65536,
+        "tokens": [
+            {"name": "viewer-bot", "sha256": sekisho_edge::auth::sha256_hex(VIEWER_TOKEN), "role": "viewer"},
+            {"name": "svc", "sha256": sekisho_edge::auth::sha256_hex(SERVICE_TOKEN), "role": "service"},
+        ],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    // JSON is YAML.
+    std::fs::write(&cfg, serde_json::to_string_pretty(&config).unwrap()).unwrap();
     let mut child = Command::new(sekisho_bin())
         .arg("ui")
         .arg("--config")
@@ -363,4 +367,152 @@ async fn a_standalone_edge_serves_viewers_and_grpc_callers() {
     );
     let e = health.check(req).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn repeated_failed_sign_ins_lock_the_name_for_a_while() {
+    let dev = dev().await;
+    let (ui, _child, _dir) = standalone_with(
+        &dev,
+        json!({
+            "secure_cookies": false,
+            "users": [
+                {"name": "ana", "password_hash": sekisho_edge::auth::hash_password("ana-password").unwrap(), "role": "operator"},
+            ],
+            "sign_in_limit": {"failures": 3, "lockout": "2s", "max_lockout": "2s"},
+        }),
+    )
+    .await;
+    let c = http();
+    let sign_in = |name: &str, password: &str| {
+        c.post(format!("{ui}/api/session"))
+            .header("x-sekisho-csrf", "1")
+            .json(&json!({"name": name, "password": password}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(sign_in("ana", "guess").await.unwrap().status(), 401);
+    }
+    // Locked: even the right password is refused, with when to come back.
+    let r = sign_in("ana", "ana-password").await.unwrap();
+    assert_eq!(r.status(), 429);
+    let after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&after), "retry-after {after}");
+    let (_, body) = status_of(r).await;
+    assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many failed sign-ins"),
+        "{body}"
+    );
+    // Another name is not held back, and the edge keeps serving.
+    assert_eq!(sign_in("bob", "guess").await.unwrap().status(), 401);
+    // Once the lockout has passed, the right password works and clears the count.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(sign_in("ana", "ana-password").await.unwrap().status(), 200);
+    assert_eq!(sign_in("ana", "guess").await.unwrap().status(), 401);
+    assert_eq!(
+        sign_in("ana", "ana-password").await.unwrap().status(),
+        200,
+        "one failure after a success does not lock"
+    );
+}
+
+#[tokio::test]
+async fn grpc_chain_writes_through_the_edge_carry_the_callers_name() {
+    use sekisho_proto::chainstore::v1::{self as cs, chain_store_client::ChainStoreClient};
+    const OPS_TOKEN: &str = "edge-test-operator-token";
+    let dev = dev().await;
+    let (ui, _child, _dir) = standalone_with(
+        &dev,
+        json!({"tokens": [
+            {"name": "ops-bot", "sha256": sekisho_edge::auth::sha256_hex(OPS_TOKEN), "role": "operator"},
+            {"name": "viewer-bot", "sha256": sekisho_edge::auth::sha256_hex(VIEWER_TOKEN), "role": "viewer"},
+        ]}),
+    )
+    .await;
+    let mut client = ChainStoreClient::connect(ui.clone()).await.unwrap();
+    fn with<M>(token: &str, m: M) -> tonic::Request<M> {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    }
+    let current = client
+        .get_chain(with(
+            OPS_TOKEN,
+            cs::GetChainRequest {
+                name: "comment-text".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let update = cs::UpdateChainRequest {
+        name: "comment-text".into(),
+        document: current.document.replace("free money", "free cash"),
+        expected_version: current.version,
+        author: "mallory".into(),
+        comment: "through the edge".into(),
+    };
+    let e = client
+        .update_chain(with(VIEWER_TOKEN, update.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let saved = client
+        .update_chain(with(OPS_TOKEN, update.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(saved.version, current.version + 1);
+    assert_eq!(
+        saved.author, "ops-bot",
+        "the author is the token's name, not what the call said"
+    );
+    // The chainstore itself agrees.
+    let mut direct = ChainStoreClient::connect(dev.chainstore.clone())
+        .await
+        .unwrap();
+    let stored = direct
+        .get_chain(cs::GetChainRequest {
+            name: "comment-text".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (stored.version, stored.author.as_str()),
+        (saved.version, "ops-bot")
+    );
+    assert_eq!(stored.comment, "through the edge");
+
+    let rolled = client
+        .rollback(with(
+            OPS_TOKEN,
+            cs::RollbackRequest {
+                name: "comment-text".into(),
+                to_version: current.version,
+                expected_version: saved.version,
+                author: "mallory".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rolled.author, "ops-bot");
+    // A stale write is still refused by the chainstore, with its own answer.
+    let e = client
+        .update_chain(with(OPS_TOKEN, update))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
 }
