@@ -3,8 +3,8 @@
 // ui/test-results/ (the CI's artifacts).
 //
 //   node e2e/run.mjs            (SEKISHO_BIN and CHROMIUM override the defaults)
-import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -20,6 +20,15 @@ const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const shots = join(here, "../test-results");
 mkdirSync(shots, { recursive: true });
 const PASSWORD = "e2e-operator-password";
+// The ONNX filters (face boxes) need the setup's cache: ONNX Runtime and the models.
+const cache = process.env.SEKISHO_CACHE ?? join(root, ".sekisho/cache");
+// A photo with a face: scikit-image's astronaut (installed by scripts/setup.sh).
+const astronaut = execFileSync("python3", [
+  "-c",
+  "import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), 'data', 'astronaut.png'))",
+])
+  .toString()
+  .trim();
 
 const freePort = () =>
   new Promise((ok, fail) => {
@@ -36,7 +45,10 @@ const data = mkdtempSync(join(tmpdir(), "sekisho-e2e-"));
 const dev = spawn(
   bin,
   ["dev", "--listen", `127.0.0.1:${gw}`, "--chainstore-listen", `127.0.0.1:${cs}`, "--ui-listen", `127.0.0.1:${ui}`, "--data-dir", data],
-  { env: { SEKISHO_LOG: "warn", ...process.env, SEKISHO_DEV_PASSWORD: PASSWORD, SEKISHO_DEV_TOKEN: "e2e-token" }, stdio: ["ignore", "pipe", "inherit"] },
+  {
+    env: { SEKISHO_LOG: "warn,ort=error", ...process.env, SEKISHO_CACHE: cache, SEKISHO_DEV_PASSWORD: PASSWORD, SEKISHO_DEV_TOKEN: "e2e-token" },
+    stdio: ["ignore", "pipe", "inherit"],
+  },
 );
 let out = "";
 process.on("exit", () => dev.kill("SIGKILL"));
@@ -124,6 +136,65 @@ default_decision: APPROVE
   assert.match(await yaml.inputValue(), /content_types: \[image\/png\]/, "the rest of the YAML keeps its layout");
   await page.screenshot({ path: join(shots, "editor-add-filter.png"), fullPage: true });
 
+  step("forms: chain settings, a new stage, a rule with CEL help, a filter's policy, the aggregator");
+  const outlinePane = page.locator(".outline");
+  await outlinePane.getByText("Chain settings").click();
+  await page.getByLabel("audit sample rate").fill("2");
+  await page.getByLabel("timeout", { exact: true }).fill("1s");
+  await page.getByRole("button", { name: "Apply chain settings" }).click();
+  await page.getByRole("alert").filter({ hasText: "audit sample rate: a share from 0 to 1" }).waitFor();
+  await page.getByLabel("audit sample rate").fill("0.1");
+  await page.getByRole("button", { name: "Apply chain settings" }).click();
+  assert.match(await yaml.inputValue(), /audit_sample_rate: 0.1/);
+  assert.match(await yaml.inputValue(), /defaults: \{timeout: 1s\}/);
+  await page.locator("#chain-problems").getByText("Valid.").waitFor();
+
+  // A stage without filters: the chainstore's problem shows at that stage.
+  await outlinePane.getByText("Add a stage").click();
+  await page.getByLabel("new stage id").fill("second-look");
+  await page.getByRole("button", { name: "Add the stage" }).click();
+  await page.locator('[data-path="stages[1]"]').locator(".problem").filter({ hasText: "at least one filter" }).waitFor();
+  assert.equal(await page.getByRole("button", { name: "Save", exact: true }).isDisabled(), true, "an invalid chain cannot be saved");
+  // "Add a filter" is still open from the step before.
+  await page.getByLabel("Filter", { exact: true }).selectOption("noop");
+  await page.getByLabel("To stage").selectOption("second-look");
+  await page.getByLabel("As", { exact: true }).fill("late");
+  await page.getByRole("button", { name: "Add noop to second-look" }).click();
+  await page.locator('[data-path="stages[1].filters[0]"]').getByText("noop as late").waitFor();
+  await page.locator("#chain-problems").getByText("Valid.").waitFor();
+
+  // A rule naming a filter the chain does not have: the problem shows at the rule.
+  await outlinePane.getByText("Add a rule to codes").click();
+  await page.getByLabel("when (CEL)").fill("filters.nope.score > 0.5");
+  await page.getByLabel("then", { exact: true }).selectOption("goto");
+  await page.getByLabel("goto", { exact: true }).selectOption("second-look");
+  await page.getByRole("button", { name: "Add the rule" }).click();
+  const rule = page.locator('[data-path="stages[0].branches[1]"]');
+  await rule.locator(".problem").filter({ hasText: "nope" }).waitFor();
+  await page.screenshot({ path: join(shots, "editor-forms.png"), fullPage: true });
+  await rule.getByText("Edit rule 2").click();
+  await page.getByLabel("when (CEL)").fill("");
+  await rule.getByRole("button", { name: "filters.extra.score", exact: true }).click();
+  await page.getByLabel("when (CEL)").press("End");
+  await page.getByLabel("when (CEL)").pressSequentially(" >= 0.2");
+  await page.getByRole("button", { name: "Apply the rule" }).click();
+  await page.locator("#chain-problems").getByText("Valid.").waitFor();
+  assert.match(await yaml.inputValue(), /- when: filters\.extra\.score >= 0\.2\n\s+goto: second-look/);
+
+  // The extra filter becomes a shadow with its own timeout; the stage votes.
+  await page.locator('[data-path="stages[0].filters[1]"]').getByText("Edit extra").click();
+  await page.getByLabel("shadow").check();
+  await page.locator('[data-path="stages[0].filters[1]"]').getByLabel("timeout", { exact: true }).fill("250ms");
+  await page.getByRole("button", { name: "Apply to extra" }).click();
+  assert.match(await yaml.inputValue(), /\{use: noop, as: extra, config: \{score: 0.25\}, shadow: true, timeout: 250ms\}/);
+  await outlinePane.getByText("Edit stage codes").click();
+  await page.getByLabel("aggregator", { exact: true }).selectOption("vote");
+  await page.getByLabel("k", { exact: true }).fill("1");
+  await page.getByRole("button", { name: "Apply to stage codes" }).click();
+  assert.match(await yaml.inputValue(), /aggregate: \{builtin: vote, k: 1\}/);
+  await page.locator("#chain-problems").getByText("Valid.").waitFor();
+  await page.screenshot({ path: join(shots, "editor-forms-valid.png"), fullPage: true });
+
   step("edit and save: version 2, with the signed-in author");
   await yaml.fill((await yaml.inputValue()).replace("reason: qr_code", "reason: has_qr"));
   await page.locator("#chain-problems").getByText("Valid.").waitFor();
@@ -180,6 +251,24 @@ default_decision: APPROVE
   const box = await page.locator("svg.boxes rect").first().boundingBox();
   assert.ok(box && box.width > 20 && box.height > 20, `the QR code's box is drawn: ${JSON.stringify(box)}`);
   await page.screenshot({ path: join(shots, "try.png"), fullPage: true });
+
+  step("try a photo on profile-photo: the face's box");
+  await page.goto(`${base}/chains/profile-photo/try`);
+  await page.getByRole("tab", { name: "Image" }).click();
+  await page.getByLabel("Image file").setInputFiles({ name: "astronaut.png", mimeType: "image/png", buffer: readFileSync(astronaut) });
+  await page.getByRole("button", { name: "Run through profile-photo" }).click();
+  await page.getByTestId("decision").filter({ hasText: "APPROVE" }).waitFor({ timeout: 30_000 });
+  const faces = page.locator("svg.boxes rect");
+  assert.equal(await faces.count(), 1, "one face, one box");
+  const face = await faces.first().boundingBox();
+  const shown = await page.locator("figure.preview img").boundingBox();
+  // The astronaut's face is in the upper middle of the photo.
+  assert.ok(face && shown, "the box and the photo are drawn");
+  const cx = (face.x + face.width / 2 - shown.x) / shown.width;
+  const cy = (face.y + face.height / 2 - shown.y) / shown.height;
+  assert.ok(cx > 0.3 && cx < 0.7 && cy > 0.1 && cy < 0.5, `the face's box is on the face: centre ${cx.toFixed(2)}, ${cy.toFixed(2)}`);
+  assert.equal(await page.locator("svg.boxes circle").count(), 5, "five landmarks on the face");
+  await page.screenshot({ path: join(shots, "try-face.png"), fullPage: true });
 
   step("try a text on the sample chain");
   await page.goto(`${base}/chains/comment-text/try`);

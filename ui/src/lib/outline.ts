@@ -128,5 +128,5 @@ export function addFilter(document: string, stage: number, use: string, alias: s
   if (isSeq(filters)) filters.add(node);
   else doc.setIn(["stages", stage, "filters"], doc.createNode([entry]));
   // `[a]` and `{a: 1}` stay as the operator wrote them (no padding inside the brackets).
-  return doc.toString({ flowCollectionPadding: false });
+  return doc.toString({ flowCollectionPadding: false, lineWidth: 0 });
 }

@@ -1,11 +1,23 @@
-import { useEffect, useMemo, useState } from "preact/hooks";
-import { type DiscoveredFilter, gateway, must } from "../api/client";
+import { useMemo, useState } from "preact/hooks";
+import type { DiscoveredFilter } from "../api/client";
 import { addFilter } from "../lib/outline";
 import { type Field, configFrom, fieldsOf, show } from "../lib/schemaform";
 
 /** Adds a filter that discovery found to a stage, its config drawn from its JSON Schema. */
-export function AddFilter({ doc, stages, onAdd }: { doc: string; stages: string[]; onAdd: (doc: string) => void }) {
-  const [filters, setFilters] = useState<DiscoveredFilter[]>([]);
+export function AddFilter({
+  doc,
+  stages,
+  filters,
+  listError,
+  onAdd,
+}: {
+  doc: string;
+  stages: string[];
+  /** What discovery found (with a descriptor). */
+  filters: DiscoveredFilter[];
+  listError: string;
+  onAdd: (doc: string) => void;
+}) {
   const [error, setError] = useState("");
   const [name, setName] = useState("");
   const [stage, setStage] = useState(0);
@@ -13,12 +25,6 @@ export function AddFilter({ doc, stages, onAdd }: { doc: string; stages: string[
   const [texts, setTexts] = useState<Record<string, string>>({});
   const [problems, setProblems] = useState<Record<string, string>>({});
 
-  useEffect(() => {
-    gateway
-      .GET("/v1/filters")
-      .then((r) => setFilters((must(r).filters ?? []).filter((f) => f.descriptor)))
-      .catch((e: Error) => setError(`cannot list the filters: ${e.message}`));
-  }, []);
   const chosen = filters.find((f) => f.name === name);
   const fields: Field[] = useMemo(() => fieldsOf(chosen?.descriptor?.configSchema ?? ""), [chosen]);
   // Choosing a filter resets the form in the same event, never later (an effect could
@@ -47,7 +53,11 @@ export function AddFilter({ doc, stages, onAdd }: { doc: string; stages: string[
   return (
     <details class="addfilter">
       <summary>Add a filter</summary>
-      {error && <p class="error" role="alert">{error}</p>}
+      {(error || listError) && (
+        <p class="error" role="alert">
+          {error || listError}
+        </p>
+      )}
       <div class="row">
         <span class="cell">
           <label for="af-filter">Filter</label>

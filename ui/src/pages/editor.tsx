@@ -1,9 +1,11 @@
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { ApiError, type Chain, type Principal, type Problem, chainstore, must } from "../api/client";
+import { ApiError, type Chain, type DiscoveredFilter, type Principal, type Problem, chainstore, gateway, must } from "../api/client";
 import { lineDiff } from "../lib/diff";
+import { chainData } from "../lib/edit";
 import { type Located, locate, outline } from "../lib/outline";
 import { chainPath, navigate, onLink } from "../lib/router";
 import { AddFilter } from "./addfilter";
+import { AddStageForm, BranchRuleForm, ChainSettingsForm, FilterForm, StageForm } from "./forms";
 import { DiffTable } from "./history";
 
 const TEMPLATE = `name: my-chain
@@ -41,6 +43,8 @@ export function Editor({ who, name }: { who: Principal; name?: string }) {
   const [saveError, setSaveError] = useState("");
   const [saved, setSaved] = useState("");
   const [conflict, setConflict] = useState<Chain | null>(null);
+  const [filters, setFilters] = useState<DiscoveredFilter[]>([]);
+  const [filtersError, setFiltersError] = useState("");
   const area = useRef<HTMLTextAreaElement>(null);
   const gutter = useRef<HTMLDivElement>(null);
 
@@ -55,6 +59,14 @@ export function Editor({ who, name }: { who: Principal; name?: string }) {
       })
       .catch((e: Error) => setLoadError(e.message));
   }, [name]);
+
+  useEffect(() => {
+    if (!canWrite) return;
+    gateway
+      .GET("/v1/filters")
+      .then((r) => setFilters((must(r).filters ?? []).filter((f) => f.descriptor)))
+      .catch((e: Error) => setFiltersError(`cannot list the filters: ${e.message}`));
+  }, [canWrite]);
 
   // Validate as the operator types (after a pause).
   useEffect(() => {
@@ -75,6 +87,9 @@ export function Editor({ who, name }: { who: Principal; name?: string }) {
   }, [doc]);
 
   const tree = useMemo(() => outline(doc, problems), [doc, problems]);
+  const data = useMemo(() => chainData(doc), [doc]);
+  const labelsOf = (name: string) => filters.find((f) => f.name === name)?.descriptor?.labels ?? [];
+  const forms = canWrite && !tree.syntax;
   const badLines = useMemo(() => new Set(problems.map((p) => p.line).filter(Boolean)), [problems]);
   const lines = doc.split("\n").length;
   const dirty = base ? doc !== base.document : true;
@@ -229,30 +244,48 @@ export function Editor({ who, name }: { who: Principal; name?: string }) {
             {problems.length === 0 && !tree.syntax && !checking && <p class="ok">Valid.</p>}
             <ProblemList items={tree.problems} onPick={goToLine} />
           </div>
+          {forms && <ChainSettingsForm doc={doc} data={data} onEdit={setDoc} />}
           {tree.stages.map((s, i) => (
             <div class="stage" key={i} data-path={`stages[${i}]`}>
               <div class="stage-head">
                 <strong>{s.id}</strong> <span class="muted">aggregate {s.aggregate || "?"}</span>
               </div>
+              {forms && <StageForm doc={doc} data={data} i={i} onEdit={setDoc} />}
               <ProblemList items={s.problems} onPick={goToLine} />
               <ul>
                 {s.filters.map((f, j) => (
                   <li key={`f${j}`} data-path={`stages[${i}].filters[${j}]`}>
                     <span class="kind">filter</span> {f.label}
+                    {forms && <FilterForm doc={doc} data={data} i={i} j={j} onEdit={setDoc} />}
                     <ProblemList items={f.problems} onPick={goToLine} />
                   </li>
                 ))}
                 {s.branches.map((b, j) => (
                   <li key={`b${j}`} data-path={`stages[${i}].branches[${j}]`}>
                     <span class="kind">branch</span> <code>{b.label}</code>
+                    {forms && (
+                      <BranchRuleForm doc={doc} data={data} i={i} j={j} labelsOf={labelsOf} onEdit={setDoc} summary={`Edit rule ${j + 1}`} />
+                    )}
                     <ProblemList items={b.problems} onPick={goToLine} />
                   </li>
                 ))}
               </ul>
+              {forms && (
+                <BranchRuleForm
+                  doc={doc}
+                  data={data}
+                  i={i}
+                  j={s.branches.length}
+                  labelsOf={labelsOf}
+                  onEdit={setDoc}
+                  summary={`Add a rule to ${s.id}`}
+                />
+              )}
             </div>
           ))}
-          {canWrite && !tree.syntax && tree.stages.length > 0 && (
-            <AddFilter doc={doc} stages={tree.stages.map((s) => s.id)} onAdd={setDoc} />
+          {forms && <AddStageForm doc={doc} data={data} onEdit={setDoc} />}
+          {forms && tree.stages.length > 0 && (
+            <AddFilter doc={doc} stages={tree.stages.map((s) => s.id)} filters={filters} listError={filtersError} onAdd={setDoc} />
           )}
           {warnings.length > 0 && (
             <details>
