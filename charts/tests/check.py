@@ -81,6 +81,14 @@ def validate_crd(doc: dict) -> list[str]:
                 problems.append("endpoint without port")
         if not spec.get("endpoints"):
             problems.append("no endpoints")
+    elif doc["kind"] == "PodMonitor":
+        if not spec.get("selector", {}).get("matchLabels"):
+            problems.append("spec.selector.matchLabels missing")
+        if not spec.get("podMetricsEndpoints"):
+            problems.append("no podMetricsEndpoints")
+        for ep in spec.get("podMetricsEndpoints", []):
+            if not ep.get("port"):
+                problems.append("podMetricsEndpoint without port")
     elif doc["kind"] == "PrometheusRule":
         for g in spec.get("groups", []):
             if not g.get("name"):
@@ -152,7 +160,11 @@ def common_checks(docs: list[dict], label: str) -> None:
         check(svc["spec"].get("clusterIP") == "None", f"{label}: {n} Service is headless")
         check(svc["spec"]["ports"][0]["name"] == "grpc", f"{label}: {n} Service port is named grpc")
         filt = d["spec"]["template"]["metadata"]["annotations"]["sekisho.io/filter"]
-        check(containers(d)[0]["args"][:2] == ["filter", filt], f"{label}: {n} runs `sekisho filter {filt}`")
+        c = containers(d)[0]
+        check(c["args"][:2] == ["filter", filt], f"{label}: {n} runs `sekisho filter {filt}`")
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        metrics_at = c["args"][c["args"].index("--metrics-listen") + 1] if "--metrics-listen" in c["args"] else ""
+        check(metrics_at == f"0.0.0.0:{ports.get('metrics')}", f"{label}: {n} serves /metrics on its metrics port")
         expected[f"_grpc._tcp.{n}.{NAMESPACE}.svc.cluster.local"] = filt
     check(names == expected, f"{label}: gateway DNS names {names} == filter Services {expected}")
     check(gw["chainstore"] == f"http://{RELEASE}-chainstore:7070", f"{label}: gateway follows the chainstore")
@@ -263,6 +275,14 @@ def main() -> int:
     check(gw["outlier"] == {"consecutive_failures": 3}, "gpu-postgres: extraConfig reaches the gateway")
     check(f"{RELEASE}-ui" in kinds(docs, "Ingress"), "gpu-postgres: the ui has an Ingress")
     check(list(kinds(docs, "ServiceMonitor")) == [f"{RELEASE}-gateway"], "gpu-postgres: ServiceMonitor")
+    pm = kinds(docs, "PodMonitor").get(f"{RELEASE}-filters", {})
+    filter_pod_labels = [d["spec"]["template"]["metadata"]["labels"] for n, d in deploys.items()
+                         if d["spec"]["template"]["metadata"]["labels"].get("sekisho.io/role") == "filter"]
+    check(bool(filter_pod_labels) and all(
+        pm.get("spec", {}).get("selector", {}).get("matchLabels", {"-": "-"}).items() <= l.items()
+        for l in filter_pod_labels), "gpu-postgres: the PodMonitor selects every filter pod")
+    check([e.get("port") for e in pm.get("spec", {}).get("podMetricsEndpoints", [])] == ["metrics"],
+          "gpu-postgres: the PodMonitor scrapes the filters' metrics port")
     rules = kinds(docs, "PrometheusRule")[RELEASE]
     alerts = {r["alert"] for g in rules["spec"]["groups"] for r in g["rules"] if "alert" in r}
     check({"SekishoModerateErrors", "SekishoModerateLatencyHigh", "SekishoApproveRateDrift",

@@ -27,6 +27,11 @@ pub struct FilterArgs {
     /// Serve under another name (noop only: several noop filters in tests).
     #[arg(long = "as")]
     alias: Option<String>,
+    /// Serve Prometheus metrics at http://<this>/metrics (calls by code, latency, in
+    /// flight, the execution provider; for the ONNX filters batch sizes, queue wait and
+    /// inference time).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     registration: RegistrationArgs,
     #[command(flatten)]
@@ -166,6 +171,22 @@ pub async fn run(args: FilterArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if let Some(at) = &args.metrics_listen {
+        // Installed before a model loads, so that nothing is recorded into the void.
+        let app = sekisho_jsonproxy::metrics::router();
+        let metrics = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("cannot listen on {at} for metrics"))?;
+        println!(
+            "sekisho filter metrics on http://{}/metrics",
+            metrics.local_addr()?
+        );
+        tokio::spawn(sekisho_jsonproxy::serve(
+            metrics,
+            app,
+            std::future::pending(),
+        ));
+    }
     let announce = |name: &str| println!("sekisho filter {name} listening on http://{addr}");
     let stop = crate::shutdown_signal();
     let reg = args.registration.clone();

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const REQUESTS_TOTAL: &str = "sekisho_gateway_requests_total";
 pub const REQUESTS_IN_FLIGHT: &str = "sekisho_gateway_requests_in_flight";
@@ -20,24 +20,13 @@ pub const FILTER_ENDPOINTS: &str = "sekisho_gateway_filter_endpoints";
 pub const ENDPOINT_EJECTIONS_TOTAL: &str = "sekisho_gateway_endpoint_ejections_total";
 pub const RETRIES_REFUSED_TOTAL: &str = "sekisho_gateway_filter_retries_refused_total";
 
-/// Installs the Prometheus recorder once per process and returns its handle.
+/// Installs the process's Prometheus recorder (shared with any filters served in the
+/// same process) and describes the gateway's metrics.
 pub fn install() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let latency = [
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            2.5, 5.0,
-        ];
-        let scores = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
-        let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FILTER_SCORE.into()), &scores))
-            .expect("bucket lists are not empty")
-            .install_recorder()
-            .expect("the metrics recorder is installed once per process");
-        describe();
-        handle
-    })
+    static DESCRIBED: OnceLock<()> = OnceLock::new();
+    let handle = sekisho_jsonproxy::metrics::install();
+    DESCRIBED.get_or_init(describe);
+    handle
 }
 
 fn describe() {

@@ -60,7 +60,7 @@ impl GatewayService {
             Err(GatewayError::NotFound(_)) => "not_found",
             Err(GatewayError::Overloaded(_)) => "resource_exhausted",
             Err(GatewayError::FilterFailed { status, .. }) => {
-                crate::runner::filter::code_label(status.code())
+                sekisho_proto::code_label(status.code())
             }
             Err(_) => "internal",
         };

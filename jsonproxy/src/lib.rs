@@ -8,6 +8,7 @@
 mod app;
 mod codec;
 mod error;
+pub mod metrics;
 mod openapi;
 mod proxy;
 mod routes;

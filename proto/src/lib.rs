@@ -71,6 +71,30 @@ pub fn content_type_matches(pattern: &str, content_type: &str) -> bool {
     }
 }
 
+/// A gRPC code as a metric label: the spec's name in lower case (`invalid_argument`).
+pub fn code_label(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,3 +296,108 @@ async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
         .into_inner();
     assert_eq!(d.info["execution_provider"], "cpu", "{:?}", d.info);
 }
+
+/// The number on the line of `/metrics` that starts with `series` (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `sekisho filter --metrics-listen` serves the filter's own metrics: calls by code,
+/// the execution provider, and the batcher's batch sizes, queue wait and inference time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_process_serves_its_metrics() {
+    let photos = sample_photos().unwrap();
+    let port = sekisho_tests::free_port();
+    let metrics_at = format!("127.0.0.1:{port}");
+    let ng = FilterProcess::start(
+        "ng-image",
+        &[
+            "--metrics-listen",
+            &metrics_at,
+            "--workers",
+            "1",
+            "--max-batch",
+            "4",
+            "--max-wait",
+            "20ms",
+        ],
+    )
+    .await
+    .unwrap();
+    let client = FilterClient::connect(ng.url.clone()).await.unwrap();
+    let photo = std::fs::read(photos.path().join("chelsea.png")).unwrap();
+    let apply = |payload: fproto::content::Payload, content_type: &str| {
+        let mut c = client.clone();
+        let req = fproto::ApplyRequest {
+            content: Some(fproto::Content {
+                content_type: content_type.into(),
+                payload: Some(payload),
+            }),
+            ..Default::default()
+        };
+        async move { c.apply(req).await }
+    };
+    let calls: Vec<_> = (0..8)
+        .map(|_| apply(image_payload(photo.clone()), "image/png"))
+        .collect();
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let e = apply(image_payload(b"not an image".to_vec()), "image/png")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let text = reqwest::get(format!("http://{metrics_at}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ok = r#"sekisho_filter_requests_total{filter="ng-image",code="ok"}"#;
+    let bad = r#"sekisho_filter_requests_total{filter="ng-image",code="invalid_argument"}"#;
+    assert_eq!(metric(&text, ok), 8.0, "{text}");
+    assert_eq!(metric(&text, bad), 1.0, "{text}");
+    assert!(
+        text.contains(r#"execution_provider="cpu""#) && text.contains("sekisho_filter_info{"),
+        "{text}"
+    );
+    // Every good image went through the batcher once, in batches of 1 to 4.
+    let items = metric(&text, r#"sekisho_filter_batch_size_sum{model="open-nsfw"}"#);
+    let batches = metric(
+        &text,
+        r#"sekisho_filter_batch_size_count{model="open-nsfw"}"#,
+    );
+    assert_eq!(items, 8.0, "{text}");
+    assert!((2.0..=8.0).contains(&batches), "{batches} batches: {text}");
+    assert_eq!(
+        metric(
+            &text,
+            r#"sekisho_filter_queue_wait_seconds_count{model="open-nsfw"}"#
+        ),
+        8.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"sekisho_filter_inference_seconds_count{model="open-nsfw"}"#
+        ),
+        batches
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"sekisho_filter_request_duration_seconds_count{filter="ng-image"}"#
+        ),
+        9.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"sekisho_filter_requests_in_flight{filter="ng-image"}"#
+        ),
+        0.0
+    );
+}

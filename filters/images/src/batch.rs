@@ -62,6 +62,7 @@ impl From<BatchError> for sekisho_filter_sdk::FilterError {
 struct Job {
     shape: Vec<i64>,
     data: Vec<f32>,
+    queued: Instant,
     reply: tokio::sync::oneshot::Sender<Result<Vec<Output>, BatchError>>,
 }
 
@@ -75,22 +76,53 @@ pub struct BatchStats {
 pub struct Batcher {
     tx: Sender<Job>,
     queue: usize,
+    model: String,
     pub stats: Arc<BatchStats>,
 }
 
+/// Batch sizes run, by model.
+pub const BATCH_SIZE: &str = "sekisho_filter_batch_size";
+/// Time from an item's arrival to the start of the batch that runs it, by model.
+pub const QUEUE_WAIT: &str = "sekisho_filter_queue_wait_seconds";
+/// Time one batch spends in ONNX Runtime, by model.
+pub const INFERENCE: &str = "sekisho_filter_inference_seconds";
+/// Items refused because the queue was full, by model.
+pub const QUEUE_FULL_TOTAL: &str = "sekisho_filter_queue_full_total";
+
+/// Help texts for the batcher's metrics.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram};
+    describe_histogram!(BATCH_SIZE, "Items per model run, by model.");
+    describe_histogram!(
+        QUEUE_WAIT,
+        "Time from an item's arrival to the start of its batch, by model."
+    );
+    describe_histogram!(
+        INFERENCE,
+        "Time one batch spends in ONNX Runtime, by model."
+    );
+    describe_counter!(
+        QUEUE_FULL_TOTAL,
+        "Items refused with RESOURCE_EXHAUSTED because the model's queue was full, by model."
+    );
+}
+
 impl Batcher {
-    /// Starts one worker thread per session. `input` is the model's input name,
-    /// `outputs` the outputs returned, in that order.
+    /// Starts one worker thread per session. `model` names the model in metrics,
+    /// `input` is the model's input name, `outputs` the outputs returned, in that order.
     pub fn start(
+        model: &str,
         sessions: Vec<Session>,
         input: &str,
         outputs: &[&str],
         opts: BatchOptions,
     ) -> Batcher {
+        describe_metrics();
         let (tx, rx) = crossbeam_channel::bounded::<Job>(opts.queue.max(1));
         let stats = Arc::new(BatchStats::default());
         for (i, session) in sessions.into_iter().enumerate() {
             let w = Worker {
+                model: model.to_owned(),
                 session,
                 input: input.to_owned(),
                 outputs: outputs.iter().map(|s| (*s).to_owned()).collect(),
@@ -107,6 +139,7 @@ impl Batcher {
         Batcher {
             tx,
             queue: opts.queue,
+            model: model.to_owned(),
             stats,
         }
     }
@@ -114,9 +147,18 @@ impl Batcher {
     /// Runs one item (`shape` without the batch dimension, row-major `data`).
     pub async fn run(&self, shape: Vec<i64>, data: Vec<f32>) -> Result<Vec<Output>, BatchError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        match self.tx.try_send(Job { shape, data, reply }) {
+        let job = Job {
+            shape,
+            data,
+            queued: Instant::now(),
+            reply,
+        };
+        match self.tx.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(BatchError::Busy(self.queue)),
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!(QUEUE_FULL_TOTAL, "model" => self.model.clone()).increment(1);
+                return Err(BatchError::Busy(self.queue));
+            }
             Err(TrySendError::Disconnected(_)) => return Err(BatchError::Stopped),
         }
         rx.await.map_err(|_| BatchError::Stopped)?
@@ -131,6 +173,7 @@ impl Batcher {
 }
 
 struct Worker {
+    model: String,
     session: Session,
     input: String,
     outputs: Vec<String>,
@@ -173,7 +216,16 @@ impl Worker {
             self.stats
                 .items
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let started = Instant::now();
+            let wait = metrics::histogram!(QUEUE_WAIT, "model" => self.model.clone());
+            for job in &batch {
+                wait.record(started.duration_since(job.queued).as_secs_f64());
+            }
+            metrics::histogram!(BATCH_SIZE, "model" => self.model.clone())
+                .record(batch.len() as f64);
             let result = self.infer(&mut batch);
+            metrics::histogram!(INFERENCE, "model" => self.model.clone())
+                .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(per_item) => {
                     for (job, outs) in batch.into_iter().zip(per_item) {

@@ -100,7 +100,16 @@ pub fn serve(
     let input = input.as_str();
     let workers = sessions.len();
     Ok(Served {
-        batcher: Batcher::start(sessions, input, &outputs, opts.batch.clone()),
+        batcher: Batcher::start(
+            &path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sessions,
+            input,
+            &outputs,
+            opts.batch.clone(),
+        ),
         provider,
         path,
         max_batch: opts.batch.max_batch,

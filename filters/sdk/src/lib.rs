@@ -7,6 +7,7 @@
 //! language implements the same service (see `filters/examples/python`).
 
 mod config;
+pub mod metrics;
 mod register;
 mod server;
 

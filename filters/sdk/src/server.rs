@@ -53,7 +53,30 @@ impl<F: Filter> filter_server::Filter for FilterService<F> {
         &self,
         request: Request<proto::ApplyRequest>,
     ) -> Result<Response<proto::ApplyResponse>, Status> {
-        let req = request.into_inner();
+        let filter = self.descriptor.name.clone();
+        let in_flight = metrics::gauge!(crate::metrics::IN_FLIGHT, "filter" => filter.clone());
+        in_flight.increment(1.0);
+        let started = std::time::Instant::now();
+        let result = self.apply_one(request.into_inner()).await;
+        in_flight.decrement(1.0);
+        metrics::histogram!(crate::metrics::DURATION, "filter" => filter.clone())
+            .record(started.elapsed().as_secs_f64());
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        metrics::counter!(crate::metrics::REQUESTS_TOTAL, "filter" => filter,
+            "code" => sekisho_proto::code_label(code))
+        .increment(1);
+        result
+    }
+}
+
+impl<F: Filter> FilterService<F> {
+    async fn apply_one(
+        &self,
+        req: proto::ApplyRequest,
+    ) -> Result<Response<proto::ApplyResponse>, Status> {
         let content = req
             .content
             .ok_or_else(|| Status::invalid_argument("content is missing"))?;
@@ -174,6 +197,15 @@ impl<F: Filter> FilterServer<F> {
         let default_config = F::Config::default();
         let default_json = serde_json::to_value(&default_config).unwrap_or_default();
         let name = descriptor.name.clone();
+        crate::metrics::describe();
+        let provider = descriptor
+            .info
+            .get("execution_provider")
+            .cloned()
+            .unwrap_or_else(|| "none".into());
+        metrics::gauge!(crate::metrics::INFO, "filter" => name.clone(),
+            "version" => descriptor.version.clone(), "execution_provider" => provider)
+        .set(1.0);
         let service = FilterService {
             filter: self.filter,
             descriptor,

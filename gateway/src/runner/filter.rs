@@ -57,7 +57,7 @@ pub async fn run_filter(
         .record(latency.as_secs_f64());
     match &result {
         Ok(r) => metrics::histogram!(m::FILTER_SCORE, "filter" => f.filter.clone()).record(r.score),
-        Err(s) => metrics::counter!(m::FILTER_ERRORS_TOTAL, "filter" => f.filter.clone(), "code" => code_label(s.code()))
+        Err(s) => metrics::counter!(m::FILTER_ERRORS_TOTAL, "filter" => f.filter.clone(), "code" => sekisho_proto::code_label(s.code()))
             .increment(1),
     }
     // A filter that answers a score outside [0, 1] is broken, whatever it says.
@@ -75,28 +75,5 @@ pub async fn run_filter(
         result,
         attempts: attempts.load(Ordering::Relaxed),
         latency,
-    }
-}
-
-pub fn code_label(c: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match c {
-        Ok => "ok",
-        Cancelled => "cancelled",
-        Unknown => "unknown",
-        InvalidArgument => "invalid_argument",
-        DeadlineExceeded => "deadline_exceeded",
-        NotFound => "not_found",
-        AlreadyExists => "already_exists",
-        PermissionDenied => "permission_denied",
-        ResourceExhausted => "resource_exhausted",
-        FailedPrecondition => "failed_precondition",
-        Aborted => "aborted",
-        OutOfRange => "out_of_range",
-        Unimplemented => "unimplemented",
-        Internal => "internal",
-        Unavailable => "unavailable",
-        DataLoss => "data_loss",
-        Unauthenticated => "unauthenticated",
     }
 }
