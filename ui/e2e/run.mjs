@@ -4,7 +4,7 @@
 //
 //   node e2e/run.mjs            (SEKISHO_BIN and CHROMIUM override the defaults)
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -22,6 +22,10 @@ mkdirSync(shots, { recursive: true });
 const PASSWORD = "e2e-operator-password";
 // The ONNX filters (face boxes) need the setup's cache: ONNX Runtime and the models.
 const cache = process.env.SEKISHO_CACHE ?? join(root, ".sekisho/cache");
+if (!existsSync(join(cache, "models/centerface.onnx"))) {
+  console.error(`e2e: no models in ${cache}: run scripts/fetch-models.sh (or set SEKISHO_CACHE)`);
+  process.exit(1);
+}
 // A photo with a face: scikit-image's astronaut (installed by scripts/setup.sh).
 const astronaut = execFileSync("python3", [
   "-c",
