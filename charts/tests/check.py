@@ -184,6 +184,9 @@ def common_checks(docs: list[dict], label: str) -> None:
     check(all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in services.values()),
           f"{label}: no Service other than ClusterIP by default")
     check(ui_svc["spec"]["ports"][0]["port"] == 8000, f"{label}: ui on 8000")
+    ui_env = {e["name"]: e.get("value") for e in containers(deploys[f"{RELEASE}-ui"])[0]["env"]}
+    check(ui_env.get("SEKISHO_UI__SIGN_IN_LIMIT__FAILURES") == "5",
+          f"{label}: the ui locks a name after 5 failed sign-ins")
 
 
 def run_binary(binary: str, docs: list[dict], label: str) -> None:
