@@ -42,7 +42,7 @@ stages:
       - when: "score >"
         decide: {decision: REJECT, reason: spam}
   - id: two
-    filters: [{use: noop}]
+    filters: [{use: noop, shadow: true}]
     branches: [{when: "true", goto: one}]
 `;
   it("places each problem at the stage, filter or branch its path names", () => {
@@ -57,6 +57,7 @@ stages:
     expect(o.stages.map((s) => s.id)).toEqual(["one", "two"]);
     expect(o.stages[0].aggregate).toBe("max");
     expect(o.stages[0].filters.map((f) => f.label)).toEqual(["keywords as kw", "nope"]);
+    expect(o.stages[1].filters[0].label).toBe("noop (shadow: reported, not counted)");
     expect(o.stages[0].filters[1].problems.map((p) => p.message)).toEqual(["unknown filter `nope`"]);
     expect(o.stages[0].filters[0].problems).toEqual([]);
     expect(o.stages[0].branches[0].label).toBe("when score > → decide REJECT (spam)");

@@ -47,7 +47,8 @@ export function outline(document: string, problems: Located[]): Outline {
     const filters = (Array.isArray(st.filters) ? st.filters : []).map((f: unknown) => {
       const fo = isObj(f) ? f : {};
       const use = String(fo.use ?? "?");
-      return { label: fo.as ? `${use} as ${String(fo.as)}` : use, problems: [] as Located[] };
+      const label = fo.as ? `${use} as ${String(fo.as)}` : use;
+      return { label: fo.shadow === true ? `${label} (shadow: reported, not counted)` : label, problems: [] as Located[] };
     });
     const branches = (Array.isArray(st.branches) ? st.branches : []).map((b: unknown) => {
       const bo = isObj(b) ? b : {};
