@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# ng-image throughput with dynamic batching next to batch 1, in alternating rounds, on one
+# machine: `sekisho filter ng-image` driven by `sekisho bench images` over loopback gRPC.
+# Meant for the GPU machine (BENCHMARKS.md, issue 4); runs anywhere.
+#
+# Here (builds release, stages the binary, the model, sample photos and this script, and
+# packs them with the onnxruntime-gpu libraries into .gpu/0..N; SEKISHO_BIN=path packs
+# that binary instead of building one):
+#   scripts/bench-gpu.sh pack
+# On the GPU machine, after unpacking into /tmp/g as DEVELOPERS.md says:
+#   bash /tmp/g/bundle/bench-gpu.sh run /tmp/g/bundle [provider] [seconds] [rounds] [batch]
+# Anywhere, against a local build (CPU): scripts/bench-gpu.sh run <dir> cpu 5 1 8
+set -euo pipefail
+what=${1:?usage: bench-gpu.sh pack | run <dir> [provider] [seconds] [rounds] [max-batch]}
+
+if [ "$what" = pack ]; then
+  cd "$(dirname "$0")/.."
+  scripts/setup.sh
+  bin=${SEKISHO_BIN:-}
+  if [ -z "$bin" ]; then
+    cargo build --release --locked -p sekisho-cli --bin sekisho
+    bin=target/release/sekisho
+  fi
+  stage=target/gpu-bundle
+  rm -rf "$stage" && mkdir -p "$stage/photos"
+  cp "$bin" scripts/bench-gpu.sh "$stage/"
+  cp "${SEKISHO_CACHE:-.sekisho/cache}/models/open-nsfw.onnx" "$stage/"
+  python3 filters/images/reference/reference.py samples "$stage/photos" > /dev/null
+  # pack.sh takes paths relative to the repository root; the bundle lands in /tmp/g/bundle.
+  mv "$stage" bundle
+  trap 'rm -rf bundle' EXIT
+  ../shared/gpu/pack.sh bundle
+  exit 0
+fi
+
+dir=${2:?the directory with sekisho, open-nsfw.onnx and photos/}
+provider=${3:-cuda}
+secs=${4:-10}
+rounds=${5:-3}
+batch=${6:-32}
+concurrency=${CONCURRENCY:-256}
+bin=$dir/sekisho
+tmp=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+export SEKISHO_LOG=warn,ort=error
+onmissing=refuse
+[ "$provider" = cpu ] && onmissing=fallback
+
+rate() { python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read().strip().splitlines()[-1])["requests_per_s"], 1))'; }
+# Mean items per batch from the filter's own metrics.
+mean_batch() {
+  python3 - "$1" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics").read().decode()
+v = {}
+for line in text.splitlines():
+    for k in ("sekisho_filter_batch_size_sum", "sekisho_filter_batch_size_count"):
+        if line.startswith(k + "{"):
+            v[k] = v.get(k, 0.0) + float(line.rsplit(" ", 1)[1])
+n = v.get("sekisho_filter_batch_size_count", 0.0)
+print(round(v.get("sekisho_filter_batch_size_sum", 0.0) / n, 1) if n else 0)
+PY
+}
+
+declare -A got means
+port=51200
+for r in $(seq "$rounds"); do
+  for b in "$batch" 1; do
+    port=$((port + 2))
+    $bin filter ng-image --listen 127.0.0.1:$port --model "$dir/open-nsfw.onnx" \
+      --provider "$provider" --on-missing-cuda $onmissing --workers 1 --max-batch "$b" \
+      --max-wait 2ms --metrics-listen 127.0.0.1:$((port + 1)) > "$tmp/filter-$b.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 300); do grep -q "listening on" "$tmp/filter-$b.log" && break; sleep 0.2; done
+    grep -q "listening on" "$tmp/filter-$b.log" || { cat "$tmp/filter-$b.log"; exit 1; }
+    got[$b]+="$($bin bench images --filter http://127.0.0.1:$port --concurrency "$concurrency" \
+      --duration "${secs}s" --warmup 2s --json "$dir"/photos/* | rate) "
+    means[$b]+="$(mean_batch 127.0.0.1:$((port + 1))) "
+    kill $pid; wait $pid 2>/dev/null || true
+  done
+done
+python3 - "$provider" "$concurrency" "$batch" "${got[$batch]}" "${got[1]}" "${means[$batch]}" <<'PY'
+import sys
+provider, conc, batch = sys.argv[1:4]
+many, one = ([float(x) for x in a.split()] for a in sys.argv[4:6])
+mean = sys.argv[6].split()
+m, o = sum(many) / len(many), sum(one) / len(one)
+print(f"ng-image on {provider}, concurrency {conc}: max-batch {batch} {m:.1f} images/s {many} "
+      f"(mean batch {' '.join(mean)}); batch 1 {o:.1f} images/s {one}; ratio {m / o:.2f}x")
+PY
