@@ -160,19 +160,43 @@ function Apply({ label, error }: { label: string; error: string }) {
   );
 }
 
-/** Runs an edit; a thrown message becomes the form's error. */
-function attempt(run: () => string | null, onEdit: Edit, setError: (e: string) => void): boolean {
-  try {
-    const next = run();
-    if (next === null) return false;
-    onEdit(next);
-    setError("");
-    return true;
-  } catch (e) {
-    setError((e as Error).message);
-    return false;
-  }
+/** What an edit gives: the new document (null: nothing to write) and the form's problems. */
+type Outcome = { document: string | null; problems?: FormProblems };
+
+/**
+ * A form's problems and error, and how it applies an edit: `submit` for the form's own
+ * edit (nothing is written while it has problems), `run` for a button's. A thrown
+ * message becomes the form's error; a written edit closes the form.
+ */
+function useEdit(onEdit: Edit, close: () => void) {
+  const [problems, setProblems] = useState<FormProblems>({});
+  const [error, setError] = useState("");
+  const apply = (make: () => Outcome) => {
+    try {
+      const r = make();
+      setProblems(r.problems ?? {});
+      if (r.document === null || Object.keys(r.problems ?? {}).length) return;
+      onEdit(r.document);
+      setError("");
+      close();
+    } catch (e) {
+      setError((e as Error).message);
+    }
+  };
+  return {
+    problems,
+    error,
+    submit: (make: () => Outcome) => (e: Event) => {
+      e.preventDefault();
+      apply(make);
+    },
+    run: (edit: () => string) => () => apply(() => ({ document: edit() })),
+  };
 }
+
+/** The outcome of an edit that may only run once a form's own checks pass. */
+const unless = (problems: FormProblems, edit: () => string): Outcome =>
+  Object.keys(problems).length ? { document: null, problems } : { document: edit(), problems };
 
 export function ChainSettingsForm({ doc, data, onEdit }: { doc: string; data: Obj | null; onEdit: Edit }) {
   return (
@@ -184,23 +208,12 @@ export function ChainSettingsForm({ doc, data, onEdit }: { doc: string; data: Ob
 
 function ChainSettingsBody({ doc, data, onEdit, close }: { doc: string; data: Obj | null; onEdit: Edit; close: () => void }) {
   const [v, setV] = useState<ChainSettings>(() => chainSettings(data));
-  const [problems, setProblems] = useState<FormProblems>({});
-  const [error, setError] = useState("");
+  const form = useEdit(onEdit, close);
+  const { problems, error } = form;
   const set = (k: keyof ChainSettings) => (x: string) => setV({ ...v, [k]: x });
   return (
     <form
-      onSubmit={(e) => {
-        e.preventDefault();
-        attempt(
-          () => {
-            const r = setChainSettings(doc, v);
-            setProblems(r.problems);
-            return Object.keys(r.problems).length ? null : r.document;
-          },
-          onEdit,
-          setError,
-        ) && close();
-      }}
+      onSubmit={form.submit(() => setChainSettings(doc, v))}
     >
       <TextField id="cs-description" label="description" value={v.description} onValue={set("description")} />
       <TextField id="cs-content-types" label="content types" value={v.contentTypes} hint="comma-separated; image/* allowed" problem={problems.content_types} onValue={set("contentTypes")} />
@@ -227,27 +240,18 @@ export function StageForm({ doc, data, i, onEdit }: { doc: string; data: Obj | n
 function StageBody({ doc, stage, i, count, onEdit, close }: { doc: string; stage: Obj; i: number; count: number; onEdit: Edit; close: () => void }) {
   const [id, setId] = useState(String(stage.id ?? ""));
   const [agg, setAgg] = useState<AggregateForm>(() => aggregateForm(stage.aggregate));
-  const [problems, setProblems] = useState<FormProblems>({});
-  const [error, setError] = useState("");
+  const form = useEdit(onEdit, close);
+  const { problems, error } = form;
   const [confirm, setConfirm] = useState(false);
   const p = `st${i}`;
   const aliases = (Array.isArray(stage.filters) ? stage.filters : []).map((f: Obj) => String(f.as ?? f.use ?? ""));
   const setA = (k: keyof AggregateForm) => (x: string) => setAgg({ ...agg, [k]: x });
   return (
     <form
-      onSubmit={(e) => {
-        e.preventDefault();
-        attempt(
-          () => {
-            const a = aggregateFrom(agg);
-            setProblems(a.problems);
-            if (Object.keys(a.problems).length) return null;
-            return setAggregate(renameStage(doc, i, id.trim()), i, a.value);
-          },
-          onEdit,
-          setError,
-        ) && close();
-      }}
+      onSubmit={form.submit(() => {
+        const a = aggregateFrom(agg);
+        return unless(a.problems, () => setAggregate(renameStage(doc, i, id.trim()), i, a.value));
+      })}
     >
       <TextField id={`${p}-id`} label="stage id" value={id} hint="rules that go to this stage follow a rename" onValue={setId} />
       <fieldset>
@@ -287,14 +291,14 @@ function StageBody({ doc, stage, i, count, onEdit, close }: { doc: string; stage
       </fieldset>
       <Apply label={`Apply to stage ${String(stage.id ?? i + 1)}`} error={error} />
       <div class="buttons">
-        <button type="button" disabled={i === 0} onClick={() => attempt(() => moveStage(doc, i, -1), onEdit, setError) && close()}>
+        <button type="button" disabled={i === 0} onClick={form.run(() => moveStage(doc, i, -1))}>
           Move stage up
         </button>
-        <button type="button" disabled={i === count - 1} onClick={() => attempt(() => moveStage(doc, i, 1), onEdit, setError) && close()}>
+        <button type="button" disabled={i === count - 1} onClick={form.run(() => moveStage(doc, i, 1))}>
           Move stage down
         </button>
         {confirm ? (
-          <button type="button" class="danger" onClick={() => attempt(() => removeStage(doc, i), onEdit, setError) && close()}>
+          <button type="button" class="danger" onClick={form.run(() => removeStage(doc, i))}>
             Confirm: remove stage {String(stage.id ?? i + 1)}
           </button>
         ) : (
@@ -319,13 +323,11 @@ export function AddStageForm({ doc, data, onEdit }: { doc: string; data: Obj | n
 function AddStageBody({ doc, ids, onEdit, close }: { doc: string; ids: string[]; onEdit: Edit; close: () => void }) {
   const [id, setId] = useState("");
   const [at, setAt] = useState(String(ids.length));
-  const [error, setError] = useState("");
+  const form = useEdit(onEdit, close);
+  const { error } = form;
   return (
     <form
-      onSubmit={(e) => {
-        e.preventDefault();
-        attempt(() => addStage(doc, id.trim(), Number(at)), onEdit, setError) && close();
-      }}
+      onSubmit={form.submit(() => ({ document: addStage(doc, id.trim(), Number(at)) }))}
     >
       <TextField id="ns-id" label="new stage id" value={id} hint="a-z, 0-9, - and _; then add its filters" onValue={setId} />
       <SelectField
@@ -354,24 +356,13 @@ export function FilterForm({ doc, data, i, j, onEdit }: { doc: string; data: Obj
 
 function FilterBody({ doc, f, i, j, onEdit, close }: { doc: string; f: Obj; i: number; j: number; onEdit: Edit; close: () => void }) {
   const [v, setV] = useState<FilterOptions>(() => filterOptions(f));
-  const [problems, setProblems] = useState<FormProblems>({});
-  const [error, setError] = useState("");
+  const form = useEdit(onEdit, close);
+  const { problems, error } = form;
   const p = `f${i}-${j}`;
   const name = String(f.as ?? f.use ?? "filter");
   return (
     <form
-      onSubmit={(e) => {
-        e.preventDefault();
-        attempt(
-          () => {
-            const r = setFilterOptions(doc, i, j, v);
-            setProblems(r.problems);
-            return Object.keys(r.problems).length ? null : r.document;
-          },
-          onEdit,
-          setError,
-        ) && close();
-      }}
+      onSubmit={form.submit(() => setFilterOptions(doc, i, j, v))}
     >
       <TextField id={`${p}-as`} label="as" value={v.alias} hint={`the name rules use; empty: ${String(f.use ?? "")}`} problem={problems.as} onValue={(a) => setV({ ...v, alias: a })} />
       <div class="field">
@@ -382,7 +373,7 @@ function FilterBody({ doc, f, i, j, onEdit, close }: { doc: string; f: Obj; i: n
       <PolicyFields id={p} value={v.policy} problems={problems} onValue={(x) => setV({ ...v, policy: x })} inherit="the chain's default" />
       <Apply label={`Apply to ${name}`} error={error} />
       <div class="buttons">
-        <button type="button" onClick={() => attempt(() => removeFilter(doc, i, j), onEdit, setError) && close()}>
+        <button type="button" onClick={form.run(() => removeFilter(doc, i, j))}>
           Remove {name}
         </button>
       </div>
@@ -438,26 +429,18 @@ function BranchBody({
   const [v, setV] = useState<BranchForm>(() =>
     isNew ? { when: "", then: "decide", goto: "", decision: "REVIEW", reason: "" } : branchForm(branches[j]),
   );
-  const [problems, setProblems] = useState<FormProblems>({});
-  const [error, setError] = useState("");
+  const form = useEdit(onEdit, close);
+  const { problems, error } = form;
   const p = `b${i}-${j}`;
   const later = stages.slice(i + 1).map((s) => String(s.id ?? ""));
   const vars = celVariables(data, i, labelsOf);
   const set = (k: keyof BranchForm) => (x: string) => setV({ ...v, [k]: x });
   return (
     <form
-      onSubmit={(e) => {
-        e.preventDefault();
-        attempt(
-          () => {
-            const r = branchFrom(v);
-            setProblems(r.problems);
-            return Object.keys(r.problems).length ? null : setBranch(doc, i, j, r.value);
-          },
-          onEdit,
-          setError,
-        ) && close();
-      }}
+      onSubmit={form.submit(() => {
+        const r = branchFrom(v);
+        return unless(r.problems, () => setBranch(doc, i, j, r.value));
+      })}
     >
       <div class="field">
         <label for={`${p}-when`}>when (CEL)</label>
@@ -498,13 +481,13 @@ function BranchBody({
       <Apply label={isNew ? "Add the rule" : "Apply the rule"} error={error} />
       {!isNew && (
         <div class="buttons">
-          <button type="button" disabled={j === 0} onClick={() => attempt(() => moveBranch(doc, i, j, -1), onEdit, setError) && close()}>
+          <button type="button" disabled={j === 0} onClick={form.run(() => moveBranch(doc, i, j, -1))}>
             Move rule up
           </button>
-          <button type="button" disabled={j === branches.length - 1} onClick={() => attempt(() => moveBranch(doc, i, j, 1), onEdit, setError) && close()}>
+          <button type="button" disabled={j === branches.length - 1} onClick={form.run(() => moveBranch(doc, i, j, 1))}>
             Move rule down
           </button>
-          <button type="button" onClick={() => attempt(() => removeBranch(doc, i, j), onEdit, setError) && close()}>
+          <button type="button" onClick={form.run(() => removeBranch(doc, i, j))}>
             Remove rule
           </button>
         </div>
