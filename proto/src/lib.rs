@@ -71,6 +71,15 @@ pub fn content_type_matches(pattern: &str, content_type: &str) -> bool {
     }
 }
 
+/// The execution provider a filter's descriptor reports in its `info`
+/// (`execution_provider`: `cuda:0`, `cpu`), or `none` for a filter that runs no model.
+pub fn execution_provider(d: &filter::v1::FilterDescriptor) -> String {
+    d.info
+        .get("execution_provider")
+        .cloned()
+        .unwrap_or_else(|| "none".into())
+}
+
 /// A gRPC code as a metric label: the spec's name in lower case (`invalid_argument`).
 pub fn code_label(c: tonic::Code) -> &'static str {
     use tonic::Code::*;

@@ -198,11 +198,7 @@ impl<F: Filter> FilterServer<F> {
         let default_json = serde_json::to_value(&default_config).unwrap_or_default();
         let name = descriptor.name.clone();
         crate::metrics::describe();
-        let provider = descriptor
-            .info
-            .get("execution_provider")
-            .cloned()
-            .unwrap_or_else(|| "none".into());
+        let provider = sekisho_proto::execution_provider(&descriptor);
         metrics::gauge!(crate::metrics::INFO, "filter" => name.clone(),
             "version" => descriptor.version.clone(), "execution_provider" => provider)
         .set(1.0);

@@ -75,11 +75,7 @@ async fn describe(ep: &Endpoint) -> Result<Arc<fproto::FilterDescriptor>, String
 }
 
 fn publish_info(filter: &str, d: &fproto::FilterDescriptor) {
-    let provider = d
-        .info
-        .get("execution_provider")
-        .cloned()
-        .unwrap_or_else(|| "none".into());
+    let provider = sekisho_proto::execution_provider(d);
     metrics::gauge!(crate::metrics::FILTER_INFO, "filter" => filter.to_owned(),
         "version" => d.version.clone(), "execution_provider" => provider)
     .set(1.0);

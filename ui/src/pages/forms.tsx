@@ -381,48 +381,26 @@ function FilterBody({ doc, f, i, j, onEdit, close }: { doc: string; f: Obj; i: n
   );
 }
 
-/** Edits branch `j` of stage `i`; `j` past the last adds one. */
-export function BranchRuleForm({
-  doc,
-  data,
-  i,
-  j,
-  labelsOf,
-  onEdit,
-  summary,
-}: {
+/** What the branch rule form works on: branch `j` of stage `i` in `doc`. */
+interface BranchProps {
   doc: string;
   data: Obj | null;
   i: number;
   j: number;
   labelsOf: (filter: string) => string[];
   onEdit: Edit;
-  summary: ComponentChildren;
-}) {
+}
+
+/** Edits branch `j` of stage `i`; `j` past the last adds one. */
+export function BranchRuleForm({ summary, ...props }: BranchProps & { summary: ComponentChildren }) {
   return (
     <Disclosure summary={summary} class="branch-form">
-      {(close) => <BranchBody doc={doc} data={data} i={i} j={j} labelsOf={labelsOf} onEdit={onEdit} close={close} />}
+      {(close) => <BranchBody {...props} close={close} />}
     </Disclosure>
   );
 }
 
-function BranchBody({
-  doc,
-  data,
-  i,
-  j,
-  labelsOf,
-  onEdit,
-  close,
-}: {
-  doc: string;
-  data: Obj | null;
-  i: number;
-  j: number;
-  labelsOf: (filter: string) => string[];
-  onEdit: Edit;
-  close: () => void;
-}) {
+function BranchBody({ doc, data, i, j, labelsOf, onEdit, close }: BranchProps & { close: () => void }) {
   const stages = Array.isArray(data?.stages) ? (data.stages as Obj[]) : [];
   const branches = Array.isArray(stages[i]?.branches) ? (stages[i].branches as unknown[]) : [];
   const isNew = j >= branches.length;
