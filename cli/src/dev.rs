@@ -45,7 +45,6 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:8000")]
     ui_listen: String,
     /// Where dev keeps its files (the chainstore's SQLite database, the dev credentials).
-
     #[arg(long, default_value = ".sekisho/dev")]
     data_dir: PathBuf,
     #[command(flatten)]
@@ -53,6 +52,9 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // One recorder for everything below, installed before the filters start so that the
+    // series they set at start (`sekisho_filter_info`) reach the gateway's `/metrics`.
+    sekisho_jsonproxy::metrics::install();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut store_task = None;
     let mut filters = BTreeMap::new();

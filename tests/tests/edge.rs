@@ -516,3 +516,53 @@ async fn grpc_chain_writes_through_the_edge_carry_the_callers_name() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
 }
+
+#[tokio::test]
+async fn dev_shows_its_filters_metrics_on_the_gateways_metrics() {
+    let dev = dev().await;
+    let c = http();
+    // Straight to the gateway: the edge does not forward `/metrics`.
+    let r = c
+        .post(format!("{}/v1/chains/comment-text:moderate", dev.gateway))
+        .json(&moderate_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let text = c
+        .get(format!("{}/metrics", dev.gateway))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |prefix: &str, needles: &[&str]| {
+        text.lines().any(|l| {
+            l.starts_with(prefix) && needles.iter().all(|n| l.contains(n)) && !l.ends_with(" 0")
+        })
+    };
+    // Set once when each in-process filter starts serving, before any call.
+    for f in ["noop", "keywords", "qr-code"] {
+        let filter = format!("filter=\"{f}\"");
+        assert!(
+            line(
+                "sekisho_filter_info{",
+                &[&filter, "execution_provider=\"none\""]
+            ),
+            "no sekisho_filter_info for {f} in\n{text}"
+        );
+    }
+    // The filter's own count of the call, next to the gateway's.
+    assert!(
+        line(
+            "sekisho_filter_requests_total{",
+            &["filter=\"keywords\"", "code=\"ok\""]
+        ),
+        "no filter-side count of the keywords call in\n{text}"
+    );
+    assert!(
+        text.contains("sekisho_gateway_"),
+        "no gateway series in\n{text}"
+    );
+}
