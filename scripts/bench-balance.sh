@@ -15,7 +15,7 @@ cargo build --release --locked -p sekisho-cli --bin sekisho
 bin=target/release/sekisho
 tmp=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 export SEKISHO_LOG=warn
 start() { # name logfile args...
   local log=$1; shift

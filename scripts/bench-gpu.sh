@@ -41,7 +41,7 @@ batch=${6:-32}
 concurrency=${CONCURRENCY:-256}
 bin=$dir/sekisho
 tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 export SEKISHO_LOG=warn,ort=error
 onmissing=refuse
 [ "$provider" = cpu ] && onmissing=fallback

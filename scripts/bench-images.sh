@@ -13,16 +13,28 @@ scripts/setup.sh
 cargo build --release --locked -p sekisho-cli --bin sekisho
 bin=target/release/sekisho
 tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 python3 filters/images/reference/reference.py samples "$tmp/photos" > /dev/null
 export SEKISHO_LOG=warn,ort=error
 
 rate() { python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read().strip().splitlines()[-1])["'"$1"'"], 1))'; }
 
-for f in face-detect:faces ng-image:nsfw; do
-  name=${f%%:*}; ref=${f##*:}
+cache=${SEKISHO_CACHE:-.sekisho/cache}
+int8=$cache/models/open-nsfw-int8.onnx
+# label | filter | reference pipeline | the filter's --model | the reference's --model
+# (empty: the default model). The int8 row is measured against the float reference (the
+# pipeline the aim names) and against the same reference running the int8 model.
+rows=(
+  "face-detect|face-detect|faces||"
+  "ng-image|ng-image|nsfw||"
+  "ng-image-int8|ng-image|nsfw|$int8|"
+  "ng-image-int8 (reference int8 too)|ng-image|nsfw|$int8|$int8"
+)
+for row in "${rows[@]}"; do
+  IFS='|' read -r label name ref model ref_model <<< "$row"
   # Two sessions of one intra-op thread each: the best of the layouts measured.
-  $bin filter "$name" --listen 127.0.0.1:51077 --workers $threads --intra-threads 1 > "$tmp/$name.log" 2>&1 &
+  $bin filter "$name" --listen 127.0.0.1:51077 --workers $threads --intra-threads 1 \
+    ${model:+--model "$model"} > "$tmp/$name.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do grep -q "listening on" "$tmp/$name.log" && break; sleep 0.2; done
   rust=(); py=()
@@ -30,10 +42,11 @@ for f in face-detect:faces ng-image:nsfw; do
     rust+=("$($bin bench images --filter http://127.0.0.1:51077 --concurrency $threads \
       --duration ${secs}s --warmup 2s --json "$tmp"/photos/* | rate requests_per_s)")
     py+=("$(python3 filters/images/reference/reference.py bench "$ref" --threads $threads \
-      --seconds "$secs" "$tmp"/photos/* 2>/dev/null | rate images_per_s)")
+      ${ref_model:+--model "$ref_model"} --seconds "$secs" "$tmp"/photos/* 2>/dev/null \
+      | rate images_per_s)")
   done
   kill $pid; wait $pid 2>/dev/null || true
-  python3 - "$name" "${rust[*]}" "${py[*]}" <<'PY'
+  python3 - "$label" "${rust[*]}" "${py[*]}" <<'PY'
 import sys
 name, rust, py = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
 r, p = sum(rust) / len(rust), sum(py) / len(py)

@@ -13,7 +13,7 @@ url=http://127.0.0.1:$port
 tmp=$(mktemp -d)
 SEKISHO_LOG=warn $bin dev --listen 127.0.0.1:$port --chains bench/chains --data-dir "$tmp" > "$tmp/dev.log" 2>&1 &
 dev=$!
-trap 'kill $dev 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill $dev 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 50); do grep -q "listening on" "$tmp/dev.log" && break; sleep 0.2; done
 
 echo "== (a) overhead: bench-1x1 through the gateway vs the noop filter directly, concurrency 1"
@@ -33,6 +33,6 @@ fi
 echo "== (c) chain update -> first gateway response using it (sekisho dev with its chainstore)"
 SEKISHO_LOG=warn $bin dev --listen 127.0.0.1:18090 --chainstore-listen 127.0.0.1:17090 --data-dir "$tmp/store" > "$tmp/dev2.log" 2>&1 &
 dev2=$!
-trap 'kill $dev $dev2 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill $dev $dev2 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 50); do grep -q "listening on" "$tmp/dev2.log" && break; sleep 0.2; done
 $bin bench reload --gateway http://127.0.0.1:18090 --chainstore http://127.0.0.1:17090 --chain comment-text --updates 100
