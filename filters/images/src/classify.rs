@@ -15,7 +15,6 @@ use std::io::Cursor;
 
 use async_trait::async_trait;
 use image::RgbImage;
-use image::imageops::FilterType;
 use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict};
 use serde::{Deserialize, Serialize};
@@ -132,11 +131,11 @@ impl ClassifierSpec {
         let [w, h] = self.size;
         let img = if self.resize_to > 0 {
             let r = self.resize_to;
-            let big = image::imageops::resize(img, r, r, FilterType::Triangle);
+            let big = crate::resize::antialiased(img, r, r)?;
             let (x, y) = ((r - w) / 2, (r - h) / 2);
             image::imageops::crop_imm(&big, x, y, w, h).to_image()
         } else {
-            image::imageops::resize(img, w, h, FilterType::Triangle)
+            crate::resize::antialiased(img, w, h)?
         };
         let img = match self.jpeg_quality {
             Some(q) => jpeg_round_trip(&img, q)?,

