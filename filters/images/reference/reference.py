@@ -102,7 +102,7 @@ def nsfw_classifier(threads=None, model=None):
     return clf
 
 
-# Calibration photos for the int8 model: scikit-image's colour and grey photos that are
+# Calibration images for the int8 model: scikit-image's colour and grey images that are
 # not among SAMPLES (the photos the tests and benchmarks compare on).
 CALIBRATION = ["brick.png", "cell.png", "coins.png", "color.png", "grass.png", "gravel.png",
                "horse.png", "ihc.png", "logo.png", "microaneurysms.png", "moon.png",
