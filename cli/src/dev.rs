@@ -12,7 +12,7 @@ use sekisho_chainstore::catalog::GatewayCatalog;
 use sekisho_chainstore::service::ChainStoreService;
 use sekisho_chainstore::store::{ChainStorage, Expect, SqlStore, StoreError, Write};
 use sekisho_filter_sdk::FilterServer;
-use sekisho_filters_images::{FaceDetect, NgImage, QrCode};
+use sekisho_filters_images::{FaceDetect, ModelOptions, NgImage, QrCode};
 use sekisho_filters_samples::{Keywords, Noop};
 use sekisho_gateway::config::StaticFilter;
 use sekisho_gateway::{GatewayConfig, GatewayServer};
@@ -47,11 +47,24 @@ pub struct DevArgs {
     /// Where dev keeps its files (the chainstore's SQLite database, the dev credentials).
     #[arg(long, default_value = ".sekisho/dev")]
     data_dir: PathBuf,
+    /// face-detect's model file (default: the cache's centerface.onnx).
+    #[arg(long)]
+    face_model: Option<PathBuf>,
+    /// ng-image's model file (default: the cache's open-nsfw.onnx; e.g. the int8
+    /// open-nsfw-int8.onnx that scripts/setup.sh makes).
+    #[arg(long)]
+    ng_model: Option<PathBuf>,
     #[command(flatten)]
     onnx: crate::filter::OnnxArgs,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.onnx.options().model.is_some() {
+        anyhow::bail!(
+            "`sekisho dev` runs two ONNX filters, so --model would name both: use \
+             --face-model and --ng-model"
+        );
+    }
     // One recorder for everything below, installed before the filters start so that the
     // series they set at start (`sekisho_filter_info`) reach the gateway's `/metrics`.
     sekisho_jsonproxy::metrics::install();
@@ -83,9 +96,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     start_filter!("qr-code", QrCode::default());
     // The ONNX filters need ONNX Runtime and the models (scripts/fetch-models.sh).
     let onnx = args.onnx.options();
+    let with_model = |model: &Option<PathBuf>| ModelOptions {
+        model: model.clone(),
+        ..onnx.clone()
+    };
     match (
-        FaceDetect::load(&onnx),
-        NgImage::load(args.onnx.spec()?, &onnx),
+        FaceDetect::load(&with_model(&args.face_model)),
+        NgImage::load(args.onnx.spec()?, &with_model(&args.ng_model)),
     ) {
         (Ok(face), Ok(ng)) => {
             start_filter!("face-detect", face);

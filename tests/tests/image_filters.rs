@@ -401,3 +401,77 @@ async fn a_filter_process_serves_its_metrics() {
         0.0
     );
 }
+
+/// `sekisho dev` runs face-detect and ng-image in one process: each takes its own model
+/// flag, and the shared `--model` is refused rather than handed to both.
+#[tokio::test]
+async fn dev_takes_a_model_per_onnx_filter() {
+    let out = tokio::process::Command::new(sekisho_tests::sekisho_bin())
+        .args(["dev", "--model", "x.onnx", "--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use --face-model and --ng-model"), "{err}");
+
+    // ng-image on a model file of the operator's choosing (here open_nsfw under another
+    // name); face-detect keeps the cache's CenterFace.
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("my-classifier.onnx");
+    std::fs::copy(
+        sekisho_tests::cache_dir().join("models/open-nsfw.onnx"),
+        &mine,
+    )
+    .unwrap();
+    let port = sekisho_tests::free_port;
+    let (gw, cs, ui) = (port(), port(), port());
+    let mut child = tokio::process::Command::new(sekisho_tests::sekisho_bin())
+        .args(["dev", "--listen", &format!("127.0.0.1:{gw}")])
+        .args(["--chainstore-listen", &format!("127.0.0.1:{cs}")])
+        .args(["--ui-listen", &format!("127.0.0.1:{ui}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("dev"))
+        .arg("--ng-model")
+        .arg(&mine)
+        .env("SEKISHO_CACHE", sekisho_tests::cache_dir())
+        .env("SEKISHO_LOG", "warn,ort=error")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    sekisho_tests::wait_for_listen_line(&mut child, "sekisho dev")
+        .await
+        .unwrap();
+    // What each filter's Describe said, once the gateway has asked both.
+    let mut filters = serde_json::Value::Null;
+    let info = |filters: &serde_json::Value, name: &str| {
+        filters["filters"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == name))
+            .map(|f| f["descriptor"]["info"].clone())
+            .unwrap_or_default()
+    };
+    for _ in 0..100 {
+        filters = reqwest::get(format!("http://127.0.0.1:{gw}/v1/filters"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["ng-image", "face-detect"]
+            .iter()
+            .all(|n| info(&filters, n)["model_path"].is_string())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let info = |name: &str| info(&filters, name);
+    assert_eq!(info("ng-image")["model_path"], mine.display().to_string());
+    let face = info("face-detect")["model_path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(face.ends_with("centerface.onnx"), "{face}");
+}
