@@ -1,7 +1,7 @@
 //! The integration-test harness: [`TestGateway`] runs the real `sekisho gateway` binary
 //! as a child process on port 0; [`TestFilter`] serves a filter from the test process on
 //! a real socket; [`PythonFilter`] runs the Python example; [`TestChainstore`] runs
-//! `sekisho chainstore`; [`LoadRun`] drives a gateway with the project's load generator
+//! `sekisho chainstore`; [`DevProcess`] runs `sekisho dev`; [`LoadRun`] drives a gateway with the project's load generator
 //! (`sekisho bench moderate`). Everything talks gRPC over loopback, as in production.
 
 pub mod filters;
@@ -462,6 +462,45 @@ pub async fn signal(child: &Child, name: &str) -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
     Ok(())
+}
+
+/// `sekisho dev` (chainstore, gateway, filters and edge in one process) on free ports,
+/// with its data in a temporary directory.
+pub struct DevProcess {
+    /// The edge and web UI, `http://127.0.0.1:PORT`.
+    pub ui: String,
+    pub gateway: String,
+    pub chainstore: String,
+    _dir: tempfile::TempDir,
+    _child: Child,
+}
+
+impl DevProcess {
+    /// Starts it with `args` added and `env` set, and waits until it says it runs.
+    pub async fn start(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (gw, cs, ui) = (free_port(), free_port(), free_port());
+        let mut child = Command::new(sekisho_bin())
+            .args(["dev", "--listen", &format!("127.0.0.1:{gw}")])
+            .args(["--chainstore-listen", &format!("127.0.0.1:{cs}")])
+            .args(["--ui-listen", &format!("127.0.0.1:{ui}")])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        wait_for_listen_line(&mut child, "sekisho dev").await?;
+        Ok(DevProcess {
+            ui: format!("http://127.0.0.1:{ui}"),
+            gateway: format!("http://127.0.0.1:{gw}"),
+            chainstore: format!("http://127.0.0.1:{cs}"),
+            _dir: dir,
+            _child: child,
+        })
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).

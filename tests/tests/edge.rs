@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use sekisho_proto::filter::v1 as fproto;
 use sekisho_proto::gateway::v1::{self as gproto, gateway_client::GatewayClient};
-use sekisho_tests::{free_port, sekisho_bin, wait_for_listen_line};
+use sekisho_tests::{DevProcess, sekisho_bin, wait_for_listen_line};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -14,50 +14,26 @@ const PASSWORD: &str = "edge-test-password";
 const SERVICE_TOKEN: &str = "edge-test-service-token";
 const VIEWER_TOKEN: &str = "edge-test-viewer-token";
 
-struct Dev {
-    ui: String,
-    gateway: String,
-    chainstore: String,
-    _dir: tempfile::TempDir,
-    _child: Child,
-}
-
-async fn dev() -> Dev {
-    let dir = tempfile::tempdir().unwrap();
-    let (gw, cs, ui) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(sekisho_bin())
-        .args(["dev", "--listen", &format!("127.0.0.1:{gw}")])
-        .args(["--chainstore-listen", &format!("127.0.0.1:{cs}")])
-        .args(["--ui-listen", &format!("127.0.0.1:{ui}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("SEKISHO_DEV_PASSWORD", PASSWORD)
-        .env("SEKISHO_DEV_TOKEN", SERVICE_TOKEN)
-        .env("SEKISHO_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_for_listen_line(&mut child, "sekisho dev")
-        .await
-        .unwrap();
-    Dev {
-        ui: format!("http://127.0.0.1:{ui}"),
-        gateway: format!("http://127.0.0.1:{gw}"),
-        chainstore: format!("http://127.0.0.1:{cs}"),
-        _dir: dir,
-        _child: child,
-    }
+async fn dev() -> DevProcess {
+    DevProcess::start(
+        &[],
+        &[
+            ("SEKISHO_DEV_PASSWORD", PASSWORD),
+            ("SEKISHO_DEV_TOKEN", SERVICE_TOKEN),
+            ("SEKISHO_LOG", "warn"),
+        ],
+    )
+    .await
+    .unwrap()
 }
 
 /// A standalone `sekisho ui` in front of `dev`'s gateway and chainstore, with a viewer.
-async fn standalone(dev: &Dev) -> (String, Child, tempfile::TempDir) {
+async fn standalone(dev: &DevProcess) -> (String, Child, tempfile::TempDir) {
     standalone_with(dev, json!({})).await
 }
 
 /// A standalone edge with `extra`'s keys added to its configuration.
-async fn standalone_with(dev: &Dev, extra: Value) -> (String, Child, tempfile::TempDir) {
+async fn standalone_with(dev: &DevProcess, extra: Value) -> (String, Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ui.yaml");
     let mut config = json!({

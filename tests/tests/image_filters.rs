@@ -424,25 +424,16 @@ async fn dev_takes_a_model_per_onnx_filter() {
         &mine,
     )
     .unwrap();
-    let port = sekisho_tests::free_port;
-    let (gw, cs, ui) = (port(), port(), port());
-    let mut child = tokio::process::Command::new(sekisho_tests::sekisho_bin())
-        .args(["dev", "--listen", &format!("127.0.0.1:{gw}")])
-        .args(["--chainstore-listen", &format!("127.0.0.1:{cs}")])
-        .args(["--ui-listen", &format!("127.0.0.1:{ui}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("dev"))
-        .arg("--ng-model")
-        .arg(&mine)
-        .env("SEKISHO_CACHE", sekisho_tests::cache_dir())
-        .env("SEKISHO_LOG", "warn,ort=error")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    sekisho_tests::wait_for_listen_line(&mut child, "sekisho dev")
-        .await
-        .unwrap();
+    let cache = sekisho_tests::cache_dir();
+    let dev = sekisho_tests::DevProcess::start(
+        &["--ng-model".as_ref(), mine.as_os_str()],
+        &[
+            ("SEKISHO_CACHE", cache.to_str().unwrap()),
+            ("SEKISHO_LOG", "warn,ort=error"),
+        ],
+    )
+    .await
+    .unwrap();
     // What each filter's Describe said, once the gateway has asked both.
     let mut filters = serde_json::Value::Null;
     let info = |filters: &serde_json::Value, name: &str| {
@@ -453,7 +444,7 @@ async fn dev_takes_a_model_per_onnx_filter() {
             .unwrap_or_default()
     };
     for _ in 0..100 {
-        filters = reqwest::get(format!("http://127.0.0.1:{gw}/v1/filters"))
+        filters = reqwest::get(format!("{}/v1/filters", dev.gateway))
             .await
             .unwrap()
             .json()
