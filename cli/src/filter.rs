@@ -107,8 +107,9 @@ pub struct OnnxArgs {
     /// Most items in one batch.
     #[arg(long, default_value_t = 8)]
     max_batch: usize,
-    /// How long the first item of a batch waits for more.
-    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
+    /// How long the first item of a batch waits for more, after taking what is queued
+    /// (0s: a free worker runs what is queued at once, so batches grow with the load).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     max_wait: Duration,
     /// The ONNX Runtime library (default: ORT_DYLIB_PATH, else the cache's copy).
     #[arg(long)]

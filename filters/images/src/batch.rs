@@ -1,6 +1,10 @@
-//! Dynamic batching: requests that arrive together run as one batch, up to `max_batch`
-//! items or `max_wait` after the first, on one of `sessions.len()` worker threads (each
-//! owns its session: `Session::run` takes `&mut self`, so there is no lock to share).
+//! Dynamic batching: requests that arrive together run as one batch, on one of
+//! `sessions.len()` worker threads (each owns its session: `Session::run` takes `&mut
+//! self`, so there is no lock to share). A worker that comes free takes what is queued,
+//! up to `max_batch` items, and runs it at once: batches grow with the load and an item
+//! that arrives alone does not wait (Triton's dynamic batcher does the same with its
+//! default queue delay of 0). With a `max_wait`, the first item also waits that long for
+//! more (BENCHMARKS.md (d) measures both on CPU).
 //! Only items of the same shape share a batch; each caller gets back exactly its own
 //! rows of every output.
 
@@ -9,13 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ort::session::Session;
 use ort::value::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct BatchOptions {
     pub max_batch: usize,
+    /// How long the first item of a batch waits for more after taking what is queued
+    /// (zero: not at all).
     pub max_wait: Duration,
     /// Items waiting at most, across workers; beyond it callers are told to retry.
     pub queue: usize,
@@ -25,7 +31,7 @@ impl Default for BatchOptions {
     fn default() -> Self {
         BatchOptions {
             max_batch: 8,
-            max_wait: Duration::from_millis(2),
+            max_wait: Duration::ZERO,
             queue: 256,
         }
     }
@@ -204,12 +210,21 @@ impl Worker {
                     i += 1;
                 }
             }
+            // What is queued already joins at once; only with a `max_wait` does the
+            // batch then wait for more.
             let deadline = Instant::now() + self.opts.max_wait;
             while batch.len() < self.opts.max_batch {
-                match self.rx.recv_deadline(deadline) {
-                    Ok(j) if j.shape == batch[0].shape => batch.push(j),
-                    Ok(j) => self.held.push_back(j),
-                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                let next = match self.rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(TryRecvError::Empty) if !self.opts.max_wait.is_zero() => {
+                        self.rx.recv_deadline(deadline).ok()
+                    }
+                    Err(_) => None,
+                };
+                match next {
+                    Some(j) if j.shape == batch[0].shape => batch.push(j),
+                    Some(j) => self.held.push_back(j),
+                    None => break,
                 }
             }
             self.stats.batches.fetch_add(1, Ordering::Relaxed);

@@ -326,6 +326,63 @@ async fn dynamic_batching_never_mixes_up_results() {
     eprintln!("64 concurrent items ran in {batches} batches");
 }
 
+/// With no `max_wait` (the default), a worker that comes free still runs what queued up
+/// while it was busy as one batch: 16 items sent at once to one open_nsfw worker run in
+/// a few batches, not 16, and each item gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_worker_batches_what_queued_without_waiting() {
+    let mut o = ng_options();
+    o.workers = 1;
+    o.batch.max_batch = 8;
+    assert!(o.batch.max_wait.is_zero(), "the default waits for nothing");
+    let served =
+        sekisho_filters_images::model::serve(o.model.clone().unwrap(), Ok, "", &[""], &o).unwrap();
+    let batcher = &served.batcher;
+    // Flat grey images, one shade each: open_nsfw answers each differently.
+    let item = |i: usize| vec![i as f32 * 8.0 - 64.0; 224 * 224 * 3];
+    let shape = vec![224i64, 224, 3];
+    let mut alone = Vec::new();
+    for i in 0..16 {
+        alone.push(
+            batcher.run(shape.clone(), item(i)).await.unwrap()[0]
+                .data
+                .clone(),
+        );
+    }
+    let batches_before = batcher
+        .stats
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(batches_before, 16, "one at a time, one batch each");
+    let together =
+        futures::future::join_all((0..16).map(|i| batcher.run(shape.clone(), item(i)))).await;
+    let batches = batcher
+        .stats
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - batches_before;
+    assert!(
+        batches <= 4,
+        "16 items sent together ran in {batches} batches; the queue was not taken at once"
+    );
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        let t = &t.as_ref().unwrap()[0].data;
+        assert!(
+            a.iter().zip(t).all(|(x, y)| (x - y).abs() < 1e-4),
+            "item {i}: {a:?} alone, {t:?} batched"
+        );
+    }
+    let distinct = alone
+        .iter()
+        .map(|a| (a[1] * 1e6) as i64)
+        .collect::<std::collections::BTreeSet<_>>();
+    assert!(
+        distinct.len() > 8,
+        "the items should get different answers: {alone:?}"
+    );
+    eprintln!("16 items sent together ran in {batches} batches");
+}
+
 /// With `crop.from`, ng-image classifies the boxes an earlier filter found: a red square
 /// in a grey image is `e3` when cropped to, `ok` as a whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
