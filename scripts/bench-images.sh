@@ -15,6 +15,7 @@ bin=target/release/sekisho
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 python3 filters/images/reference/reference.py samples "$tmp/photos" > /dev/null
+python3 filters/images/reference/reference.py null-nsfw "$tmp/null-nsfw.onnx"
 export SEKISHO_LOG=warn,ort=error
 
 rate() { python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read().strip().splitlines()[-1])["'"$1"'"], 1))'; }
@@ -23,12 +24,15 @@ cache=${SEKISHO_CACHE:-.sekisho/cache}
 int8=$cache/models/open-nsfw-int8.onnx
 # label | filter | reference pipeline | the filter's --model | the reference's --model
 # (empty: the default model). The int8 row is measured against the float reference (the
-# pipeline the aim names) and against the same reference running the int8 model.
+# pipeline the aim names) and against the same reference running the int8 model. The
+# last row runs both pipelines on a model that does next to nothing: what they cost
+# besides the model (decoding, pre-processing, and for the filter gRPC).
 rows=(
   "face-detect|face-detect|faces||"
   "ng-image|ng-image|nsfw||"
   "ng-image-int8|ng-image|nsfw|$int8|"
   "ng-image-int8 (reference int8 too)|ng-image|nsfw|$int8|$int8"
+  "ng-image, null model on both sides|ng-image|nsfw|$tmp/null-nsfw.onnx|$tmp/null-nsfw.onnx"
 )
 for row in "${rows[@]}"; do
   IFS='|' read -r label name ref model ref_model <<< "$row"

@@ -9,6 +9,9 @@
                                       calibrated on scikit-image photos the tests never use
   reference.py tiny-model PATH        a 4-class (e3/g3/id/ok) NCHW 8×8 classifier for tests:
                                       mean colour → linear → softmax
+  reference.py null-nsfw PATH        a model shaped like open_nsfw (NHWC 224×224×3 in,
+                                      [sfw, nsfw] out) that does next to nothing: for
+                                      measuring everything but the model
   reference.py bench faces|nsfw [--model M] --seconds S --threads T IMAGE...
                                       images/s, the images decoded once, T threads
 
@@ -215,6 +218,26 @@ def tiny_model(path):
     print(json.dumps({"w": w.tolist(), "b": b.tolist()}))
 
 
+def null_nsfw(path):
+    """open_nsfw's input and output, and in between only a mean over the pixels, a 3×2
+    product and a softmax: what a pipeline costs besides its model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.array([[0.01, -0.01], [0.0, 0.0], [-0.01, 0.01]], dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2], keepdims=0),
+         helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
+        "null_nsfw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 224, 224, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["B", 2])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -223,6 +246,7 @@ def main():
     n = sub.add_parser("nsfw"); n.add_argument("--model"); n.add_argument("images", nargs="+")
     q = sub.add_parser("quantize-nsfw"); q.add_argument("src"); q.add_argument("dst")
     t = sub.add_parser("tiny-model"); t.add_argument("path")
+    z = sub.add_parser("null-nsfw"); z.add_argument("path")
     b = sub.add_parser("bench"); b.add_argument("what", choices=["faces", "nsfw"])
     b.add_argument("--model"); b.add_argument("--seconds", type=float, default=5); b.add_argument("--threads", type=int, default=2)
     b.add_argument("images", nargs="+")
@@ -239,6 +263,8 @@ def main():
         quantize_nsfw(a.src, a.dst)
     elif a.cmd == "tiny-model":
         tiny_model(a.path)
+    elif a.cmd == "null-nsfw":
+        null_nsfw(a.path)
     else:
         bench(a.what, a.images, a.seconds, a.threads, a.model)
 

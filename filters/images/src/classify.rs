@@ -130,10 +130,7 @@ impl ClassifierSpec {
     pub fn preprocess(&self, img: &RgbImage) -> Result<Vec<f32>, String> {
         let [w, h] = self.size;
         let img = if self.resize_to > 0 {
-            let r = self.resize_to;
-            let big = crate::resize::antialiased(img, r, r)?;
-            let (x, y) = ((r - w) / 2, (r - h) / 2);
-            image::imageops::crop_imm(&big, x, y, w, h).to_image()
+            crate::resize::antialiased_centre_crop(img, self.resize_to, w, h)?
         } else {
             crate::resize::antialiased(img, w, h)?
         };
@@ -145,18 +142,29 @@ impl ClassifierSpec {
             ColorOrder::Rgb => [0, 1, 2],
             ColorOrder::Bgr => [2, 1, 0],
         };
+        // v = p · scale / std − mean / std, per channel in the model's order.
+        let mul: [f32; 3] = std::array::from_fn(|c| self.scale / self.std[c]);
+        let add: [f32; 3] = std::array::from_fn(|c| -self.mean[c] / self.std[c]);
         let plane = (w * h) as usize;
-        let mut out = vec![0f32; plane * 3];
-        for (i, p) in img.pixels().enumerate() {
-            for (c, &src) in order.iter().enumerate() {
-                let v = (p.0[src] as f32 * self.scale - self.mean[c]) / self.std[c];
-                match self.layout {
-                    Layout::Nhwc => out[i * 3 + c] = v,
-                    Layout::Nchw => out[c * plane + i] = v,
+        let pixels = img.as_raw().chunks_exact(3);
+        Ok(match self.layout {
+            Layout::Nhwc => pixels
+                .flat_map(|p| {
+                    std::array::from_fn::<f32, 3, _>(|c| p[order[c]] as f32 * mul[c] + add[c])
+                })
+                .collect(),
+            Layout::Nchw => {
+                let mut out = vec![0f32; plane * 3];
+                let (r, rest) = out.split_at_mut(plane);
+                let (g, b) = rest.split_at_mut(plane);
+                for (i, p) in pixels.enumerate() {
+                    r[i] = p[order[0]] as f32 * mul[0] + add[0];
+                    g[i] = p[order[1]] as f32 * mul[1] + add[1];
+                    b[i] = p[order[2]] as f32 * mul[2] + add[2];
                 }
+                out
             }
-        }
-        Ok(out)
+        })
     }
 
     fn input_shape(&self) -> Vec<i64> {
@@ -181,7 +189,7 @@ fn jpeg_round_trip(img: &RgbImage, quality: u8) -> Result<RgbImage, String> {
     )
     .map_err(|e| format!("JPEG round trip: {e}"))?;
     image::load(Cursor::new(buf), image::ImageFormat::Jpeg)
-        .map(|i| i.to_rgb8())
+        .map(|i| i.into_rgb8())
         .map_err(|e| format!("JPEG round trip: {e}"))
 }
 

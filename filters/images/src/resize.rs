@@ -56,11 +56,34 @@ pub fn to_chw(img: &RgbImage, w: u32, h: u32) -> Vec<f32> {
 /// Bilinear resampling whose support widens with the scale when shrinking (antialiased),
 /// as Pillow's `resize(BILINEAR)` does: fast_image_resize's convolution, with SIMD.
 pub fn antialiased(img: &RgbImage, w: u32, h: u32) -> Result<RgbImage, String> {
+    let (sw, sh) = (img.width() as f64, img.height() as f64);
+    resample(img, [0.0, 0.0, sw, sh], w, h)
+}
+
+/// [`antialiased`] to `r × r`, then the centre `w × h` cut out, in one pass: only the
+/// kept pixels are computed. The result is the same, because each output pixel's
+/// filter window is placed by the same centre and clipped to the whole source image
+/// either way (as Pillow's `resize(box=…)` does).
+pub fn antialiased_centre_crop(img: &RgbImage, r: u32, w: u32, h: u32) -> Result<RgbImage, String> {
+    if w > r || h > r {
+        return Err(format!("resize: a {w}×{h} crop does not fit in {r}×{r}"));
+    }
+    let sx = img.width() as f64 / r as f64;
+    let sy = img.height() as f64 / r as f64;
+    let (x, y) = (((r - w) / 2) as f64, ((r - h) / 2) as f64);
+    resample(img, [x * sx, y * sy, w as f64 * sx, h as f64 * sy], w, h)
+}
+
+/// The source window `[left, top, width, height]` resampled to `w × h`.
+fn resample(img: &RgbImage, window: [f64; 4], w: u32, h: u32) -> Result<RgbImage, String> {
     use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images};
     let src = images::ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
         .map_err(|e| format!("resize: {e}"))?;
     let mut dst = images::Image::new(w, h, PixelType::U8x3);
-    let bilinear = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    let [left, top, width, height] = window;
+    let bilinear = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+        .crop(left, top, width, height);
     Resizer::new()
         .resize(&src, &mut dst, &bilinear)
         .map_err(|e| format!("resize: {e}"))?;
@@ -78,6 +101,30 @@ mod tests {
         assert_eq!(&t[0..6], &[0., 1., 2., 0., 1., 2.]);
         assert_eq!(&t[6..12], &[0., 0., 0., 1., 1., 1.]);
         assert_eq!(&t[12..18], &[7.; 6]);
+    }
+
+    /// The one-pass centre crop gives the pixels of resize-then-crop, shrinking and
+    /// enlarging, square and not.
+    #[test]
+    fn the_centre_crop_in_one_pass_is_resize_then_crop() {
+        for (sw, sh) in [(512, 512), (1000, 872), (451, 300), (200, 180), (301, 301)] {
+            let img = RgbImage::from_fn(sw, sh, |x, y| {
+                let v = (x * 7 + y * 13) ^ (x * y);
+                image::Rgb([v as u8, (v >> 3) as u8, (x + y) as u8])
+            });
+            let big = antialiased(&img, 256, 256).unwrap();
+            let want = image::imageops::crop_imm(&big, 16, 16, 224, 224).to_image();
+            let got = antialiased_centre_crop(&img, 256, 224, 224).unwrap();
+            assert_eq!(got.dimensions(), (224, 224));
+            let differ = want
+                .as_raw()
+                .iter()
+                .zip(got.as_raw())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(differ, 0, "{sw}×{sh}: {differ} values differ");
+        }
+        assert!(antialiased_centre_crop(&RgbImage::new(4, 4), 8, 9, 8).is_err());
     }
 
     /// Upscaling 2 → 4 pixels: OpenCV gives 0, 25, 75, 100 for a 0–100 ramp (centres at
