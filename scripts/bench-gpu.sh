@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # ng-image throughput with dynamic batching next to batch 1, in alternating rounds, on one
 # machine: `sekisho filter ng-image` driven by `sekisho bench images` over loopback gRPC.
-# Meant for the GPU machine (BENCHMARKS.md, issue 4); runs anywhere.
+# Each round also runs the filter on a model that does next to nothing (on the CPU):
+# what the machine's cores manage of decoding, pre-processing and gRPC alone, the
+# ceiling for the GPU runs. Meant for the GPU machine (BENCHMARKS.md, issue 4); runs
+# anywhere.
 #
 # Here (builds release, stages the binary, the model, sample photos and this script, and
 # packs them with the onnxruntime-gpu libraries into .gpu/0..N; SEKISHO_BIN=path packs
@@ -25,6 +28,7 @@ if [ "$what" = pack ]; then
   rm -rf "$stage" && mkdir -p "$stage/photos"
   cp "$bin" scripts/bench-gpu.sh "$stage/"
   cp "${SEKISHO_CACHE:-.sekisho/cache}/models/open-nsfw.onnx" "$stage/"
+  python3 filters/images/reference/reference.py null-nsfw "$stage/null-nsfw.onnx"
   python3 filters/images/reference/reference.py samples "$stage/photos" > /dev/null
   # pack.sh takes paths relative to the repository root; the bundle lands in /tmp/g/bundle.
   mv "$stage" bundle
@@ -39,6 +43,8 @@ secs=${4:-10}
 rounds=${5:-3}
 batch=${6:-32}
 concurrency=${CONCURRENCY:-256}
+# How long a batch's first item waits for more (the filter's default is 0).
+MAX_WAIT=${MAX_WAIT:-2ms}
 bin=$dir/sekisho
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
@@ -65,11 +71,18 @@ PY
 declare -A got means
 port=51200
 for r in $(seq "$rounds"); do
-  for b in "$batch" 1; do
+  for b in "$batch" 1 null; do
     port=$((port + 2))
-    $bin filter ng-image --listen 127.0.0.1:$port --model "$dir/open-nsfw.onnx" \
-      --provider "$provider" --on-missing-cuda $onmissing --workers 1 --max-batch "$b" \
-      --max-wait 2ms --metrics-listen 127.0.0.1:$((port + 1)) > "$tmp/filter-$b.log" 2>&1 &
+    if [ "$b" = null ]; then
+      # Everything but the model: as many CPU sessions as cores, batches as large.
+      model=(--model "$dir/null-nsfw.onnx" --provider cpu --workers "$(nproc)"
+        --intra-threads 1 --max-batch "$batch")
+    else
+      model=(--model "$dir/open-nsfw.onnx" --provider "$provider"
+        --on-missing-cuda $onmissing --workers 1 --max-batch "$b")
+    fi
+    $bin filter ng-image --listen 127.0.0.1:$port "${model[@]}" \
+      --max-wait "$MAX_WAIT" --metrics-listen 127.0.0.1:$((port + 1)) > "$tmp/filter-$b.log" 2>&1 &
     pid=$!
     for _ in $(seq 300); do grep -q "listening on" "$tmp/filter-$b.log" && break; sleep 0.2; done
     grep -q "listening on" "$tmp/filter-$b.log" || { cat "$tmp/filter-$b.log"; exit 1; }
@@ -79,12 +92,14 @@ for r in $(seq "$rounds"); do
     kill $pid; wait $pid 2>/dev/null || true
   done
 done
-python3 - "$provider" "$concurrency" "$batch" "${got[$batch]}" "${got[1]}" "${means[$batch]}" <<'PY'
+python3 - "$provider" "$concurrency" "$batch" "${got[$batch]}" "${got[1]}" "${means[$batch]}" "${got[null]}" "$(nproc)" <<'PY'
 import sys
 provider, conc, batch = sys.argv[1:4]
-many, one = ([float(x) for x in a.split()] for a in sys.argv[4:6])
+many, one, null = ([float(x) for x in a.split()] for a in (sys.argv[4], sys.argv[5], sys.argv[7]))
 mean = sys.argv[6].split()
-m, o = sum(many) / len(many), sum(one) / len(one)
+m, o, z = (sum(v) / len(v) for v in (many, one, null))
 print(f"ng-image on {provider}, concurrency {conc}: max-batch {batch} {m:.1f} images/s {many} "
       f"(mean batch {' '.join(mean)}); batch 1 {o:.1f} images/s {one}; ratio {m / o:.2f}x")
+print(f"the same photos through a model that does next to nothing, {sys.argv[8]} CPU sessions: "
+      f"{z:.1f} images/s {null} (decoding, pre-processing and gRPC alone)")
 PY
