@@ -93,7 +93,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     start_filter!("noop", Noop::default());
     start_filter!("keywords", Keywords);
-    start_filter!("qr-code", QrCode::default());
+    // The image filters share one decoding budget: they share the process's memory.
+    let intake = args.onnx.intake();
+    start_filter!("qr-code", QrCode::default().with_intake(intake.clone()));
     // The ONNX filters need ONNX Runtime and the models (scripts/fetch-models.sh).
     let onnx = args.onnx.options();
     let with_model = |model: &Option<PathBuf>| ModelOptions {
@@ -105,8 +107,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         NgImage::load(args.onnx.spec()?, &with_model(&args.ng_model)),
     ) {
         (Ok(face), Ok(ng)) => {
-            start_filter!("face-detect", face);
-            start_filter!("ng-image", ng);
+            start_filter!("face-detect", face.with_intake(intake.clone()));
+            start_filter!("ng-image", ng.with_intake(intake));
         }
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("WARNING: face-detect and ng-image are not running: {e}");

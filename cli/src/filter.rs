@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::ValueEnum;
 use sekisho_filter_sdk::{EtcdRegistration, FilterServer};
+use sekisho_filters_images::intake::ImageLimits;
 use sekisho_filters_images::runtime::{OnMissingCuda, Provider};
-use sekisho_filters_images::{ClassifierSpec, FaceDetect, ModelOptions, NgImage, QrCode};
+use sekisho_filters_images::{ClassifierSpec, FaceDetect, Intake, ModelOptions, NgImage, QrCode};
 use sekisho_filters_samples::{Keywords, Noop};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,6 +115,11 @@ pub struct OnnxArgs {
     /// The ONNX Runtime library (default: ORT_DYLIB_PATH, else the cache's copy).
     #[arg(long)]
     onnxruntime: Option<PathBuf>,
+    /// Image filters: pixels decoded and worked on at once across requests (a decoded
+    /// pixel takes up to ~10 bytes on the way); larger images arriving together wait
+    /// their turn (one larger than the budget runs alone).
+    #[arg(long, default_value_t = sekisho_filters_images::intake::DEFAULT_DECODING_PIXELS)]
+    decoding_pixels: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -152,6 +158,11 @@ impl OnnxArgs {
         o.batch.max_batch = self.max_batch.max(1);
         o.batch.max_wait = self.max_wait;
         o
+    }
+
+    /// The image filters' intake: default limits and this process's decoding budget.
+    pub fn intake(&self) -> Intake {
+        Intake::new(ImageLimits::default(), self.decoding_pixels)
     }
 
     pub fn spec(&self) -> anyhow::Result<ClassifierSpec> {
@@ -224,18 +235,19 @@ pub async fn run(args: FilterArgs) -> anyhow::Result<()> {
             serve!(Keywords)
         }
         BuiltinFilter::FaceDetect => {
-            let f = FaceDetect::load(&args.onnx.options())?;
+            let f = FaceDetect::load(&args.onnx.options())?.with_intake(args.onnx.intake());
             announce("face-detect");
             serve!(f)
         }
         BuiltinFilter::NgImage => {
-            let f = NgImage::load(args.onnx.spec()?, &args.onnx.options())?;
+            let f = NgImage::load(args.onnx.spec()?, &args.onnx.options())?
+                .with_intake(args.onnx.intake());
             announce("ng-image");
             serve!(f)
         }
         BuiltinFilter::QrCode => {
             announce("qr-code");
-            serve!(QrCode::default())
+            serve!(QrCode::default().with_intake(args.onnx.intake()))
         }
     }
     Ok(())

@@ -178,6 +178,51 @@ fn png_bomb() -> Vec<u8> {
     p
 }
 
+/// Large images arriving together are decoded within the process's decoding budget,
+/// not all at once: eight 4-megapixel PNGs (12 MB each once decoded, more on the QR
+/// finder's way) sent together to qr-code with a 4-megapixel budget all get their
+/// answer, and the process's peak memory grows by about one image's worth, not eight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_images_arriving_together_wait_for_the_decoding_budget() {
+    let f = FilterProcess::start("qr-code", &["--decoding-pixels", "4000000"])
+        .await
+        .unwrap();
+    let client = FilterClient::connect(f.url.clone()).await.unwrap();
+    let big = png_bytes(&image::RgbImage::from_pixel(
+        2000,
+        2000,
+        image::Rgb([200, 180, 160]),
+    ));
+    let before = f.peak_rss_kib().unwrap();
+    let calls = (0..8).map(|_| {
+        let mut client = client.clone();
+        let request = fproto::ApplyRequest {
+            content: Some(fproto::Content {
+                content_type: "image/png".into(),
+                payload: Some(image_payload(big.clone())),
+            }),
+            // Scaled down before the QR finder: decoding is what this is about.
+            config: sekisho_proto::json_to_struct(&serde_json::json!({"max_side": 64})),
+            ..Default::default()
+        };
+        async move { client.apply(request).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        let r = r.unwrap().into_inner();
+        assert_eq!(r.labels.get("qr_count"), Some(&0.0), "{r:?}");
+    }
+    let grew = f.peak_rss_kib().unwrap().saturating_sub(before);
+    eprintln!(
+        "8 × 4 MP together: peak resident memory grew by {} MiB",
+        grew / 1024
+    );
+    assert!(
+        grew < 80 * 1024,
+        "peak resident memory grew by {} MiB: the images were decoded together",
+        grew / 1024
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_images_are_refused_with_the_reason_and_the_filter_keeps_serving() {
     let photos = sample_photos().unwrap();

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::intake::{self, ImageLimits};
+use crate::intake::{self, Intake};
 use crate::model::{self, ModelOptions, Served};
 use crate::runtime::RuntimeError;
 
@@ -223,7 +223,7 @@ pub struct NgImage {
     spec: ClassifierSpec,
     ok: usize,
     served: Served,
-    limits: ImageLimits,
+    intake: Intake,
 }
 
 impl NgImage {
@@ -247,7 +247,7 @@ impl NgImage {
             spec,
             ok,
             served,
-            limits: ImageLimits::default(),
+            intake: Intake::default(),
         })
     }
 
@@ -274,6 +274,13 @@ impl NgImage {
             }
         }
         Ok(p)
+    }
+
+    /// Takes images through `intake` (its limits and decoding budget, which several
+    /// filters in one process may share).
+    pub fn with_intake(mut self, intake: Intake) -> Self {
+        self.intake = intake;
+        self
     }
 
     /// Batches run so far (tests and benchmarks read it).
@@ -351,24 +358,24 @@ impl Filter for NgImage {
             .crop
             .as_ref()
             .map(|c| (regions_from(&input, c), c.margin));
-        let (limits, spec) = (self.limits.clone(), self.spec.clone());
+        let spec = self.spec.clone();
         // Decoding and preprocessing are CPU work: off the async threads.
-        let tensors = tokio::task::spawn_blocking(move || {
-            let img = intake::decode_input(&input, &limits)?;
-            let crops: Vec<RgbImage> = match &regions {
-                Some((rs, margin)) if !rs.is_empty() => rs
+        let tensors = self
+            .intake
+            .with_image(input, move |img| {
+                let crops: Vec<RgbImage> = match &regions {
+                    Some((rs, margin)) if !rs.is_empty() => rs
+                        .iter()
+                        .filter_map(|r| crop_region(&img, r, *margin))
+                        .collect(),
+                    _ => vec![img],
+                };
+                crops
                     .iter()
-                    .filter_map(|r| crop_region(&img, r, *margin))
-                    .collect(),
-                _ => vec![img],
-            };
-            crops
-                .iter()
-                .map(|c| spec.preprocess(c).map_err(FilterError::Internal))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| FilterError::Internal(e.to_string()))??;
+                    .map(|c| spec.preprocess(c).map_err(FilterError::Internal))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
         let n = tensors.len();
         // Together, so that the crops can share a batch.
         let all =

