@@ -1,6 +1,7 @@
 //! Image intake: JPEG, PNG, WebP and GIF (first frame), bytes and pixels checked from the
 //! header before anything is decoded (a decompression bomb is refused, not allocated),
-//! EXIF orientation applied, grayscale and alpha turned into RGB.
+//! EXIF orientation applied, grayscale and alpha turned into RGB. [`Intake`] also bounds
+//! the pixels a process decodes at once across requests.
 
 use std::io::Cursor;
 use std::sync::Arc;
