@@ -350,7 +350,8 @@ fn metric(text: &str, series: &str) -> f64 {
 }
 
 /// `sekisho filter --metrics-listen` serves the filter's own metrics: calls by code,
-/// the execution provider, and the batcher's batch sizes, queue wait and inference time.
+/// the execution provider, the wait for the decoding budget, and the batcher's batch
+/// sizes, queue wait and inference time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_process_serves_its_metrics() {
     let photos = sample_photos().unwrap();
@@ -407,6 +408,13 @@ async fn a_filter_process_serves_its_metrics() {
     assert_eq!(metric(&text, bad), 1.0, "{text}");
     assert!(
         text.contains(r#"execution_provider="cpu""#) && text.contains("sekisho_filter_info{"),
+        "{text}"
+    );
+    // Every good image took its share of the decoding budget once; the bad one never
+    // got that far.
+    assert_eq!(
+        metric(&text, "sekisho_filter_decoding_wait_seconds_count"),
+        8.0,
         "{text}"
     );
     // Every good image went through the batcher once, in batches of 1 to 4.

@@ -114,6 +114,9 @@ fn checked_decoder<'a>(
     Ok((decoder, format))
 }
 
+/// Time an image waited for its share of the decoding budget (seconds; per process).
+pub const DECODING_WAIT: &str = "sekisho_filter_decoding_wait_seconds";
+
 /// Pixels are counted against [`Intake`]'s budget in units of this many.
 const UNIT: u64 = 4096;
 
@@ -144,6 +147,10 @@ impl Intake {
     /// An image larger than `decoding_pixels` takes the whole budget: it runs alone.
     pub fn new(limits: ImageLimits, decoding_pixels: u64) -> Self {
         let units = decoding_pixels.div_ceil(UNIT).clamp(1, u32::MAX as u64) as u32;
+        metrics::describe_histogram!(
+            DECODING_WAIT,
+            "Time an image waited for its share of the process's decoding budget (--decoding-pixels)."
+        );
         Intake {
             limits,
             budget: Arc::new(Semaphore::new(units as usize)),
@@ -172,12 +179,14 @@ impl Intake {
         let share = (u64::from(w) * u64::from(h))
             .div_ceil(UNIT)
             .clamp(1, self.units as u64) as u32;
+        let asked = std::time::Instant::now();
         let permit = self
             .budget
             .clone()
             .acquire_many_owned(share)
             .await
             .map_err(|_| FilterError::Unavailable("the filter is shutting down".into()))?;
+        metrics::histogram!(DECODING_WAIT).record(asked.elapsed().as_secs_f64());
         let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
             let _pixels = permit;
