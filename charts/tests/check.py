@@ -64,6 +64,36 @@ def render(values: dict) -> list[dict]:
     return docs
 
 
+# The names of every metric the Rust code records (they are all written out as literals).
+def exported_metrics() -> set[str]:
+    names: set[str] = set()
+    for path in ROOT.glob("*/**/*.rs"):
+        if "target" in path.parts or "tests" in path.parts:
+            continue
+        names |= set(re.findall(r'"(sekisho_[a-z_]+)"', path.read_text()))
+    return names
+
+
+# Histograms get buckets by name suffix (jsonproxy/src/metrics.rs); any other histogram
+# is rendered as a summary, which has no `_bucket` series to take a quantile of.
+BUCKETED = ("_seconds", "_score", "_batch_size")
+
+
+def check_metric_names(exprs: list[str], recorded: set[str]) -> None:
+    """What the dashboard and the alerts query is what the code exports."""
+    exported = exported_metrics()
+    check(len(exported) >= 10, f"the metric names are found in the Rust sources: {exported}")
+    for expr in exprs:
+        for name in re.findall(r"\b(sekisho_[a-z_]+)", expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            check(name in exported or (base != name and base in exported),
+                  f"`{name}` in `{expr}` is not a metric the code exports")
+            if name.endswith("_bucket"):
+                check(base.endswith(BUCKETED), f"`{base}` has no histogram buckets (`{expr}`)")
+        for name in re.findall(r"\b(sekisho:[a-z_0-9:]+)", expr):
+            check(name in recorded, f"`{name}` in `{expr}` is not a recording rule")
+
+
 def kinds(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
@@ -289,11 +319,26 @@ def main() -> int:
     rules = kinds(docs, "PrometheusRule")[RELEASE]
     alerts = {r["alert"] for g in rules["spec"]["groups"] for r in g["rules"] if "alert" in r}
     check({"SekishoModerateErrors", "SekishoModerateLatencyHigh", "SekishoApproveRateDrift",
-           "SekishoFilterPositiveRateDrift", "SekishoFilterErrors", "SekishoFilterNoReadyEndpoint"} <= alerts,
+           "SekishoFilterPositiveRateDrift", "SekishoFilterErrors", "SekishoFilterNoReadyEndpoint",
+           "SekishoFilterQueueFull"} <= alerts,
           f"gpu-postgres: the alerts are there: {alerts}")
+    # The queue-full alert reads the filter pods' own metrics, named by pod.
+    qf = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]
+          if r.get("alert") == "SekishoFilterQueueFull"]
+    pods = re.findall(r'pod=~"([^"]+)"', qf[0]) if qf else []
+    filter_deploys = [n for n, d in deploys.items()
+                      if d["spec"]["template"]["metadata"]["labels"].get("sekisho.io/role") == "filter"]
+    check(len(pods) == 1 and bool(filter_deploys)
+          and all(re.fullmatch(pods[0], f"{n}-7c9d8b6f5-x2x4q") for n in filter_deploys)
+          and not re.fullmatch(pods[0], "other-release-ng-image-7c9d8b6f5-x2x4q"),
+          f"gpu-postgres: the queue-full alert's pod pattern {pods} matches the filter pods {filter_deploys}")
     dash = kinds(docs, "ConfigMap")[f"{RELEASE}-dashboard"]
     panels = json.loads(dash["data"]["sekisho.json"])["panels"]
     check(len(panels) >= 8, "gpu-postgres: the Grafana dashboard parses and has its panels")
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    rule_exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    check_metric_names(exprs + rule_exprs, {r["record"] for g in rules["spec"]["groups"]
+                                            for r in g["rules"] if "record" in r})
     gwnp = kinds(docs, "NetworkPolicy")[f"{RELEASE}-gateway"]
     check(any("namespaceSelector" in p for p in gwnp["spec"]["ingress"][0]["from"]),
           "gpu-postgres: Prometheus may scrape the gateway")
