@@ -4,13 +4,16 @@
 //! up to `max_batch` items, and runs it at once: batches grow with the load and an item
 //! that arrives alone does not wait (Triton's dynamic batcher does the same with its
 //! default queue delay of 0). With a `max_wait`, the first item also waits that long for
-//! more (BENCHMARKS.md (d) measures both on CPU).
+//! more (BENCHMARKS.md (d) measures both on CPU). A worker leaves one queued item for
+//! each other worker that is waiting idle: two items arriving together at two idle
+//! workers run side by side, not one after the other in one worker's batch while the
+//! other worker's core idles.
 //! Only items of the same shape share a batch; each caller gets back exactly its own
 //! rows of every output.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -83,6 +86,7 @@ pub struct Batcher {
     tx: Sender<Job>,
     queue: usize,
     model: String,
+    idle: Arc<AtomicUsize>,
     pub stats: Arc<BatchStats>,
 }
 
@@ -126,6 +130,7 @@ impl Batcher {
         describe_metrics();
         let (tx, rx) = crossbeam_channel::bounded::<Job>(opts.queue.max(1));
         let stats = Arc::new(BatchStats::default());
+        let idle = Arc::new(AtomicUsize::new(0));
         for (i, session) in sessions.into_iter().enumerate() {
             let w = Worker {
                 model: model.to_owned(),
@@ -135,6 +140,7 @@ impl Batcher {
                 rx: rx.clone(),
                 opts: opts.clone(),
                 stats: stats.clone(),
+                idle: idle.clone(),
                 held: VecDeque::new(),
             };
             std::thread::Builder::new()
@@ -146,6 +152,7 @@ impl Batcher {
             tx,
             queue: opts.queue,
             model: model.to_owned(),
+            idle,
             stats,
         }
     }
@@ -170,6 +177,11 @@ impl Batcher {
         rx.await.map_err(|_| BatchError::Stopped)?
     }
 
+    /// Workers waiting for an item now.
+    pub fn idle_workers(&self) -> usize {
+        self.idle.load(Ordering::SeqCst)
+    }
+
     /// Mean items per batch so far.
     pub fn mean_batch(&self) -> f64 {
         let b = self.stats.batches.load(Ordering::Relaxed);
@@ -186,6 +198,8 @@ struct Worker {
     rx: Receiver<Job>,
     opts: BatchOptions,
     stats: Arc<BatchStats>,
+    /// Workers waiting for a job, this one included while it waits.
+    idle: Arc<AtomicUsize>,
     /// Jobs taken while collecting a batch of another shape: they start the next one.
     held: VecDeque<Job>,
 }
@@ -195,10 +209,15 @@ impl Worker {
         loop {
             let first = match self.held.pop_front() {
                 Some(j) => j,
-                None => match self.rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => return, // every sender is gone
-                },
+                None => {
+                    self.idle.fetch_add(1, Ordering::SeqCst);
+                    let job = self.rx.recv();
+                    self.idle.fetch_sub(1, Ordering::SeqCst);
+                    match job {
+                        Ok(j) => j,
+                        Err(_) => return, // every sender is gone
+                    }
+                }
             };
             let mut batch = vec![first];
             // Held jobs of the same shape join first.
@@ -210,10 +229,15 @@ impl Worker {
                     i += 1;
                 }
             }
-            // What is queued already joins at once; only with a `max_wait` does the
-            // batch then wait for more.
+            // What is queued already joins at once, less one item for each idle worker,
+            // which runs it now, alongside; only with a `max_wait` does the batch then
+            // wait for more.
             let deadline = Instant::now() + self.opts.max_wait;
             while batch.len() < self.opts.max_batch {
+                let queued = self.rx.len();
+                if queued > 0 && queued <= self.idle.load(Ordering::SeqCst) {
+                    break;
+                }
                 let next = match self.rx.try_recv() {
                     Ok(j) => Some(j),
                     Err(TryRecvError::Empty) if !self.opts.max_wait.is_zero() => {

@@ -383,6 +383,54 @@ async fn a_free_worker_batches_what_queued_without_waiting() {
     eprintln!("16 items sent together ran in {batches} batches");
 }
 
+/// Items that arrive together at idle workers run side by side, one on each, instead of
+/// as one batch on the first worker to wake while the other worker's core idles: two
+/// open_nsfw items sent at once to two idle workers, twenty times, run in two batches
+/// every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_arriving_together_go_to_idle_workers_first() {
+    let mut o = ng_options();
+    o.workers = 2;
+    o.batch.max_batch = 8;
+    let served =
+        sekisho_filters_images::model::serve(o.model.clone().unwrap(), Ok, "", &[""], &o).unwrap();
+    let batcher = &served.batcher;
+    let item = |i: usize| vec![i as f32 * 8.0 - 64.0; 224 * 224 * 3];
+    let shape = vec![224i64, 224, 3];
+    let batches = || {
+        batcher
+            .stats
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut split = 0;
+    for round in 0..20 {
+        // Both workers back to waiting.
+        let waited = std::time::Instant::now();
+        while batcher.idle_workers() < 2 {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(10),
+                "the workers did not come back to waiting"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let before = batches();
+        let (a, b) = tokio::join!(
+            batcher.run(shape.clone(), item(round % 16)),
+            batcher.run(shape.clone(), item(15 - round % 16))
+        );
+        a.unwrap();
+        b.unwrap();
+        split += usize::from(batches() - before == 2);
+    }
+    assert_eq!(
+        split,
+        20,
+        "two items sent together to two idle workers ran as one batch in {} of 20 rounds",
+        20 - split
+    );
+}
+
 /// With `crop.from`, ng-image classifies the boxes an earlier filter found: a red square
 /// in a grey image is `e3` when cropped to, `ok` as a whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
