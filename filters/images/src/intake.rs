@@ -59,10 +59,37 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterErro
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
-    Ok(match img {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        other => other.to_rgb8(),
-    })
+    Ok(to_rgb8(img))
+}
+
+/// RGB at 8 bits per channel. Grey is repeated into each channel and alpha dropped, as
+/// `DynamicImage::to_rgb8` does, but for the 8-bit layouts without its per-pixel trip
+/// through `f32` (image 0.25 converts through its colour-space code; a 512×512 grey
+/// photo was ~4% of a filter's CPU on the benchmark photos); 16-bit and float images
+/// take `to_rgb8`.
+fn to_rgb8(img: DynamicImage) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let rgb: Option<Vec<u8>> = match &img {
+        DynamicImage::ImageLuma8(g) => Some(g.as_raw().iter().flat_map(|&v| [v, v, v]).collect()),
+        DynamicImage::ImageLumaA8(g) => Some(
+            g.as_raw()
+                .chunks_exact(2)
+                .flat_map(|p| [p[0], p[0], p[0]])
+                .collect(),
+        ),
+        DynamicImage::ImageRgba8(c) => Some(
+            c.as_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
+        ),
+        _ => None,
+    };
+    match (img, rgb) {
+        (DynamicImage::ImageRgb8(rgb), _) => rgb,
+        (_, Some(raw)) => RgbImage::from_raw(w, h, raw).expect("3 bytes per pixel"),
+        (other, None) => other.to_rgb8(),
+    }
 }
 
 /// A decoder for `bytes` whose header passed the limits.
@@ -230,6 +257,36 @@ mod tests {
         gray.write_to(&mut out, ImageFormat::Png).unwrap();
         let img = decode(out.get_ref(), &ImageLimits::default()).unwrap();
         assert_eq!(img.get_pixel(1, 1).0, [77, 77, 77]);
+    }
+
+    /// The 8-bit fast paths give exactly what `DynamicImage::to_rgb8` gives.
+    #[test]
+    fn eight_bit_layouts_become_rgb_as_image_converts_them() {
+        let mut seed = 0x2545_f491_u32;
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as u8
+                })
+                .collect()
+        };
+        let (w, h) = (37u32, 23u32);
+        let n = (w * h) as usize;
+        let images = [
+            DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, bytes(n)).unwrap()),
+            DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_raw(w, h, bytes(2 * n)).unwrap()),
+            DynamicImage::ImageRgba8(image::RgbaImage::from_raw(w, h, bytes(4 * n)).unwrap()),
+            DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, bytes(3 * n)).unwrap()),
+        ];
+        for img in images {
+            let want = img.to_rgb8();
+            let got = to_rgb8(img.clone());
+            assert_eq!(got.dimensions(), (w, h));
+            assert!(got == want, "{:?} converted differently", img.color());
+        }
     }
 
     #[test]
