@@ -69,27 +69,22 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterErro
 /// take `to_rgb8`.
 fn to_rgb8(img: DynamicImage) -> RgbImage {
     let (w, h) = (img.width(), img.height());
-    let rgb: Option<Vec<u8>> = match &img {
-        DynamicImage::ImageLuma8(g) => Some(g.as_raw().iter().flat_map(|&v| [v, v, v]).collect()),
-        DynamicImage::ImageLumaA8(g) => Some(
-            g.as_raw()
-                .chunks_exact(2)
-                .flat_map(|p| [p[0], p[0], p[0]])
-                .collect(),
-        ),
-        DynamicImage::ImageRgba8(c) => Some(
-            c.as_raw()
-                .chunks_exact(4)
-                .flat_map(|p| [p[0], p[1], p[2]])
-                .collect(),
-        ),
-        _ => None,
+    let raw: Vec<u8> = match img {
+        DynamicImage::ImageRgb8(rgb) => return rgb,
+        DynamicImage::ImageLuma8(g) => g.as_raw().iter().flat_map(|&v| [v, v, v]).collect(),
+        DynamicImage::ImageLumaA8(g) => g
+            .as_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
+        DynamicImage::ImageRgba8(c) => c
+            .as_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        other => return other.to_rgb8(),
     };
-    match (img, rgb) {
-        (DynamicImage::ImageRgb8(rgb), _) => rgb,
-        (_, Some(raw)) => RgbImage::from_raw(w, h, raw).expect("3 bytes per pixel"),
-        (other, None) => other.to_rgb8(),
-    }
+    RgbImage::from_raw(w, h, raw).expect("3 bytes per pixel")
 }
 
 /// A decoder for `bytes` whose header passed the limits.
