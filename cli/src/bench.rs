@@ -107,10 +107,14 @@ enum Mode {
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
-    /// Writes a gRPC length-prefixed ModerateRequest (for `h2load --data`).
+    /// Writes a gRPC length-prefixed request for `h2load --data`: a ModerateRequest for
+    /// `--chain`, or with `--image` a filter's ApplyRequest carrying that image file (as
+    /// `images` sends it).
     Body {
+        #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+        chain: Option<String>,
         #[arg(long)]
-        chain: String,
+        image: Option<std::path::PathBuf>,
         #[arg(long, default_value = "hello world")]
         text: String,
         #[arg(long)]
@@ -278,24 +282,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             json,
             images,
         } => {
-            let mut reqs = Vec::new();
-            for p in &images {
-                let data =
-                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-                let ct = match p.extension().and_then(|e| e.to_str()) {
-                    Some("jpg" | "jpeg") => "image/jpeg",
-                    Some("webp") => "image/webp",
-                    Some("gif") => "image/gif",
-                    _ => "image/png",
-                };
-                reqs.push(fproto::ApplyRequest {
-                    content: Some(fproto::Content {
-                        content_type: ct.into(),
-                        payload: Some(fproto::content::Payload::Data(data.into())),
-                    }),
-                    ..Default::default()
-                });
-            }
+            let reqs = images
+                .iter()
+                .map(|p| image_request(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let ch = channels(&filter, 1).await?.remove(0);
             let run = |d: Duration| images_run(ch.clone(), reqs.clone(), concurrency, d);
             run(warmup).await?;
@@ -310,9 +300,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 r.print("filter");
             }
         }
-        Mode::Body { chain, text, out } => {
+        Mode::Body {
+            chain,
+            image,
+            text,
+            out,
+        } => {
             use prost::Message;
-            let msg = moderate_request(&chain, &text).encode_to_vec();
+            let msg = match (chain, image) {
+                (_, Some(p)) => image_request(&p)?.encode_to_vec(),
+                (Some(chain), None) => moderate_request(&chain, &text).encode_to_vec(),
+                (None, None) => unreachable!("clap requires --chain or --image"),
+            };
             let mut buf = BytesMut::with_capacity(msg.len() + 5);
             buf.put_u8(0);
             buf.put_u32(msg.len() as u32);
@@ -395,6 +394,24 @@ fn moderate_request(chain: &str, text: &str) -> gproto::ModerateRequest {
         }),
         ..Default::default()
     }
+}
+
+/// An `Apply` request carrying the encoded image file, its type from the extension.
+fn image_request(p: &std::path::Path) -> anyhow::Result<fproto::ApplyRequest> {
+    let data = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let ct = match p.extension().and_then(|e| e.to_str()) {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        _ => "image/png",
+    };
+    Ok(fproto::ApplyRequest {
+        content: Some(fproto::Content {
+            content_type: ct.into(),
+            payload: Some(fproto::content::Payload::Data(data.into())),
+        }),
+        ..Default::default()
+    })
 }
 
 fn apply_request(text: &str) -> fproto::ApplyRequest {
