@@ -152,8 +152,7 @@ pub fn pillow_bilinear(
             let (xmin, n) = bx[ox];
             let k = &cx[ox * kx..][..n];
             let mut acc = [half; 3];
-            for (i, &kw) in k.iter().enumerate() {
-                let p = &line[(xmin + i) * 3..][..3];
+            for (p, &kw) in line[xmin * 3..(xmin + n) * 3].chunks_exact(3).zip(k) {
                 acc[0] += p[0] as i32 * kw;
                 acc[1] += p[1] as i32 * kw;
                 acc[2] += p[2] as i32 * kw;
