@@ -371,37 +371,22 @@ impl Filter for NgImage {
             .as_ref()
             .map(|c| (regions_from(&input, c), c.margin));
         let spec = self.spec.clone();
-        // The whole image is resampled to the model's size: a large JPEG can be decoded
-        // smaller, to at least twice that size, so that the antialiased resize still
-        // does the last halving (decoded to just above it, retina.jpg's open_nsfw score
-        // moved by 0.04; at twice it, by 0.001). Crops need the image at full size
-        // (their boxes are in its pixels).
-        let need = match (&regions, spec.resize_to) {
-            (Some((rs, _)), _) if !rs.is_empty() => (0, 0),
-            (_, 0) => (2 * spec.size[0], 2 * spec.size[1]),
-            (_, r) => (2 * r, 2 * r),
-        };
         // Decoding and preprocessing are CPU work: off the async threads.
         let tensors = self
             .intake
-            .with_image_at_least(
-                input,
-                move |_, _| need,
-                move |decoded| {
-                    let img = decoded.image;
-                    let crops: Vec<RgbImage> = match &regions {
-                        Some((rs, margin)) if !rs.is_empty() => rs
-                            .iter()
-                            .filter_map(|r| crop_region(&img, r, *margin))
-                            .collect(),
-                        _ => vec![img],
-                    };
-                    crops
+            .with_image(input, move |img| {
+                let crops: Vec<RgbImage> = match &regions {
+                    Some((rs, margin)) if !rs.is_empty() => rs
                         .iter()
-                        .map(|c| spec.preprocess(c).map_err(FilterError::Internal))
-                        .collect::<Result<Vec<_>, _>>()
-                },
-            )
+                        .filter_map(|r| crop_region(&img, r, *margin))
+                        .collect(),
+                    _ => vec![img],
+                };
+                crops
+                    .iter()
+                    .map(|c| spec.preprocess(c).map_err(FilterError::Internal))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .await?;
         let n = tensors.len();
         // Together, so that the crops can share a batch.

