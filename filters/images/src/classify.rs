@@ -134,7 +134,7 @@ impl ClassifierSpec {
             crate::resize::antialiased(img, w, h)?
         };
         let img = match self.jpeg_quality {
-            Some(q) => jpeg_round_trip(&img, q)?,
+            Some(q) => crate::jpeg::round_trip(&img, q)?,
             None => img,
         };
         let order: [usize; 3] = match self.color {
@@ -173,37 +173,6 @@ impl ClassifierSpec {
             Layout::Nchw => vec![3, h as i64, w as i64],
         }
     }
-}
-
-/// JPEG encode (4:2:0, as libjpeg and Pillow do by default) and decode again.
-pub fn jpeg_round_trip(img: &RgbImage, quality: u8) -> Result<RgbImage, String> {
-    // libjpeg reports errors by unwinding out of its C code; none is expected for an
-    // RGB image this function made itself, but one must not take the worker down.
-    std::panic::catch_unwind(|| libjpeg_round_trip(img, quality))
-        .map_err(|_| "JPEG round trip: libjpeg failed".to_owned())?
-        .map_err(|e| format!("JPEG round trip: {e}"))
-}
-
-/// Encoded and decoded as Pillow's `save(format="JPEG", quality=…)` and `open` do: with
-/// libjpeg-turbo's defaults (4:2:0 chroma, the IJG tables scaled to `quality`, the
-/// integer DCT, fancy upsampling), which `set_fastest_defaults` restores in mozjpeg.
-/// The decoded pixels are Pillow's own (`ng_image_pre_processing_is_pillows_to_the_bit`);
-/// the encoded bytes were also found equal on retina.jpg's crop (BENCHMARKS.md (d)).
-fn libjpeg_round_trip(img: &RgbImage, quality: u8) -> std::io::Result<RgbImage> {
-    let (w, h) = img.dimensions();
-    let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
-    c.set_fastest_defaults();
-    c.set_size(w as usize, h as usize);
-    c.set_quality(quality as f32);
-    c.set_chroma_sampling_pixel_sizes((2, 2), (2, 2));
-    let mut c = c.start_compress(Vec::new())?;
-    c.write_scanlines(img.as_raw())?;
-    let jpeg = c.finish()?;
-    let mut d = mozjpeg::Decompress::new_mem(&jpeg)?.rgb()?;
-    let px: Vec<[u8; 3]> = d.read_scanlines()?;
-    d.finish()?;
-    RgbImage::from_raw(w, h, px.concat())
-        .ok_or_else(|| std::io::Error::other("the decoded JPEG has another size"))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -23,6 +23,10 @@ pub struct ImageLimits {
     pub max_bytes: usize,
     pub max_pixels: u64,
     pub max_side: u32,
+    /// At most this many scans in a JPEG. A progressive JPEG's decoder goes over the
+    /// whole image once per scan, so a small file of many tiny scans is a bomb of
+    /// decoding time; photos have at most a dozen or so.
+    pub max_jpeg_scans: usize,
 }
 
 impl Default for ImageLimits {
@@ -31,6 +35,7 @@ impl Default for ImageLimits {
             max_bytes: 20 * 1024 * 1024,
             max_pixels: 40_000_000,
             max_side: 16_384,
+            max_jpeg_scans: 100,
         }
     }
 }
@@ -46,11 +51,24 @@ pub fn dimensions(bytes: &[u8], limits: &ImageLimits) -> Result<(u32, u32), Filt
     Ok(decoder.dimensions())
 }
 
+/// Decodes the image after the checks of [`dimensions`]. JPEGs are decoded by
+/// libjpeg-turbo, as Pillow does ([`crate::jpeg::decode`]), the rest by the `image` crate.
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterError> {
     let (mut decoder, format) = checked_decoder(bytes, limits)?;
     let orientation = decoder.orientation().ok();
-    let mut img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| invalid(format!("the {format:?} image is corrupt or truncated: {e}")))?;
+    let corrupt = |e: &dyn std::fmt::Display| {
+        invalid(format!("the {format:?} image is corrupt or truncated: {e}"))
+    };
+    let libjpeg = match format {
+        ImageFormat::Jpeg => {
+            crate::jpeg::decode(bytes, decoder.dimensions()).map_err(|e| corrupt(&e))?
+        }
+        _ => None,
+    };
+    let mut img = match libjpeg {
+        Some(rgb) => DynamicImage::ImageRgb8(rgb),
+        None => DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?,
+    };
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
@@ -106,6 +124,18 @@ fn checked_decoder<'a>(
         return Err(invalid(format!(
             "{format:?} images are not read here; send JPEG, PNG, WebP or GIF"
         )));
+    }
+    if format == ImageFormat::Jpeg {
+        // Scans start with the marker FF DA, which entropy-coded data never holds (an FF
+        // there is followed by 00 or a restart marker); one inside an embedded thumbnail
+        // counts too, erring on the side of refusing.
+        let scans = memchr::memmem::find_iter(bytes, &[0xFF, 0xDA]).count();
+        if scans > limits.max_jpeg_scans {
+            return Err(invalid(format!(
+                "the JPEG has {scans} scans; the limit is {}",
+                limits.max_jpeg_scans
+            )));
+        }
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     // The sides and pixels are checked below from the header, with a message that names
@@ -292,6 +322,71 @@ mod tests {
         let mut bmp = b"BM".to_vec();
         bmp.resize(64, 0);
         assert!(msg(decode(&bmp, &l)).contains("Bmp images are not read here"));
+    }
+
+    /// A JPEG cut short anywhere, even by just its end marker, is refused as Pillow
+    /// refuses it ("image file is truncated"), though libjpeg would fill the missing rows
+    /// with grey; baseline and progressive alike. Data after the end marker is ignored.
+    #[test]
+    fn truncated_jpegs_are_refused_even_without_just_their_end_marker() {
+        let img = RgbImage::from_fn(96, 64, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x ^ y) * 5) as u8])
+        });
+        for progressive in [false, true] {
+            let mut jpeg = Vec::new();
+            let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 90);
+            enc.set_progressive(progressive);
+            enc.encode(img.as_raw(), 96, 64, jpeg_encoder::ColorType::Rgb)
+                .unwrap();
+            assert_eq!(jpeg[jpeg.len() - 2..], [0xFF, 0xD9]);
+            let whole = decode(&jpeg, &ImageLimits::default()).unwrap();
+            assert_eq!(whole.dimensions(), (96, 64));
+            let mut trailing = jpeg.clone();
+            trailing.extend_from_slice(b"trailing bytes");
+            assert!(decode(&trailing, &ImageLimits::default()).unwrap() == whole);
+            for cut in [2, 10, jpeg.len() / 2] {
+                let e = decode(&jpeg[..jpeg.len() - cut], &ImageLimits::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains("corrupt or truncated: the data ends before the image does"),
+                    "progressive {progressive}, {cut} bytes cut: {e}"
+                );
+            }
+        }
+    }
+
+    /// A progressive JPEG whose last scan is repeated 200 times (each repeat costs the
+    /// decoder a pass over the whole image: ~10 ms per scan for 16 MP with Pillow) is
+    /// refused from its bytes, before decoding; the original's 10 scans are read.
+    #[test]
+    fn jpegs_with_too_many_scans_are_refused_before_decoding() {
+        let img = RgbImage::from_pixel(64, 48, image::Rgb([120, 130, 140]));
+        let mut jpeg = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 90);
+        enc.set_progressive(true);
+        enc.encode(img.as_raw(), 64, 48, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let scans = memchr::memmem::find_iter(&jpeg, &[0xFF, 0xDA]).count();
+        assert!(scans > 1 && scans <= ImageLimits::default().max_jpeg_scans);
+        assert_eq!(decode(&jpeg, &ImageLimits::default()).unwrap().width(), 64);
+        let last = memchr::memmem::rfind(&jpeg, &[0xFF, 0xDA]).unwrap();
+        let end = jpeg.len() - 2;
+        let mut bomb = jpeg[..end].to_vec();
+        for _ in 0..200 {
+            bomb.extend_from_slice(&jpeg[last..end]);
+        }
+        bomb.extend_from_slice(&[0xFF, 0xD9]);
+        let e = decode(&bomb, &ImageLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "the JPEG has {} scans; the limit is 100",
+                scans + 200
+            )),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod classify;
 pub mod face;
 pub mod intake;
+pub mod jpeg;
 pub mod model;
 pub mod nms;
 pub mod onnx_dims;

