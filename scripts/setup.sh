@@ -7,8 +7,8 @@
 # protoc comes from a crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Without nasm the build still works, warns, and decodes JPEGs with libjpeg-turbo's C code
-# (the same pixels, about twice the time): see BENCHMARKS.md (d).
+# Without nasm the build still works and, silently, decodes JPEGs with libjpeg-turbo's C
+# code (the same pixels, about twice the time): see BENCHMARKS.md (d).
 if ! command -v nasm >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nasm
