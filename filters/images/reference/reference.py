@@ -94,6 +94,24 @@ def large_samples(out_dir):
     print(json.dumps({"written": written}))
 
 
+def webp_samples(out_dir):
+    """Three photos as WebP, as Pillow (libwebp) writes them: lossy, lossy with an alpha
+    channel, lossless."""
+    import skimage.data
+    src = os.path.dirname(skimage.data.__file__)
+    os.makedirs(out_dir, exist_ok=True)
+    c = Image.open(os.path.join(src, "chelsea.png")).convert("RGB")
+    c.save(os.path.join(out_dir, "chelsea.webp"), quality=80)
+    a = Image.open(os.path.join(src, "astronaut.png")).convert("RGBA")
+    alpha = np.tile(np.linspace(0, 255, a.width, dtype=np.uint8), (a.height, 1))
+    a.putalpha(Image.fromarray(alpha))
+    a.save(os.path.join(out_dir, "astronaut_alpha.webp"), quality=80)
+    Image.open(os.path.join(src, "coffee.png")).convert("RGB").save(
+        os.path.join(out_dir, "coffee_lossless.webp"), lossless=True)
+    written = ["chelsea.webp", "astronaut_alpha.webp", "coffee_lossless.webp"]
+    print(json.dumps({"written": written}))
+
+
 def read_rgb(path):
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -310,6 +328,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("samples"); s.add_argument("dir")
     ls = sub.add_parser("large-samples"); ls.add_argument("dir")
+    ws = sub.add_parser("webp-samples"); ws.add_argument("dir")
     f = sub.add_parser("faces"); f.add_argument("images", nargs="+")
     n = sub.add_parser("nsfw"); n.add_argument("--model"); n.add_argument("images", nargs="+")
     px = sub.add_parser("nsfw-pixels"); px.add_argument("images", nargs="+")
@@ -327,6 +346,8 @@ def main():
         samples(a.dir)
     elif a.cmd == "large-samples":
         large_samples(a.dir)
+    elif a.cmd == "webp-samples":
+        webp_samples(a.dir)
     elif a.cmd == "faces":
         faces(a.images)
     elif a.cmd == "nsfw":

