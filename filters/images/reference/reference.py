@@ -94,9 +94,9 @@ def large_samples(out_dir):
     print(json.dumps({"written": written}))
 
 
-def webp_samples(out_dir):
-    """Three photos as WebP, as Pillow (libwebp) writes them: lossy, lossy with an alpha
-    channel, lossless."""
+def format_samples(out_dir):
+    """Photos as WebP, as Pillow (libwebp) writes them: lossy, lossy with an alpha
+    channel, lossless; and as GIF: plain, with a transparent colour, animated."""
     import skimage.data
     src = os.path.dirname(skimage.data.__file__)
     os.makedirs(out_dir, exist_ok=True)
@@ -108,7 +108,12 @@ def webp_samples(out_dir):
     a.save(os.path.join(out_dir, "astronaut_alpha.webp"), quality=80)
     Image.open(os.path.join(src, "coffee.png")).convert("RGB").save(
         os.path.join(out_dir, "coffee_lossless.webp"), lossless=True)
-    written = ["chelsea.webp", "astronaut_alpha.webp", "coffee_lossless.webp"]
+    c.save(os.path.join(out_dir, "chelsea.gif"))
+    c.quantize(64).save(os.path.join(out_dir, "chelsea_transparent.gif"), transparency=0)
+    c.save(os.path.join(out_dir, "chelsea_animated.gif"), save_all=True, duration=100,
+           append_images=[c.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    written = ["chelsea.webp", "astronaut_alpha.webp", "coffee_lossless.webp",
+               "chelsea.gif", "chelsea_transparent.gif", "chelsea_animated.gif"]
     print(json.dumps({"written": written}))
 
 
@@ -328,7 +333,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("samples"); s.add_argument("dir")
     ls = sub.add_parser("large-samples"); ls.add_argument("dir")
-    ws = sub.add_parser("webp-samples"); ws.add_argument("dir")
+    fs = sub.add_parser("format-samples"); fs.add_argument("dir")
     f = sub.add_parser("faces"); f.add_argument("images", nargs="+")
     n = sub.add_parser("nsfw"); n.add_argument("--model"); n.add_argument("images", nargs="+")
     px = sub.add_parser("nsfw-pixels"); px.add_argument("images", nargs="+")
@@ -346,8 +351,8 @@ def main():
         samples(a.dir)
     elif a.cmd == "large-samples":
         large_samples(a.dir)
-    elif a.cmd == "webp-samples":
-        webp_samples(a.dir)
+    elif a.cmd == "format-samples":
+        format_samples(a.dir)
     elif a.cmd == "faces":
         faces(a.images)
     elif a.cmd == "nsfw":
