@@ -96,7 +96,8 @@ def large_samples(out_dir):
 
 def format_samples(out_dir):
     """Photos as WebP, as Pillow (libwebp) writes them: lossy, lossy with an alpha
-    channel, lossless; and as GIF: plain, with a transparent colour, animated."""
+    channel, lossless; as GIF: plain, with a transparent colour, animated; and as a CMYK
+    JPEG."""
     import skimage.data
     src = os.path.dirname(skimage.data.__file__)
     os.makedirs(out_dir, exist_ok=True)
@@ -112,8 +113,10 @@ def format_samples(out_dir):
     c.quantize(64).save(os.path.join(out_dir, "chelsea_transparent.gif"), transparency=0)
     c.save(os.path.join(out_dir, "chelsea_animated.gif"), save_all=True, duration=100,
            append_images=[c.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    c.convert("CMYK").save(os.path.join(out_dir, "chelsea_cmyk.jpg"), quality=90)
     written = ["chelsea.webp", "astronaut_alpha.webp", "coffee_lossless.webp",
-               "chelsea.gif", "chelsea_transparent.gif", "chelsea_animated.gif"]
+               "chelsea.gif", "chelsea_transparent.gif", "chelsea_animated.gif",
+               "chelsea_cmyk.jpg"]
     print(json.dumps({"written": written}))
 
 

@@ -53,11 +53,11 @@ fn failure(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Decodes a JPEG to RGB as Pillow's `Image.open(…).convert("RGB")` does: libjpeg-turbo
-/// with the accurate integer IDCT and fancy upsampling, grey repeated into each channel.
-/// `Ok(None)` for a CMYK or YCCK JPEG, which Pillow converts to RGB with its own
-/// formula; those are left to the `image` crate. The caller has checked the header
-/// against the limits: `size` is the width and height it read, and a JPEG that libjpeg
-/// reads as another size is refused.
+/// with the accurate integer IDCT and fancy upsampling, grey repeated into each channel,
+/// CMYK and YCCK read as CMYK and turned into RGB by Pillow's formula ([`cmyk_to_rgb`]).
+/// `Ok(None)` for a colour space libjpeg does not convert (left to the `image` crate).
+/// The caller has checked the header against the limits: `size` is the width and
+/// height it read, and a JPEG that libjpeg reads as another size is refused.
 pub fn decode(bytes: &[u8], size: (u32, u32)) -> Result<Option<RgbImage>, String> {
     let ran_out = Cell::new(false);
     let read = catch_unwind(AssertUnwindSafe(|| -> io::Result<Option<RgbImage>> {
@@ -65,12 +65,11 @@ pub fn decode(bytes: &[u8], size: (u32, u32)) -> Result<Option<RgbImage>, String
             rest: bytes,
             ran_out: &ran_out,
         })?;
-        if !matches!(
-            d.color_space(),
-            ColorSpace::JCS_YCbCr | ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_RGB
-        ) {
-            return Ok(None);
-        }
+        let cmyk = match d.color_space() {
+            ColorSpace::JCS_YCbCr | ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_RGB => false,
+            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => true,
+            _ => return Ok(None),
+        };
         let (w, h) = size;
         if d.size() != (w as usize, h as usize) {
             return Err(io::Error::other(format!(
@@ -79,8 +78,15 @@ pub fn decode(bytes: &[u8], size: (u32, u32)) -> Result<Option<RgbImage>, String
                 d.height()
             )));
         }
-        let mut started = d.rgb()?;
-        let pixels: Vec<u8> = started.read_scanlines()?;
+        let mut started = if cmyk {
+            d.to_colorspace(ColorSpace::JCS_CMYK)?
+        } else {
+            d.rgb()?
+        };
+        let mut pixels: Vec<u8> = started.read_scanlines()?;
+        if cmyk {
+            pixels = pixels.chunks_exact(4).flat_map(cmyk_to_rgb).collect();
+        }
         // The pixels are complete; `finish` (reading on to the end marker) is skipped.
         // A JPEG cut anywhere before its end marker has by now made libjpeg ask past the
         // end of the data (its entropy decoder reads ahead for the next marker), which
@@ -98,6 +104,19 @@ pub fn decode(bytes: &[u8], size: (u32, u32)) -> Result<Option<RgbImage>, String
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(payload) => Err(failure(payload)),
     }
+}
+
+/// One CMYK pixel as libjpeg gives it to RGB, as Pillow does: it reads a CMYK JPEG's
+/// values inverted ("CMYK;I", assuming Adobe's convention, which Photoshop and libjpeg
+/// itself follow when writing one), then `cmyk2rgb`: R = (255 − K) − C·(255 − K)/255 in
+/// its rounding, likewise G from M and B from Y.
+fn cmyk_to_rgb(p: &[u8]) -> [u8; 3] {
+    let nk = p[3] as i32; // 255 − K, K being the inverted value
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    std::array::from_fn(|c| (nk - muldiv255(255 - p[c] as i32, nk)).clamp(0, 255) as u8)
 }
 
 /// JPEG encode (4:2:0, as libjpeg and Pillow do by default) and decode again: Pillow's
