@@ -157,6 +157,50 @@ async fn soft_nms_counts_the_same_faces_on_the_samples() {
     }
 }
 
+/// On phone-sized photos (`reference.py large-samples`: the astronaut enlarged 6× to
+/// 3072 px with grain, the cat and the coffee cup 4,000 px, retina.jpg), face-detect at
+/// its defaults (shrunk to 1,024 a side first) finds the astronaut's one face where it
+/// is on the original photo (IoU over 0.7 with that box scaled 6×), and no face in the
+/// others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn face_detect_finds_the_same_face_on_phone_sized_photos() {
+    let (_d1, small) = samples();
+    let (_d2, large) = large_samples();
+    let fd = FaceDetect::load(&options()).unwrap();
+    let detect = async |path: &Path| {
+        let img = intake::decode(&std::fs::read(path).unwrap(), &Default::default()).unwrap();
+        fd.detect(&img, &FaceConfig::default()).await.unwrap()
+    };
+    let original = small.iter().find(|p| p.ends_with("astronaut.png")).unwrap();
+    let want = detect(original).await;
+    assert_eq!(want.len(), 1, "{want:?}");
+    let want = want[0].b.map(|v| v * 6.0);
+    let iou = |a: [f32; 4], b: [f32; 4]| {
+        let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+        let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+        let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+        w * h / (area(a) + area(b) - w * h)
+    };
+    for path in large
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+    {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let got = detect(path).await;
+        if name == "astronaut_large.jpg" {
+            assert_eq!(got.len(), 1, "{name}: {got:?}");
+            let overlap = iou(got[0].b, want);
+            assert!(
+                overlap > 0.7,
+                "{name}: IoU {overlap} of {got:?} with {want:?}"
+            );
+            eprintln!("{name}: one face, IoU {overlap:.3} with the original's");
+        } else {
+            assert!(got.is_empty(), "{name}: {got:?}");
+        }
+    }
+}
+
 fn ng_options() -> ModelOptions {
     let mut o = options();
     o.model = Some(cache().join("models/open-nsfw.onnx"));
