@@ -43,6 +43,74 @@ impl BufRead for Watched<'_> {
     }
 }
 
+/// What walking a JPEG's markers finds, before any decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Start-of-scan markers before the end of the image.
+    pub scans: usize,
+    /// Whether the end-of-image marker was reached: without it the data was cut short
+    /// (Pillow refuses such a file as truncated).
+    pub complete: bool,
+}
+
+/// Walks a JPEG's segments from the start-of-image marker to the end-of-image one:
+/// segments by their lengths, each scan's entropy-coded data up to the next marker that is
+/// not a stuffed 00 or a restart marker. What follows the end of the image (the video of
+/// a "motion photo", a second picture) is not looked at. Linear in the bytes, reads only.
+pub fn layout(b: &[u8]) -> Layout {
+    let mut scans = 0;
+    let cut = |scans| Layout {
+        scans,
+        complete: false,
+    };
+    let at = |i: usize| b.get(i).copied();
+    let mut i = 2; // after FF D8
+    loop {
+        // The next marker; libjpeg skips (and warns about) bytes before it.
+        match b.get(i..).and_then(|r| memchr::memchr(0xFF, r)) {
+            Some(k) => i += k,
+            None => return cut(scans),
+        }
+        let Some(m) = at(i + 1) else {
+            return cut(scans);
+        };
+        match m {
+            0xD9 => {
+                return Layout {
+                    scans,
+                    complete: true,
+                };
+            }
+            // Fill bytes, and markers without a length.
+            0xFF => i += 1,
+            0x00 | 0x01 | 0xD0..=0xD8 => i += 2,
+            _ => {
+                let (Some(hi), Some(lo)) = (at(i + 2), at(i + 3)) else {
+                    return cut(scans);
+                };
+                i += 2 + (usize::from(hi) << 8 | usize::from(lo));
+                if m == 0xDA {
+                    scans += 1;
+                    // The entropy-coded data: an FF there is followed by 00 (a stuffed
+                    // byte), a restart marker, or more FF before a marker.
+                    loop {
+                        match b.get(i..).and_then(|r| memchr::memchr(0xFF, r)) {
+                            Some(k) => i += k,
+                            None => return cut(scans),
+                        }
+                        match at(i + 1) {
+                            None => return cut(scans),
+                            Some(0x00 | 0xD0..=0xD7) => i += 2,
+                            Some(0xFF) => i += 1,
+                            Some(_) => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Why libjpeg did not give an image.
 fn failure(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
@@ -83,7 +151,18 @@ pub fn decode(bytes: &[u8], size: (u32, u32)) -> Result<Option<RgbImage>, String
         } else {
             d.rgb()?
         };
-        let mut pixels: Vec<u8> = started.read_scanlines()?;
+        // Read in bands of 16 rows (an MCU row at most), stopping at the first band
+        // after the data ran out: a 2 KB JPEG whose header claims 40 megapixels would
+        // otherwise cost the whole image's decoding (~100 ms baseline, ~270 ms
+        // progressive, which reads all its scans when it starts) to be refused.
+        let row = w as usize * if cmyk { 4 } else { 3 };
+        let mut pixels = vec![0u8; row * h as usize];
+        for band in pixels.chunks_mut(row * 16) {
+            if ran_out.get() {
+                return Err(io::ErrorKind::UnexpectedEof.into()); // refused below
+            }
+            started.read_scanlines_into(band)?;
+        }
         if cmyk {
             pixels = pixels.chunks_exact(4).flat_map(cmyk_to_rgb).collect();
         }
@@ -148,4 +227,68 @@ fn libjpeg_round_trip(img: &RgbImage, quality: u8) -> io::Result<RgbImage> {
     d.finish()?;
     RgbImage::from_raw(w, h, px)
         .ok_or_else(|| io::Error::other("the decoded JPEG has another size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOI: [u8; 2] = [0xFF, 0xD8];
+    const EOI: [u8; 2] = [0xFF, 0xD9];
+
+    fn jpeg(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// Segments are skipped by their lengths (an FF DA inside one is not a scan), a scan's
+    /// data runs past stuffed bytes, restart markers and fill bytes to the next marker, and
+    /// nothing after the end of the image counts.
+    #[test]
+    fn the_walk_counts_scans_up_to_the_end_of_the_image() {
+        let app = [0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xDA, 0xFF, 0xD9];
+        let sos = [0xFF, 0xDA, 0x00, 0x03, 0x01];
+        let data = [0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56, 0xFF, 0xDA, 0x00];
+        let dht = [0xFF, 0xC4, 0x00, 0x03, 0x00];
+        let whole = jpeg(&[
+            &SOI,
+            &app,
+            &sos,
+            &data[..7],
+            &dht,
+            &sos,
+            &[0x77, 0xFF, 0xFF],
+            &EOI,
+        ]);
+        let want = Layout {
+            scans: 2,
+            complete: true,
+        };
+        assert_eq!(layout(&whole), want);
+        // A video after the end of the image, full of FF DA and no FF D9.
+        let mut motion = whole.clone();
+        for _ in 0..500 {
+            motion.extend_from_slice(&sos);
+        }
+        assert_eq!(layout(&motion), want);
+        // Bytes between segments (libjpeg skips them with a warning).
+        let junk = jpeg(&[&SOI, &[0x00, 0x42], &sos, &[0x01], &EOI]);
+        assert!(layout(&junk).complete);
+        // Cut anywhere before the end marker, the walk says so; a scan header that
+        // claims more bytes than there are too.
+        for cut in 0..whole.len() - 1 {
+            assert!(!layout(&whole[..cut]).complete, "cut at {cut}");
+        }
+        let long = jpeg(&[&SOI, &[0xFF, 0xDA, 0xFF, 0xFF, 0x01], &EOI]);
+        assert!(!layout(&long).complete);
+        // An FF DA in a scan's data (which a real one cannot hold) starts another scan,
+        // whose header here runs past the end.
+        let inner = jpeg(&[&SOI, &sos, &data, &EOI]);
+        assert_eq!(
+            layout(&inner),
+            Layout {
+                scans: 2,
+                complete: false
+            }
+        );
+    }
 }
