@@ -5,7 +5,9 @@
 //! libjpeg reports a fatal error by unwinding out of its C code (the crate's error
 //! manager); both functions here catch that and return it as an error. Its warnings are
 //! silent, as Pillow's are, except the one that matters: input that ends before the last
-//! scanline, which libjpeg would fill with grey and Pillow refuses as truncated.
+//! scanline, which libjpeg would fill with grey and Pillow refuses as truncated. The
+//! intake finds that first from the markers ([`layout`], before decoding); [`decode`]
+//! also notes when libjpeg asks past the end of the data, and refuses.
 
 use std::cell::Cell;
 use std::io::{self, BufRead, Read};
