@@ -124,7 +124,7 @@ fn failure(payload: Box<dyn std::any::Any + Send>) -> String {
 
 /// Decodes a JPEG to RGB as Pillow's `Image.open(…).convert("RGB")` does: libjpeg-turbo
 /// with the accurate integer IDCT and fancy upsampling, grey repeated into each channel,
-/// CMYK and YCCK read as CMYK and turned into RGB by Pillow's formula ([`cmyk_to_rgb`]).
+/// CMYK and YCCK read as CMYK and turned into RGB by Pillow's formula (`cmyk_to_rgb`).
 /// `Ok(None)` for a colour space libjpeg does not convert (left to the `image` crate).
 /// The caller has checked the header against the limits: `size` is the width and
 /// height it read, and a JPEG that libjpeg reads as another size is refused.
