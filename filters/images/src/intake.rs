@@ -1,11 +1,13 @@
 //! Image intake: JPEG, PNG, WebP and GIF (first frame), bytes and pixels checked from the
 //! header before anything is decoded (a decompression bomb is refused, not allocated),
 //! EXIF orientation applied, grayscale and alpha turned into RGB. [`Intake`] also bounds
-//! the pixels a process decodes at once across requests.
+//! the pixels a process decodes at once across requests. A filter that shrinks the image
+//! anyway can have a large JPEG decoded smaller ([`decode_to_fit`]).
 
 use std::io::Cursor;
 use std::sync::Arc;
 
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use sekisho_filter_sdk::{FilterError, Input, Payload};
 use tokio::sync::Semaphore;
@@ -54,25 +56,61 @@ pub fn dimensions(bytes: &[u8], limits: &ImageLimits) -> Result<(u32, u32), Filt
 /// Decodes the image after the checks of [`dimensions`]. JPEGs are decoded by
 /// libjpeg-turbo, as Pillow does ([`crate::jpeg::decode`]), the rest by the `image` crate.
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterError> {
+    Ok(decode_to_fit(bytes, limits, |w, h| (w, h))?.0)
+}
+
+/// [`decode`], for a filter that will resize the image to `fit(w, h)` (`w × h` being
+/// its size, either way up): a JPEG at least twice that size on both sides is decoded
+/// at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling, [`crate::jpeg::decode`]), the
+/// smallest that still covers it, which takes a fraction of the time and memory. Gives
+/// the pixels, and the image's own size, upright (the pixels' may be smaller). Other
+/// formats, and a `fit` that keeps the size, give what [`decode`] gives.
+pub fn decode_to_fit(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    fit: impl Fn(u32, u32) -> (u32, u32),
+) -> Result<(RgbImage, (u32, u32)), FilterError> {
     let (mut decoder, format) = checked_decoder(bytes, limits)?;
     let orientation = decoder.orientation().ok();
     let corrupt = |e: &dyn std::fmt::Display| {
         invalid(format!("the {format:?} image is corrupt or truncated: {e}"))
     };
+    let (w, h) = decoder.dimensions();
     let libjpeg = match format {
-        ImageFormat::Jpeg => {
-            crate::jpeg::decode(bytes, decoder.dimensions()).map_err(|e| corrupt(&e))?
-        }
+        ImageFormat::Jpeg => crate::jpeg::decode(bytes, (w, h), dct_shrink((w, h), fit(w, h)))
+            .map_err(|e| corrupt(&e))?,
         _ => None,
     };
     let mut img = match libjpeg {
         Some(rgb) => DynamicImage::ImageRgb8(rgb),
         None => DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?,
     };
+    let mut size = (w, h);
     if let Some(o) = orientation {
         img.apply_orientation(o);
+        if matches!(
+            o,
+            Orientation::Rotate90
+                | Orientation::Rotate270
+                | Orientation::Rotate90FlipH
+                | Orientation::Rotate270FlipH
+        ) {
+            size = (h, w);
+        }
     }
-    Ok(to_rgb8(img))
+    Ok((to_rgb8(img), size))
+}
+
+/// The largest of 8, 4 and 2 that divides `size` (sides rounded up) without going below
+/// `need` on either side, or 1; 1 also when `need` is the size itself.
+fn dct_shrink((w, h): (u32, u32), need: (u32, u32)) -> u32 {
+    if need == (w, h) {
+        return 1;
+    }
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| w.div_ceil(d) >= need.0 && h.div_ceil(d) >= need.1)
+        .unwrap_or(1)
 }
 
 /// RGB at 8 bits per channel. Grey is repeated into each channel and alpha dropped, as
@@ -135,6 +173,24 @@ fn checked_decoder<'a>(
             return Err(invalid(format!(
                 "the {format:?} image is corrupt or truncated: the data ends before the image does"
             )));
+        }
+        match layout.frame {
+            Some((0xC3 | 0xC7 | 0xCB | 0xCF, _)) => {
+                return Err(invalid(
+                    "lossless JPEGs are not read here; send a baseline or progressive JPEG",
+                ));
+            }
+            Some((m, _)) if m >= 0xC9 => {
+                return Err(invalid(
+                    "arithmetic-coded JPEGs are not read here (nor by Pillow); send a Huffman-coded JPEG",
+                ));
+            }
+            Some((_, bits)) if bits != 8 => {
+                return Err(invalid(format!(
+                    "the JPEG has {bits}-bit samples; only 8-bit JPEGs are read here (as by Pillow)"
+                )));
+            }
+            _ => {}
         }
         if layout.scans > limits.max_jpeg_scans {
             return Err(invalid(format!(
@@ -227,6 +283,24 @@ impl Intake {
         R: Send + 'static,
         F: FnOnce(RgbImage) -> Result<R, FilterError> + Send + 'static,
     {
+        self.with_image_to_fit(input, |w, h| (w, h), |img, _| work(img))
+            .await
+    }
+
+    /// [`Intake::with_image`] for a filter that resizes the image to `fit(w, h)`: the
+    /// image is decoded by [`decode_to_fit`], and `work` is given its pixels and the
+    /// image's own size, upright. The budget counts the image's whole size all the same.
+    pub async fn with_image_to_fit<R, S, F>(
+        &self,
+        input: Input,
+        fit: S,
+        work: F,
+    ) -> Result<R, FilterError>
+    where
+        R: Send + 'static,
+        S: Fn(u32, u32) -> (u32, u32) + Send + 'static,
+        F: FnOnce(RgbImage, (u32, u32)) -> Result<R, FilterError> + Send + 'static,
+    {
         let bytes = image_bytes(&input)?;
         let (w, h) = dimensions(bytes, &self.limits)?;
         let share = (u64::from(w) * u64::from(h))
@@ -243,7 +317,8 @@ impl Intake {
         let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
             let _pixels = permit;
-            work(decode(image_bytes(&input)?, &limits)?)
+            let (img, size) = decode_to_fit(image_bytes(&input)?, &limits, fit)?;
+            work(img, size)
         })
         .await
         .map_err(|e| FilterError::Internal(e.to_string()))?
@@ -330,6 +405,34 @@ mod tests {
         assert!(msg(decode(&bmp, &l)).contains("Bmp images are not read here"));
     }
 
+    /// JPEGs outside the libjpeg-turbo build here are refused from the markers, with
+    /// the reason: 12-bit samples, lossless coding, arithmetic coding (Pillow 11.3
+    /// refuses 12-bit and arithmetic-coded ones too; `jpegtran -arithmetic`'s output was
+    /// tried). Made by changing an 8-bit baseline JPEG's frame header.
+    #[test]
+    fn jpegs_of_other_kinds_are_refused_with_the_reason() {
+        let img = RgbImage::from_fn(32, 16, |x, y| image::Rgb([x as u8 * 8, y as u8 * 16, 99]));
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 90)
+            .encode(img.as_raw(), 32, 16, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let sof = memchr::memmem::find(&jpeg, &[0xFF, 0xC0]).unwrap();
+        assert!(decode(&jpeg, &ImageLimits::default()).is_ok());
+        for (at, value, why) in [
+            (sof + 4, 12, "12-bit samples"),
+            (sof + 1, 0xC3, "lossless JPEGs"),
+            (sof + 1, 0xC9, "arithmetic-coded"),
+            (sof + 1, 0xCA, "arithmetic-coded"),
+        ] {
+            let mut b = jpeg.clone();
+            b[at] = value;
+            match decode(&b, &ImageLimits::default()) {
+                Err(FilterError::InvalidInput(m)) => assert!(m.contains(why), "{m}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+    }
+
     /// A JPEG cut short anywhere, even by just its end marker, is refused as Pillow
     /// refuses it ("image file is truncated"), though libjpeg would fill the missing rows
     /// with grey; baseline and progressive alike. Data after the end marker is ignored.
@@ -361,7 +464,7 @@ mod tests {
                 );
                 // The walk over the markers refuses it first; libjpeg's reading, which
                 // notes when it asks past the end, would too.
-                let e = crate::jpeg::decode(short, (96, 64)).unwrap_err();
+                let e = crate::jpeg::decode(short, (96, 64), 1).unwrap_err();
                 assert_eq!(e, "the data ends before the image does", "{cut} bytes cut");
             }
             // A "motion photo": a video after the end of the image, whose bytes hold FF DA
@@ -462,6 +565,77 @@ mod tests {
             "{:?}",
             got.get_pixel(16, 58)
         );
+    }
+
+    /// A JPEG that the filter shrinks anyway is decoded smaller (at 1/2, 1/4 or 1/8,
+    /// as small as still covers what it needs), upright, with the photo's own upright
+    /// size beside it, and close to the whole decoded photo averaged down; other
+    /// formats, and a `fit` that keeps the size, decode whole.
+    #[test]
+    fn jpegs_are_decoded_only_as_large_as_the_filter_needs() {
+        let (w, h) = (200u32, 120u32);
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x + y) as u8, (2 * x) as u8 ^ (y as u8), 255 - y as u8])
+        });
+        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+        exif.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0x00, 0x06, 0, 0]);
+        exif.extend_from_slice(&[0, 0, 0, 0]);
+        let mut jpeg = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 95);
+        enc.add_app_segment(1, exif).unwrap();
+        enc.encode(
+            img.as_raw(),
+            w as u16,
+            h as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .unwrap();
+        let limits = ImageLimits::default();
+        let whole = decode(&jpeg, &limits).unwrap();
+        assert_eq!(whole.dimensions(), (h, w), "turned upright");
+        for (need, shrink) in [
+            ((w, h), 1),
+            ((w - 1, h), 1),
+            ((w / 2 + 1, h / 2), 1),
+            ((w / 2, h / 2), 2),
+            ((w / 3, h / 3), 2),
+            ((w / 4, 1), 4),
+            ((1, 1), 8),
+        ] {
+            let (got, size) = decode_to_fit(&jpeg, &limits, |a, b| {
+                assert_eq!((a, b), (w, h), "fit is asked with the header's size");
+                need
+            })
+            .unwrap();
+            assert_eq!(size, (h, w), "the photo's own size, upright");
+            let (sw, sh) = (h.div_ceil(shrink), w.div_ceil(shrink));
+            assert_eq!(got.dimensions(), (sw, sh), "need {need:?}");
+            // Against the whole photo averaged over shrink × shrink blocks.
+            let mut diff = 0u64;
+            for (x, y, p) in got.enumerate_pixels() {
+                for c in 0..3 {
+                    let (mut sum, mut n) = (0u32, 0u32);
+                    for yy in y * shrink..((y + 1) * shrink).min(w) {
+                        for xx in x * shrink..((x + 1) * shrink).min(h) {
+                            sum += whole.get_pixel(xx, yy).0[c] as u32;
+                            n += 1;
+                        }
+                    }
+                    diff += (p.0[c] as i64 - (sum / n) as i64).unsigned_abs();
+                }
+            }
+            let mean = diff as f64 / (sw * sh * 3) as f64;
+            assert!(mean < 4.0, "1/{shrink}: mean difference {mean}");
+            if shrink == 1 {
+                assert!(got == whole);
+            }
+        }
+        let (got, size) = decode_to_fit(&png(300, 200), &limits, |_, _| (30, 20)).unwrap();
+        assert_eq!((got.dimensions(), size), ((300, 200), (300, 200)));
+        assert_eq!(dct_shrink((4000, 3000), (1024, 768)), 2);
+        assert_eq!(dct_shrink((4096, 3072), (1024, 768)), 4);
+        assert_eq!(dct_shrink((100, 100), (128, 128)), 1);
+        assert_eq!(dct_shrink((1, 1), (1, 1)), 1);
     }
 
     fn crc32(data: &[u8]) -> u32 {
@@ -654,7 +828,12 @@ mod tests {
                 }
                 what.push(at);
             }
-            let got = std::panic::catch_unwind(|| decode(&b, &limits));
+            // Every other round as a filter that shrinks the image reads it (a JPEG at
+            // 1/2, libjpeg's scaled decoding).
+            let got = std::panic::catch_unwind(|| match round % 2 {
+                0 => decode(&b, &limits),
+                _ => decode_to_fit(&b, &limits, |w, h| (w / 3, h / 3)).map(|(img, _)| img),
+            });
             match got {
                 Ok(Ok(img)) => {
                     read += 1;

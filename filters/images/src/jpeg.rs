@@ -53,6 +53,9 @@ pub struct Layout {
     /// Whether the end-of-image marker was reached: without it the data was cut short
     /// (Pillow refuses such a file as truncated).
     pub complete: bool,
+    /// The first frame header's marker (C0 baseline, C2 progressive, C3 lossless, C9
+    /// and on arithmetic-coded, …) and sample precision in bits.
+    pub frame: Option<(u8, u8)>,
 }
 
 /// Walks a JPEG's segments from the start-of-image marker to the end-of-image one:
@@ -61,9 +64,11 @@ pub struct Layout {
 /// a "motion photo", a second picture) is not looked at. Linear in the bytes, reads only.
 pub fn layout(b: &[u8]) -> Layout {
     let mut scans = 0;
-    let cut = |scans| Layout {
+    let mut frame = None;
+    let cut = |scans, frame| Layout {
         scans,
         complete: false,
+        frame,
     };
     let at = |i: usize| b.get(i).copied();
     let mut i = 2; // after FF D8
@@ -71,16 +76,17 @@ pub fn layout(b: &[u8]) -> Layout {
         // The next marker; libjpeg skips (and warns about) bytes before it.
         match b.get(i..).and_then(|r| memchr::memchr(0xFF, r)) {
             Some(k) => i += k,
-            None => return cut(scans),
+            None => return cut(scans, frame),
         }
         let Some(m) = at(i + 1) else {
-            return cut(scans);
+            return cut(scans, frame);
         };
         match m {
             0xD9 => {
                 return Layout {
                     scans,
                     complete: true,
+                    frame,
                 };
             }
             // Fill bytes, and markers without a length.
@@ -88,8 +94,12 @@ pub fn layout(b: &[u8]) -> Layout {
             0x00 | 0x01 | 0xD0..=0xD8 => i += 2,
             _ => {
                 let (Some(hi), Some(lo)) = (at(i + 2), at(i + 3)) else {
-                    return cut(scans);
+                    return cut(scans, frame);
                 };
+                // Frame headers: C0–CF but DHT (C4), JPG (C8) and DAC (CC).
+                if matches!(m, 0xC0..=0xCF) && !matches!(m, 0xC4 | 0xC8 | 0xCC) {
+                    frame = frame.or(at(i + 4).map(|p| (m, p)));
+                }
                 i += 2 + (usize::from(hi) << 8 | usize::from(lo));
                 if m == 0xDA {
                     scans += 1;
@@ -98,10 +108,10 @@ pub fn layout(b: &[u8]) -> Layout {
                     loop {
                         match b.get(i..).and_then(|r| memchr::memchr(0xFF, r)) {
                             Some(k) => i += k,
-                            None => return cut(scans),
+                            None => return cut(scans, frame),
                         }
                         match at(i + 1) {
-                            None => return cut(scans),
+                            None => return cut(scans, frame),
                             Some(0x00 | 0xD0..=0xD7) => i += 2,
                             Some(0xFF) => i += 1,
                             Some(_) => break,
@@ -128,10 +138,18 @@ fn failure(payload: Box<dyn std::any::Any + Send>) -> String {
 /// `Ok(None)` for a colour space libjpeg does not convert (left to the `image` crate).
 /// The caller has checked the header against the limits: `size` is the width and
 /// height it read, and a JPEG that libjpeg reads as another size is refused.
-pub fn decode(bytes: &[u8], size: (u32, u32)) -> Result<Option<RgbImage>, String> {
+///
+/// `shrink` (1, 2, 4 or 8) decodes the image at 1/`shrink` of its size, each side
+/// rounded up, by libjpeg's DCT scaling: the inverse DCT computes only the low
+/// frequencies, and the upsampling and colour conversion run on the smaller image. 1
+/// gives Pillow's pixels; the others are for a filter that shrinks the image anyway.
+pub fn decode(bytes: &[u8], size: (u32, u32), shrink: u32) -> Result<Option<RgbImage>, String> {
+    if !matches!(shrink, 1 | 2 | 4 | 8) {
+        return Err(format!("cannot decode at 1/{shrink} of the size"));
+    }
     let ran_out = Cell::new(false);
     let read = catch_unwind(AssertUnwindSafe(|| -> io::Result<Option<RgbImage>> {
-        let d = mozjpeg::Decompress::new_reader(Watched {
+        let mut d = mozjpeg::Decompress::new_reader(Watched {
             rest: bytes,
             ran_out: &ran_out,
         })?;
@@ -148,11 +166,20 @@ pub fn decode(bytes: &[u8], size: (u32, u32)) -> Result<Option<RgbImage>, String
                 d.height()
             )));
         }
+        d.scale((8 / shrink) as u8);
         let mut started = if cmyk {
             d.to_colorspace(ColorSpace::JCS_CMYK)?
         } else {
             d.rgb()?
         };
+        let (w, h) = (w.div_ceil(shrink), h.div_ceil(shrink));
+        if (started.width(), started.height()) != (w as usize, h as usize) {
+            return Err(io::Error::other(format!(
+                "libjpeg decodes {}×{} pixels at 1/{shrink}, not {w}×{h}",
+                started.width(),
+                started.height()
+            )));
+        }
         // Read in bands of 16 rows (an MCU row at most), stopping at the first band
         // after the data ran out: a 2 KB JPEG whose header claims 40 megapixels would
         // otherwise cost the whole image's decoding (~100 ms baseline, ~270 ms
@@ -264,6 +291,7 @@ mod tests {
         let want = Layout {
             scans: 2,
             complete: true,
+            frame: None,
         };
         assert_eq!(layout(&whole), want);
         // A video after the end of the image, full of FF DA and no FF D9.
@@ -289,8 +317,14 @@ mod tests {
             layout(&inner),
             Layout {
                 scans: 2,
-                complete: false
+                complete: false,
+                frame: None,
             }
         );
+        // The first frame header is noted, with its precision.
+        let sof = |m: u8, p: u8| [0xFF, m, 0x00, 0x08, p, 0x00, 0x10, 0x00, 0x20, 0x00];
+        let framed = jpeg(&[&SOI, &dht, &sof(0xC9, 8), &sof(0xC0, 12), &sos, &EOI]);
+        assert_eq!(layout(&framed).frame, Some((0xC9, 8)));
+        assert_eq!(layout(&framed[..14]).frame, Some((0xC9, 8)));
     }
 }
