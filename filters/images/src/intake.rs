@@ -180,6 +180,11 @@ fn checked_decoder<'a>(
                     "lossless JPEGs are not read here; send a baseline or progressive JPEG",
                 ));
             }
+            Some((0xC5 | 0xC6, _)) => {
+                return Err(invalid(
+                    "hierarchical (differential) JPEGs are not read here; send a baseline or progressive JPEG",
+                ));
+            }
             Some((m, _)) if m >= 0xC9 => {
                 return Err(invalid(
                     "arithmetic-coded JPEGs are not read here (nor by Pillow); send a Huffman-coded JPEG",
@@ -406,7 +411,7 @@ mod tests {
     }
 
     /// JPEGs outside the libjpeg-turbo build here are refused from the markers, with
-    /// the reason: 12-bit samples, lossless coding, arithmetic coding (Pillow 11.3
+    /// the reason: 12-bit samples, lossless, hierarchical or arithmetic coding (Pillow 11.3
     /// refuses 12-bit and arithmetic-coded ones too; `jpegtran -arithmetic`'s output was
     /// tried). Made by changing an 8-bit baseline JPEG's frame header.
     #[test]
@@ -423,6 +428,7 @@ mod tests {
             (sof + 1, 0xC3, "lossless JPEGs"),
             (sof + 1, 0xC9, "arithmetic-coded"),
             (sof + 1, 0xCA, "arithmetic-coded"),
+            (sof + 1, 0xC5, "hierarchical"),
         ] {
             let mut b = jpeg.clone();
             b[at] = value;
