@@ -550,15 +550,7 @@ mod tests {
             32,
             image::imageops::FilterType::Nearest,
         );
-        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
-        exif.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0x00, 0x06, 0, 0]);
-        exif.extend_from_slice(&[0, 0, 0, 0]);
-        let mut jpeg = Vec::new();
-        let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 95);
-        enc.add_app_segment(1, exif).unwrap();
-        enc.encode(big.as_raw(), 64, 32, jpeg_encoder::ColorType::Rgb)
-            .unwrap();
-        let got = decode(&jpeg, &ImageLimits::default()).unwrap();
+        let got = decode(&stored_turned_left(&big), &ImageLimits::default()).unwrap();
         assert_eq!(got.dimensions(), (32, 64));
         // Rotated clockwise: the red left half is now the top.
         assert!(
@@ -573,6 +565,21 @@ mod tests {
         );
     }
 
+    /// A JPEG (quality 95) of `img` whose EXIF orientation (6) says to turn it 90°
+    /// clockwise to show it.
+    fn stored_turned_left(img: &RgbImage) -> Vec<u8> {
+        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+        exif.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0x00, 0x06, 0, 0]);
+        exif.extend_from_slice(&[0, 0, 0, 0]);
+        let mut jpeg = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 95);
+        enc.add_app_segment(1, exif).unwrap();
+        let (w, h) = (img.width() as u16, img.height() as u16);
+        enc.encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        jpeg
+    }
+
     /// A JPEG that the filter shrinks anyway is decoded smaller (at 1/2, 1/4 or 1/8,
     /// as small as still covers what it needs), upright, with the photo's own upright
     /// size beside it, and close to the whole decoded photo averaged down; other
@@ -583,19 +590,7 @@ mod tests {
         let img = RgbImage::from_fn(w, h, |x, y| {
             image::Rgb([(x + y) as u8, (2 * x) as u8 ^ (y as u8), 255 - y as u8])
         });
-        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
-        exif.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0x00, 0x06, 0, 0]);
-        exif.extend_from_slice(&[0, 0, 0, 0]);
-        let mut jpeg = Vec::new();
-        let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 95);
-        enc.add_app_segment(1, exif).unwrap();
-        enc.encode(
-            img.as_raw(),
-            w as u16,
-            h as u16,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .unwrap();
+        let jpeg = stored_turned_left(&img);
         let limits = ImageLimits::default();
         let whole = decode(&jpeg, &limits).unwrap();
         assert_eq!(whole.dimensions(), (h, w), "turned upright");
