@@ -101,8 +101,8 @@ pub fn decode_to_fit(
     Ok((to_rgb8(img), size))
 }
 
-/// The largest of 8, 4 and 2 that divides `size` (sides rounded up) without going below
-/// `need` on either side, or 1; 1 also when `need` is the size itself.
+/// The largest of 8, 4 and 2 that `size` can be divided by (sides rounded up) without
+/// either side going below `need`, or 1; 1 also when `need` is the size itself.
 fn dct_shrink((w, h): (u32, u32), need: (u32, u32)) -> u32 {
     if need == (w, h) {
         return 1;

@@ -196,13 +196,11 @@ fn horizontal<'a>(
     blocked: bool,
 ) {
     let row_len = (taps.cols.1 - taps.cols.0) * 3;
-    let whole = if blocked {
-        out.len() / (BLOCK * row_len) * BLOCK * row_len
-    } else {
-        0
-    };
-    let (blocks_of_rows, rest) = out.split_at_mut(whole);
-    blocks(&mut lines, blocks_of_rows, taps);
+    let whole = out.len() / (BLOCK * row_len) * BLOCK * row_len;
+    let (blocks_of_rows, rest) = out.split_at_mut(if blocked { whole } else { 0 });
+    if !blocks_of_rows.is_empty() {
+        blocks(&mut lines, blocks_of_rows, taps);
+    }
     for (row, line) in rest.chunks_exact_mut(row_len).zip(lines) {
         one_row(line, row, taps);
     }
