@@ -46,14 +46,24 @@ fn invalid(m: impl Into<String>) -> FilterError {
     FilterError::InvalidInput(m.into())
 }
 
-/// The image's width and height from its header, after the same checks as [`decode`]
-/// (bytes, format, sides and pixels); nothing is decoded.
-pub fn dimensions(bytes: &[u8], limits: &ImageLimits) -> Result<(u32, u32), FilterError> {
-    let (decoder, _) = checked_decoder(bytes, limits)?;
-    Ok(decoder.dimensions())
+/// The width and height [`decode_to_fit`] will decode the image at (the header's, or a
+/// JPEG's at 1/2, 1/4 or 1/8), after the same checks (bytes, format, sides and pixels);
+/// nothing is decoded.
+pub fn decoded_size(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    fit: impl Fn(u32, u32) -> (u32, u32),
+) -> Result<(u32, u32), FilterError> {
+    let (decoder, format) = checked_decoder(bytes, limits)?;
+    let (w, h) = decoder.dimensions();
+    let d = match format {
+        ImageFormat::Jpeg => dct_shrink((w, h), fit(w, h)),
+        _ => 1,
+    };
+    Ok((w.div_ceil(d), h.div_ceil(d)))
 }
 
-/// Decodes the image after the checks of [`dimensions`]. JPEGs are decoded by
+/// Decodes the image after the checks of [`decoded_size`]. JPEGs are decoded by
 /// libjpeg-turbo, as Pillow does ([`crate::jpeg::decode`]), the rest by the `image` crate.
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, FilterError> {
     Ok(decode_to_fit(bytes, limits, |w, h| (w, h))?.0)
@@ -294,7 +304,8 @@ impl Intake {
 
     /// [`Intake::with_image`] for a filter that resizes the image to `fit(w, h)`: the
     /// image is decoded by [`decode_to_fit`], and `work` is given its pixels and the
-    /// image's own size, upright. The budget counts the image's whole size all the same.
+    /// image's own size, upright. The budget counts the pixels decoded: a JPEG decoded
+    /// at 1/2 takes a quarter of its whole size's share.
     pub async fn with_image_to_fit<R, S, F>(
         &self,
         input: Input,
@@ -307,7 +318,7 @@ impl Intake {
         F: FnOnce(RgbImage, (u32, u32)) -> Result<R, FilterError> + Send + 'static,
     {
         let bytes = image_bytes(&input)?;
-        let (w, h) = dimensions(bytes, &self.limits)?;
+        let (w, h) = decoded_size(bytes, &self.limits, &fit)?;
         let share = (u64::from(w) * u64::from(h))
             .div_ceil(UNIT)
             .clamp(1, self.units as u64) as u32;
@@ -578,6 +589,45 @@ mod tests {
         enc.encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
             .unwrap();
         jpeg
+    }
+
+    /// An image's share of the decoding budget is the pixels decoded: a JPEG decoded at
+    /// 1/4 takes a sixteenth of what it takes decoded whole; a PNG, its whole size.
+    #[tokio::test]
+    async fn the_budget_counts_the_pixels_decoded() {
+        let intake = Intake::new(ImageLimits::default(), 4 << 20);
+        let units = intake.units as usize;
+        let img = RgbImage::from_fn(1024, 1024, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 80)
+            .encode(img.as_raw(), 1024, 1024, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let input = |bytes: &[u8], t: &str| Input {
+            content_type: t.into(),
+            payload: Payload::Data(bytes.to_vec().into()),
+            context: Default::default(),
+        };
+        for (bytes, t, fit, size, share) in [
+            (&jpeg, "image/jpeg", 4, 256, 256 * 256 / UNIT),
+            (&jpeg, "image/jpeg", 1, 1024, 1024 * 1024 / UNIT),
+            (&png(1024, 1024), "image/png", 4, 1024, 1024 * 1024 / UNIT),
+        ] {
+            let budget = intake.budget.clone();
+            let (w, free) = intake
+                .with_image_to_fit(
+                    input(bytes, t),
+                    move |w, h| (w / fit, h / fit),
+                    move |img, _| Ok((img.width(), budget.available_permits())),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                (w, free),
+                (size, units - share as usize),
+                "{t}, fit 1/{fit}"
+            );
+        }
+        assert_eq!(intake.budget.available_permits(), units);
     }
 
     /// A JPEG that the filter shrinks anyway is decoded smaller (at 1/2, 1/4 or 1/8,
