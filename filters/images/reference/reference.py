@@ -19,6 +19,17 @@
   reference.py null-nsfw PATH        a model shaped like open_nsfw (NHWC 224×224×3 in,
                                       [sfw, nsfw] out) that does next to nothing: for
                                       measuring everything but the model
+  reference.py qr-samples DIR N [KIND...]  write photos with QR codes planted in them
+                                      into DIR, N of each kind (plain, turned, perspective,
+                                      small, blurred, jpeg-noisy, low-contrast, inverted,
+                                      coloured, large-photo: in a 12-megapixel photo,
+                                      two-codes, none: crops of photos without one) and,
+                                      unless KINDs are named, 25 images without a code as
+                                      they are, and DIR/truth.json: each file's kind and
+                                      the texts planted in it
+  reference.py qr-read [--opencv] IMAGE...  the QR codes zxing-cpp reads in each image
+                                      (and OpenCV's QRCodeDetector), and the time it
+                                      took, the fastest of three, JSON lines
   reference.py bench faces|nsfw [--model M] --seconds S --threads T [--callers C] IMAGE...
                                       images/s, the images read once, T intra-op threads,
                                       C calls in flight (default T)
@@ -331,6 +342,175 @@ def null_nsfw(path):
     onnx.save(model, path)
 
 
+QR_KINDS = ["plain", "turned", "perspective", "small", "blurred", "jpeg-noisy",
+            "low-contrast", "inverted", "coloured", "large-photo", "two-codes", "none"]
+QR_BACKGROUNDS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
+                  "motorcycle_left.png", "camera.png"]
+# scikit-image's images with no code in them, as they are: photos, micrographs, a page
+# of text, textures, a checkerboard (squares in squares are what finder patterns are).
+QR_FREE = ["astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png",
+           "chessboard_GRAY.png", "chessboard_RGB.png", "clock_motion.png", "coffee.png",
+           "coins.png", "color.png", "grass.png", "gravel.png", "horse.png",
+           "hubble_deep_field.jpg", "ihc.png", "logo.png", "microaneurysms.png",
+           "moon.png", "motorcycle_left.png", "page.png", "phantom.png", "retina.jpg",
+           "rocket.jpg", "text.png"]
+
+
+def qr_modules(text):
+    """The code's modules, 1 where dark, with a quiet zone of 4 modules."""
+    import cv2
+    m = cv2.QRCodeEncoder.create().encode(text)  # 255 light, 0 dark, 2 modules of quiet zone
+    return np.pad((m < 128).astype(np.float32), 2)
+
+
+def qr_background(rng, w, h):
+    import skimage.data
+    src = os.path.dirname(skimage.data.__file__)
+    im = Image.open(os.path.join(src, QR_BACKGROUNDS[rng.integers(len(QR_BACKGROUNDS))]))
+    im = im.convert("RGB")
+    s = rng.uniform(0.5, 1.0)
+    cw, ch = int(im.width * s), int(im.height * s)
+    x, y = rng.integers(0, im.width - cw + 1), rng.integers(0, im.height - ch + 1)
+    im = im.crop((x, y, x + cw, y + ch)).resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(im).astype(np.float32)
+
+
+def qr_plant(rng, canvas, text, module, angle=0.0, tilt=0.0, dark=(20, 20, 20),
+             light=(240, 240, 240), center=None):
+    """Draws the code on `canvas` as a printed sticker seen by a camera: `module` pixels a
+    module, turned by `angle` degrees, its corners moved by up to `tilt` of its half side
+    (perspective), resampled with area averaging."""
+    import cv2
+    h, w = canvas.shape[:2]
+    m = qr_modules(text)
+    n, big = m.shape[0], 8
+    src = cv2.resize(m, (n * big, n * big), interpolation=cv2.INTER_NEAREST)
+    side = n * module
+    if center is None:
+        margin = side * 0.75
+        center = (rng.uniform(margin, w - margin), rng.uniform(margin, h - margin))
+    a = np.deg2rad(angle)
+    turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64) * side / 2
+    if tilt:
+        corners += rng.uniform(-tilt, tilt, (4, 2)) * side / 2
+    dst = (corners @ turn.T + center).astype(np.float32)
+    edge = np.array([[0, 0], [n * big, 0], [n * big, n * big], [0, n * big]], np.float32)
+    hom = cv2.getPerspectiveTransform(edge, dst)
+    cover = cv2.warpPerspective(np.ones_like(src), hom, (w, h), flags=cv2.INTER_AREA)
+    dark_part = cv2.warpPerspective(src, hom, (w, h), flags=cv2.INTER_AREA)
+    for c in range(3):
+        sticker = light[c] * (1 - dark_part) + dark[c] * dark_part
+        canvas[..., c] = canvas[..., c] * (1 - cover) + sticker * cover
+
+
+def qr_text(rng):
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "https://spam.example/" + "".join(
+        chars[i] for i in rng.integers(0, len(chars), rng.integers(6, 60)))
+
+
+def qr_sample(kind, i, out_dir):
+    import cv2
+    rng = np.random.default_rng([QR_KINDS.index(kind), i])
+    w, h, module = 1000, 750, rng.uniform(4, 8)
+    angle = tilt = blur = noise = gradient = 0.0
+    quality = None
+    dark, light = (20, 20, 20), (240, 240, 240)
+    texts = [qr_text(rng)]
+    if kind == "turned":
+        angle = rng.uniform(0, 360)
+    elif kind == "perspective":
+        angle, tilt = rng.uniform(-20, 20), rng.uniform(0.25, 0.45)
+    elif kind == "small":
+        module = rng.uniform(1.6, 3.0)
+    elif kind == "blurred":
+        blur = module * rng.uniform(0.25, 0.5)
+    elif kind == "jpeg-noisy":
+        noise, quality = rng.uniform(6, 14), int(rng.integers(25, 55))
+    elif kind == "low-contrast":  # grey on grey, lit from one side
+        d = rng.uniform(80, 110)
+        l = d + rng.uniform(50, 70)
+        dark, light, gradient = (d,) * 3, (l,) * 3, 0.3
+    elif kind == "inverted":
+        dark, light = (235, 235, 235), (25, 25, 25)
+    elif kind == "coloured":
+        pairs = [((20, 40, 140), (250, 220, 60)), ((150, 20, 30), (255, 240, 230)),
+                 ((10, 90, 40), (220, 250, 220)), ((90, 20, 120), (250, 200, 240))]
+        dark, light = pairs[rng.integers(len(pairs))]
+    elif kind == "large-photo":
+        w, h, module, quality = 4000, 3000, rng.uniform(3, 6), 90
+    canvas = qr_background(rng, w, h)
+    if kind == "none":
+        texts = []
+        noise = 3
+    elif kind == "two-codes":
+        texts.append(qr_text(rng))
+        module = rng.uniform(3.5, 5)
+        for text, x in zip(texts, (0.27, 0.73)):
+            qr_plant(rng, canvas, text, module, angle=rng.uniform(-10, 10),
+                     center=(w * x, h * 0.5))
+    else:
+        qr_plant(rng, canvas, texts[0], module, angle, tilt, dark, light)
+    if gradient:
+        canvas *= np.linspace(1 - gradient, 1 + gradient, w)[None, :, None]
+    if blur:
+        canvas = cv2.GaussianBlur(canvas, (0, 0), blur)
+    if noise:
+        canvas += rng.normal(0, noise, canvas.shape)
+    img = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
+    name = f"{kind}-{i:02}." + ("jpg" if quality else "png")
+    img.save(os.path.join(out_dir, name), **({"quality": quality} if quality else {}))
+    return {"file": name, "kind": kind, "texts": texts}
+
+
+def qr_samples(out_dir, n, kinds):
+    import skimage.data
+    if set(kinds) - set(QR_KINDS):
+        sys.exit(f"qr-samples: no kind {sorted(set(kinds) - set(QR_KINDS))}; the kinds: {QR_KINDS}")
+    os.makedirs(out_dir, exist_ok=True)
+    truth = [qr_sample(kind, i, out_dir) for kind in kinds or QR_KINDS for i in range(n)]
+    src = os.path.dirname(skimage.data.__file__)
+    for name in [] if kinds else QR_FREE:
+        out = "photo-" + name.rsplit(".", 1)[0] + ".png"
+        Image.open(os.path.join(src, name)).convert("RGB").save(os.path.join(out_dir, out))
+        truth.append({"file": out, "kind": "photo", "texts": []})
+    with open(os.path.join(out_dir, "truth.json"), "w") as f:
+        json.dump(truth, f, indent=1)
+    print(json.dumps({"written": len(truth)}))
+
+
+def qr_read(paths, opencv):
+    """zxing-cpp's reading (and OpenCV's) of each image, with the time each took, the
+    fastest of three (reading the file not included)."""
+    import zxingcpp
+    detector = None
+    if opencv:
+        import cv2
+        detector = cv2.QRCodeDetector()
+
+    def fastest(f):
+        best = None
+        for _ in range(3):
+            start = time.perf_counter()
+            got = f()
+            took = (time.perf_counter() - start) * 1e3
+            best = took if best is None else min(best, took)
+        return got, best
+
+    for p in paths:
+        img = np.asarray(Image.open(p).convert("RGB"))
+        texts, ms = fastest(lambda: [r.text for r in zxingcpp.read_barcodes(
+            img, formats=zxingcpp.BarcodeFormat.QRCode)])
+        out = {"zxing": texts, "zxing_ms": ms}
+        if detector is not None:
+            import cv2
+            bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+            (ok, texts, _, _), ms = fastest(lambda: detector.detectAndDecodeMulti(bgr))
+            out["opencv"] = [t for t in texts if t] if ok else []
+            out["opencv_ms"] = ms
+        print(json.dumps(out))
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -343,6 +523,8 @@ def main():
     q = sub.add_parser("quantize-nsfw"); q.add_argument("src"); q.add_argument("dst")
     t = sub.add_parser("tiny-model"); t.add_argument("path")
     z = sub.add_parser("null-nsfw"); z.add_argument("path")
+    qs = sub.add_parser("qr-samples"); qs.add_argument("dir"); qs.add_argument("n", type=int); qs.add_argument("kinds", nargs="*")
+    qr = sub.add_parser("qr-read"); qr.add_argument("--opencv", action="store_true"); qr.add_argument("images", nargs="+")
     b = sub.add_parser("bench"); b.add_argument("what", choices=["faces", "nsfw"])
     b.add_argument("--model"); b.add_argument("--seconds", type=float, default=5); b.add_argument("--threads", type=int, default=2)
     b.add_argument("--callers", type=int, help="calls in flight (default: --threads)")
@@ -368,6 +550,10 @@ def main():
         tiny_model(a.path)
     elif a.cmd == "null-nsfw":
         null_nsfw(a.path)
+    elif a.cmd == "qr-samples":
+        qr_samples(a.dir, a.n, a.kinds)
+    elif a.cmd == "qr-read":
+        qr_read(a.images, a.opencv)
     else:
         bench(a.what, a.images, a.seconds, a.threads, a.model, a.callers)
 

@@ -1,11 +1,27 @@
-//! `qr-code`: finds and reads QR codes with `rqrr` (no model). Score 1 when at least one
-//! code is found; label `qr_count`; a region per code (its bounding box); the decoded
-//! text of each readable code in `details`, cut to 256 characters.
+//! `qr-code`: finds and reads QR codes without a model, with `rxing`'s port of zxing-cpp's
+//! QR detector and decoder. Score 1 when at least one code is found; label `qr_count`; a
+//! region per code (its bounding box); the decoded text of each readable code in
+//! `details`, cut to 256 characters.
+//!
+//! The image is binarised by zxing's hybrid binarizer (a local threshold from 8×8
+//! blocks, so uneven light and low contrast survive), finder patterns are looked for on
+//! every third row, grouped in threes that could be a code's corners, and each group is
+//! sampled to a grid and decoded. When no code is read, the same bits are searched again
+//! inverted, for light-on-dark codes, then binarised by one threshold for all of it
+//! (zxing's global histogram), then at half size (as zxing-cpp's `tryDownscale` does):
+//! where the local threshold breaks up a faint code's corners, one of these often keeps
+//! them whole. A group that samples to a grid but cannot be read
+//! (damaged, half hidden) still counts when `count_unreadable` is on: a phone may read
+//! what this reader cannot.
 
 use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use async_trait::async_trait;
 use image::RgbImage;
+use rxing::common::{BitMatrix, DetectorRXingResult, GlobalHistogramBinarizer, HybridBinarizer};
+use rxing::qrcode::cpp_port::{decoder, detector};
+use rxing::{Binarizer, Luma8LuminanceSource};
 use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
 use serde::{Deserialize, Serialize};
@@ -18,15 +34,18 @@ pub struct QrConfig {
     /// Images with a longer side are scaled down first (QR finding is linear in pixels).
     #[schemars(range(min = 64))]
     pub max_side: u32,
-    /// Count a found grid even when its content cannot be read.
+    /// Count a code whose corners and grid are found even when its content cannot be read.
     pub count_unreadable: bool,
+    /// When no code is read, look again for light-on-dark (inverted) codes.
+    pub inverted: bool,
 }
 
 impl Default for QrConfig {
     fn default() -> Self {
         QrConfig {
-            max_side: 2048,
+            max_side: 4096,
             count_unreadable: true,
+            inverted: true,
         }
     }
 }
@@ -38,44 +57,183 @@ pub struct Found {
     pub text: Option<String>,
 }
 
-pub fn find(img: &RgbImage, cfg: &QrConfig) -> Vec<Found> {
+/// The codes in `img`. An `Err` is the reader failing on this image (a panic inside it,
+/// caught): the caller says so rather than report "no code".
+pub fn find(img: &RgbImage, cfg: &QrConfig) -> Result<Vec<Found>, FilterError> {
     let (w, h) = img.dimensions();
-    let shrink = if w.max(h) > cfg.max_side.max(64) {
-        cfg.max_side.max(64) as f32 / w.max(h) as f32
-    } else {
-        1.0
-    };
-    let gray = if shrink < 1.0 {
+    let side = cfg.max_side.max(64);
+    let (shrink, gray) = if w.max(h) > side {
+        let shrink = side as f32 / w.max(h) as f32;
         let (sw, sh) = ((w as f32 * shrink) as u32, (h as f32 * shrink) as u32);
         match crate::resize::antialiased(img, sw.max(1), sh.max(1)) {
-            Ok(small) => image::imageops::grayscale(&small),
+            Ok(small) => (shrink, image::imageops::grayscale(&small)),
             // Not for an RgbImage's own buffer; the full size would be read correctly too.
-            Err(_) => image::imageops::grayscale(img),
+            Err(_) => (1.0, image::imageops::grayscale(img)),
         }
     } else {
-        image::imageops::grayscale(img)
+        (1.0, image::imageops::grayscale(img))
     };
-    let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(
-        gray.width() as usize,
-        gray.height() as usize,
-        |x, y| gray.get_pixel(x as u32, y as u32).0[0],
-    );
-    prepared
-        .detect_grids()
-        .into_iter()
-        .filter_map(|g| {
-            let xs = g.bounds.iter().map(|p| p.x as f32);
-            let ys = g.bounds.iter().map(|p| p.y as f32);
-            let b = [
-                xs.clone().fold(f32::MAX, f32::min) / shrink,
-                ys.clone().fold(f32::MAX, f32::min) / shrink,
-                xs.fold(f32::MIN, f32::max) / shrink,
-                ys.fold(f32::MIN, f32::max) / shrink,
-            ];
-            let text = g.decode().ok().map(|(_, t)| t.chars().take(256).collect());
-            (text.is_some() || cfg.count_unreadable).then_some(Found { b, text })
-        })
-        .collect()
+    let (gw, gh) = gray.dimensions();
+    let read = catch_unwind(AssertUnwindSafe(|| {
+        read_codes(gray.into_raw(), gw, gh, cfg)
+    }));
+    let pass = read.map_err(|_| {
+        FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
+    })?;
+    let mut found = pass.into_found(cfg.count_unreadable);
+    for f in &mut found {
+        for v in &mut f.b {
+            *v /= shrink;
+        }
+    }
+    Ok(found)
+}
+
+/// The searches, each only while no code has been read: the image binarised by a local
+/// threshold; the same bits inverted (when `cfg.inverted`); the image binarised by one
+/// threshold for all of it; the image at half size (2×2 pixels averaged), binarised by
+/// the local threshold again, whose blocks then span twice as many pixels.
+fn read_codes(luma: Vec<u8>, w: u32, h: u32, cfg: &QrConfig) -> Pass {
+    let mut pass = Pass::default();
+    if let Some(mut bits) = local_bits(luma.clone(), w, h) {
+        pass.add(search(&bits), 1.0);
+        if cfg.inverted && pass.read.is_empty() {
+            bits.flip_self();
+            pass.add(search(&bits), 1.0);
+        }
+    }
+    if pass.read.is_empty() {
+        let global = Luma8LuminanceSource::new(luma.clone(), w, h)
+            .ok()
+            .map(GlobalHistogramBinarizer::new);
+        // No threshold for a flat image: nothing to read there.
+        if let Some(bits) = global.as_ref().and_then(|g| g.get_black_matrix().ok()) {
+            pass.add(search(bits), 1.0);
+        }
+    }
+    if pass.read.is_empty() && w >= 2 && h >= 2 {
+        let (half, hw, hh) = half_size(&luma, w, h);
+        if let Some(bits) = local_bits(half, hw, hh) {
+            pass.add(search(&bits), 2.0);
+        }
+    }
+    pass
+}
+
+/// `luma` binarised by zxing's hybrid binarizer (a global threshold below 40 pixels a
+/// side, where its 8×8 blocks do not fit); `None` where there is no threshold to find.
+fn local_bits(luma: Vec<u8>, w: u32, h: u32) -> Option<BitMatrix> {
+    let source = Luma8LuminanceSource::new(luma, w, h).ok()?;
+    HybridBinarizer::new(source)
+        .get_black_matrix()
+        .ok()
+        .cloned()
+}
+
+/// Each 2×2 pixels of `luma` averaged (an odd last row or column dropped).
+fn half_size(luma: &[u8], w: u32, h: u32) -> (Vec<u8>, u32, u32) {
+    let (hw, hh) = (w / 2, h / 2);
+    let w = w as usize;
+    let mut out = Vec::with_capacity(hw as usize * hh as usize);
+    for y in 0..hh as usize {
+        let (top, bottom) = (&luma[2 * y * w..], &luma[(2 * y + 1) * w..]);
+        out.extend((0..hw as usize).map(|x| {
+            let sum = u16::from(top[2 * x])
+                + u16::from(top[2 * x + 1])
+                + u16::from(bottom[2 * x])
+                + u16::from(bottom[2 * x + 1]);
+            ((sum + 2) / 4) as u8
+        }));
+    }
+    (out, hw, hh)
+}
+
+/// What one search of a binarised image found, in the image's own pixels.
+#[derive(Default)]
+struct Pass {
+    read: Vec<Found>,
+    unreadable: Vec<Found>,
+}
+
+impl Pass {
+    /// Adds what a search of the image scaled by 1/`scale` found.
+    fn add(&mut self, mut other: Pass, scale: f32) {
+        for f in other.read.iter_mut().chain(&mut other.unreadable) {
+            for v in &mut f.b {
+                *v *= scale;
+            }
+        }
+        self.read.extend(other.read);
+        self.unreadable.extend(other.unreadable);
+    }
+
+    /// The codes read, then each unreadable grid that overlaps no code counted before it
+    /// (a group of finder patterns from two codes, or one code seen twice, counts once).
+    fn into_found(self, count_unreadable: bool) -> Vec<Found> {
+        let mut found = self.read;
+        if count_unreadable {
+            for u in self.unreadable {
+                if !found.iter().any(|f| overlap(f.b, u.b)) {
+                    found.push(u);
+                }
+            }
+        }
+        found
+    }
+}
+
+fn overlap(a: [f32; 4], b: [f32; 4]) -> bool {
+    a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]
+}
+
+/// At most this many finder patterns are grouped, the largest first: a photo holds a few
+/// (three a code), while a sheet of look-alikes (a test below) holds thousands, and
+/// their groups grow as the square.
+const MAX_PATTERNS: usize = 300;
+/// At most this many groups are sampled and decoded per search, the most plausible first
+/// (rxing keeps every group, where zxing-cpp keeps a few): 1000×800 pixels of finder
+/// look-alikes made 114,000 groups and 8.6 s of CPU before this bound, 1 ms per 6 groups.
+const MAX_SETS: usize = 256;
+
+/// zxing-cpp's `QRCode::Reader::decode` for QR codes (model 2), keeping the groups that
+/// sample to a grid without decoding, and without the finder patterns of codes read.
+fn search(bits: &BitMatrix) -> Pass {
+    let mut patterns = detector::FindFinderPatterns(bits, true, 0);
+    if patterns.len() > MAX_PATTERNS {
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.size));
+        patterns.truncate(MAX_PATTERNS);
+    }
+    let mut used = Vec::new();
+    let mut pass = Pass::default();
+    let sets = detector::GenerateFinderPatternSets(&mut patterns);
+    for set in sets.into_iter().take(MAX_SETS) {
+        if [set.bl, set.tl, set.tr].iter().any(|p| used.contains(p)) {
+            continue;
+        }
+        let Ok(sampled) = detector::SampleQR(bits, &set) else {
+            continue;
+        };
+        let b = bounds(sampled.getPoints());
+        match decoder::Decode(sampled.getBits()) {
+            Ok(d) if d.isValid() => {
+                used.extend([set.bl, set.tl, set.tr]);
+                let text = d.text().chars().take(256).collect();
+                pass.read.push(Found {
+                    b,
+                    text: Some(text),
+                });
+            }
+            _ => pass.unreadable.push(Found { b, text: None }),
+        }
+    }
+    pass
+}
+
+fn bounds(points: &[rxing::Point]) -> [f32; 4] {
+    points.iter().fold(
+        [f32::MAX, f32::MAX, f32::MIN, f32::MIN],
+        |[x0, y0, x1, y1], p| [x0.min(p.x), y0.min(p.y), x1.max(p.x), y1.max(p.y)],
+    )
 }
 
 #[derive(Default)]
@@ -109,13 +267,16 @@ impl Filter for QrCode {
     }
 
     fn info(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([("decoder".into(), "rqrr 0.11".into())])
+        BTreeMap::from([(
+            "decoder".into(),
+            "rxing 0.9 (zxing-cpp's QR reader, ported)".into(),
+        )])
     }
 
     async fn apply(&self, input: Input, cfg: QrConfig) -> Result<Verdict, FilterError> {
         let found = self
             .intake
-            .with_image(input, move |img| Ok(find(&img, &cfg)))
+            .with_image(input, move |img| find(&img, &cfg))
             .await?;
         let mut v = Verdict::score(if found.is_empty() { 0.0 } else { 1.0 })
             .label("qr_count", found.len() as f64);
@@ -142,40 +303,48 @@ impl Filter for QrCode {
 mod tests {
     use super::*;
 
-    /// A QR code drawn into a photo-sized canvas at (x, y), `module` pixels per module.
-    fn canvas_with_qr(text: &str, x: u32, y: u32, module: u32) -> RgbImage {
+    /// A QR code drawn into a photo-sized canvas at (x, y), `module` pixels per module,
+    /// dark modules `dark` on a quiet zone of 4 modules `light`.
+    fn code_on(canvas: &mut RgbImage, text: &str, (x, y): (u32, u32), module: u32, dark: u8) {
         let code = qrcode::QrCode::new(text.as_bytes()).unwrap();
         let n = code.width() as u32;
         let colors = code.to_colors();
-        let mut img = RgbImage::from_pixel(640, 480, image::Rgb([230, 220, 200]));
-        // A quiet zone of 4 modules, white.
         for py in 0..(n + 8) * module {
             for px in 0..(n + 8) * module {
                 let (mx, my) = (px / module, py / module);
-                let dark = mx >= 4
+                let is_dark = mx >= 4
                     && my >= 4
                     && mx < n + 4
                     && my < n + 4
                     && colors[((my - 4) * n + (mx - 4)) as usize] == qrcode::Color::Dark;
-                let v = if dark { 0 } else { 255 };
-                img.put_pixel(x + px, y + py, image::Rgb([v, v, v]));
+                let v = if is_dark { dark } else { 255 - dark };
+                canvas.put_pixel(x + px, y + py, image::Rgb([v, v, v]));
             }
         }
+    }
+
+    fn canvas() -> RgbImage {
+        RgbImage::from_pixel(640, 480, image::Rgb([230, 220, 200]))
+    }
+
+    fn canvas_with_qr(text: &str, x: u32, y: u32, module: u32) -> RgbImage {
+        let mut img = canvas();
+        code_on(&mut img, text, (x, y), module, 0);
         img
     }
 
     #[test]
     fn finds_reads_and_places_a_code() {
         let img = canvas_with_qr("https://example.com/spam", 100, 50, 6);
-        let found = find(&img, &QrConfig::default());
+        let found = find(&img, &QrConfig::default()).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].text.as_deref(), Some("https://example.com/spam"));
-        // The code's modules start 4 modules (24 px) inside the quiet zone.
+        // The code's modules start 4 modules (24 px) inside the quiet zone; a version 2
+        // code is 25 modules (150 px) a side.
         let b = found[0].b;
-        assert!(
-            (b[0] - 124.0).abs() <= 6.0 && (b[1] - 74.0).abs() <= 6.0,
-            "{b:?}"
-        );
+        for (got, want) in b.iter().zip([124.0, 74.0, 274.0, 224.0]) {
+            assert!((got - want).abs() <= 6.0, "{b:?}");
+        }
     }
 
     #[test]
@@ -183,18 +352,125 @@ mod tests {
         let img = RgbImage::from_fn(800, 600, |x, y| {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
         });
-        assert!(find(&img, &QrConfig::default()).is_empty());
+        assert!(find(&img, &QrConfig::default()).unwrap().is_empty());
         let img = canvas_with_qr("scaled", 0, 0, 8);
         let small = QrConfig {
             max_side: 320,
             ..QrConfig::default()
         };
-        let found = find(&img, &small);
+        let found = find(&img, &small).unwrap();
         assert_eq!(found.len(), 1);
         assert!(
             found[0].b[2] > 200.0,
             "boxes are in original pixels: {:?}",
             found[0].b
         );
+    }
+
+    #[test]
+    fn light_on_dark_codes_are_read_when_asked() {
+        let mut img = RgbImage::from_pixel(640, 480, image::Rgb([20, 30, 40]));
+        code_on(&mut img, "inverted", (100, 50), 6, 235);
+        let found = find(&img, &QrConfig::default()).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].text.as_deref(), Some("inverted"));
+        let plain = QrConfig {
+            inverted: false,
+            ..QrConfig::default()
+        };
+        assert!(find(&img, &plain).unwrap().is_empty());
+    }
+
+    #[test]
+    fn two_codes_are_two() {
+        let mut img = RgbImage::from_pixel(900, 400, image::Rgb([230, 220, 200]));
+        code_on(&mut img, "left", (40, 60), 7, 0);
+        code_on(&mut img, "right", (520, 60), 7, 0);
+        let mut texts: Vec<_> = find(&img, &QrConfig::default())
+            .unwrap()
+            .into_iter()
+            .map(|f| f.text)
+            .collect();
+        texts.sort();
+        assert_eq!(texts, [Some("left".into()), Some("right".into())]);
+    }
+
+    /// A code whose data is painted over beyond what error correction restores is
+    /// found, unread, and counted unless `count_unreadable` is off.
+    #[test]
+    fn a_damaged_code_counts_unread() {
+        let mut img = canvas_with_qr(
+            "https://example.com/a-longer-text-for-more-modules",
+            100,
+            50,
+            6,
+        );
+        // The modules between the finder patterns, below the top ones: data and error
+        // correction, not the corners or the timing pattern.
+        for y in 150..270 {
+            for x in 180..290 {
+                img.put_pixel(x, y, image::Rgb([((x * 7 + y * 13) % 2 * 255) as u8; 3]));
+            }
+        }
+        let found = find(&img, &QrConfig::default()).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].text, None);
+        let b = found[0].b;
+        assert!(
+            (b[0] - 124.0).abs() <= 6.0 && (b[1] - 74.0).abs() <= 6.0,
+            "{b:?}"
+        );
+        let read_only = QrConfig {
+            count_unreadable: false,
+            ..QrConfig::default()
+        };
+        assert!(find(&img, &read_only).unwrap().is_empty());
+    }
+
+    #[test]
+    fn half_size_averages_each_two_by_two() {
+        // 5×3: the last column and row are dropped; (1+2+6+7+2)/4 rounds to 4.
+        let luma: Vec<u8> = (1..=15).collect();
+        assert_eq!(half_size(&luma, 5, 3), (vec![4, 6], 2, 1));
+        assert_eq!(half_size(&[255; 4], 2, 2), (vec![255], 1, 1));
+    }
+
+    /// Sizes and patterns a detector's arithmetic can trip on: one pixel, one row, less
+    /// than the binarizer's 40-pixel blocks, flat, noise, checkerboards, and a sheet of
+    /// finder-pattern look-alikes. Each is searched without a panic.
+    #[test]
+    fn odd_images_are_searched_without_a_panic() {
+        let mut images = vec![
+            RgbImage::new(1, 1),
+            RgbImage::new(1, 500),
+            RgbImage::new(700, 2),
+            RgbImage::from_pixel(39, 39, image::Rgb([255; 3])),
+            RgbImage::from_pixel(300, 300, image::Rgb([0; 3])),
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for (w, h) in [(41, 41), (97, 320), (640, 480)] {
+            images.push(RgbImage::from_fn(w, h, |_, _| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                image::Rgb([(seed & 255) as u8; 3])
+            }));
+        }
+        for cell in [1, 2, 3, 7] {
+            images.push(RgbImage::from_fn(400, 300, |x, y| {
+                image::Rgb([((x / cell + y / cell) % 2 * 255) as u8; 3])
+            }));
+        }
+        // Finder patterns (7×7 modules: ring, gap, 3×3 centre) tiled at 2 px a module.
+        images.push(RgbImage::from_fn(1000, 800, |x, y| {
+            let (mx, my) = ((x / 2) % 9, (y / 2) % 9);
+            let ring = mx.min(my).min(6 - mx.min(6)).min(6 - my.min(6));
+            let dark = mx < 7 && my < 7 && ring != 1;
+            image::Rgb([if dark { 0 } else { 255 }; 3])
+        }));
+        for img in &images {
+            let found = find(img, &QrConfig::default());
+            assert!(found.is_ok(), "{:?}: {found:?}", img.dimensions());
+        }
     }
 }

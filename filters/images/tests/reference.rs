@@ -5,6 +5,7 @@
 //! Needs what `scripts/setup.sh` installs: ONNX Runtime and the models in the cache,
 //! and the reference packages (`filters/images/reference/requirements.txt`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -664,4 +665,103 @@ fn ng_image_pre_processing_is_pillows_to_the_bit() {
             "{name}: the JPEG round trip"
         );
     }
+}
+
+/// qr-code reads the QR codes that zxing-cpp (the C++ library whose QR reader rxing
+/// ports) reads in photos with codes planted in them (`reference.py qr-samples`: turned,
+/// in perspective, small, blurred, noisy JPEGs, low contrast, inverted, coloured, in a
+/// 12-megapixel photo, two in one photo; six of each, and twenty more faint ones, where
+/// the reader's later searches matter most), never a text that is not there, and finds
+/// nothing, readable or not, in photos without a code (crops of photos and 25 of
+/// scikit-image's images as they are: text, checkerboards, micrographs, textures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_code_reads_what_zxing_cpp_reads() {
+    let all = tempfile::tempdir().unwrap();
+    let kinds = qr_reading(all.path(), &["6"]).await;
+    println!("kind           planted  zxing-cpp  read  found");
+    for (kind, [planted, zx, read, found]) in &kinds {
+        println!("{kind:14} {planted:7} {zx:10} {read:5} {found:6}");
+        assert!(
+            read + 1 >= *zx,
+            "{kind}: read {read} of the {zx} codes zxing-cpp reads"
+        );
+    }
+    let total = |i: usize| kinds.values().map(|k| k[i]).sum::<usize>();
+    assert!(
+        total(2) as f64 >= 0.95 * total(1) as f64,
+        "read {} of the {} codes zxing-cpp reads",
+        total(2),
+        total(1)
+    );
+    assert_eq!(
+        kinds["none"][3] + kinds["photo"][3],
+        0,
+        "codes found where none is"
+    );
+    let faint = tempfile::tempdir().unwrap();
+    let [_, zx, read, _] = qr_reading(faint.path(), &["20", "low-contrast"]).await["low-contrast"];
+    println!("twenty faint codes: zxing-cpp read {zx}, qr-code {read}");
+    assert!(
+        read + 1 >= zx,
+        "read {read} of the {zx} faint codes zxing-cpp reads"
+    );
+}
+
+/// `reference.py qr-samples DIR ARGS…` read by qr-code and by zxing-cpp: by kind, the
+/// codes planted, read by zxing-cpp, read by qr-code, found by qr-code (read or not).
+/// Panics on a text read that was not planted, or more codes found than planted.
+async fn qr_reading(dir: &Path, args: &[&str]) -> BTreeMap<String, [usize; 4]> {
+    use sekisho_filters_images::{QrCode, QrConfig};
+    let mut call = vec!["qr-samples", dir.to_str().unwrap()];
+    call.extend(args);
+    reference(&call);
+    let truth: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("truth.json")).unwrap()).unwrap();
+    let paths: Vec<PathBuf> = truth
+        .iter()
+        .map(|t| dir.join(t["file"].as_str().unwrap()))
+        .collect();
+    let zxing = reference_on("qr-read", &paths);
+    let qr = QrCode::default();
+    let mut kinds: BTreeMap<String, [usize; 4]> = BTreeMap::new();
+    for ((t, path), z) in truth.iter().zip(&paths).zip(&zxing) {
+        let name = t["file"].as_str().unwrap();
+        let planted: Vec<&str> = t["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let v = qr
+            .apply(image_input(path), QrConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let read: Vec<&str> = v.details.as_ref().map_or(vec![], |d| {
+            d["texts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|t| t.as_str())
+                .collect()
+        });
+        for text in &read {
+            assert!(planted.contains(text), "{name}: read {text:?}, not planted");
+        }
+        let found = v.labels["qr_count"] as usize;
+        assert_eq!(found, v.regions.len(), "{name}");
+        assert!(
+            found <= planted.len(),
+            "{name}: {found} codes, {planted:?} planted"
+        );
+        let zx = z["zxing"].as_array().unwrap();
+        let k = kinds.entry(t["kind"].as_str().unwrap().into()).or_default();
+        k[0] += planted.len();
+        k[1] += planted
+            .iter()
+            .filter(|p| zx.iter().any(|z| z.as_str() == Some(**p)))
+            .count();
+        k[2] += read.len();
+        k[3] += found;
+    }
+    kinds
 }
