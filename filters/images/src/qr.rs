@@ -62,21 +62,18 @@ pub struct Found {
 pub fn find(img: &RgbImage, cfg: &QrConfig) -> Result<Vec<Found>, FilterError> {
     let (w, h) = img.dimensions();
     let side = cfg.max_side.max(64);
-    let (shrink, gray) = if w.max(h) > side {
+    let (shrink, luma, (gw, gh)) = if w.max(h) > side {
         let shrink = side as f32 / w.max(h) as f32;
         let (sw, sh) = ((w as f32 * shrink) as u32, (h as f32 * shrink) as u32);
         match crate::resize::antialiased(img, sw.max(1), sh.max(1)) {
-            Ok(small) => (shrink, image::imageops::grayscale(&small)),
+            Ok(small) => (shrink, luma(&small), small.dimensions()),
             // Not for an RgbImage's own buffer; the full size would be read correctly too.
-            Err(_) => (1.0, image::imageops::grayscale(img)),
+            Err(_) => (1.0, luma(img), (w, h)),
         }
     } else {
-        (1.0, image::imageops::grayscale(img))
+        (1.0, luma(img), (w, h))
     };
-    let (gw, gh) = gray.dimensions();
-    let read = catch_unwind(AssertUnwindSafe(|| {
-        read_codes(gray.into_raw(), gw, gh, cfg)
-    }));
+    let read = catch_unwind(AssertUnwindSafe(|| read_codes(luma, gw, gh, cfg)));
     let pass = read.map_err(|_| {
         FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
     })?;
@@ -87,6 +84,18 @@ pub fn find(img: &RgbImage, cfg: &QrConfig) -> Result<Vec<Found>, FilterError> {
         }
     }
     Ok(found)
+}
+
+/// Each pixel's luma, ITU-R BT.601 weights in 10-bit fixed point, as zxing-cpp turns RGB
+/// into grey (`image`'s grayscale goes through `f32`: a sixth of the search's time).
+fn luma(img: &RgbImage) -> Vec<u8> {
+    img.as_raw()
+        .chunks_exact(3)
+        .map(|p| {
+            let sum = 306 * u32::from(p[0]) + 601 * u32::from(p[1]) + 117 * u32::from(p[2]);
+            ((sum + 512) >> 10) as u8
+        })
+        .collect()
 }
 
 /// The searches, each only while no code has been read: the image binarised by a local
