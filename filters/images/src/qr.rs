@@ -31,7 +31,8 @@ use crate::intake::{self, Intake};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QrConfig {
-    /// Images with a longer side are scaled down first (QR finding is linear in pixels).
+    /// Images with a longer side are scaled down first, by the smallest whole factor that
+    /// brings them to this or less (QR finding is linear in pixels).
     #[schemars(range(min = 64))]
     pub max_side: u32,
     /// Count a code whose corners and grid are found even when its content cannot be read.
@@ -43,7 +44,7 @@ pub struct QrConfig {
 impl Default for QrConfig {
     fn default() -> Self {
         QrConfig {
-            max_side: 4096,
+            max_side: 2048,
             count_unreadable: true,
             inverted: true,
         }
@@ -57,31 +58,37 @@ pub struct Found {
     pub text: Option<String>,
 }
 
-/// The codes in `img`. An `Err` is the reader failing on this image (a panic inside it,
-/// caught): the caller says so rather than report "no code".
-pub fn find(img: &RgbImage, cfg: &QrConfig) -> Result<Vec<Found>, FilterError> {
+/// The size the search runs at for an image of `w`×`h`: scaled down by the smallest
+/// whole factor that brings its longer side to `max_side` or less (sides rounded up),
+/// which a JPEG of twice that or more is decoded at directly (libjpeg's DCT scaling).
+pub fn search_size(w: u32, h: u32, cfg: &QrConfig) -> (u32, u32) {
+    let k = w.max(h).div_ceil(cfg.max_side.max(64)).max(1);
+    (w.div_ceil(k), h.div_ceil(k))
+}
+
+/// The codes in `img`, an image whose own size is `size` (`img` may have been decoded
+/// smaller), with boxes in the image's own pixels. An `Err` is the reader failing on
+/// this image (a panic inside it, caught): the caller says so rather than report "no
+/// code".
+pub fn find(img: &RgbImage, size: (u32, u32), cfg: &QrConfig) -> Result<Vec<Found>, FilterError> {
+    let (sw, sh) = search_size(size.0, size.1, cfg);
     let (w, h) = img.dimensions();
-    let side = cfg.max_side.max(64);
-    let (shrink, luma, (gw, gh)) = if w.max(h) > side {
-        let shrink = side as f32 / w.max(h) as f32;
-        let (sw, sh) = ((w as f32 * shrink) as u32, (h as f32 * shrink) as u32);
-        match crate::resize::antialiased(img, sw.max(1), sh.max(1)) {
-            Ok(small) => (shrink, luma(&small), small.dimensions()),
-            // Not for an RgbImage's own buffer; the full size would be read correctly too.
-            Err(_) => (1.0, luma(img), (w, h)),
-        }
-    } else {
-        (1.0, luma(img), (w, h))
-    };
+    let small = (w > sw || h > sh)
+        .then(|| crate::resize::antialiased(img, sw, sh).ok())
+        .flatten();
+    // The resize refuses only buffers an RgbImage cannot have; the pixels as they are
+    // would be read correctly too.
+    let img = small.as_ref().unwrap_or(img);
+    let (gw, gh) = img.dimensions();
+    let luma = luma(img);
     let read = catch_unwind(AssertUnwindSafe(|| read_codes(luma, gw, gh, cfg)));
     let pass = read.map_err(|_| {
         FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
     })?;
     let mut found = pass.into_found(cfg.count_unreadable);
+    let (x, y) = (size.0 as f32 / gw as f32, size.1 as f32 / gh as f32);
     for f in &mut found {
-        for v in &mut f.b {
-            *v /= shrink;
-        }
+        f.b = [f.b[0] * x, f.b[1] * y, f.b[2] * x, f.b[3] * y];
     }
     Ok(found)
 }
@@ -283,9 +290,14 @@ impl Filter for QrCode {
     }
 
     async fn apply(&self, input: Input, cfg: QrConfig) -> Result<Verdict, FilterError> {
+        let fit = cfg.clone();
         let found = self
             .intake
-            .with_image(input, move |img| find(&img, &cfg))
+            .with_image_to_fit(
+                input,
+                move |w, h| search_size(w, h, &fit),
+                move |img, size| find(&img, size, &cfg),
+            )
             .await?;
         let mut v = Verdict::score(if found.is_empty() { 0.0 } else { 1.0 })
             .label("qr_count", found.len() as f64);
@@ -345,7 +357,7 @@ mod tests {
     #[test]
     fn finds_reads_and_places_a_code() {
         let img = canvas_with_qr("https://example.com/spam", 100, 50, 6);
-        let found = find(&img, &QrConfig::default()).unwrap();
+        let found = find(&img, img.dimensions(), &QrConfig::default()).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].text.as_deref(), Some("https://example.com/spam"));
         // The code's modules start 4 modules (24 px) inside the quiet zone; a version 2
@@ -361,13 +373,17 @@ mod tests {
         let img = RgbImage::from_fn(800, 600, |x, y| {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
         });
-        assert!(find(&img, &QrConfig::default()).unwrap().is_empty());
+        assert!(
+            find(&img, img.dimensions(), &QrConfig::default())
+                .unwrap()
+                .is_empty()
+        );
         let img = canvas_with_qr("scaled", 0, 0, 8);
         let small = QrConfig {
             max_side: 320,
             ..QrConfig::default()
         };
-        let found = find(&img, &small).unwrap();
+        let found = find(&img, img.dimensions(), &small).unwrap();
         assert_eq!(found.len(), 1);
         assert!(
             found[0].b[2] > 200.0,
@@ -376,18 +392,47 @@ mod tests {
         );
     }
 
+    /// A 12-megapixel JPEG is decoded at 1/2 and searched at 1/3 of its size (the
+    /// default `max_side`, 2,048): the code is read, its box in the photo's own pixels.
+    #[tokio::test]
+    async fn a_large_jpeg_is_searched_smaller_and_placed_in_its_own_pixels() {
+        let mut img = RgbImage::from_pixel(4200, 2800, image::Rgb([200, 190, 170]));
+        code_on(&mut img, "a phone photo", (2500, 300), 12, 0);
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 90)
+            .encode(img.as_raw(), 4200, 2800, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        assert_eq!(search_size(4200, 2800, &QrConfig::default()), (1400, 934));
+        let input = Input {
+            content_type: "image/jpeg".into(),
+            payload: sekisho_filter_sdk::Payload::Data(jpeg.into()),
+            context: Default::default(),
+        };
+        let v = QrCode::default()
+            .apply(input, QrConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(v.details.unwrap()["texts"][0], "a phone photo");
+        // Version 1: 21 modules of 12 px, inside a quiet zone of 4.
+        let r = &v.regions[0];
+        let got = [r.x, r.y, r.x + r.width, r.y + r.height];
+        for (g, want) in got.iter().zip([2548.0, 348.0, 2800.0, 600.0]) {
+            assert!((g - want).abs() <= 12.0, "{got:?}");
+        }
+    }
+
     #[test]
     fn light_on_dark_codes_are_read_when_asked() {
         let mut img = RgbImage::from_pixel(640, 480, image::Rgb([20, 30, 40]));
         code_on(&mut img, "inverted", (100, 50), 6, 235);
-        let found = find(&img, &QrConfig::default()).unwrap();
+        let found = find(&img, img.dimensions(), &QrConfig::default()).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].text.as_deref(), Some("inverted"));
         let plain = QrConfig {
             inverted: false,
             ..QrConfig::default()
         };
-        assert!(find(&img, &plain).unwrap().is_empty());
+        assert!(find(&img, img.dimensions(), &plain).unwrap().is_empty());
     }
 
     #[test]
@@ -395,7 +440,7 @@ mod tests {
         let mut img = RgbImage::from_pixel(900, 400, image::Rgb([230, 220, 200]));
         code_on(&mut img, "left", (40, 60), 7, 0);
         code_on(&mut img, "right", (520, 60), 7, 0);
-        let mut texts: Vec<_> = find(&img, &QrConfig::default())
+        let mut texts: Vec<_> = find(&img, img.dimensions(), &QrConfig::default())
             .unwrap()
             .into_iter()
             .map(|f| f.text)
@@ -421,7 +466,7 @@ mod tests {
                 img.put_pixel(x, y, image::Rgb([((x * 7 + y * 13) % 2 * 255) as u8; 3]));
             }
         }
-        let found = find(&img, &QrConfig::default()).unwrap();
+        let found = find(&img, img.dimensions(), &QrConfig::default()).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].text, None);
         let b = found[0].b;
@@ -433,7 +478,7 @@ mod tests {
             count_unreadable: false,
             ..QrConfig::default()
         };
-        assert!(find(&img, &read_only).unwrap().is_empty());
+        assert!(find(&img, img.dimensions(), &read_only).unwrap().is_empty());
     }
 
     #[test]
@@ -478,7 +523,7 @@ mod tests {
             image::Rgb([if dark { 0 } else { 255 }; 3])
         }));
         for img in &images {
-            let found = find(img, &QrConfig::default());
+            let found = find(img, img.dimensions(), &QrConfig::default());
             assert!(found.is_ok(), "{:?}: {found:?}", img.dimensions());
         }
     }
