@@ -12,7 +12,10 @@ use sekisho_filters_images::qr::{self, QrConfig};
 
 fn main() {
     let mut cfg = QrConfig::default();
-    if let Some(side) = std::env::var("QR_MAX_SIDE").ok().and_then(|v| v.parse().ok()) {
+    if let Some(side) = std::env::var("QR_MAX_SIDE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         cfg.max_side = side;
     }
     for path in std::env::args().skip(1) {
