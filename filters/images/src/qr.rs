@@ -347,6 +347,11 @@ mod tests {
         }
     }
 
+    /// The codes in `img`, searched as a whole image.
+    fn codes_in(img: &RgbImage, cfg: &QrConfig) -> Vec<Found> {
+        find(img, img.dimensions(), cfg).unwrap()
+    }
+
     fn canvas() -> RgbImage {
         RgbImage::from_pixel(640, 480, image::Rgb([230, 220, 200]))
     }
@@ -360,7 +365,7 @@ mod tests {
     #[test]
     fn finds_reads_and_places_a_code() {
         let img = canvas_with_qr("https://example.com/spam", 100, 50, 6);
-        let found = find(&img, img.dimensions(), &QrConfig::default()).unwrap();
+        let found = codes_in(&img, &QrConfig::default());
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].text.as_deref(), Some("https://example.com/spam"));
         // The code's modules start 4 modules (24 px) inside the quiet zone; a version 2
@@ -376,17 +381,13 @@ mod tests {
         let img = RgbImage::from_fn(800, 600, |x, y| {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
         });
-        assert!(
-            find(&img, img.dimensions(), &QrConfig::default())
-                .unwrap()
-                .is_empty()
-        );
+        assert!(codes_in(&img, &QrConfig::default()).is_empty());
         let img = canvas_with_qr("scaled", 0, 0, 8);
         let small = QrConfig {
             max_side: 320,
             ..QrConfig::default()
         };
-        let found = find(&img, img.dimensions(), &small).unwrap();
+        let found = codes_in(&img, &small);
         assert_eq!(found.len(), 1);
         assert!(
             found[0].b[2] > 200.0,
@@ -428,14 +429,14 @@ mod tests {
     fn light_on_dark_codes_are_read_when_asked() {
         let mut img = RgbImage::from_pixel(640, 480, image::Rgb([20, 30, 40]));
         code_on(&mut img, "inverted", (100, 50), 6, 235);
-        let found = find(&img, img.dimensions(), &QrConfig::default()).unwrap();
+        let found = codes_in(&img, &QrConfig::default());
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].text.as_deref(), Some("inverted"));
-        let plain = QrConfig {
+        let cfg = QrConfig {
             inverted: false,
             ..QrConfig::default()
         };
-        assert!(find(&img, img.dimensions(), &plain).unwrap().is_empty());
+        assert!(codes_in(&img, &cfg).is_empty(), "dark on light only");
     }
 
     #[test]
@@ -443,8 +444,7 @@ mod tests {
         let mut img = RgbImage::from_pixel(900, 400, image::Rgb([230, 220, 200]));
         code_on(&mut img, "left", (40, 60), 7, 0);
         code_on(&mut img, "right", (520, 60), 7, 0);
-        let mut texts: Vec<_> = find(&img, img.dimensions(), &QrConfig::default())
-            .unwrap()
+        let mut texts: Vec<_> = codes_in(&img, &QrConfig::default())
             .into_iter()
             .map(|f| f.text)
             .collect();
@@ -469,7 +469,7 @@ mod tests {
                 img.put_pixel(x, y, image::Rgb([((x * 7 + y * 13) % 2 * 255) as u8; 3]));
             }
         }
-        let found = find(&img, img.dimensions(), &QrConfig::default()).unwrap();
+        let found = codes_in(&img, &QrConfig::default());
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].text, None);
         let b = found[0].b;
@@ -477,11 +477,11 @@ mod tests {
             (b[0] - 124.0).abs() <= 6.0 && (b[1] - 74.0).abs() <= 6.0,
             "{b:?}"
         );
-        let read_only = QrConfig {
+        let cfg = QrConfig {
             count_unreadable: false,
             ..QrConfig::default()
         };
-        assert!(find(&img, img.dimensions(), &read_only).unwrap().is_empty());
+        assert!(codes_in(&img, &cfg).is_empty(), "only codes read count");
     }
 
     #[test]
