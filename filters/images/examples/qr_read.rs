@@ -5,7 +5,8 @@
 //!
 //!   cargo run --release -p sekisho-filters-images --example qr_read -- IMAGE...
 //!
-//! `QR_MAX_SIDE=N` sets the config's `max_side`.
+//! `QR_MAX_SIDE=N` sets the config's `max_side`, `QR_FORMATS=qr,micro-qr,rmqr` its
+//! `formats`.
 
 use sekisho_filters_images::intake::{self, ImageLimits};
 use sekisho_filters_images::qr::{self, QrConfig};
@@ -17,6 +18,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
     {
         cfg.max_side = side;
+    }
+    if let Ok(formats) = std::env::var("QR_FORMATS") {
+        let list = format!("{:?}", formats.split(',').collect::<Vec<_>>());
+        cfg.formats = serde_json::from_str(&list).expect("QR_FORMATS: qr, micro-qr, rmqr");
     }
     for path in std::env::args().skip(1) {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

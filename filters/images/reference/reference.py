@@ -23,11 +23,12 @@
                                       into DIR, N of each kind (plain, turned, perspective,
                                       small, blurred, jpeg-noisy, low-contrast, inverted,
                                       coloured, large-photo: in a 12-megapixel photo,
-                                      two-codes, none: crops of photos without one) and,
+                                      two-codes, micro-qr: a Micro QR code, rmqr: an rMQR
+                                      code, none: crops of photos without one) and,
                                       unless KINDs are named, 25 images without a code as
                                       they are, and DIR/truth.json: each file's kind and
                                       the texts planted in it
-  reference.py qr-read [--opencv] IMAGE...  the QR codes zxing-cpp reads in each image
+  reference.py qr-read [--opencv] IMAGE...  the QR, Micro QR and rMQR codes zxing-cpp reads in each image
                                       (and OpenCV's QRCodeDetector), and the time it
                                       took, the fastest of three, JSON lines
   reference.py bench faces|nsfw [--model M] --seconds S --threads T [--callers C] IMAGE...
@@ -343,7 +344,8 @@ def null_nsfw(path):
 
 
 QR_KINDS = ["plain", "turned", "perspective", "small", "blurred", "jpeg-noisy",
-            "low-contrast", "inverted", "coloured", "large-photo", "two-codes", "none"]
+            "low-contrast", "inverted", "coloured", "large-photo", "two-codes", "none",
+            "micro-qr", "rmqr"]
 QR_BACKGROUNDS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
                   "motorcycle_left.png", "camera.png"]
 # scikit-image's images with no code in them, as they are: photos, micrographs, a page
@@ -356,8 +358,15 @@ QR_FREE = ["astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png"
            "rocket.jpg", "text.png"]
 
 
-def qr_modules(text):
-    """The code's modules, 1 where dark, with a quiet zone of 4 modules."""
+def qr_modules(text, fmt="qr"):
+    """The code's modules, 1 where dark, with a quiet zone: 4 modules for a QR code
+    (OpenCV's encoder), 2 for a Micro QR or rMQR code (zxing-cpp's writer)."""
+    if fmt != "qr":
+        import zxingcpp
+        kind = {"micro-qr": zxingcpp.BarcodeFormat.MicroQRCode,
+                "rmqr": zxingcpp.BarcodeFormat.RMQRCode}[fmt]
+        m = zxingcpp.create_barcode(text, kind).to_image(scale=1, add_quiet_zones=True)
+        return (np.asarray(m) < 128).astype(np.float32)
     import cv2
     m = cv2.QRCodeEncoder.create().encode(text)  # 255 light, 0 dark, 2 modules of quiet zone
     return np.pad((m < 128).astype(np.float32), 2)
@@ -376,26 +385,31 @@ def qr_background(rng, w, h):
 
 
 def qr_plant(rng, canvas, text, module, angle=0.0, tilt=0.0, dark=(20, 20, 20),
-             light=(240, 240, 240), center=None):
+             light=(240, 240, 240), center=None, fmt="qr"):
     """Draws the code on `canvas` as a printed sticker seen by a camera: `module` pixels a
     module, turned by `angle` degrees, its corners moved by up to `tilt` of its half side
     (perspective), resampled with area averaging."""
     import cv2
     h, w = canvas.shape[:2]
-    m = qr_modules(text)
-    n, big = m.shape[0], 8
-    src = cv2.resize(m, (n * big, n * big), interpolation=cv2.INTER_NEAREST)
-    side = n * module
-    if center is None:
-        margin = side * 0.75
+    m = qr_modules(text, fmt)
+    (ny, nx), big = m.shape, 8
+    module = min(module, 0.85 * w / nx, 0.85 * h / ny)
+    src = cv2.resize(m, (nx * big, ny * big), interpolation=cv2.INTER_NEAREST)
+    side = np.array([nx, ny]) * module
+    if center is None and nx == ny:
+        margin = side[0] * 0.75
         center = (rng.uniform(margin, w - margin), rng.uniform(margin, h - margin))
+    elif center is None:  # an rMQR strip: the half extent of its turned rectangle
+        c, s = abs(np.cos(np.deg2rad(angle))), abs(np.sin(np.deg2rad(angle)))
+        ex, ey = (c * side[0] + s * side[1]) / 2 + 8, (s * side[0] + c * side[1]) / 2 + 8
+        center = (rng.uniform(ex, w - ex), rng.uniform(ey, h - ey))
     a = np.deg2rad(angle)
     turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64) * side / 2
     if tilt:
         corners += rng.uniform(-tilt, tilt, (4, 2)) * side / 2
     dst = (corners @ turn.T + center).astype(np.float32)
-    edge = np.array([[0, 0], [n * big, 0], [n * big, n * big], [0, n * big]], np.float32)
+    edge = np.array([[0, 0], [nx * big, 0], [nx * big, ny * big], [0, ny * big]], np.float32)
     hom = cv2.getPerspectiveTransform(edge, dst)
     cover = cv2.warpPerspective(np.ones_like(src), hom, (w, h), flags=cv2.INTER_AREA)
     dark_part = cv2.warpPerspective(src, hom, (w, h), flags=cv2.INTER_AREA)
@@ -408,6 +422,12 @@ def qr_text(rng):
     chars = "abcdefghijklmnopqrstuvwxyz0123456789"
     return "https://spam.example/" + "".join(
         chars[i] for i in rng.integers(0, len(chars), rng.integers(6, 60)))
+
+
+def micro_qr_text(rng):
+    """Up to 17 characters of QR's alphanumeric set: a Micro QR code holds at most 21."""
+    chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "X.CO/" + "".join(chars[i] for i in rng.integers(0, len(chars), rng.integers(2, 13)))
 
 
 def qr_sample(kind, i, out_dir):
@@ -440,6 +460,12 @@ def qr_sample(kind, i, out_dir):
         dark, light = pairs[rng.integers(len(pairs))]
     elif kind == "large-photo":
         w, h, module, quality = 4000, 3000, rng.uniform(3, 6), 90
+    elif kind == "micro-qr":  # turned a little, a JPEG
+        texts, angle, quality = [micro_qr_text(rng)], rng.uniform(-15, 15), 85
+        module = rng.uniform(4, 9)
+    elif kind == "rmqr":  # a strip up to 139 modules long
+        texts, angle, quality = [qr_text(rng)[:rng.integers(30, 60)]], rng.uniform(-8, 8), 85
+        module = rng.uniform(4, 6.5)
     canvas = qr_background(rng, w, h)
     if kind == "none":
         texts = []
@@ -451,7 +477,8 @@ def qr_sample(kind, i, out_dir):
             qr_plant(rng, canvas, text, module, angle=rng.uniform(-10, 10),
                      center=(w * x, h * 0.5))
     else:
-        qr_plant(rng, canvas, texts[0], module, angle, tilt, dark, light)
+        fmt = kind if kind in ("micro-qr", "rmqr") else "qr"
+        qr_plant(rng, canvas, texts[0], module, angle, tilt, dark, light, fmt=fmt)
     if gradient:
         canvas *= np.linspace(1 - gradient, 1 + gradient, w)[None, :, None]
     if blur:
@@ -500,8 +527,9 @@ def qr_read(paths, opencv):
 
     for p in paths:
         img = np.asarray(Image.open(p).convert("RGB"))
-        texts, ms = fastest(lambda: [r.text for r in zxingcpp.read_barcodes(
-            img, formats=zxingcpp.BarcodeFormat.QRCode)])
+        formats = (zxingcpp.BarcodeFormat.QRCode | zxingcpp.BarcodeFormat.MicroQRCode
+                   | zxingcpp.BarcodeFormat.RMQRCode)
+        texts, ms = fastest(lambda: [r.text for r in zxingcpp.read_barcodes(img, formats=formats)])
         out = {"zxing": texts, "zxing_ms": ms}
         if detector is not None:
             import cv2

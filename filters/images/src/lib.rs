@@ -16,6 +16,7 @@ pub mod nms;
 pub mod onnx_dims;
 pub mod qr;
 pub mod resize;
+pub mod rmqr;
 pub mod runtime;
 
 pub use classify::{ClassifierSpec, NgConfig, NgImage};

@@ -1,7 +1,8 @@
 //! `qr-code`: finds and reads QR codes without a model, with `rxing`'s port of zxing-cpp's
-//! QR detector and decoder. Score 1 when at least one code is found; label `qr_count`; a
-//! region per code (its bounding box); the decoded text of each readable code in
-//! `details`, cut to 256 characters.
+//! QR detector and decoder: QR codes (model 2), Micro QR codes and rMQR (rectangular
+//! Micro QR) codes. Score 1 when at least one code is found; label `qr_count`; a region
+//! per code (its bounding box, labelled `qr`, `micro-qr` or `rmqr`); the decoded text of
+//! each readable code in `details`, cut to 256 characters, with each code's format.
 //!
 //! The image is binarised by zxing's hybrid binarizer (a local threshold from 8×8
 //! blocks, so uneven light and low contrast survive), finder patterns are looked for on
@@ -13,14 +14,23 @@
 //! them whole. A group that samples to a grid but cannot be read
 //! (damaged, half hidden) still counts when `count_unreadable` is on: a phone may read
 //! what this reader cannot.
+//!
+//! A Micro QR or rMQR code has one finder pattern (an rMQR code a smaller second one in
+//! the far corner), so each finder pattern that no QR code read used is also tried as
+//! the corner of one of these: its format information read around it, the grid sampled
+//! and decoded (an rMQR strip by [`crate::rmqr`] first, which reads turned strips that
+//! the port's sampler does not). These count only when read: one pattern whose
+//! neighbourhood samples to a grid is too little to call a code.
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use async_trait::async_trait;
 use image::RgbImage;
+use rxing::common::cpp_essentials::ConcentricPattern;
 use rxing::common::{BitMatrix, DetectorRXingResult, GlobalHistogramBinarizer, HybridBinarizer};
 use rxing::qrcode::cpp_port::{decoder, detector};
+use rxing::qrcode::detector::QRCodeDetectorResult;
 use rxing::{Binarizer, Luma8LuminanceSource};
 use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
@@ -39,6 +49,34 @@ pub struct QrConfig {
     pub count_unreadable: bool,
     /// When no code is read, look again for light-on-dark (inverted) codes.
     pub inverted: bool,
+    /// The kinds of code looked for: `qr`, `micro-qr`, `rmqr`.
+    #[schemars(length(min = 1))]
+    pub formats: Vec<QrFormat>,
+}
+
+/// A kind of code in the QR family: `qr` (model 2, 21×21 to 177×177 modules, three
+/// finder patterns), `micro-qr` (11×11 to 17×17 modules, one finder pattern, up to 35
+/// digits or 21 characters), `rmqr` (rectangular Micro QR, ISO/IEC 23941: 7 to 17 modules
+/// high and up to 139 long, room for a web address in a strip).
+// No doc comments on the variants: with them, schemars describes each variant apart
+// and the UI's config form can no longer offer the list as strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum QrFormat {
+    Qr,
+    MicroQr,
+    Rmqr,
+}
+
+impl QrFormat {
+    /// The format's name in region labels, as in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            QrFormat::Qr => "qr",
+            QrFormat::MicroQr => "micro-qr",
+            QrFormat::Rmqr => "rmqr",
+        }
+    }
 }
 
 impl Default for QrConfig {
@@ -47,14 +85,17 @@ impl Default for QrConfig {
             max_side: 2048,
             count_unreadable: true,
             inverted: true,
+            formats: vec![QrFormat::Qr, QrFormat::MicroQr, QrFormat::Rmqr],
         }
     }
 }
 
-/// One code found: its bounding box in original pixels, and its text when readable.
+/// One code found: its bounding box in original pixels, its format, and its text when
+/// readable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Found {
     pub b: [f32; 4],
+    pub format: QrFormat,
     pub text: Option<String>,
 }
 
@@ -112,10 +153,10 @@ fn luma(img: &RgbImage) -> Vec<u8> {
 fn read_codes(luma: Vec<u8>, w: u32, h: u32, cfg: &QrConfig) -> Pass {
     let mut pass = Pass::default();
     if let Some(mut bits) = local_bits(luma.clone(), w, h) {
-        pass.add(search(&bits), 1.0);
+        pass.add(search(&bits, cfg), 1.0);
         if cfg.inverted && pass.read.is_empty() {
             bits.flip_self();
-            pass.add(search(&bits), 1.0);
+            pass.add(search(&bits, cfg), 1.0);
         }
     }
     if pass.read.is_empty() {
@@ -124,13 +165,13 @@ fn read_codes(luma: Vec<u8>, w: u32, h: u32, cfg: &QrConfig) -> Pass {
             .map(GlobalHistogramBinarizer::new);
         // No threshold for a flat image: nothing to read there.
         if let Some(bits) = global.as_ref().and_then(|g| g.get_black_matrix().ok()) {
-            pass.add(search(bits), 1.0);
+            pass.add(search(bits, cfg), 1.0);
         }
     }
     if pass.read.is_empty() && w >= 2 && h >= 2 {
         let (half, hw, hh) = half_size(&luma, w, h);
         if let Some(bits) = local_bits(half, hw, hh) {
-            pass.add(search(&bits), 2.0);
+            pass.add(search(&bits, cfg), 2.0);
         }
     }
     pass
@@ -211,9 +252,10 @@ const MAX_PATTERNS: usize = 300;
 /// groups and 8.6 s of CPU before this bound (75 µs a group), 55 ms after.
 const MAX_SETS: usize = 256;
 
-/// zxing-cpp's `QRCode::Reader::decode` for QR codes (model 2), keeping the groups that
-/// sample to a grid without decoding, and without the finder patterns of codes read.
-fn search(bits: &BitMatrix) -> Pass {
+/// zxing-cpp's `QRCode::Reader::decode`: QR codes from groups of three finder patterns,
+/// keeping the groups that sample to a grid without decoding; then Micro QR and rMQR
+/// codes from each finder pattern that no QR code read used, keeping only those read.
+fn search(bits: &BitMatrix, cfg: &QrConfig) -> Pass {
     let mut patterns = detector::FindFinderPatterns(bits, true, 0);
     if patterns.len() > MAX_PATTERNS {
         patterns.sort_by_key(|p| std::cmp::Reverse(p.size));
@@ -221,7 +263,42 @@ fn search(bits: &BitMatrix) -> Pass {
     }
     let mut used = Vec::new();
     let mut pass = Pass::default();
-    let sets = detector::GenerateFinderPatternSets(&mut patterns);
+    if cfg.formats.contains(&QrFormat::Qr) {
+        search_qr(bits, &mut patterns, &mut used, &mut pass);
+    }
+    for format in [QrFormat::MicroQr, QrFormat::Rmqr] {
+        if !cfg.formats.contains(&format) {
+            continue;
+        }
+        for p in patterns.iter().filter(|p| !used.contains(*p)) {
+            let found = match format {
+                QrFormat::MicroQr => detector::SampleMQR(bits, *p)
+                    .ok()
+                    .and_then(|s| decode(&s, format)),
+                // This crate's sampler (reads turned strips), then rxing's (its map from
+                // the patterns' edges sometimes follows a strip seen in perspective).
+                _ => crate::rmqr::sample(bits, *p)
+                    .and_then(|s| decode(&s, format))
+                    .or_else(|| {
+                        let s = detector::SampleRMQR(bits, *p).ok()?;
+                        decode(&s, format)
+                    }),
+            };
+            pass.read.extend(found);
+        }
+    }
+    pass
+}
+
+/// The QR codes of `patterns` grouped in threes, the finder patterns of those read
+/// added to `used`.
+fn search_qr(
+    bits: &BitMatrix,
+    patterns: &mut detector::FinderPatterns,
+    used: &mut Vec<ConcentricPattern>,
+    pass: &mut Pass,
+) {
+    let sets = detector::GenerateFinderPatternSets(patterns);
     for set in sets.into_iter().take(MAX_SETS) {
         if [set.bl, set.tl, set.tr].iter().any(|p| used.contains(p)) {
             continue;
@@ -232,20 +309,32 @@ fn search(bits: &BitMatrix) -> Pass {
         if sampled.getPoints().is_empty() {
             continue;
         }
-        let b = bounds(sampled.getPoints());
-        match decoder::Decode(sampled.getBits()) {
-            Ok(d) if d.isValid() => {
+        match decode(&sampled, QrFormat::Qr) {
+            Some(found) => {
                 used.extend([set.bl, set.tl, set.tr]);
-                let text = d.text().chars().take(256).collect();
-                pass.read.push(Found {
-                    b,
-                    text: Some(text),
-                });
+                pass.read.push(found);
             }
-            _ => pass.unreadable.push(Found { b, text: None }),
+            None => pass.unreadable.push(Found {
+                b: bounds(sampled.getPoints()),
+                format: QrFormat::Qr,
+                text: None,
+            }),
         }
     }
-    pass
+}
+
+/// The code in a sampled grid, when its content decodes.
+fn decode(sampled: &QRCodeDetectorResult, format: QrFormat) -> Option<Found> {
+    let points = sampled.getPoints();
+    if points.is_empty() {
+        return None;
+    }
+    let d = decoder::Decode(sampled.getBits()).ok()?;
+    d.isValid().then(|| Found {
+        b: bounds(points),
+        format,
+        text: Some(d.text().chars().take(256).collect()),
+    })
 }
 
 fn bounds(points: &[rxing::Point]) -> [f32; 4] {
@@ -288,7 +377,7 @@ impl Filter for QrCode {
     fn info(&self) -> BTreeMap<String, String> {
         BTreeMap::from([(
             "decoder".into(),
-            "rxing 0.9 (zxing-cpp's QR reader, ported)".into(),
+            "rxing 0.9 (zxing-cpp's QR, Micro QR and rMQR reader, ported)".into(),
         )])
     }
 
@@ -305,6 +394,7 @@ impl Filter for QrCode {
         let mut v = Verdict::score(if found.is_empty() { 0.0 } else { 1.0 })
             .label("qr_count", found.len() as f64);
         let texts: Vec<_> = found.iter().map(|f| f.text.clone()).collect();
+        let formats: Vec<_> = found.iter().map(|f| f.format.name()).collect();
         for f in found {
             v = v.region(proto::Region {
                 x: f.b[0],
@@ -312,12 +402,12 @@ impl Filter for QrCode {
                 width: f.b[2] - f.b[0],
                 height: f.b[3] - f.b[1],
                 score: 1.0,
-                label: "qr".into(),
+                label: f.format.name().into(),
                 landmarks: vec![],
             });
         }
         if !texts.is_empty() {
-            v = v.details(serde_json::json!({ "texts": texts }));
+            v = v.details(serde_json::json!({ "texts": texts, "formats": formats }));
         }
         Ok(v)
     }
@@ -328,24 +418,84 @@ mod tests {
     use super::*;
 
     /// A QR code drawn into a photo-sized canvas at (x, y), `module` pixels per module,
-    /// dark modules `dark` on a quiet zone of 4 modules `light`.
-    fn code_on(canvas: &mut RgbImage, text: &str, (x, y): (u32, u32), module: u32, dark: u8) {
+    /// dark modules `dark` on a quiet zone of 4 modules `255 - dark`.
+    fn code_on(canvas: &mut RgbImage, text: &str, at: (u32, u32), module: u32, dark: u8) {
         let code = qrcode::QrCode::new(text.as_bytes()).unwrap();
-        let n = code.width() as u32;
+        modules_on(canvas, &rows_of(&code), at, module, dark);
+    }
+
+    /// The modules of `code`, row by row, `true` where dark.
+    fn rows_of(code: &qrcode::QrCode) -> Vec<Vec<bool>> {
         let colors = code.to_colors();
-        for py in 0..(n + 8) * module {
-            for px in 0..(n + 8) * module {
-                let (mx, my) = (px / module, py / module);
-                let is_dark = mx >= 4
-                    && my >= 4
-                    && mx < n + 4
-                    && my < n + 4
-                    && colors[((my - 4) * n + (mx - 4)) as usize] == qrcode::Color::Dark;
+        colors
+            .chunks(code.width())
+            .map(|row| row.iter().map(|c| *c == qrcode::Color::Dark).collect())
+            .collect()
+    }
+
+    /// `rows` of modules drawn at (x, y) inside a quiet zone of 4 modules.
+    fn modules_on(
+        canvas: &mut RgbImage,
+        rows: &[Vec<bool>],
+        (x, y): (u32, u32),
+        module: u32,
+        dark: u8,
+    ) {
+        let (w, h) = (rows[0].len() as u32, rows.len() as u32);
+        for py in 0..(h + 8) * module {
+            for px in 0..(w + 8) * module {
+                let (mx, my) = ((px / module).wrapping_sub(4), (py / module).wrapping_sub(4));
+                let is_dark = mx < w && my < h && rows[my as usize][mx as usize];
                 let v = if is_dark { dark } else { 255 - dark };
                 canvas.put_pixel(x + px, y + py, image::Rgb([v, v, v]));
             }
         }
     }
+
+    /// Modules drawn as text, `#` dark.
+    fn drawn(rows: &[&str]) -> Vec<Vec<bool>> {
+        rows.iter()
+            .map(|r| r.bytes().map(|b| b == b'#').collect())
+            .collect()
+    }
+
+    /// A Micro QR code (M3, error correction L) of "MICRO-123", as zxing-cpp 3.1.1 writes it
+    /// (the `qrcode` crate's Micro QR codes are read by neither zxing-cpp nor rxing).
+    const MICRO_QR: [&str; 15] = [
+        "#######.#.#.#.#",
+        "#.....#.....###",
+        "#.###.#..####.#",
+        "#.###.#..#.####",
+        "#.###.#.#######",
+        "#.....#.##....#",
+        "#######.####.##",
+        "........#......",
+        "####.##....###.",
+        "..##....#.#####",
+        "#...####...##..",
+        ".##.###....#.#.",
+        "#....#...##..#.",
+        ".#...#......##.",
+        "#.#.###.###...#",
+    ];
+
+    /// An rMQR code (R13×43, error correction M) of "https://x.example/rmqr", as
+    /// zxing-cpp 3.1.1 writes it (`zxingcpp.create_barcode(.., BarcodeFormat.RMQRCode)`).
+    const RMQR: [&str; 13] = [
+        "#######.#.#.#.#.#.#.###.#.#.#.#.#.#.#.#.###",
+        "#.....#.#####.#######.#...##.#...#....##..#",
+        "#.###.#.###.###.##..###...#..#....###..#..#",
+        "#.###.#.##..###..###..#.#.......#..#..####.",
+        "#.###.#.#.#####.###.##.##.#..#.#..##.#.####",
+        "#.....#..####..#.#..#.##..#....#.........#.",
+        "#######.......#......##..##.####....#..#..#",
+        ".........###...###....######....#.#.##.###.",
+        "##.#....#.##.#..#..#.#.#.###.......#.######",
+        ".#..##...#.#..##..###.##.##...##..##.##...#",
+        "##.##...#....###..#.###..##....#.#....#.#.#",
+        "#.##.###.###..###.###.##.#.#...###..#.#...#",
+        "###.#.#.#.#.#.#.#.#.###.#.#.#.#.#.#.#.#####",
+    ];
 
     /// The codes in `img`, searched as a whole image.
     fn codes_in(img: &RgbImage, cfg: &QrConfig) -> Vec<Found> {
@@ -482,6 +632,108 @@ mod tests {
             ..QrConfig::default()
         };
         assert!(codes_in(&img, &cfg).is_empty(), "only codes read count");
+    }
+
+    /// A QR code, a Micro QR code and an rMQR code in one photo: each read, placed and
+    /// labelled with its format; with `formats` only QR codes, only the QR code.
+    #[tokio::test]
+    async fn micro_qr_and_rmqr_codes_are_read_and_labelled() {
+        let mut img = RgbImage::from_pixel(900, 500, image::Rgb([230, 220, 200]));
+        code_on(&mut img, "a QR code", (30, 30), 6, 0);
+        modules_on(&mut img, &drawn(&MICRO_QR), (400, 40), 7, 0);
+        modules_on(&mut img, &drawn(&RMQR), (300, 300), 6, 0);
+        let mut found = codes_in(&img, &QrConfig::default());
+        found.sort_by(|a, b| a.b[0].total_cmp(&b.b[0]));
+        let got: Vec<_> = found
+            .iter()
+            .map(|f| (f.format, f.text.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (QrFormat::Qr, Some("a QR code")),
+                (QrFormat::Rmqr, Some("https://x.example/rmqr")),
+                (QrFormat::MicroQr, Some("MICRO-123")),
+            ]
+        );
+        // Each box is the code's modules, inside its quiet zone of 4: Micro QR version 3
+        // is 15 modules (of 7 px) a side, the rMQR code 43×13 (of 6 px).
+        for (f, want) in found[1..]
+            .iter()
+            .zip([[324.0, 324.0, 582.0, 402.0], [428.0, 68.0, 533.0, 173.0]])
+        {
+            for (got, want) in f.b.iter().zip(want) {
+                assert!((got - want).abs() <= 7.0, "{:?}: {:?}", f.format, f.b);
+            }
+        }
+        let qr_only = QrConfig {
+            formats: vec![QrFormat::Qr],
+            ..QrConfig::default()
+        };
+        let found = codes_in(&img, &qr_only);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].format, QrFormat::Qr);
+
+        // Through the filter: the region labels and the formats in `details`.
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 95)
+            .encode(img.as_raw(), 900, 500, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let input = Input {
+            content_type: "image/jpeg".into(),
+            payload: sekisho_filter_sdk::Payload::Data(jpeg.into()),
+            context: Default::default(),
+        };
+        let v = QrCode::default()
+            .apply(input, QrConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(v.labels["qr_count"], 3.0);
+        let mut labels: Vec<_> = v.regions.iter().map(|r| r.label.as_str()).collect();
+        labels.sort();
+        assert_eq!(labels, ["micro-qr", "qr", "rmqr"]);
+        let details = v.details.unwrap();
+        for (text, format) in [
+            ("MICRO-123", "micro-qr"),
+            ("https://x.example/rmqr", "rmqr"),
+        ] {
+            let i = details["texts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .position(|t| t == text)
+                .unwrap_or_else(|| panic!("{text} not in {details}"));
+            assert_eq!(details["formats"][i], format);
+        }
+    }
+
+    /// An rMQR strip turned by 3°: rxing's sampler alone maps its far end modules off
+    /// and cannot read it; this crate's finds the far corner's pattern and reads it.
+    #[test]
+    fn a_turned_rmqr_strip_is_read() {
+        let rows = drawn(&RMQR);
+        let (module, turn) = (6.0f32, 3f32.to_radians());
+        let (cx, cy) = (21.5 * module, 6.5 * module);
+        let img = RgbImage::from_fn(640, 360, |x, y| {
+            // Each pixel's place on the strip, turned back about the strip's centre,
+            // which is drawn at (320, 180).
+            let (dx, dy) = (x as f32 - 320.0, y as f32 - 180.0);
+            let (sx, sy) = (
+                dx * turn.cos() + dy * turn.sin() + cx,
+                -dx * turn.sin() + dy * turn.cos() + cy,
+            );
+            let (mx, my) = ((sx / module).floor(), (sy / module).floor());
+            let dark = (0.0..43.0).contains(&mx)
+                && (0.0..13.0).contains(&my)
+                && rows[my as usize][mx as usize];
+            image::Rgb([if dark { 20 } else { 235 }; 3])
+        });
+        let found = codes_in(&img, &QrConfig::default());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].text.as_deref(), Some("https://x.example/rmqr"));
+        // The strip's far corners, turned: about 258 px wide and 78 high, plus the turn.
+        let b = found[0].b;
+        assert!((b[2] - b[0] - 262.0).abs() < 10.0, "{b:?}");
     }
 
     #[test]
