@@ -7,6 +7,7 @@
 //! [`intake`], which checks sizes before decoding.
 
 pub mod batch;
+pub mod binarize;
 pub mod classify;
 pub mod face;
 pub mod intake;

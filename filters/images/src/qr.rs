@@ -28,14 +28,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use async_trait::async_trait;
 use image::RgbImage;
 use rxing::common::cpp_essentials::ConcentricPattern;
-use rxing::common::{BitMatrix, DetectorRXingResult, GlobalHistogramBinarizer, HybridBinarizer};
+use rxing::common::{BitMatrix, DetectorRXingResult};
 use rxing::qrcode::cpp_port::{decoder, detector};
 use rxing::qrcode::detector::QRCodeDetectorResult;
-use rxing::{Binarizer, Luma8LuminanceSource};
 use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
 use serde::{Deserialize, Serialize};
 
+use crate::binarize;
 use crate::intake::{self, Intake};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -137,13 +137,12 @@ pub fn find(img: &RgbImage, size: (u32, u32), cfg: &QrConfig) -> Result<Vec<Foun
 /// Each pixel's luma, ITU-R BT.601 weights in 10-bit fixed point, as zxing-cpp turns RGB
 /// into grey (`image`'s grayscale goes through `f32`: a sixth of the search's time).
 fn luma(img: &RgbImage) -> Vec<u8> {
-    img.as_raw()
-        .chunks_exact(3)
-        .map(|p| {
-            let sum = 306 * u32::from(p[0]) + 601 * u32::from(p[1]) + 117 * u32::from(p[2]);
-            ((sum + 512) >> 10) as u8
-        })
-        .collect()
+    let mut out = vec![0u8; img.width() as usize * img.height() as usize];
+    for (o, p) in out.iter_mut().zip(img.as_raw().chunks_exact(3)) {
+        let sum = 306 * u32::from(p[0]) + 601 * u32::from(p[1]) + 117 * u32::from(p[2]);
+        *o = ((sum + 512) >> 10) as u8;
+    }
+    out
 }
 
 /// The searches, each only while no code has been read: the image binarised by a local
@@ -152,7 +151,8 @@ fn luma(img: &RgbImage) -> Vec<u8> {
 /// the local threshold again, whose blocks then span twice as many pixels.
 fn read_codes(luma: Vec<u8>, w: u32, h: u32, cfg: &QrConfig) -> Pass {
     let mut pass = Pass::default();
-    if let Some(mut bits) = local_bits(luma.clone(), w, h) {
+    let (uw, uh) = (w as usize, h as usize);
+    if let Some(mut bits) = binarize::local(&luma, uw, uh) {
         pass.add(search(&bits, cfg), 1.0);
         if cfg.inverted && pass.read.is_empty() {
             bits.flip_self();
@@ -160,47 +160,35 @@ fn read_codes(luma: Vec<u8>, w: u32, h: u32, cfg: &QrConfig) -> Pass {
         }
     }
     if pass.read.is_empty() {
-        let global = Luma8LuminanceSource::new(luma.clone(), w, h)
-            .ok()
-            .map(GlobalHistogramBinarizer::new);
         // No threshold for a flat image: nothing to read there.
-        if let Some(bits) = global.as_ref().and_then(|g| g.get_black_matrix().ok()) {
-            pass.add(search(bits, cfg), 1.0);
+        if let Some(bits) = binarize::global(&luma, uw, uh) {
+            pass.add(search(&bits, cfg), 1.0);
         }
     }
     if pass.read.is_empty() && w >= 2 && h >= 2 {
         let (half, hw, hh) = half_size(&luma, w, h);
-        if let Some(bits) = local_bits(half, hw, hh) {
+        if let Some(bits) = binarize::local(&half, hw as usize, hh as usize) {
             pass.add(search(&bits, cfg), 2.0);
         }
     }
     pass
 }
 
-/// `luma` binarised by zxing's hybrid binarizer (a global threshold below 40 pixels a
-/// side, where its 8×8 blocks do not fit); `None` where there is no threshold to find.
-fn local_bits(luma: Vec<u8>, w: u32, h: u32) -> Option<BitMatrix> {
-    let source = Luma8LuminanceSource::new(luma, w, h).ok()?;
-    HybridBinarizer::new(source)
-        .get_black_matrix()
-        .ok()
-        .cloned()
-}
-
 /// Each 2×2 pixels of `luma` averaged (an odd last row or column dropped).
 fn half_size(luma: &[u8], w: u32, h: u32) -> (Vec<u8>, u32, u32) {
     let (hw, hh) = (w / 2, h / 2);
-    let w = w as usize;
-    let mut out = Vec::with_capacity(hw as usize * hh as usize);
-    for y in 0..hh as usize {
-        let (top, bottom) = (&luma[2 * y * w..], &luma[(2 * y + 1) * w..]);
-        out.extend((0..hw as usize).map(|x| {
-            let sum = u16::from(top[2 * x])
-                + u16::from(top[2 * x + 1])
-                + u16::from(bottom[2 * x])
-                + u16::from(bottom[2 * x + 1]);
-            ((sum + 2) / 4) as u8
-        }));
+    let mut out = vec![0u8; hw as usize * hh as usize];
+    if hw == 0 {
+        return (out, hw, hh);
+    }
+    let rows = luma.chunks_exact(2 * w as usize);
+    for (half, two) in out.chunks_exact_mut(hw as usize).zip(rows) {
+        let (top, bottom) = two.split_at(w as usize);
+        let pairs = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        for (o, (t, b)) in half.iter_mut().zip(pairs) {
+            let sum = u16::from(t[0]) + u16::from(t[1]) + u16::from(b[0]) + u16::from(b[1]);
+            *o = ((sum + 2) / 4) as u8;
+        }
     }
     (out, hw, hh)
 }

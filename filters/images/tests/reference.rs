@@ -667,6 +667,42 @@ fn ng_image_pre_processing_is_pillows_to_the_bit() {
     }
 }
 
+/// qr-code's binarizers set the bits rxing's own set, on the sample photos, whole, at
+/// half size and at odd sizes (their blocks then overlap at the edges).
+#[test]
+fn qr_binarizers_give_rxings_bits_on_photos() {
+    use rxing::common::{GlobalHistogramBinarizer, HybridBinarizer};
+    use rxing::{Binarizer, Luma8LuminanceSource};
+    use sekisho_filters_images::binarize;
+    let source =
+        |luma: &[u8], w: u32, h: u32| Luma8LuminanceSource::new(luma.to_vec(), w, h).unwrap();
+    let (_dir, paths) = samples();
+    for path in &paths {
+        let img = intake::decode(&std::fs::read(path).unwrap(), &Default::default()).unwrap();
+        let (w, h) = img.dimensions();
+        for (w, h) in [(w, h), (w / 2, h / 2), (w * 3 / 4 + 1, h * 2 / 3 + 3)] {
+            let grey = image::imageops::resize(
+                &image::DynamicImage::ImageRgb8(img.clone()).to_luma8(),
+                w,
+                h,
+                image::imageops::FilterType::Triangle,
+            );
+            let luma = grey.as_raw();
+            let (uw, uh) = (w as usize, h as usize);
+            let theirs = HybridBinarizer::new(source(luma, w, h))
+                .get_black_matrix()
+                .ok()
+                .cloned();
+            assert_eq!(binarize::local(luma, uw, uh), theirs, "{path:?} {w}×{h}");
+            let theirs = GlobalHistogramBinarizer::new(source(luma, w, h))
+                .get_black_matrix()
+                .ok()
+                .cloned();
+            assert_eq!(binarize::global(luma, uw, uh), theirs, "{path:?} {w}×{h}");
+        }
+    }
+}
+
 /// qr-code reads the QR codes that zxing-cpp (the C++ library whose QR reader rxing
 /// ports) reads in photos with codes planted in them (`reference.py qr-samples`: turned,
 /// in perspective, small, blurred, noisy JPEGs, low contrast, inverted, coloured, in a
