@@ -24,7 +24,8 @@
                                       small, blurred, jpeg-noisy, low-contrast, inverted,
                                       coloured, large-photo: in a 12-megapixel photo,
                                       two-codes, micro-qr: a Micro QR code, rmqr: an rMQR
-                                      code, none: crops of photos without one) and,
+                                      code, rmqr-slanted: one seen at a slant, none: crops
+                                      of photos without one) and,
                                       unless KINDs are named, 25 images without a code as
                                       they are, and DIR/truth.json: each file's kind and
                                       the texts planted in it
@@ -345,7 +346,7 @@ def null_nsfw(path):
 
 QR_KINDS = ["plain", "turned", "perspective", "small", "blurred", "jpeg-noisy",
             "low-contrast", "inverted", "coloured", "large-photo", "two-codes", "none",
-            "micro-qr", "rmqr"]
+            "micro-qr", "rmqr", "rmqr-slanted"]
 QR_BACKGROUNDS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
                   "motorcycle_left.png", "camera.png"]
 # scikit-image's images with no code in them, as they are: photos, micrographs, a page
@@ -463,9 +464,11 @@ def qr_sample(kind, i, out_dir):
     elif kind == "micro-qr":  # turned a little, a JPEG
         texts, angle, quality = [micro_qr_text(rng)], rng.uniform(-15, 15), 85
         module = rng.uniform(4, 9)
-    elif kind == "rmqr":  # a strip up to 139 modules long
+    elif kind in ("rmqr", "rmqr-slanted"):  # a strip up to 139 modules long
         texts, angle, quality = [qr_text(rng)[:rng.integers(30, 60)]], rng.uniform(-8, 8), 85
         module = rng.uniform(4, 6.5)
+        if kind == "rmqr-slanted":  # seen at a slant: corners moved by 5-20% of a half side
+            tilt = rng.uniform(0.05, 0.2)
     canvas = qr_background(rng, w, h)
     if kind == "none":
         texts = []
@@ -477,7 +480,7 @@ def qr_sample(kind, i, out_dir):
             qr_plant(rng, canvas, text, module, angle=rng.uniform(-10, 10),
                      center=(w * x, h * 0.5))
     else:
-        fmt = kind if kind in ("micro-qr", "rmqr") else "qr"
+        fmt = {"micro-qr": "micro-qr", "rmqr": "rmqr", "rmqr-slanted": "rmqr"}.get(kind, "qr")
         qr_plant(rng, canvas, texts[0], module, angle, tilt, dark, light, fmt=fmt)
     if gradient:
         canvas *= np.linspace(1 - gradient, 1 + gradient, w)[None, :, None]
