@@ -27,7 +27,7 @@ fn main() {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         // As the filter decodes it: a large JPEG at the size the search runs at.
         let fit = |w, h| qr::search_size(w, h, &cfg);
-        let (img, size) = intake::decode_to_fit(&bytes, &ImageLimits::default(), fit)
+        let (img, size) = intake::decode_grey_to_fit(&bytes, &ImageLimits::default(), fit)
             .unwrap_or_else(|e| panic!("{path}: {e}"));
         let mut ms = f64::MAX;
         let mut found = vec![];

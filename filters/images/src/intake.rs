@@ -2,13 +2,14 @@
 //! header before anything is decoded (a decompression bomb is refused, not allocated),
 //! EXIF orientation applied, grayscale and alpha turned into RGB. [`Intake`] also bounds
 //! the pixels a process decodes at once across requests. A filter that shrinks the image
-//! anyway can have a large JPEG decoded smaller ([`decode_to_fit`]).
+//! anyway can have a large JPEG decoded smaller ([`decode_to_fit`]), and one that reads
+//! grey can have it decoded to its own luma ([`decode_grey_to_fit`]).
 
 use std::io::Cursor;
 use std::sync::Arc;
 
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use sekisho_filter_sdk::{FilterError, Input, Payload};
 use tokio::sync::Semaphore;
 
@@ -80,19 +81,69 @@ pub fn decode_to_fit(
     limits: &ImageLimits,
     fit: impl Fn(u32, u32) -> (u32, u32),
 ) -> Result<(RgbImage, (u32, u32)), FilterError> {
+    let (img, size) = decode_upright(bytes, limits, fit, false)?;
+    Ok((to_rgb8(img), size))
+}
+
+/// [`decode_to_fit`] to grey (ITU-R BT.601 luma): a JPEG's own luma straight from
+/// libjpeg, which then skips its chroma's inverse DCT, upsampling and colour conversion
+/// ([`crate::jpeg::decode_grey`]; CMYK JPEGs are decoded to RGB first); other formats
+/// decoded to RGB and turned grey by [`luma`].
+pub fn decode_grey_to_fit(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    fit: impl Fn(u32, u32) -> (u32, u32),
+) -> Result<(GrayImage, (u32, u32)), FilterError> {
+    let (img, size) = decode_upright(bytes, limits, fit, true)?;
+    // Grey already (from libjpeg, or a grey PNG): what `luma` would give for it.
+    let grey = match img {
+        DynamicImage::ImageLuma8(g) => g,
+        other => luma(&to_rgb8(other)),
+    };
+    Ok((grey, size))
+}
+
+/// Each pixel's luma, ITU-R BT.601 weights in 10-bit fixed point, as zxing-cpp turns RGB
+/// into grey (grey pixels stay as they are: the weights sum to 1,024).
+pub fn luma(img: &RgbImage) -> GrayImage {
+    let mut out = vec![0u8; img.width() as usize * img.height() as usize];
+    for (o, p) in out.iter_mut().zip(img.as_raw().chunks_exact(3)) {
+        let sum = 306 * u32::from(p[0]) + 601 * u32::from(p[1]) + 117 * u32::from(p[2]);
+        *o = ((sum + 512) >> 10) as u8;
+    }
+    GrayImage::from_raw(img.width(), img.height(), out).unwrap_or_default()
+}
+
+/// The image decoded (a JPEG by libjpeg, to grey when `grey` and it can) and turned
+/// upright, with its own size, upright.
+fn decode_upright(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    fit: impl Fn(u32, u32) -> (u32, u32),
+    grey: bool,
+) -> Result<(DynamicImage, (u32, u32)), FilterError> {
     let (mut decoder, format) = checked_decoder(bytes, limits)?;
     let orientation = decoder.orientation().ok();
     let corrupt = |e: &dyn std::fmt::Display| {
         invalid(format!("the {format:?} image is corrupt or truncated: {e}"))
     };
     let (w, h) = decoder.dimensions();
+    let shrink = dct_shrink((w, h), fit(w, h));
     let libjpeg = match format {
-        ImageFormat::Jpeg => crate::jpeg::decode(bytes, (w, h), dct_shrink((w, h), fit(w, h)))
-            .map_err(|e| corrupt(&e))?,
+        ImageFormat::Jpeg if grey => crate::jpeg::decode_grey(bytes, (w, h), shrink)
+            .map_err(|e| corrupt(&e))?
+            .map(DynamicImage::ImageLuma8),
         _ => None,
     };
+    let libjpeg = match (libjpeg, format) {
+        (Some(img), _) => Some(img),
+        (None, ImageFormat::Jpeg) => crate::jpeg::decode(bytes, (w, h), shrink)
+            .map_err(|e| corrupt(&e))?
+            .map(DynamicImage::ImageRgb8),
+        (None, _) => None,
+    };
     let mut img = match libjpeg {
-        Some(rgb) => DynamicImage::ImageRgb8(rgb),
+        Some(img) => img,
         None => DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?,
     };
     let mut size = (w, h);
@@ -108,7 +159,7 @@ pub fn decode_to_fit(
             size = (h, w);
         }
     }
-    Ok((to_rgb8(img), size))
+    Ok((img, size))
 }
 
 /// The largest of 8, 4 and 2 that `size` can be divided by (sides rounded up) without
@@ -317,6 +368,40 @@ impl Intake {
         S: Fn(u32, u32) -> (u32, u32) + Send + 'static,
         F: FnOnce(RgbImage, (u32, u32)) -> Result<R, FilterError> + Send + 'static,
     {
+        self.with_decoded(input, fit, decode_to_fit, work).await
+    }
+
+    /// [`Intake::with_image_to_fit`] for a filter that reads grey:
+    /// [`decode_grey_to_fit`] in place of [`decode_to_fit`].
+    pub async fn with_grey_to_fit<R, S, F>(
+        &self,
+        input: Input,
+        fit: S,
+        work: F,
+    ) -> Result<R, FilterError>
+    where
+        R: Send + 'static,
+        S: Fn(u32, u32) -> (u32, u32) + Send + 'static,
+        F: FnOnce(GrayImage, (u32, u32)) -> Result<R, FilterError> + Send + 'static,
+    {
+        self.with_decoded(input, fit, decode_grey_to_fit, work)
+            .await
+    }
+
+    /// `work` on the image `decode` gives, within the decoding budget.
+    async fn with_decoded<R, S, I, D, F>(
+        &self,
+        input: Input,
+        fit: S,
+        decode: D,
+        work: F,
+    ) -> Result<R, FilterError>
+    where
+        R: Send + 'static,
+        S: Fn(u32, u32) -> (u32, u32) + Send + 'static,
+        D: FnOnce(&[u8], &ImageLimits, S) -> Result<(I, (u32, u32)), FilterError> + Send + 'static,
+        F: FnOnce(I, (u32, u32)) -> Result<R, FilterError> + Send + 'static,
+    {
         let bytes = image_bytes(&input)?;
         let (w, h) = decoded_size(bytes, &self.limits, &fit)?;
         let share = (u64::from(w) * u64::from(h))
@@ -333,7 +418,7 @@ impl Intake {
         let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
             let _pixels = permit;
-            let (img, size) = decode_to_fit(image_bytes(&input)?, &limits, fit)?;
+            let (img, size) = decode(image_bytes(&input)?, &limits, fit)?;
             work(img, size)
         })
         .await
@@ -689,6 +774,64 @@ mod tests {
         assert_eq!(dct_shrink((1, 1), (1, 1)), 1);
     }
 
+    /// Decoded to grey, a JPEG gives libjpeg's own luma, close to the luma of its RGB
+    /// decoding (which went from that luma to RGB and back: equal on smooth images, up
+    /// to 5 levels off where saturated colours were clamped), upright and at the size
+    /// asked; a CMYK JPEG and the other formats give exactly the luma of their RGB.
+    #[test]
+    fn grey_decoding_is_the_luma_of_the_rgb_one() {
+        let limits = ImageLimits::default();
+        let same = |a: &GrayImage, b: &GrayImage| -> (f64, u8) {
+            assert_eq!(a.dimensions(), b.dimensions());
+            let d: Vec<u8> = a
+                .iter()
+                .zip(b.iter())
+                .map(|(x, y)| x.abs_diff(*y))
+                .collect();
+            let mean = d.iter().map(|&v| f64::from(v)).sum::<f64>() / d.len() as f64;
+            (mean, d.into_iter().max().unwrap_or(0))
+        };
+        for (name, bytes) in seeds() {
+            if name.contains("webp") && decode(&bytes, &limits).is_err() {
+                continue;
+            }
+            let (grey, size) = decode_grey_to_fit(&bytes, &limits, |w, h| (w, h)).unwrap();
+            let (rgb, rgb_size) = decode_to_fit(&bytes, &limits, |w, h| (w, h)).unwrap();
+            assert_eq!(size, rgb_size, "{name}");
+            let (mean, max) = same(&grey, &luma(&rgb));
+            if name.starts_with("jpeg") && name != "jpeg cmyk" {
+                let own = crate::jpeg::decode_grey(&bytes, size, 1).unwrap().unwrap();
+                assert!(grey == own, "{name}: libjpeg's luma");
+                assert!(mean < 0.6 && max <= 3, "{name}: mean {mean}, max {max}");
+            } else {
+                assert_eq!(max, 0, "{name}");
+            }
+        }
+        // Upright, and at 1/2 where the filter asks for half. Saturated colours that
+        // change every pixel: RGB from 4:2:0 chroma is clamped and rounded, so its luma
+        // is not quite the JPEG's own.
+        let img = RgbImage::from_fn(200, 120, |x, y| {
+            image::Rgb([
+                (x * 37 + y * 11) as u8,
+                (x * x + 3 * y) as u8,
+                255 - (y * 7) as u8,
+            ])
+        });
+        let jpeg = stored_turned_left(&img);
+        for need in [(200, 120), (100, 60)] {
+            let (grey, size) = decode_grey_to_fit(&jpeg, &limits, |_, _| need).unwrap();
+            let (rgb, _) = decode_to_fit(&jpeg, &limits, |_, _| need).unwrap();
+            assert_eq!(size, (120, 200));
+            assert_eq!(grey.dimensions(), (need.1, need.0));
+            let (mean, max) = same(&grey, &luma(&rgb));
+            assert!(mean < 0.2 && max <= 8, "{need:?}: mean {mean}, max {max}");
+            assert!(
+                max > 0,
+                "{need:?}: the grey is libjpeg's luma, not the RGB's"
+            );
+        }
+    }
+
     fn crc32(data: &[u8]) -> u32 {
         let mut c = !0u32;
         for &b in data {
@@ -879,16 +1022,19 @@ mod tests {
                 }
                 what.push(at);
             }
-            // Every other round as a filter that shrinks the image reads it (a JPEG at
-            // 1/2, libjpeg's scaled decoding).
-            let got = std::panic::catch_unwind(|| match round % 2 {
-                0 => decode(&b, &limits),
-                _ => decode_to_fit(&b, &limits, |w, h| (w / 3, h / 3)).map(|(img, _)| img),
+            // One round in three as a filter that shrinks the image reads it (a JPEG at
+            // 1/2, libjpeg's scaled decoding), one as a filter that reads grey does.
+            let got = std::panic::catch_unwind(|| match round % 3 {
+                0 => decode(&b, &limits).map(|img| img.dimensions()),
+                1 => decode_to_fit(&b, &limits, |w, h| (w / 3, h / 3))
+                    .map(|(img, _)| img.dimensions()),
+                _ => {
+                    decode_grey_to_fit(&b, &limits, |w, h| (w, h)).map(|(img, _)| img.dimensions())
+                }
             });
             match got {
-                Ok(Ok(img)) => {
+                Ok(Ok((w, h))) => {
                     read += 1;
-                    let (w, h) = img.dimensions();
                     assert!(
                         w <= limits.max_side && u64::from(w) * u64::from(h) <= limits.max_pixels,
                         "{name}, changed at {what:?}: read as {w}×{h}"

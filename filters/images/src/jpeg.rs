@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::io::{self, BufRead, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use mozjpeg::ColorSpace;
 
 /// The bytes of a JPEG, read by libjpeg; notes when libjpeg asks for more than there is.
@@ -144,66 +144,105 @@ fn failure(payload: Box<dyn std::any::Any + Send>) -> String {
 /// frequencies, and the upsampling and colour conversion run on the smaller image. 1
 /// gives Pillow's pixels; the others are for a filter that shrinks the image anyway.
 pub fn decode(bytes: &[u8], size: (u32, u32), shrink: u32) -> Result<Option<RgbImage>, String> {
+    decode_as(bytes, size, shrink, false)?
+        .map(|(w, h, pixels)| RgbImage::from_raw(w, h, pixels).ok_or_else(too_few))
+        .transpose()
+}
+
+/// [`decode`] to grey: the JPEG's own luma (Y), libjpeg skipping the inverse DCT, the
+/// upsampling and the colour conversion of the two chroma components (an RGB JPEG is
+/// turned grey by libjpeg, BT.601 as Y is). `Ok(None)` for CMYK and YCCK JPEGs (and
+/// what [`decode`] leaves to the `image` crate): the caller decodes those to RGB.
+pub fn decode_grey(
+    bytes: &[u8],
+    size: (u32, u32),
+    shrink: u32,
+) -> Result<Option<GrayImage>, String> {
+    decode_as(bytes, size, shrink, true)?
+        .map(|(w, h, pixels)| GrayImage::from_raw(w, h, pixels).ok_or_else(too_few))
+        .transpose()
+}
+
+fn too_few() -> String {
+    "libjpeg gave fewer pixels than the header says".to_owned()
+}
+
+/// The pixels of [`decode`] (`grey`: of [`decode_grey`]) and their width and height.
+fn decode_as(
+    bytes: &[u8],
+    size: (u32, u32),
+    shrink: u32,
+    grey: bool,
+) -> Result<Option<(u32, u32, Vec<u8>)>, String> {
     if !matches!(shrink, 1 | 2 | 4 | 8) {
         return Err(format!("cannot decode at 1/{shrink} of the size"));
     }
     let ran_out = Cell::new(false);
-    let read = catch_unwind(AssertUnwindSafe(|| -> io::Result<Option<RgbImage>> {
-        let mut d = mozjpeg::Decompress::new_reader(Watched {
-            rest: bytes,
-            ran_out: &ran_out,
-        })?;
-        let cmyk = match d.color_space() {
-            ColorSpace::JCS_YCbCr | ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_RGB => false,
-            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => true,
-            _ => return Ok(None),
-        };
-        let (w, h) = size;
-        if d.size() != (w as usize, h as usize) {
-            return Err(io::Error::other(format!(
-                "the header says {w}×{h} pixels, libjpeg reads {}×{}",
-                d.width(),
-                d.height()
-            )));
-        }
-        d.scale((8 / shrink) as u8);
-        let mut started = if cmyk {
-            d.to_colorspace(ColorSpace::JCS_CMYK)?
-        } else {
-            d.rgb()?
-        };
-        let (w, h) = (w.div_ceil(shrink), h.div_ceil(shrink));
-        if (started.width(), started.height()) != (w as usize, h as usize) {
-            return Err(io::Error::other(format!(
-                "libjpeg decodes {}×{} pixels at 1/{shrink}, not {w}×{h}",
-                started.width(),
-                started.height()
-            )));
-        }
-        // Read in bands of 16 rows (an MCU row at most), stopping at the first band
-        // after the data ran out: a 2 KB JPEG whose header claims 40 megapixels would
-        // otherwise cost the whole image's decoding (~100 ms baseline, ~270 ms
-        // progressive, which reads all its scans when it starts) to be refused.
-        let row = w as usize * if cmyk { 4 } else { 3 };
-        let mut pixels = vec![0u8; row * h as usize];
-        for band in pixels.chunks_mut(row * 16) {
-            if ran_out.get() {
-                return Err(io::ErrorKind::UnexpectedEof.into()); // refused below
+    let read = catch_unwind(AssertUnwindSafe(
+        || -> io::Result<Option<(u32, u32, Vec<u8>)>> {
+            let mut d = mozjpeg::Decompress::new_reader(Watched {
+                rest: bytes,
+                ran_out: &ran_out,
+            })?;
+            let cmyk = match d.color_space() {
+                ColorSpace::JCS_YCbCr | ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_RGB => false,
+                ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK if !grey => true,
+                _ => return Ok(None),
+            };
+            let (w, h) = size;
+            if d.size() != (w as usize, h as usize) {
+                return Err(io::Error::other(format!(
+                    "the header says {w}×{h} pixels, libjpeg reads {}×{}",
+                    d.width(),
+                    d.height()
+                )));
             }
-            started.read_scanlines_into(band)?;
-        }
-        if cmyk {
-            pixels = pixels.chunks_exact(4).flat_map(cmyk_to_rgb).collect();
-        }
-        // The pixels are complete; `finish` (reading on to the end marker) is skipped.
-        // A JPEG cut anywhere before its end marker has by now made libjpeg ask past the
-        // end of the data (its entropy decoder reads ahead for the next marker), which
-        // `ran_out` records: such a file is refused below, as Pillow refuses it.
-        drop(started);
-        RgbImage::from_raw(w, h, pixels)
-            .map(Some)
-            .ok_or_else(|| io::Error::other("libjpeg gave fewer pixels than the header says"))
-    }));
+            d.scale((8 / shrink) as u8);
+            let mut started = if cmyk {
+                d.to_colorspace(ColorSpace::JCS_CMYK)?
+            } else if grey {
+                d.grayscale()?
+            } else {
+                d.rgb()?
+            };
+            let (w, h) = (w.div_ceil(shrink), h.div_ceil(shrink));
+            if (started.width(), started.height()) != (w as usize, h as usize) {
+                return Err(io::Error::other(format!(
+                    "libjpeg decodes {}×{} pixels at 1/{shrink}, not {w}×{h}",
+                    started.width(),
+                    started.height()
+                )));
+            }
+            // Read in bands of 16 rows (an MCU row at most), stopping at the first band
+            // after the data ran out: a 2 KB JPEG whose header claims 40 megapixels would
+            // otherwise cost the whole image's decoding (~100 ms baseline, ~270 ms
+            // progressive, which reads all its scans when it starts) to be refused.
+            let row = w as usize
+                * if cmyk {
+                    4
+                } else if grey {
+                    1
+                } else {
+                    3
+                };
+            let mut pixels = vec![0u8; row * h as usize];
+            for band in pixels.chunks_mut(row * 16) {
+                if ran_out.get() {
+                    return Err(io::ErrorKind::UnexpectedEof.into()); // refused below
+                }
+                started.read_scanlines_into(band)?;
+            }
+            if cmyk {
+                pixels = pixels.chunks_exact(4).flat_map(cmyk_to_rgb).collect();
+            }
+            // The pixels are complete; `finish` (reading on to the end marker) is skipped.
+            // A JPEG cut anywhere before its end marker has by now made libjpeg ask past the
+            // end of the data (its entropy decoder reads ahead for the next marker), which
+            // `ran_out` records: such a file is refused below, as Pillow refuses it.
+            drop(started);
+            Ok(Some((w, h, pixels)))
+        },
+    ));
     if ran_out.get() {
         // libjpeg ran out of input before the last scanline (and filled the rest in).
         return Err("the data ends before the image does".to_owned());

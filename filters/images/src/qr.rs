@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use async_trait::async_trait;
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use rxing::common::cpp_essentials::ConcentricPattern;
 use rxing::common::{BitMatrix, DetectorRXingResult};
 use rxing::qrcode::cpp_port::{decoder, detector};
@@ -107,21 +107,21 @@ pub fn search_size(w: u32, h: u32, cfg: &QrConfig) -> (u32, u32) {
     (w.div_ceil(k), h.div_ceil(k))
 }
 
-/// The codes in `img`, an image whose own size is `size` (`img` may have been decoded
-/// smaller), with boxes in the image's own pixels. An `Err` is the reader failing on
-/// this image (a panic inside it, caught): the caller says so rather than report "no
+/// The codes in `img`, a grey image whose own size is `size` (`img` may have been
+/// decoded smaller), with boxes in the image's own pixels. An `Err` is the reader failing
+/// on this image (a panic inside it, caught): the caller says so rather than report "no
 /// code".
-pub fn find(img: &RgbImage, size: (u32, u32), cfg: &QrConfig) -> Result<Vec<Found>, FilterError> {
+pub fn find(img: &GrayImage, size: (u32, u32), cfg: &QrConfig) -> Result<Vec<Found>, FilterError> {
     let (sw, sh) = search_size(size.0, size.1, cfg);
     let (w, h) = img.dimensions();
     let small = (w > sw || h > sh)
-        .then(|| crate::resize::antialiased(img, sw, sh).ok())
+        .then(|| shrink_grey(img, sw, sh))
         .flatten();
-    // The resize refuses only buffers an RgbImage cannot have; the pixels as they are
-    // would be read correctly too.
+    // The resize refuses only buffers an image cannot have; the pixels as they are would
+    // be read correctly too.
     let img = small.as_ref().unwrap_or(img);
     let (gw, gh) = img.dimensions();
-    let luma = luma(img);
+    let luma = img.as_raw().clone();
     let read = catch_unwind(AssertUnwindSafe(|| read_codes(luma, gw, gh, cfg)));
     let pass = read.map_err(|_| {
         FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
@@ -134,15 +134,18 @@ pub fn find(img: &RgbImage, size: (u32, u32), cfg: &QrConfig) -> Result<Vec<Foun
     Ok(found)
 }
 
-/// Each pixel's luma, ITU-R BT.601 weights in 10-bit fixed point, as zxing-cpp turns RGB
-/// into grey (`image`'s grayscale goes through `f32`: a sixth of the search's time).
-fn luma(img: &RgbImage) -> Vec<u8> {
-    let mut out = vec![0u8; img.width() as usize * img.height() as usize];
-    for (o, p) in out.iter_mut().zip(img.as_raw().chunks_exact(3)) {
-        let sum = 306 * u32::from(p[0]) + 601 * u32::from(p[1]) + 117 * u32::from(p[2]);
-        *o = ((sum + 512) >> 10) as u8;
-    }
-    out
+/// `img` resized to `w`×`h` by Pillow's antialiased bilinear filter, run on the grey
+/// repeated into three channels (the resize is written for RGB), whose first is taken:
+/// each channel is resized alike. Only an image that was not decoded to the search's size
+/// (a PNG over `max_side`, a JPEG not a power of two larger) comes this way.
+fn shrink_grey(img: &GrayImage, w: u32, h: u32) -> Option<GrayImage> {
+    let rgb = RgbImage::from_raw(
+        img.width(),
+        img.height(),
+        img.as_raw().iter().flat_map(|&v| [v; 3]).collect(),
+    )?;
+    let small = crate::resize::antialiased(&rgb, w, h).ok()?;
+    GrayImage::from_raw(w, h, small.as_raw().iter().step_by(3).copied().collect())
 }
 
 /// The searches, each only while no code has been read: the image binarised by a local
@@ -367,7 +370,7 @@ impl Filter for QrCode {
         let fit = cfg.clone();
         let found = self
             .intake
-            .with_image_to_fit(
+            .with_grey_to_fit(
                 input,
                 move |w, h| search_size(w, h, &fit),
                 move |img, size| find(&img, size, &cfg),
@@ -481,7 +484,7 @@ mod tests {
 
     /// The codes in `img`, searched as a whole image.
     fn codes_in(img: &RgbImage, cfg: &QrConfig) -> Vec<Found> {
-        find(img, img.dimensions(), cfg).unwrap()
+        find(&intake::luma(img), img.dimensions(), cfg).unwrap()
     }
 
     fn canvas() -> RgbImage {
@@ -782,7 +785,7 @@ mod tests {
             image::Rgb([if dark { 0 } else { 255 }; 3])
         }));
         for img in &images {
-            let found = find(img, img.dimensions(), &QrConfig::default());
+            let found = find(&intake::luma(img), img.dimensions(), &QrConfig::default());
             assert!(found.is_ok(), "{:?}: {found:?}", img.dimensions());
         }
     }
