@@ -1,12 +1,14 @@
 //! The qr-code filter's reader on image files, for `scripts/bench-qr.sh`: one JSON line
-//! per file with the texts read, the codes found (read or not) and the time of the search
-//! on one thread, the fastest of three (decoding the file not included; a large JPEG is
-//! decoded smaller, as the filter decodes it).
+//! per file with the texts read, the codes found (read or not), the time of the search
+//! on one thread (`ms`) and of decoding the file to grey as the filter decodes it
+//! (`decode_ms`: a large JPEG decoded smaller, a JPEG to its own luma), the fastest of
+//! three each.
 //!
 //!   cargo run --release -p sekisho-filters-images --example qr_read -- IMAGE...
 //!
 //! `QR_MAX_SIDE=N` sets the config's `max_side`, `QR_FORMATS=qr,micro-qr,rmqr` its
-//! `formats`.
+//! `formats`; `QR_DECODE=rgb` decodes to RGB and then to grey, as the filter did before
+//! it decoded JPEGs to grey.
 
 use sekisho_filters_images::intake::{self, ImageLimits};
 use sekisho_filters_images::qr::{self, QrConfig};
@@ -23,12 +25,25 @@ fn main() {
         let list = format!("{:?}", formats.split(',').collect::<Vec<_>>());
         cfg.formats = serde_json::from_str(&list).expect("QR_FORMATS: qr, micro-qr, rmqr");
     }
+    let rgb_first = std::env::var("QR_DECODE").is_ok_and(|v| v == "rgb");
     for path in std::env::args().skip(1) {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         // As the filter decodes it: a large JPEG at the size the search runs at.
         let fit = |w, h| qr::search_size(w, h, &cfg);
-        let (img, size) = intake::decode_grey_to_fit(&bytes, &ImageLimits::default(), fit)
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let limits = ImageLimits::default();
+        let decode = || match rgb_first {
+            true => intake::decode_to_fit(&bytes, &limits, fit)
+                .map(|(img, size)| (intake::luma(&img), size)),
+            false => intake::decode_grey_to_fit(&bytes, &limits, fit),
+        };
+        let mut decode_ms = f64::MAX;
+        let mut decoded = None;
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            decoded = Some(decode().unwrap_or_else(|e| panic!("{path}: {e}")));
+            decode_ms = decode_ms.min(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let Some((img, size)) = decoded else { continue };
         let mut ms = f64::MAX;
         let mut found = vec![];
         for _ in 0..3 {
@@ -37,7 +52,9 @@ fn main() {
             ms = ms.min(start.elapsed().as_secs_f64() * 1e3);
         }
         let texts: Vec<_> = found.iter().filter_map(|f| f.text.as_deref()).collect();
-        let line = serde_json::json!({"texts": texts, "found": found.len(), "ms": ms});
+        let line = serde_json::json!({
+            "texts": texts, "found": found.len(), "ms": ms, "decode_ms": decode_ms,
+        });
         println!("{line}");
     }
 }

@@ -482,6 +482,24 @@ mod tests {
         "###.#.#.#.#.#.#.#.#.###.#.#.#.#.#.#.#.#####",
     ];
 
+    /// The filter's verdict on `img` sent as a JPEG of `quality`.
+    async fn apply_to_jpeg(img: &RgbImage, quality: u8) -> Verdict {
+        let mut jpeg = Vec::new();
+        let (w, h) = (img.width() as u16, img.height() as u16);
+        jpeg_encoder::Encoder::new(&mut jpeg, quality)
+            .encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let input = Input {
+            content_type: "image/jpeg".into(),
+            payload: sekisho_filter_sdk::Payload::Data(jpeg.into()),
+            context: Default::default(),
+        };
+        QrCode::default()
+            .apply(input, QrConfig::default())
+            .await
+            .unwrap()
+    }
+
     /// The codes in `img`, searched as a whole image.
     fn codes_in(img: &RgbImage, cfg: &QrConfig) -> Vec<Found> {
         find(&intake::luma(img), img.dimensions(), cfg).unwrap()
@@ -537,20 +555,8 @@ mod tests {
     async fn a_large_jpeg_is_searched_smaller_and_placed_in_its_own_pixels() {
         let mut img = RgbImage::from_pixel(4200, 2800, image::Rgb([200, 190, 170]));
         code_on(&mut img, "a phone photo", (2500, 300), 12, 0);
-        let mut jpeg = Vec::new();
-        jpeg_encoder::Encoder::new(&mut jpeg, 90)
-            .encode(img.as_raw(), 4200, 2800, jpeg_encoder::ColorType::Rgb)
-            .unwrap();
         assert_eq!(search_size(4200, 2800, &QrConfig::default()), (1400, 934));
-        let input = Input {
-            content_type: "image/jpeg".into(),
-            payload: sekisho_filter_sdk::Payload::Data(jpeg.into()),
-            context: Default::default(),
-        };
-        let v = QrCode::default()
-            .apply(input, QrConfig::default())
-            .await
-            .unwrap();
+        let v = apply_to_jpeg(&img, 90).await;
         assert_eq!(v.details.unwrap()["texts"][0], "a phone photo");
         // Version 1: 21 modules of 12 px, inside a quiet zone of 4.
         let r = &v.regions[0];
@@ -660,19 +666,7 @@ mod tests {
         assert_eq!(found[0].format, QrFormat::Qr);
 
         // Through the filter: the region labels and the formats in `details`.
-        let mut jpeg = Vec::new();
-        jpeg_encoder::Encoder::new(&mut jpeg, 95)
-            .encode(img.as_raw(), 900, 500, jpeg_encoder::ColorType::Rgb)
-            .unwrap();
-        let input = Input {
-            content_type: "image/jpeg".into(),
-            payload: sekisho_filter_sdk::Payload::Data(jpeg.into()),
-            context: Default::default(),
-        };
-        let v = QrCode::default()
-            .apply(input, QrConfig::default())
-            .await
-            .unwrap();
+        let v = apply_to_jpeg(&img, 95).await;
         assert_eq!(v.labels["qr_count"], 3.0);
         let mut labels: Vec<_> = v.regions.iter().map(|r| r.label.as_str()).collect();
         labels.sort();
