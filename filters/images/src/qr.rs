@@ -121,8 +121,7 @@ pub fn find(img: &GrayImage, size: (u32, u32), cfg: &QrConfig) -> Result<Vec<Fou
     // be read correctly too.
     let img = small.as_ref().unwrap_or(img);
     let (gw, gh) = img.dimensions();
-    let luma = img.as_raw().clone();
-    let read = catch_unwind(AssertUnwindSafe(|| read_codes(luma, gw, gh, cfg)));
+    let read = catch_unwind(AssertUnwindSafe(|| read_codes(img.as_raw(), gw, gh, cfg)));
     let pass = read.map_err(|_| {
         FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
     })?;
@@ -152,10 +151,10 @@ fn shrink_grey(img: &GrayImage, w: u32, h: u32) -> Option<GrayImage> {
 /// threshold; the same bits inverted (when `cfg.inverted`); the image binarised by one
 /// threshold for all of it; the image at half size (2×2 pixels averaged), binarised by
 /// the local threshold again, whose blocks then span twice as many pixels.
-fn read_codes(luma: Vec<u8>, w: u32, h: u32, cfg: &QrConfig) -> Pass {
+fn read_codes(luma: &[u8], w: u32, h: u32, cfg: &QrConfig) -> Pass {
     let mut pass = Pass::default();
     let (uw, uh) = (w as usize, h as usize);
-    if let Some(mut bits) = binarize::local(&luma, uw, uh) {
+    if let Some(mut bits) = binarize::local(luma, uw, uh) {
         pass.add(search(&bits, cfg), 1.0);
         if cfg.inverted && pass.read.is_empty() {
             bits.flip_self();
@@ -164,12 +163,12 @@ fn read_codes(luma: Vec<u8>, w: u32, h: u32, cfg: &QrConfig) -> Pass {
     }
     if pass.read.is_empty() {
         // No threshold for a flat image: nothing to read there.
-        if let Some(bits) = binarize::global(&luma, uw, uh) {
+        if let Some(bits) = binarize::global(luma, uw, uh) {
             pass.add(search(&bits, cfg), 1.0);
         }
     }
     if pass.read.is_empty() && w >= 2 && h >= 2 {
-        let (half, hw, hh) = half_size(&luma, w, h);
+        let (half, hw, hh) = half_size(luma, w, h);
         if let Some(bits) = binarize::local(&half, hw as usize, hh as usize) {
             pass.add(search(&bits, cfg), 2.0);
         }
@@ -245,7 +244,7 @@ const MAX_SETS: usize = 256;
 
 /// zxing-cpp's `QRCode::Reader::decode`: QR codes from groups of three finder patterns,
 /// keeping the groups that sample to a grid without decoding; then Micro QR and rMQR
-/// codes from each finder pattern that no QR code read used, keeping only those read.
+/// codes from each finder pattern that no code read so far used, keeping only those read.
 fn search(bits: &BitMatrix, cfg: &QrConfig) -> Pass {
     let mut patterns = detector::FindFinderPatterns(bits, true, 0);
     if patterns.len() > MAX_PATTERNS {
@@ -261,7 +260,10 @@ fn search(bits: &BitMatrix, cfg: &QrConfig) -> Pass {
         if !cfg.formats.contains(&format) {
             continue;
         }
-        for p in patterns.iter().filter(|p| !used.contains(*p)) {
+        for p in &patterns {
+            if used.contains(p) {
+                continue;
+            }
             let found = match format {
                 QrFormat::MicroQr => detector::SampleMQR(bits, *p)
                     .ok()
@@ -269,7 +271,10 @@ fn search(bits: &BitMatrix, cfg: &QrConfig) -> Pass {
                 // This crate's sampler: rxing's reads no strip it does not (BENCHMARKS (h)).
                 _ => crate::rmqr::sample(bits, *p).and_then(|s| decode(&s, format)),
             };
-            pass.read.extend(found);
+            if let Some(found) = found {
+                used.push(*p);
+                pass.read.push(found);
+            }
         }
     }
     pass
