@@ -530,8 +530,8 @@ def qr_read(paths, opencv):
 
     for p in paths:
         img = np.asarray(Image.open(p).convert("RGB"))
-        formats = (zxingcpp.BarcodeFormat.QRCode | zxingcpp.BarcodeFormat.MicroQRCode
-                   | zxingcpp.BarcodeFormat.RMQRCode)
+        formats = (zxingcpp.BarcodeFormat.QRCode, zxingcpp.BarcodeFormat.MicroQRCode,
+                   zxingcpp.BarcodeFormat.RMQRCode)
         texts, ms = fastest(lambda: [r.text for r in zxingcpp.read_barcodes(img, formats=formats)])
         out = {"zxing": texts, "zxing_ms": ms}
         if detector is not None:
