@@ -1,11 +1,13 @@
 //! zxing's two binarizers, bit for bit as `rxing` has them, built a word at a time.
 //!
 //! rxing's `HybridBinarizer` and `GlobalHistogramBinarizer` set the black matrix one
-//! pixel at a time through `BitMatrix::set` (an index and a bounds check each), and copy
-//! the image first: on a photo without a code, where the QR search runs four times, the
-//! two were a third of the search's time. Here the same thresholds are computed the same
-//! way and the bits ORed into 64-bit words, which become the matrix row by row. The tests
-//! compare every bit with rxing's own on photos, noise, flat areas and odd sizes.
+//! pixel at a time through `BitMatrix::set` (an index and a bounds check each), and take
+//! the image as an owned luminance source (which the filter copied for each): on a photo
+//! without a code, where the QR search runs four times, the two were a third of the
+//! search's time. Here the same thresholds are computed the same way, a row of
+//! comparisons at a time, and the bits gathered into 64-bit words, which become the
+//! matrix row by row. The tests compare every bit with rxing's own on photos, noise,
+//! flat areas and odd sizes.
 
 use rxing::common::{BitArray, BitMatrix};
 
