@@ -130,17 +130,20 @@ fn decode_upright(
     let (w, h) = decoder.dimensions();
     let shrink = dct_shrink((w, h), fit(w, h));
     let libjpeg = match format {
-        ImageFormat::Jpeg if grey => crate::jpeg::decode_grey(bytes, (w, h), shrink)
-            .map_err(|e| corrupt(&e))?
-            .map(DynamicImage::ImageLuma8),
+        ImageFormat::Jpeg => {
+            // To grey where libjpeg can (not CMYK), else to RGB.
+            let luma = match grey {
+                true => crate::jpeg::decode_grey(bytes, (w, h), shrink).map_err(|e| corrupt(&e))?,
+                false => None,
+            };
+            match luma {
+                Some(g) => Some(DynamicImage::ImageLuma8(g)),
+                None => crate::jpeg::decode(bytes, (w, h), shrink)
+                    .map_err(|e| corrupt(&e))?
+                    .map(DynamicImage::ImageRgb8),
+            }
+        }
         _ => None,
-    };
-    let libjpeg = match (libjpeg, format) {
-        (Some(img), _) => Some(img),
-        (None, ImageFormat::Jpeg) => crate::jpeg::decode(bytes, (w, h), shrink)
-            .map_err(|e| corrupt(&e))?
-            .map(DynamicImage::ImageRgb8),
-        (None, _) => None,
     };
     let mut img = match libjpeg {
         Some(img) => img,
