@@ -10,6 +10,7 @@ pub mod batch;
 pub mod binarize;
 pub mod classify;
 pub mod face;
+pub mod finder;
 pub mod intake;
 pub mod jpeg;
 pub mod model;

@@ -246,7 +246,7 @@ const MAX_SETS: usize = 256;
 /// keeping the groups that sample to a grid without decoding; then Micro QR and rMQR
 /// codes from each finder pattern that no code read so far used, keeping only those read.
 fn search(bits: &BitMatrix, cfg: &QrConfig) -> Pass {
-    let mut patterns = detector::FindFinderPatterns(bits, true, 0);
+    let mut patterns = crate::finder::finder_patterns(bits);
     if patterns.len() > MAX_PATTERNS {
         patterns.sort_by_key(|p| std::cmp::Reverse(p.size));
         patterns.truncate(MAX_PATTERNS);

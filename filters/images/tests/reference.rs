@@ -809,6 +809,24 @@ async fn qr_reading(dir: &Path, args: &[&str]) -> BTreeMap<String, [usize; 4]> {
             .count();
         k[2] += read.len();
         k[3] += found;
+        same_finder_patterns_as_rxing(path);
     }
     kinds
+}
+
+/// qr-code's finder-pattern scan finds what rxing's finds, in the same order, in the
+/// photo's bits and their inverse (the searches qr-code runs first).
+fn same_finder_patterns_as_rxing(path: &Path) {
+    use rxing::qrcode::cpp_port::detector::FindFinderPatterns;
+    use sekisho_filters_images::{binarize, finder};
+    let grey = image::open(path).unwrap().to_luma8();
+    let (w, h) = (grey.width() as usize, grey.height() as usize);
+    let Some(mut bits) = binarize::local(grey.as_raw(), w, h) else {
+        return;
+    };
+    for _ in 0..2 {
+        let theirs = FindFinderPatterns(&bits, true, 0);
+        assert_eq!(finder::finder_patterns(&bits), theirs, "{path:?}");
+        bits.flip_self();
+    }
 }
