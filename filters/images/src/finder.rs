@@ -1,18 +1,31 @@
 //! Finder patterns (the 7×7 squares at a QR code's corners, a Micro QR code's one, an rMQR
-//! strip's corner) in a binarised image: rxing's `FindFinderPatterns` (zxing-cpp's, trying
-//! harder: every third row scanned for dark:light:dark runs of 1:1:3:1:1, each hit then
-//! checked across and located by rxing's `LocateConcentricPattern`), giving the same
-//! patterns in the same order. What differs is how a scanned row becomes runs: rxing copies
-//! the row out of the matrix and reads it a pixel at a time through `BitArray::get`, which
-//! was the largest single part of a search (BENCHMARKS (h)); here the runs come from the
-//! row's words, one colour change at a time, found as the set bits of the word XORed with
-//! itself shifted by one.
+//! strip's corner) in a binarised image, and the groups of three that may be a QR code's.
+//!
+//! [`finder_patterns`] is rxing's `FindFinderPatterns` (zxing-cpp's, trying harder: every
+//! third row scanned for dark:light:dark runs of 1:1:3:1:1, each hit then checked across and
+//! located by rxing's `LocateConcentricPattern`), giving the same patterns in the same
+//! order. What differs is how a scanned row becomes runs: rxing copies the row out of the
+//! matrix and reads it a pixel at a time through `BitArray::get`, which was the largest
+//! single part of a search (BENCHMARKS (h)); here the runs come from the row's words, one
+//! colour change at a time, found as the set bits of the word XORed with itself shifted by
+//! one.
+//!
+//! [`finder_sets`] is zxing-cpp's `GenerateFinderPatternSets` as its current source has it.
+//! rxing's port of it takes the two partners of a pattern in the order its spatial bins
+//! yield them, where the geometry that follows wants the smaller one first: a code seen at
+//! a slant, whose three patterns differ in size, was then measured with the wrong size
+//! ratio and rejected as not square enough (BENCHMARKS (h): codes zxing-cpp read and this
+//! filter did not even find). zxing-cpp also applies its size, leg and angle filters only
+//! when more than five patterns are about; rxing always does.
+
+use std::cmp::Reverse;
 
 use rxing::common::cpp_essentials::{
     ConcentricPattern, FindLeftGuardBy, FixedPattern, IsPattern, LocateConcentricPattern,
     PatternType, PatternView,
 };
 use rxing::common::{BitFieldBaseType, BitMatrix};
+use rxing::qrcode::cpp_port::detector::FinderPatternSet;
 use rxing::{Point, point};
 
 const PATTERN: FixedPattern<5, 7, false> = FixedPattern::new([1, 1, 3, 1, 1]);
@@ -51,6 +64,161 @@ pub fn finder_patterns(bits: &BitMatrix) -> Vec<ConcentricPattern> {
         }
     }
     found
+}
+
+/// At most this many groups are kept, the most plausible first (zxing-cpp's bound: a sheet
+/// of finder look-alikes, 1000×800 pixels, made 114,000 groups in rxing's port, which keeps
+/// them all, and 8.6 s of sampling them).
+pub const MAX_SETS: usize = 256;
+/// Each pattern is grouped with at most about this many of its nearest (by spatial bins)
+/// smaller patterns.
+const MAX_CANDIDATES: usize = 15;
+/// A QR code is at most 177 modules a side; with the slack zxing-cpp allows for slant.
+const MAX_MODULES: f64 = 177.0 * 1.5;
+
+/// zxing-cpp's `GenerateFinderPatternSets`: groups of three of `patterns` (sorted here,
+/// largest first) that may be one QR code's corners, most plausible first (legs short and
+/// alike), at most [`MAX_SETS`].
+pub fn finder_sets(patterns: &mut [ConcentricPattern]) -> Vec<FinderPatternSet> {
+    let n = patterns.len();
+    if n < 3 {
+        return Vec::new();
+    }
+    patterns.sort_by_key(|p| Reverse(p.size));
+    // Patterns binned by where they are, so that each is grouped with its near ones only.
+    let xs = patterns.iter().map(|p| f64::from(p.p.x));
+    let ys = patterns.iter().map(|p| f64::from(p.p.y));
+    let (min_x, max_x) = xs.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (min_y, max_y) = ys.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    // A bin is at least the side of the smallest code of a pattern of the median size.
+    let bin = f64::from(32.max(patterns[n / 2].size * 3));
+    let bins_w = ((max_x - min_x + 1.0) / bin).ceil().max(1.0) as i32;
+    let bins_h = ((max_y - min_y + 1.0) / bin).ceil().max(1.0) as i32;
+    let bin_of = |p: &ConcentricPattern| {
+        let bx = (((f64::from(p.p.x) - min_x) / bin) as i32).clamp(0, bins_w - 1);
+        let by = (((f64::from(p.p.y) - min_y) / bin) as i32).clamp(0, bins_h - 1);
+        (bx, by)
+    };
+    let mut bins = vec![Vec::new(); (bins_w * bins_h) as usize];
+    for (i, p) in patterns.iter().enumerate() {
+        let (bx, by) = bin_of(p);
+        bins[(by * bins_w + bx) as usize].push(i);
+    }
+    // With few patterns about, every group is looked at; with more, groups of very
+    // different sizes, legs or angles are not.
+    let filter = n > 5;
+    let mut sets: Vec<(f64, FinderPatternSet)> = Vec::new();
+    let mut candidates = Vec::with_capacity(2 * MAX_CANDIDATES);
+    for (i, &c0) in patterns.iter().enumerate().take(n - 2) {
+        let reach = f64::from(c0.size) / 7.0 * MAX_MODULES;
+        // Rings of bins beyond the grid hold nothing.
+        let rings = ((reach / bin).ceil() as i32).min(bins_w.max(bins_h));
+        let (cx, cy) = bin_of(&c0);
+        candidates.clear();
+        'rings: for r in 0..=rings {
+            for (dx, dy) in ring(r) {
+                let (bx, by) = (cx + dx, cy + dy);
+                if bx < 0 || bx >= bins_w || by < 0 || by >= bins_h {
+                    continue;
+                }
+                for &k in &bins[(by * bins_w + bx) as usize] {
+                    if k > i && !(filter && c0.size > patterns[k].size * 2 + 2) {
+                        candidates.push(k);
+                    }
+                }
+                if candidates.len() >= MAX_CANDIDATES {
+                    break 'rings;
+                }
+            }
+        }
+        for (u, &j) in candidates.iter().enumerate() {
+            for &k in &candidates[u + 1..] {
+                // Smallest first: the later in `patterns`, the smaller.
+                let (a, b) = (patterns[j.max(k)], patterns[j.min(k)]);
+                let Some((score, set)) = group(a, b, c0, filter) else {
+                    continue;
+                };
+                if sets.len() < MAX_SETS || sets.last().is_some_and(|l| l.0 > score) {
+                    let at = sets.partition_point(|s| s.0 <= score);
+                    sets.insert(at, (score, set));
+                    sets.truncate(MAX_SETS);
+                }
+            }
+        }
+    }
+    sets.into_iter().map(|(_, set)| set).collect()
+}
+
+/// The patterns `a`, `b`, `c` (`a` the smallest, `c` the largest) as a QR code's
+/// bottom-left, top-left and top-right corners, with the group's score (lower is more
+/// plausible), if they can be: the corner between the two shorter legs, legs within 2× of
+/// each other and at 60–120°, 19 to 265 modules across.
+fn group(
+    a: ConcentricPattern,
+    b: ConcentricPattern,
+    c: ConcentricPattern,
+    filter: bool,
+) -> Option<(f64, FinderPatternSet)> {
+    // Squared distances stretched by the size ratio: a pattern further from the camera is
+    // smaller, and so are the distances near it.
+    let d2 = |a: ConcentricPattern, b: ConcentricPattern| {
+        let (dx, dy) = (f64::from(a.p.x - b.p.x), f64::from(a.p.y - b.p.y));
+        (dx * dx + dy * dy) * f64::from(b.size) / f64::from(a.size)
+    };
+    let (mut a, mut b, mut c) = (a, b, c);
+    let (mut ab2, mut bc2, mut ac2) = (d2(a, b), d2(b, c), d2(a, c));
+    // B is the corner: AC the longest side.
+    if bc2 >= ab2 && bc2 >= ac2 {
+        std::mem::swap(&mut a, &mut b);
+        std::mem::swap(&mut bc2, &mut ac2);
+    } else if ab2 >= ac2 && ab2 >= bc2 {
+        std::mem::swap(&mut b, &mut c);
+        std::mem::swap(&mut ab2, &mut ac2);
+    }
+    if filter && (ab2 > 4.0 * bc2 || bc2 > 4.0 * ab2) {
+        return None;
+    }
+    let (ab, bc) = (ab2.sqrt(), bc2.sqrt());
+    let module = 2.0 * f64::from(a.size + b.size + c.size) / 21.0;
+    let modules = (ab + bc) / module + 7.0;
+    if !(21.0 * 0.9..=MAX_MODULES).contains(&modules) {
+        return None;
+    }
+    let cos = (ab2 + bc2 - ac2) / (2.0 * ab * bc);
+    // cos 60° and cos 120°.
+    if filter && (cos.is_nan() || !(-0.5..=0.5).contains(&cos)) {
+        return None;
+    }
+    let cross =
+        |u: Point, v: Point| f64::from(u.x) * f64::from(v.y) - f64::from(u.y) * f64::from(v.x);
+    if cross(c.p - b.p, a.p - b.p) < 0.0 {
+        std::mem::swap(&mut a, &mut c);
+    }
+    let score = ab + bc + (ab - bc).abs();
+    Some((
+        score,
+        FinderPatternSet {
+            bl: a,
+            tl: b,
+            tr: c,
+        },
+    ))
+}
+
+/// The offsets of the square ring of bins `r` from a centre (the centre itself for 0);
+/// rings 0 to R cover the square of side 2R + 1 once.
+fn ring(r: i32) -> impl Iterator<Item = (i32, i32)> {
+    let centre = (r == 0).then_some((0, 0));
+    let top = (-r..r).map(move |x| (x, -r));
+    let right = (-r..r).map(move |y| (r, y));
+    let bottom = (-r + 1..=r).rev().map(move |x| (x, r));
+    let left = (-r + 1..=r).rev().map(move |y| (-r, y));
+    centre
+        .into_iter()
+        .chain(top)
+        .chain(right)
+        .chain(bottom)
+        .chain(left)
 }
 
 /// rxing's `FindPattern`: the next window of five runs, from `view`, that passes a quick
@@ -137,6 +305,89 @@ mod tests {
         let mut row = PatternRow::default();
         GetPatternRowTP(bits, y, &mut row, false);
         row.into_iter().collect()
+    }
+
+    fn pattern(x: f32, y: f32, size: i32) -> ConcentricPattern {
+        ConcentricPattern {
+            p: point(x, y),
+            size,
+        }
+    }
+
+    /// A code seen at a slant (from a photo, `reference.py qr-samples` perspective 26): its
+    /// top-right pattern nearest the camera and largest, its bottom-left smallest.
+    const SLANTED: [(f32, f32, i32); 3] =
+        [(810.1, 428.6, 43), (669.3, 451.8, 30), (689.2, 552.8, 23)];
+
+    #[test]
+    fn a_slanted_codes_patterns_are_grouped_smallest_first() {
+        let mut patterns: Vec<_> = SLANTED.iter().map(|&(x, y, s)| pattern(x, y, s)).collect();
+        let sets = finder_sets(&mut patterns);
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        let corner = |p: ConcentricPattern| (p.p.x, p.p.y);
+        assert_eq!(corner(sets[0].tl), (669.3, 451.8));
+        assert_eq!(corner(sets[0].tr), (810.1, 428.6));
+        assert_eq!(corner(sets[0].bl), (689.2, 552.8));
+        // The same among more patterns, where the size, leg and angle filters apply.
+        assert_eq!(groups(&SLANTED), (1, 1));
+        // rxing's port pairs the largest with the other two in the order its bins give
+        // them (here the smallest first), measures with the wrong size ratio and finds the
+        // corner too open.
+        let mut patterns: Vec<_> = SLANTED.iter().map(|&(x, y, s)| pattern(x, y, s)).collect();
+        assert!(detector::GenerateFinderPatternSets(&mut patterns).is_empty());
+    }
+
+    /// How many groups `patterns` make, alone and with three more far away (in a line,
+    /// so that they make none themselves), which makes more than five about.
+    fn groups(patterns: &[(f32, f32, i32)]) -> (usize, usize) {
+        let mut alone: Vec<_> = patterns.iter().map(|&(x, y, s)| pattern(x, y, s)).collect();
+        let mut crowd = alone.clone();
+        crowd.extend((0..3).map(|i| pattern(4000.0 + 100.0 * i as f32, 4000.0, 21)));
+        (finder_sets(&mut alone).len(), finder_sets(&mut crowd).len())
+    }
+
+    /// Three patterns at the corners of a square make one group; with more than five
+    /// patterns about, not when their sizes differ by more than 2× (and 2), their legs by
+    /// more than 2×, or their corner is further than 30° from square. With few about,
+    /// each of those still makes its group.
+    #[test]
+    fn among_many_patterns_only_plausible_groups_are_formed() {
+        let square = |a: f32, b: f32, turn: f32, sizes: [i32; 3]| {
+            let (s, c) = turn.to_radians().sin_cos();
+            [
+                (300.0 + a, 300.0, sizes[0]),
+                (300.0, 300.0, sizes[1]),
+                (300.0 + b * c, 300.0 + b * s, sizes[2]),
+            ]
+        };
+        assert_eq!(groups(&square(100.0, 100.0, 90.0, [21, 21, 21])), (1, 1));
+        assert_eq!(groups(&square(100.0, 100.0, 90.0, [21, 21, 44])), (1, 1));
+        assert_eq!(groups(&square(100.0, 100.0, 90.0, [21, 21, 45])), (1, 0));
+        assert_eq!(groups(&square(100.0, 190.0, 90.0, [21, 21, 21])), (1, 1));
+        assert_eq!(groups(&square(100.0, 210.0, 90.0, [21, 21, 21])), (1, 0));
+        assert_eq!(groups(&square(100.0, 100.0, 115.0, [21, 21, 21])), (1, 1));
+        assert_eq!(groups(&square(100.0, 100.0, 125.0, [21, 21, 21])), (1, 0));
+        // In a line: grouped only with few about (sampling then finds no code there).
+        assert_eq!(groups(&square(100.0, 100.0, 180.0, [21, 21, 21])), (1, 0));
+        // Too small a code for the patterns' size (under 19 modules across).
+        assert_eq!(groups(&square(30.0, 30.0, 90.0, [21, 21, 21])), (0, 0));
+    }
+
+    #[test]
+    fn groups_are_bounded_most_plausible_first() {
+        // A grid of 30×30 patterns: thousands of right-angled groups.
+        let mut patterns: Vec<_> = (0..900)
+            .map(|i| pattern((i % 30) as f32 * 40.0, (i / 30) as f32 * 40.0, 21))
+            .collect();
+        let sets = finder_sets(&mut patterns);
+        assert_eq!(sets.len(), MAX_SETS);
+        let legs = |s: &FinderPatternSet| {
+            let (ab, bc) = (s.bl.distance(s.tl), s.tl.distance(s.tr));
+            ab + bc + (ab - bc).abs()
+        };
+        assert!(sets.windows(2).all(|w| legs(&w[0]) <= legs(&w[1]) + 1e-3));
+        // The grid's smallest squares (legs of 40) are the most plausible.
+        assert!((legs(&sets[0]) - 80.0).abs() < 1e-3, "{}", legs(&sets[0]));
     }
 
     #[test]

@@ -35,8 +35,8 @@ use schemars::JsonSchema;
 use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
 use serde::{Deserialize, Serialize};
 
-use crate::binarize;
 use crate::intake::{self, Intake};
+use crate::{binarize, finder};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -235,18 +235,15 @@ fn overlap(a: [f32; 4], b: [f32; 4]) -> bool {
 
 /// At most this many finder patterns are grouped, the largest first: a photo holds a few
 /// (three a code), while a sheet of look-alikes (a test below) holds thousands, each of
-/// which rxing pairs with up to 15 neighbours.
+/// which is grouped with up to 15 neighbours (and at most [`finder::MAX_SETS`] groups
+/// are sampled).
 const MAX_PATTERNS: usize = 300;
-/// At most this many groups are sampled and decoded per search, the most plausible first
-/// (rxing returns every group): 1000×800 pixels of finder look-alikes made 114,000
-/// groups and 8.6 s of CPU before this bound (75 µs a group), 55 ms after.
-const MAX_SETS: usize = 256;
 
 /// zxing-cpp's `QRCode::Reader::decode`: QR codes from groups of three finder patterns,
 /// keeping the groups that sample to a grid without decoding; then Micro QR and rMQR
 /// codes from each finder pattern that no code read so far used, keeping only those read.
 fn search(bits: &BitMatrix, cfg: &QrConfig) -> Pass {
-    let mut patterns = crate::finder::finder_patterns(bits);
+    let mut patterns = finder::finder_patterns(bits);
     if patterns.len() > MAX_PATTERNS {
         patterns.sort_by_key(|p| std::cmp::Reverse(p.size));
         patterns.truncate(MAX_PATTERNS);
@@ -288,8 +285,7 @@ fn search_qr(
     used: &mut Vec<ConcentricPattern>,
     pass: &mut Pass,
 ) {
-    let sets = detector::GenerateFinderPatternSets(patterns);
-    for set in sets.into_iter().take(MAX_SETS) {
+    for set in finder::finder_sets(patterns) {
         if [set.bl, set.tl, set.tr].iter().any(|p| used.contains(p)) {
             continue;
         }
