@@ -1,4 +1,5 @@
-//! zxing's two binarizers, bit for bit as `rxing` has them, built a word at a time.
+//! zxing's two binarizers, bit for bit as `rxing` has them, built a word at a time, and
+//! zxing-cpp's newer local one ([`midrange`]), which rxing does not have.
 //!
 //! rxing's `HybridBinarizer` and `GlobalHistogramBinarizer` set the black matrix one
 //! pixel at a time through `BitMatrix::set` (an index and a bounds check each), and take
@@ -112,6 +113,105 @@ fn black_points(luma: &[u8], w: usize, h: usize, bw: usize, bh: usize) -> Vec<u3
                 }
             }
             points[by * bw + bx] = point;
+        }
+    }
+    points
+}
+
+/// zxing-cpp's own hybrid binarizer (since its 2.x; rxing ports the one before): each
+/// 8×8 block's threshold is halfway between its darkest and lightest pixels where those
+/// differ by more than 24, then averaged over the 5×5 blocks around it (the block itself
+/// counted three times, flat blocks not at all), and a pixel is dark at or below its
+/// block's. Blocks with no such neighbour take the next threshold along the block rows
+/// (the last one, after the last). Where rxing's averages every pixel of a block, this
+/// one sets the threshold at the middle of the contrast that is there, which keeps the
+/// modules of a faint or blurred code apart. Images under 40 pixels a side go to
+/// [`global`].
+pub fn midrange(luma: &[u8], w: usize, h: usize) -> Option<BitMatrix> {
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return global(luma, w, h);
+    }
+    let luma = luma.get(..w * h)?;
+    let (bw, bh) = (w.div_ceil(BLOCK), h.div_ceil(BLOCK));
+    let own = midpoints(luma, w, h, bw, bh);
+    // Each block row's sums over 5 blocks across (and how many of them have a
+    // threshold), around each block 2 or more in from the ends; then 5 of those down.
+    let mut across = vec![(0u32, 0u32); bw * bh];
+    for (row, out) in own.chunks_exact(bw).zip(across.chunks_exact_mut(bw)) {
+        for (five, o) in row.windows(5).zip(&mut out[2..]) {
+            *o = five.iter().fold((0, 0), |(s, n), &t| {
+                (s + u32::from(t), n + u32::from(t > 0))
+            });
+        }
+    }
+    let mut smooth = vec![0u8; bw * bh];
+    for by in 0..bh {
+        let top = by.clamp(2, bh - 3);
+        for bx in 0..bw {
+            let left = bx.clamp(2, bw - 3);
+            let t = u32::from(own[by * bw + bx]);
+            let (mut sum, mut n) = (2 * t, 2 * u32::from(t > 0));
+            for y in top - 2..=top + 2 {
+                let (s, k) = across[y * bw + left];
+                sum += s;
+                n += k;
+            }
+            smooth[by * bw + bx] = sum.checked_div(n).unwrap_or(0) as u8;
+        }
+    }
+    // Flat stretches take the threshold after them; the end takes the last one.
+    let mut next = smooth.iter().rev().copied().find(|&t| t > 0).unwrap_or(0);
+    for t in smooth.iter_mut().rev() {
+        if *t == 0 {
+            *t = next;
+        } else {
+            next = *t;
+        }
+    }
+    let mut lines = vec![0u8; bh * w];
+    for (line, ts) in lines.chunks_exact_mut(w).zip(smooth.chunks_exact(bw)) {
+        for (bx, &t) in ts.iter().enumerate() {
+            // The last block moved back inside the image: its threshold wins where it
+            // overlaps the one before, as zxing-cpp writes the blocks in order.
+            let x0 = (bx * BLOCK).min(w - BLOCK);
+            line[x0..x0 + BLOCK].fill(t);
+        }
+    }
+    let words = w.div_ceil(64);
+    let mut bits = vec![0u64; words * h];
+    for (y, (row, out)) in luma
+        .chunks_exact(w)
+        .zip(bits.chunks_exact_mut(words))
+        .enumerate()
+    {
+        // Rows of the last block row, also moved back, are its.
+        let by = if y >= h - BLOCK { bh - 1 } else { y / BLOCK };
+        pack_at_most(row, &lines[by * w..(by + 1) * w], out);
+    }
+    to_matrix(&bits, w, h)
+}
+
+/// Each block's midpoint between its darkest and lightest pixel, 0 for a flat block.
+fn midpoints(luma: &[u8], w: usize, h: usize, bw: usize, bh: usize) -> Vec<u8> {
+    let mut points = vec![0u8; bw * bh];
+    let (mut min, mut max) = (vec![0u8; w], vec![0u8; w]);
+    for (by, out) in points.chunks_exact_mut(bw).enumerate() {
+        let y0 = (by * BLOCK).min(h - BLOCK);
+        min.fill(u8::MAX);
+        max.fill(u8::MIN);
+        for row in luma[y0 * w..(y0 + BLOCK) * w].chunks_exact(w) {
+            for ((&p, lo), hi) in row.iter().zip(&mut min).zip(&mut max) {
+                *lo = (*lo).min(p);
+                *hi = (*hi).max(p);
+            }
+        }
+        for (bx, t) in out.iter_mut().enumerate() {
+            let x0 = (bx * BLOCK).min(w - BLOCK);
+            let lo = min[x0..x0 + BLOCK].iter().copied().min().unwrap_or(0);
+            let hi = max[x0..x0 + BLOCK].iter().copied().max().unwrap_or(0);
+            if hi - lo > MIN_DYNAMIC_RANGE {
+                *t = ((u16::from(hi) + u16::from(lo)) / 2) as u8;
+            }
         }
     }
     points
@@ -297,11 +397,125 @@ mod tests {
                     (base + (next() % 16) as u32) as u8
                 })
                 .collect();
-            for img in [noise, gradient, patch, stripes, speckle] {
+            // Flat but for a few contrasty spots: most thresholds come from far away.
+            let spots: Vec<u8> = (0..w * h)
+                .map(|i| {
+                    let (x, y) = (i % w, i / w);
+                    let spot = (x / 9 * 7 + y / 9 * 13) % 23 == 0;
+                    if spot && (x + y) % 2 == 0 { 60 } else { 170 }
+                })
+                .collect();
+            for img in [noise, gradient, patch, stripes, speckle, spots] {
                 out.push((img, w, h));
             }
         }
         out
+    }
+
+    /// zxing-cpp's `HybridBinarizer` (`USE_NEW_ALGORITHM`) transcribed loop for loop:
+    /// `BlockThresholds`, `SmoothThresholds` (25 reads a block, then the gaps filled
+    /// forward) and `ThresholdBlock` writing each block in turn, later blocks over earlier.
+    fn zxing_cpp_midrange(luma: &[u8], w: usize, h: usize) -> Vec<bool> {
+        let (sw, sh) = (w.div_ceil(8), h.div_ceil(8));
+        let mut own = vec![0i32; sw * sh];
+        for y in 0..sh {
+            let y0 = (y * 8).min(h - 8);
+            for x in 0..sw {
+                let x0 = (x * 8).min(w - 8);
+                let (mut lo, mut hi) = (255, 0);
+                for yy in 0..8 {
+                    for xx in 0..8 {
+                        let p = i32::from(luma[(y0 + yy) * w + x0 + xx]);
+                        (lo, hi) = (lo.min(p), hi.max(p));
+                    }
+                }
+                own[y * sw + x] = if hi - lo > 24 { (hi + lo) / 2 } else { 0 };
+            }
+        }
+        let mut out = vec![0i32; sw * sh];
+        for y in 0..sh {
+            for x in 0..sw {
+                let (left, top) = (x.clamp(2, sw - 3), y.clamp(2, sh - 3));
+                let mut sum = own[y * sw + x] * 2;
+                let mut n = if sum > 0 { 2 } else { 0 };
+                for yy in top - 2..=top + 2 {
+                    for xx in left - 2..=left + 2 {
+                        let t = own[yy * sw + xx];
+                        sum += t;
+                        n += i32::from(t > 0);
+                    }
+                }
+                out[y * sw + x] = if n > 0 { sum / n } else { 0 };
+            }
+        }
+        let mut last: Option<usize> = None;
+        for i in 0..out.len() {
+            if out[i] != 0 {
+                let from = last.map_or(0, |l| l + 1);
+                let t = out[i];
+                out[from..i].fill(t);
+                last = Some(i);
+            }
+        }
+        let tail = out[last.unwrap_or(0)];
+        out[last.map_or(0, |l| l + 1)..].fill(tail);
+        let mut dark = vec![false; w * h];
+        for y in 0..sh {
+            let y0 = (y * 8).min(h - 8);
+            for x in 0..sw {
+                let x0 = (x * 8).min(w - 8);
+                for yy in y0..y0 + 8 {
+                    for xx in x0..x0 + 8 {
+                        dark[yy * w + xx] = i32::from(luma[yy * w + xx]) <= out[y * sw + x];
+                    }
+                }
+            }
+        }
+        dark
+    }
+
+    fn bools(bits: &BitMatrix) -> Vec<bool> {
+        let (w, h) = (bits.getWidth(), bits.getHeight());
+        (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| bits.get(x, y))
+            .collect()
+    }
+
+    #[test]
+    fn midrange_sets_zxing_cpps_bits() {
+        for (luma, w, h) in images() {
+            let ours = midrange(&luma, w, h);
+            if w < MIN_SIDE || h < MIN_SIDE {
+                assert_eq!(ours, global(&luma, w, h), "{w}×{h}");
+                continue;
+            }
+            let ours = bools(&ours.expect("an image of 40 a side or more"));
+            assert!(ours == zxing_cpp_midrange(&luma, w, h), "{w}×{h}");
+        }
+    }
+
+    /// One contrasty block in a flat image: its midpoint (150) reaches the blocks whose
+    /// 5×5 take it in, the rest take it from those, and only its dark pixels are dark.
+    #[test]
+    fn one_contrasty_block_thresholds_the_whole_image() {
+        let (w, h) = (48, 48);
+        let luma: Vec<u8> = (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                if x < 8 && y < 8 && (x + y) % 2 == 0 {
+                    100
+                } else {
+                    200
+                }
+            })
+            .collect();
+        let dark = bools(&midrange(&luma, w, h).unwrap());
+        let expected: Vec<bool> = luma.iter().map(|&p| p == 100).collect();
+        assert!(dark == expected);
+        // A flat image has no threshold anywhere: nothing is dark but black.
+        let flat = vec![90u8; w * h];
+        assert!(!bools(&midrange(&flat, w, h).unwrap()).contains(&true));
     }
 
     #[test]

@@ -148,9 +148,11 @@ fn shrink_grey(img: &GrayImage, w: u32, h: u32) -> Option<GrayImage> {
 }
 
 /// The searches, each only while no code has been read: the image binarised by a local
-/// threshold; the same bits inverted (when `cfg.inverted`); the image binarised by one
-/// threshold for all of it; the image at half size (2×2 pixels averaged), binarised by
-/// the local threshold again, whose blocks then span twice as many pixels.
+/// threshold (zxing's, an average of the pixels around); the same bits inverted (when
+/// `cfg.inverted`); the image binarised by one threshold for all of it; by zxing-cpp's
+/// local threshold (the middle of the contrast around), which reads faint and blurred
+/// codes the first misses; the image at half size (2×2 pixels averaged), binarised by
+/// the first again, whose blocks then span twice as many pixels (large modules).
 fn read_codes(luma: &[u8], w: u32, h: u32, cfg: &QrConfig) -> Pass {
     let mut pass = Pass::default();
     let (uw, uh) = (w as usize, h as usize);
@@ -166,6 +168,11 @@ fn read_codes(luma: &[u8], w: u32, h: u32, cfg: &QrConfig) -> Pass {
         if let Some(bits) = binarize::global(luma, uw, uh) {
             pass.add(search(&bits, cfg), 1.0);
         }
+    }
+    if pass.read.is_empty()
+        && let Some(bits) = binarize::midrange(luma, uw, uh)
+    {
+        pass.add(search(&bits, cfg), 1.0);
     }
     if pass.read.is_empty() && w >= 2 && h >= 2 {
         let (half, hw, hh) = half_size(luma, w, h);

@@ -707,11 +707,11 @@ fn qr_binarizers_give_rxings_bits_on_photos() {
 /// ports) reads in photos with codes planted in them (`reference.py qr-samples`: turned,
 /// in perspective, small, blurred, noisy JPEGs, low contrast, inverted, coloured, in a
 /// 12-megapixel photo, two in one photo, Micro QR codes, rMQR strips, turned and
-/// slanted; six of each, and twenty more faint ones, where the reader's later searches
-/// matter most), and nearly every rMQR strip, which zxing-cpp mostly does not; never a
-/// text that is not there, and nothing, readable or not, in photos without a code (crops
-/// of photos and 25 of scikit-image's images as they are: text, checkerboards,
-/// micrographs, textures).
+/// slanted; six of each, and twenty each of faint, blurred and slanted QR codes, where
+/// the reader's later searches matter most), and nearly every rMQR strip, which
+/// zxing-cpp mostly does not; never a text that is not there, and nothing, readable or
+/// not, in photos without a code (crops of photos and 25 of scikit-image's images as
+/// they are: text, checkerboards, micrographs, textures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qr_code_reads_what_zxing_cpp_reads() {
     let all = tempfile::tempdir().unwrap();
@@ -720,7 +720,7 @@ async fn qr_code_reads_what_zxing_cpp_reads() {
     for (kind, [planted, zx, read, found]) in &kinds {
         println!("{kind:14} {planted:7} {zx:10} {read:5} {found:6}");
         assert!(
-            read + 1 >= *zx,
+            read >= zx,
             "{kind}: read {read} of the {zx} codes zxing-cpp reads"
         );
     }
@@ -745,13 +745,18 @@ async fn qr_code_reads_what_zxing_cpp_reads() {
             "{kind}: read {read} of {planted} strips"
         );
     }
-    let faint = tempfile::tempdir().unwrap();
-    let [_, zx, read, _] = qr_reading(faint.path(), &["20", "low-contrast"]).await["low-contrast"];
-    println!("twenty faint codes: zxing-cpp read {zx}, qr-code {read}");
-    assert!(
-        read + 1 >= zx,
-        "read {read} of the {zx} faint codes zxing-cpp reads"
-    );
+    // Twenty each of the kinds where the later searches matter: faint and blurred codes
+    // (zxing-cpp's own local threshold, which rxing's port lacks), codes seen at a slant
+    // (zxing-cpp's grouping of finder patterns).
+    let hard = tempfile::tempdir().unwrap();
+    let args = ["20", "low-contrast", "blurred", "perspective"];
+    for (kind, [_, zx, read, _]) in qr_reading(hard.path(), &args).await {
+        println!("twenty {kind}: zxing-cpp read {zx}, qr-code {read}");
+        assert!(
+            read >= zx,
+            "{kind}: read {read} of the {zx} codes zxing-cpp reads"
+        );
+    }
 }
 
 /// `reference.py qr-samples DIR ARGS…` read by qr-code and by zxing-cpp: by kind, the
