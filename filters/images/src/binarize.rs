@@ -4,11 +4,12 @@
 //! rxing's `HybridBinarizer` and `GlobalHistogramBinarizer` set the black matrix one
 //! pixel at a time through `BitMatrix::set` (an index and a bounds check each), and take
 //! the image as an owned luminance source (which the filter copied for each): on a photo
-//! without a code, where the QR search runs four times, the two were a third of the
+//! without a code, where the QR search then ran four times, the two were a third of the
 //! search's time. Here the same thresholds are computed the same way, a row of
 //! comparisons at a time, and the bits gathered into 64-bit words, which become the
 //! matrix row by row. The tests compare every bit with rxing's own on photos, noise,
-//! flat areas and odd sizes.
+//! flat areas and odd sizes, and `midrange`'s with a loop-for-loop transcription of
+//! zxing-cpp's C++.
 
 use rxing::common::{BitArray, BitMatrix};
 

@@ -6,12 +6,13 @@
 //!
 //! The image is binarised by zxing's hybrid binarizer (a local threshold from 8×8
 //! blocks, so uneven light and low contrast survive), finder patterns are looked for on
-//! every third row, grouped in threes that could be a code's corners, and each group is
-//! sampled to a grid and decoded. When no code is read, the same bits are searched again
-//! inverted, for light-on-dark codes, then binarised by one threshold for all of it
-//! (zxing's global histogram), then at half size (as zxing-cpp's `tryDownscale` does):
-//! where the local threshold breaks up a faint code's corners, one of these often keeps
-//! them whole. A group that samples to a grid but cannot be read
+//! every third row, grouped in threes that could be a code's corners ([`crate::finder`]),
+//! and each group is sampled to a grid and decoded. When no code is read, the same bits
+//! are searched again inverted, for light-on-dark codes, then binarised by one threshold
+//! for all of it (zxing's global histogram), then by zxing-cpp's own local threshold
+//! (the middle of each block's contrast: faint and blurred codes), then at half size (as
+//! zxing-cpp's `tryDownscale` does): where one threshold breaks up a code's corners,
+//! another often keeps them whole. A group that samples to a grid but cannot be read
 //! (damaged, half hidden) still counts when `count_unreadable` is on: a phone may read
 //! what this reader cannot.
 //!
