@@ -487,7 +487,25 @@ pub struct DevProcess {
 
 impl DevProcess {
     /// Starts it with `args` added and `env` set, and waits until it says it runs.
+    ///
+    /// Its three ports are picked free and released before it binds them, and a process
+    /// of a test running alongside can take one in between: dev then exits at once
+    /// ("address already in use"), and is started again on three other ports, up to
+    /// three times in all.
     pub async fn start(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::start_once(args, env).await {
+                Err(e) if tries < 3 && e.to_string().ends_with("exited before listening") => {
+                    eprintln!("sekisho dev did not start ({e}); again on other ports");
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let (gw, cs, ui) = (free_port(), free_port(), free_port());
         let mut child = Command::new(sekisho_bin())
