@@ -35,15 +35,13 @@ pub fn local(luma: &[u8], w: usize, h: usize) -> Option<BitMatrix> {
     let (bw, bh) = (w.div_ceil(BLOCK), h.div_ceil(BLOCK));
     let points = black_points(luma, w, h, bw, bh);
     // Each block's threshold, the average of the 5×5 black points around it (around the
-    // nearest block 2 in from the edge), laid along the pixels of its block row. The
-    // last block of a row or column is moved back to fit inside the image, overlapping
-    // the one before it, where rxing sets a pixel if either block's threshold says
-    // black; both take their 5×5 from around the same block (the third from the edge),
-    // so they agree, and each pixel has one threshold.
-    let mut lines = vec![0u8; bh * w];
+    // nearest block 2 in from the edge). The last block of a row or column is moved back
+    // to fit inside the image, overlapping the one before it, where rxing sets a pixel if
+    // either block's threshold says black; both take their 5×5 from around the same
+    // block (the third from the edge), so they agree, and each pixel has one threshold.
+    let mut thresholds = vec![0u8; bw * bh];
     for by in 0..bh {
         let top = by.clamp(2, bh - 3);
-        let line = &mut lines[by * w..(by + 1) * w];
         for bx in 0..bw {
             let left = bx.clamp(2, bw - 3);
             let sum: u32 = (top - 2..=top + 2)
@@ -54,7 +52,22 @@ pub fn local(luma: &[u8], w: usize, h: usize) -> Option<BitMatrix> {
                 })
                 .sum();
             // Black points are grey levels, and so is their average.
-            let t = (sum / 25) as u8;
+            thresholds[by * bw + bx] = (sum / 25) as u8;
+        }
+    }
+    threshold_blocks(luma, w, h, &thresholds)
+}
+
+/// The matrix of `luma` (`w`×`h`, at least 8 a side), each pixel dark at or below its
+/// 8×8 block's threshold (`thresholds`, a block row after another). The last block of a
+/// row or column, moved back inside the image over the one before, thresholds the pixels
+/// they share, as zxing-cpp writes the blocks in order.
+fn threshold_blocks(luma: &[u8], w: usize, h: usize, thresholds: &[u8]) -> Option<BitMatrix> {
+    let (bw, bh) = (w.div_ceil(BLOCK), h.div_ceil(BLOCK));
+    // Each block row's thresholds laid along its pixels.
+    let mut lines = vec![0u8; bh * w];
+    for (line, ts) in lines.chunks_exact_mut(w).zip(thresholds.chunks_exact(bw)) {
+        for (bx, &t) in ts.iter().enumerate() {
             let x0 = (bx * BLOCK).min(w - BLOCK);
             line[x0..x0 + BLOCK].fill(t);
         }
@@ -66,7 +79,7 @@ pub fn local(luma: &[u8], w: usize, h: usize) -> Option<BitMatrix> {
         .zip(bits.chunks_exact_mut(words))
         .enumerate()
     {
-        let by = (y / BLOCK).min(bh - 1);
+        let by = if y >= h - BLOCK { bh - 1 } else { y / BLOCK };
         pack_at_most(row, &lines[by * w..(by + 1) * w], out);
     }
     to_matrix(&bits, w, h)
@@ -119,15 +132,15 @@ fn black_points(luma: &[u8], w: usize, h: usize, bw: usize, bh: usize) -> Vec<u3
     points
 }
 
-/// zxing-cpp's own hybrid binarizer (since its 2.x; rxing ports the one before): each
-/// 8×8 block's threshold is halfway between its darkest and lightest pixels where those
-/// differ by more than 24, then averaged over the 5×5 blocks around it (the block itself
-/// counted three times, flat blocks not at all), and a pixel is dark at or below its
-/// block's. Blocks with no such neighbour take the next threshold along the block rows
-/// (the last one, after the last). Where rxing's averages every pixel of a block, this
-/// one sets the threshold at the middle of the contrast that is there, which keeps the
-/// modules of a faint or blurred code apart. Images under 40 pixels a side go to
-/// [`global`].
+/// zxing-cpp's own hybrid binarizer (`USE_NEW_ALGORITHM` in its source; rxing ports the
+/// older one): each 8×8 block's threshold is halfway between its darkest and lightest
+/// pixels where those differ by more than 24, then averaged over the 5×5 blocks around
+/// it (the block itself counted three times, flat blocks not at all), and a pixel is
+/// dark at or below its block's. Blocks with no such neighbour take the next threshold
+/// along the block rows (the last one, after the last). Where rxing's averages every
+/// pixel of a block, this one sets the threshold at the middle of the contrast that is
+/// there, which keeps the modules of a faint or blurred code apart. Images under 40
+/// pixels a side go to [`global`].
 pub fn midrange(luma: &[u8], w: usize, h: usize) -> Option<BitMatrix> {
     if w < MIN_SIDE || h < MIN_SIDE {
         return global(luma, w, h);
@@ -169,27 +182,7 @@ pub fn midrange(luma: &[u8], w: usize, h: usize) -> Option<BitMatrix> {
             next = *t;
         }
     }
-    let mut lines = vec![0u8; bh * w];
-    for (line, ts) in lines.chunks_exact_mut(w).zip(smooth.chunks_exact(bw)) {
-        for (bx, &t) in ts.iter().enumerate() {
-            // The last block moved back inside the image: its threshold wins where it
-            // overlaps the one before, as zxing-cpp writes the blocks in order.
-            let x0 = (bx * BLOCK).min(w - BLOCK);
-            line[x0..x0 + BLOCK].fill(t);
-        }
-    }
-    let words = w.div_ceil(64);
-    let mut bits = vec![0u64; words * h];
-    for (y, (row, out)) in luma
-        .chunks_exact(w)
-        .zip(bits.chunks_exact_mut(words))
-        .enumerate()
-    {
-        // Rows of the last block row, also moved back, are its.
-        let by = if y >= h - BLOCK { bh - 1 } else { y / BLOCK };
-        pack_at_most(row, &lines[by * w..(by + 1) * w], out);
-    }
-    to_matrix(&bits, w, h)
+    threshold_blocks(luma, w, h, &smooth)
 }
 
 /// Each block's midpoint between its darkest and lightest pixel, 0 for a flat block.
