@@ -151,8 +151,8 @@ pub fn finder_sets(patterns: &mut [ConcentricPattern]) -> Vec<FinderPatternSet> 
 
 /// The patterns `a`, `b`, `c` (`a` the smallest, `c` the largest) as a QR code's
 /// bottom-left, top-left and top-right corners, with the group's score (lower is more
-/// plausible), if they can be: the corner between the two shorter legs, legs within 2× of
-/// each other and at 60–120°, 19 to 265 modules across.
+/// plausible), if they can be: the corner between the two shorter legs, 19 to 265 modules
+/// across, and with `filter` legs within 2× of each other and at 60–120°.
 fn group(
     a: ConcentricPattern,
     b: ConcentricPattern,
