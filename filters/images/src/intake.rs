@@ -103,6 +103,77 @@ pub fn decode_grey_to_fit(
     Ok((grey, size))
 }
 
+/// The grey pixels of `rect` (`[x0, y0, x1, y1)`, in the image's own pixels, upright) at
+/// full size, as [`decode_grey_to_fit`] would give them at full size and crop them, after
+/// the same checks: for a filter that searched the image smaller and wants a closer
+/// look at part of it. A JPEG's rows are decoded down to the rectangle's last only, and
+/// only the rectangle is kept ([`crate::jpeg::decode_grey_rect`], the rectangle mapped
+/// back through the EXIF orientation to the pixels as stored); other formats (and CMYK
+/// JPEGs) are decoded whole and cropped.
+pub fn decode_grey_region(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    rect: [u32; 4],
+) -> Result<GrayImage, FilterError> {
+    let (mut decoder, format) = checked_decoder(bytes, limits)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let stored = decoder.dimensions();
+    let upright = upright_size(orientation, stored);
+    let [x0, y0, x1, y1] = rect;
+    if x0 >= x1 || y0 >= y1 || x1 > upright.0 || y1 > upright.1 {
+        return Err(invalid(format!(
+            "the region {rect:?} is not within the {}×{} image",
+            upright.0, upright.1
+        )));
+    }
+    if format == ImageFormat::Jpeg {
+        let part =
+            crate::jpeg::decode_grey_rect(bytes, stored, stored_rect(orientation, rect, stored))
+                .map_err(|e| {
+                    invalid(format!("the {format:?} image is corrupt or truncated: {e}"))
+                })?;
+        if let Some(part) = part {
+            let mut part = DynamicImage::ImageLuma8(part);
+            part.apply_orientation(orientation);
+            return Ok(part.into_luma8());
+        }
+    }
+    let (whole, _) = decode_grey_to_fit(bytes, limits, |w, h| (w, h))?;
+    Ok(image::imageops::crop_imm(&whole, x0, y0, x1 - x0, y1 - y0).to_image())
+}
+
+/// The size of an image stored `w`×`h`, turned upright by `o`.
+fn upright_size(o: Orientation, (w, h): (u32, u32)) -> (u32, u32) {
+    match o {
+        Orientation::Rotate90
+        | Orientation::Rotate270
+        | Orientation::Rotate90FlipH
+        | Orientation::Rotate270FlipH => (h, w),
+        _ => (w, h),
+    }
+}
+
+/// The rectangle of an image stored `w`×`h` that `o` turns into `rect` of the upright
+/// image (`[x0, y0, x1, y1)` both). Upright (X, Y) is stored (x, y) with, for each
+/// orientation (`DynamicImage::apply_orientation`'s transforms undone): none (X, Y);
+/// flipped horizontally (w−1−X, Y); vertically (X, h−1−Y); turned 180° both; turned 90°
+/// clockwise (Y, h−1−X); 270° (w−1−Y, X); 90° and flipped (Y, X); 270° and flipped
+/// (w−1−Y, h−1−X). A flip maps [a, b) to [side − b, side − a).
+fn stored_rect(o: Orientation, [x0, y0, x1, y1]: [u32; 4], (w, h): (u32, u32)) -> [u32; 4] {
+    let flip = |side: u32, a: u32, b: u32| (side - b, side - a);
+    let ((sx0, sx1), (sy0, sy1)) = match o {
+        Orientation::NoTransforms => ((x0, x1), (y0, y1)),
+        Orientation::FlipHorizontal => (flip(w, x0, x1), (y0, y1)),
+        Orientation::FlipVertical => ((x0, x1), flip(h, y0, y1)),
+        Orientation::Rotate180 => (flip(w, x0, x1), flip(h, y0, y1)),
+        Orientation::Rotate90 => ((y0, y1), flip(h, x0, x1)),
+        Orientation::Rotate270 => (flip(w, y0, y1), (x0, x1)),
+        Orientation::Rotate90FlipH => ((y0, y1), (x0, x1)),
+        Orientation::Rotate270FlipH => (flip(w, y0, y1), flip(h, x0, x1)),
+    };
+    [sx0, sy0, sx1, sy1]
+}
+
 /// Each pixel's luma, ITU-R BT.601 weights in 10-bit fixed point, as zxing-cpp turns RGB
 /// into grey (grey pixels stay as they are: the weights sum to 1,024).
 pub fn luma(img: &RgbImage) -> GrayImage {
@@ -149,20 +220,9 @@ fn decode_upright(
         Some(img) => img,
         None => DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?,
     };
-    let mut size = (w, h);
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
-        if matches!(
-            o,
-            Orientation::Rotate90
-                | Orientation::Rotate270
-                | Orientation::Rotate90FlipH
-                | Orientation::Rotate270FlipH
-        ) {
-            size = (h, w);
-        }
-    }
-    Ok((img, size))
+    let orientation = orientation.unwrap_or(Orientation::NoTransforms);
+    img.apply_orientation(orientation);
+    Ok((img, upright_size(orientation, (w, h))))
 }
 
 /// The largest of 8, 4 and 2 that `size` can be divided by (sides rounded up) without
@@ -371,11 +431,13 @@ impl Intake {
         S: Fn(u32, u32) -> (u32, u32) + Send + 'static,
         F: FnOnce(RgbImage, (u32, u32)) -> Result<R, FilterError> + Send + 'static,
     {
-        self.with_decoded(input, fit, decode_to_fit, work).await
+        self.with_decoded(input, fit, decode_to_fit, |img, size, _| work(img, size))
+            .await
     }
 
     /// [`Intake::with_image_to_fit`] for a filter that reads grey:
-    /// [`decode_grey_to_fit`] in place of [`decode_to_fit`].
+    /// [`decode_grey_to_fit`] in place of [`decode_to_fit`]. `work` is also given the
+    /// [`Original`], for a closer look at part of an image it was given smaller.
     pub async fn with_grey_to_fit<R, S, F>(
         &self,
         input: Input,
@@ -385,7 +447,7 @@ impl Intake {
     where
         R: Send + 'static,
         S: Fn(u32, u32) -> (u32, u32) + Send + 'static,
-        F: FnOnce(GrayImage, (u32, u32)) -> Result<R, FilterError> + Send + 'static,
+        F: FnOnce(GrayImage, (u32, u32), &Original) -> Result<R, FilterError> + Send + 'static,
     {
         self.with_decoded(input, fit, decode_grey_to_fit, work)
             .await
@@ -403,29 +465,68 @@ impl Intake {
         R: Send + 'static,
         S: Fn(u32, u32) -> (u32, u32) + Send + 'static,
         D: FnOnce(&[u8], &ImageLimits, S) -> Result<(I, (u32, u32)), FilterError> + Send + 'static,
-        F: FnOnce(I, (u32, u32)) -> Result<R, FilterError> + Send + 'static,
+        F: FnOnce(I, (u32, u32), &Original) -> Result<R, FilterError> + Send + 'static,
     {
         let bytes = image_bytes(&input)?;
         let (w, h) = decoded_size(bytes, &self.limits, &fit)?;
-        let share = (u64::from(w) * u64::from(h))
-            .div_ceil(UNIT)
-            .clamp(1, self.units as u64) as u32;
         let asked = std::time::Instant::now();
         let permit = self
             .budget
             .clone()
-            .acquire_many_owned(share)
+            .acquire_many_owned(self.share(u64::from(w) * u64::from(h)))
             .await
             .map_err(|_| FilterError::Unavailable("the filter is shutting down".into()))?;
         metrics::histogram!(DECODING_WAIT).record(asked.elapsed().as_secs_f64());
-        let limits = self.limits.clone();
+        let intake = self.clone();
         tokio::task::spawn_blocking(move || {
             let _pixels = permit;
-            let (img, size) = decode(image_bytes(&input)?, &limits, fit)?;
-            work(img, size)
+            let bytes = image_bytes(&input)?;
+            let (img, size) = decode(bytes, &intake.limits, fit)?;
+            work(
+                img,
+                size,
+                &Original {
+                    bytes,
+                    intake: &intake,
+                },
+            )
         })
         .await
         .map_err(|e| FilterError::Internal(e.to_string()))?
+    }
+
+    /// The units of the budget `pixels` take: at least one, at most all of them.
+    fn share(&self, pixels: u64) -> u32 {
+        pixels.div_ceil(UNIT).clamp(1, self.units as u64) as u32
+    }
+}
+
+/// The encoded image a filter's work was decoded from, for a closer look at part of it.
+pub struct Original<'a> {
+    bytes: &'a [u8],
+    intake: &'a Intake,
+}
+
+impl Original<'_> {
+    /// The grey pixels of `rect` at full size ([`decode_grey_region`]), when the decoding
+    /// budget has room for them now, on top of what the image already holds (`Ok(None)`
+    /// when it has not: a closer look is not worth waiting for). A JPEG's region counts
+    /// its own pixels, another image all of its pixels (decoded whole to be cropped).
+    pub fn grey_region(&self, rect: [u32; 4]) -> Result<Option<GrayImage>, FilterError> {
+        let (decoder, format) = checked_decoder(self.bytes, &self.intake.limits)?;
+        let (w, h) = decoder.dimensions();
+        let [x0, y0, x1, y1] = rect;
+        let pixels = match format {
+            ImageFormat::Jpeg => {
+                u64::from(x1.saturating_sub(x0)) * u64::from(y1.saturating_sub(y0))
+            }
+            _ => u64::from(w) * u64::from(h),
+        };
+        let share = self.intake.share(pixels);
+        let Ok(_pixels) = self.intake.budget.clone().try_acquire_many_owned(share) else {
+            return Ok(None);
+        };
+        decode_grey_region(self.bytes, &self.intake.limits, rect).map(Some)
     }
 }
 
@@ -442,7 +543,7 @@ fn image_bytes(input: &Input) -> Result<&[u8], FilterError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn png(w: u32, h: u32) -> Vec<u8> {
@@ -667,8 +768,13 @@ mod tests {
     /// A JPEG (quality 95) of `img` whose EXIF orientation (6) says to turn it 90°
     /// clockwise to show it.
     fn stored_turned_left(img: &RgbImage) -> Vec<u8> {
+        stored_oriented(img, 6)
+    }
+
+    /// A JPEG (quality 95) of `img` with EXIF orientation `o` (1 to 8).
+    pub(crate) fn stored_oriented(img: &RgbImage, o: u8) -> Vec<u8> {
         let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
-        exif.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0x00, 0x06, 0, 0]);
+        exif.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0x00, o, 0, 0]);
         exif.extend_from_slice(&[0, 0, 0, 0]);
         let mut jpeg = Vec::new();
         let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 95);
@@ -677,6 +783,90 @@ mod tests {
         enc.encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
             .unwrap();
         jpeg
+    }
+
+    /// A region decoded at full size is the crop of the whole image decoded at full size,
+    /// in each of the eight EXIF orientations (the rectangle mapped back to the pixels as
+    /// stored), for a JPEG (only the rows down to the region's decoded), a PNG, and at
+    /// the image's edges; one outside the image is refused.
+    #[test]
+    fn a_region_is_the_crop_of_the_whole_image_in_every_orientation() {
+        // 61×37: neither side a multiple of 16, so the last band of rows is short.
+        let img = RgbImage::from_fn(61, 37, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 6) as u8, ((x * y) % 251) as u8])
+        });
+        let l = ImageLimits::default();
+        for o in 1..=8u8 {
+            let jpeg = stored_oriented(&img, o);
+            let (whole, size) = decode_grey_to_fit(&jpeg, &l, |w, h| (w, h)).unwrap();
+            let turned = o >= 5;
+            assert_eq!(
+                size,
+                if turned { (37, 61) } else { (61, 37) },
+                "orientation {o}"
+            );
+            let (w, h) = size;
+            for rect in [
+                [0, 0, w, h],
+                [3, 5, 20, 30],
+                [w - 7, h - 11, w, h],
+                [0, h - 1, 1, h],
+            ] {
+                let [x0, y0, x1, y1] = rect;
+                let part = decode_grey_region(&jpeg, &l, rect).unwrap();
+                let want = image::imageops::crop_imm(&whole, x0, y0, x1 - x0, y1 - y0).to_image();
+                assert!(part == want, "orientation {o}, {rect:?}");
+            }
+            for bad in [[0, 0, w + 1, h], [5, 5, 5, 9], [0, 0, 1, h + 1]] {
+                let e = decode_grey_region(&jpeg, &l, bad).unwrap_err().to_string();
+                assert!(e.contains("not within"), "{e}");
+            }
+        }
+        let png = {
+            let mut out = Cursor::new(Vec::new());
+            img.write_to(&mut out, ImageFormat::Png).unwrap();
+            out.into_inner()
+        };
+        let (whole, _) = decode_grey_to_fit(&png, &l, |w, h| (w, h)).unwrap();
+        let part = decode_grey_region(&png, &l, [10, 2, 50, 30]).unwrap();
+        assert!(part == image::imageops::crop_imm(&whole, 10, 2, 40, 28).to_image());
+    }
+
+    /// A closer look takes its region's pixels from the budget only if they are free
+    /// now: with the budget held by the image itself, none is given, and the region is
+    /// given once there is room (a JPEG's region counts its own pixels, not the image's).
+    #[tokio::test]
+    async fn a_closer_look_is_given_only_when_the_budget_has_room() {
+        let img = RgbImage::from_fn(512, 512, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 80)
+            .encode(img.as_raw(), 512, 512, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let input = || Input {
+            content_type: "image/jpeg".into(),
+            payload: Payload::Data(jpeg.clone().into()),
+            context: Default::default(),
+        };
+        // The image decoded at 1/2 takes 16 units (256² pixels); a 128×128 region 4 more.
+        for (units, given) in [(16, false), (19, false), (20, true)] {
+            let intake = Intake::new(ImageLimits::default(), units * UNIT);
+            let got = intake
+                .with_grey_to_fit(
+                    input(),
+                    |w, h| (w / 2, h / 2),
+                    |small, _, original| {
+                        assert_eq!(small.dimensions(), (256, 256));
+                        original.grey_region([100, 200, 228, 328])
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(got.is_some(), given, "a budget of {units} units");
+            if let Some(part) = got {
+                assert_eq!(part.dimensions(), (128, 128));
+            }
+            assert_eq!(intake.budget.available_permits(), units as usize);
+        }
     }
 
     /// An image's share of the decoding budget is the pixels decoded: a JPEG decoded at

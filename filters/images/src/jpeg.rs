@@ -144,7 +144,7 @@ fn failure(payload: Box<dyn std::any::Any + Send>) -> String {
 /// frequencies, and the upsampling and colour conversion run on the smaller image. 1
 /// gives Pillow's pixels; the others are for a filter that shrinks the image anyway.
 pub fn decode(bytes: &[u8], size: (u32, u32), shrink: u32) -> Result<Option<RgbImage>, String> {
-    decode_as(bytes, size, shrink, false)?
+    decode_as(bytes, size, shrink, false, None)?
         .map(|(w, h, pixels)| RgbImage::from_raw(w, h, pixels).ok_or_else(too_few))
         .transpose()
 }
@@ -158,7 +158,29 @@ pub fn decode_grey(
     size: (u32, u32),
     shrink: u32,
 ) -> Result<Option<GrayImage>, String> {
-    decode_as(bytes, size, shrink, true)?
+    decode_as(bytes, size, shrink, true, None)?
+        .map(|(w, h, pixels)| GrayImage::from_raw(w, h, pixels).ok_or_else(too_few))
+        .transpose()
+}
+
+/// The pixels of [`decode_grey`] at full size within `rect` (`[x0, y0, x1, y1)`, in the
+/// pixels as stored, before any EXIF orientation): libjpeg decodes the rows down to the
+/// rectangle's last, a band of 16 at a time, and only the rectangle's part of them is
+/// kept, so the memory is the rectangle's (plus one band) and the rows below it are
+/// not decoded. `Ok(None)` where [`decode_grey`] gives it.
+pub fn decode_grey_rect(
+    bytes: &[u8],
+    size: (u32, u32),
+    rect: [u32; 4],
+) -> Result<Option<GrayImage>, String> {
+    let [x0, y0, x1, y1] = rect;
+    if x0 >= x1 || y0 >= y1 || x1 > size.0 || y1 > size.1 {
+        return Err(format!(
+            "the rectangle {rect:?} is not within the {}×{} image",
+            size.0, size.1
+        ));
+    }
+    decode_as(bytes, size, 1, true, Some(rect))?
         .map(|(w, h, pixels)| GrayImage::from_raw(w, h, pixels).ok_or_else(too_few))
         .transpose()
 }
@@ -167,12 +189,15 @@ fn too_few() -> String {
     "libjpeg gave fewer pixels than the header says".to_owned()
 }
 
-/// The pixels of [`decode`] (`grey`: of [`decode_grey`]) and their width and height.
+/// The pixels of [`decode`] (`grey`: of [`decode_grey`]) and their width and height;
+/// only those within `rect` (checked by the caller to lie within the decoded image) when
+/// one is given.
 fn decode_as(
     bytes: &[u8],
     size: (u32, u32),
     shrink: u32,
     grey: bool,
+    rect: Option<[u32; 4]>,
 ) -> Result<Option<(u32, u32, Vec<u8>)>, String> {
     if !matches!(shrink, 1 | 2 | 4 | 8) {
         return Err(format!("cannot decode at 1/{shrink} of the size"));
@@ -225,6 +250,27 @@ fn decode_as(
                 } else {
                     3
                 };
+            if let Some([x0, y0, x1, y1]) = rect {
+                // Grey only (the caller asks so): one byte a pixel.
+                let (x0, y0, x1, y1) = (x0 as usize, y0 as usize, x1 as usize, y1 as usize);
+                let mut band = vec![0u8; row * 16];
+                let mut pixels = Vec::with_capacity((x1 - x0) * (y1 - y0));
+                let mut top = 0;
+                while top < y1 {
+                    if ran_out.get() {
+                        return Err(io::ErrorKind::UnexpectedEof.into()); // refused below
+                    }
+                    let rows = 16.min(h as usize - top);
+                    started.read_scanlines_into(&mut band[..row * rows])?;
+                    for y in top.max(y0)..(top + rows).min(y1) {
+                        let line = &band[(y - top) * row..][..row];
+                        pixels.extend_from_slice(&line[x0..x1]);
+                    }
+                    top += rows;
+                }
+                drop(started);
+                return Ok(Some(((x1 - x0) as u32, (y1 - y0) as u32, pixels)));
+            }
             let mut pixels = vec![0u8; row * h as usize];
             for band in pixels.chunks_mut(row * 16) {
                 if ran_out.get() {

@@ -14,7 +14,10 @@
 //! zxing-cpp's `tryDownscale` does): where one threshold breaks up a code's corners,
 //! another often keeps them whole. A group that samples to a grid but cannot be read
 //! (damaged, half hidden) still counts when `count_unreadable` is on: a phone may read
-//! what this reader cannot.
+//! what this reader cannot. An image larger than `max_side` is searched scaled down;
+//! where that finds a grid it cannot read, the grid's part of the image is searched
+//! again at full size (a JPEG decoded smaller has that part decoded again from the file),
+//! since modules of 3 px become 1.5 px in a 12-megapixel photo searched at half size.
 //!
 //! A Micro QR or rMQR code has one finder pattern (an rMQR code a smaller second one in
 //! the far corner), so each finder pattern that no QR code read used is also tried as
@@ -112,7 +115,18 @@ pub fn search_size(w: u32, h: u32, cfg: &QrConfig) -> (u32, u32) {
 /// decoded smaller), with boxes in the image's own pixels. An `Err` is the reader failing
 /// on this image (a panic inside it, caught): the caller says so rather than report "no
 /// code".
-pub fn find(img: &GrayImage, size: (u32, u32), cfg: &QrConfig) -> Result<Vec<Found>, FilterError> {
+///
+/// When the search ran on the image made smaller and found a grid it could not read, it
+/// looks again at that part of the image at full size (up to [`CLOSER_LOOKS`] parts):
+/// from `img` when it is full size, else from `original` (the region's grey pixels at
+/// full size, or `None` when they cannot be had now). A code of 3 px modules in a
+/// 12-megapixel photo has 1.5 px ones where the whole photo is searched.
+pub fn find(
+    img: &GrayImage,
+    size: (u32, u32),
+    cfg: &QrConfig,
+    original: impl FnMut([u32; 4]) -> Option<GrayImage>,
+) -> Result<Vec<Found>, FilterError> {
     let (sw, sh) = search_size(size.0, size.1, cfg);
     let (w, h) = img.dimensions();
     let small = (w > sw || h > sh)
@@ -120,18 +134,84 @@ pub fn find(img: &GrayImage, size: (u32, u32), cfg: &QrConfig) -> Result<Vec<Fou
         .flatten();
     // The resize refuses only buffers an image cannot have; the pixels as they are would
     // be read correctly too.
-    let img = small.as_ref().unwrap_or(img);
-    let (gw, gh) = img.dimensions();
-    let read = catch_unwind(AssertUnwindSafe(|| read_codes(img.as_raw(), gw, gh, cfg)));
-    let pass = read.map_err(|_| {
-        FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
-    })?;
-    let mut found = pass.into_found(cfg.count_unreadable);
+    let searched = small.as_ref().unwrap_or(img);
+    let (gw, gh) = searched.dimensions();
+    let mut pass = read_guarded(searched, cfg)?;
     let (x, y) = (size.0 as f32 / gw as f32, size.1 as f32 / gh as f32);
-    for f in &mut found {
-        f.b = [f.b[0] * x, f.b[1] * y, f.b[2] * x, f.b[3] * y];
+    pass.scale(x, y);
+    if (gw, gh) != size {
+        let whole = (img.dimensions() == size).then_some(img);
+        look_closer(&mut pass, size, cfg, whole, original)?;
     }
-    Ok(found)
+    Ok(pass.into_found(cfg.count_unreadable))
+}
+
+/// At most this many unreadable grids of a search made smaller are looked at again at
+/// full size.
+pub const CLOSER_LOOKS: usize = 4;
+
+/// The searches of [`read_codes`] on `img`, a panic inside the reader caught.
+fn read_guarded(img: &GrayImage, cfg: &QrConfig) -> Result<Pass, FilterError> {
+    let (w, h) = img.dimensions();
+    catch_unwind(AssertUnwindSafe(|| read_codes(img.as_raw(), w, h, cfg))).map_err(|_| {
+        FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
+    })
+}
+
+/// Each unreadable grid of `pass` (boxes in the image's own pixels, `size`) that no code
+/// read overlaps, searched again at full size: the grid's box with half its longer side
+/// around it (the quiet zone, and room for a box misjudged by a wrong grid), when that
+/// holds at most `max_side`² pixels; the codes read there are added to `pass` (the grid
+/// they overlap is then no longer counted as unreadable). Overlapping grids (one code
+/// found by several searches) are looked at once.
+fn look_closer(
+    pass: &mut Pass,
+    size: (u32, u32),
+    cfg: &QrConfig,
+    whole: Option<&GrayImage>,
+    mut original: impl FnMut([u32; 4]) -> Option<GrayImage>,
+) -> Result<(), FilterError> {
+    let most = u64::from(cfg.max_side) * u64::from(cfg.max_side);
+    let mut looked: Vec<[f32; 4]> = Vec::new();
+    let grids: Vec<[f32; 4]> = pass.unreadable.iter().map(|u| u.b).collect();
+    for b in grids {
+        if looked.len() == CLOSER_LOOKS {
+            break;
+        }
+        if pass.read.iter().any(|f| overlap(f.b, b)) || looked.iter().any(|l| overlap(*l, b)) {
+            continue;
+        }
+        let m = 0.5 * (b[2] - b[0]).max(b[3] - b[1]);
+        let rect = [
+            (b[0] - m).floor().clamp(0.0, size.0 as f32) as u32,
+            (b[1] - m).floor().clamp(0.0, size.1 as f32) as u32,
+            (b[2] + m).ceil().clamp(0.0, size.0 as f32) as u32,
+            (b[3] + m).ceil().clamp(0.0, size.1 as f32) as u32,
+        ];
+        let [x0, y0, x1, y1] = rect;
+        if x0 >= x1 || y0 >= y1 || u64::from(x1 - x0) * u64::from(y1 - y0) > most {
+            continue;
+        }
+        looked.push([x0 as f32, y0 as f32, x1 as f32, y1 as f32]);
+        let part = match whole {
+            Some(img) => Some(image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image()),
+            None => original(rect),
+        };
+        let Some(part) = part.filter(|p| p.dimensions() == (x1 - x0, y1 - y0)) else {
+            continue;
+        };
+        let mut closer = read_guarded(&part, cfg)?;
+        for f in &mut closer.read {
+            f.b = [
+                f.b[0] + x0 as f32,
+                f.b[1] + y0 as f32,
+                f.b[2] + x0 as f32,
+                f.b[3] + y0 as f32,
+            ];
+        }
+        pass.read.extend(closer.read);
+    }
+    Ok(())
 }
 
 /// `img` resized to `w`×`h` by Pillow's antialiased bilinear filter, run on the grey
@@ -211,13 +291,16 @@ struct Pass {
 }
 
 impl Pass {
+    /// Each box's x times `x`, y times `y`.
+    fn scale(&mut self, x: f32, y: f32) {
+        for f in self.read.iter_mut().chain(&mut self.unreadable) {
+            f.b = [f.b[0] * x, f.b[1] * y, f.b[2] * x, f.b[3] * y];
+        }
+    }
+
     /// Adds what a search of the image scaled by 1/`scale` found.
     fn add(&mut self, mut other: Pass, scale: f32) {
-        for f in other.read.iter_mut().chain(&mut other.unreadable) {
-            for v in &mut f.b {
-                *v *= scale;
-            }
-        }
+        other.scale(scale, scale);
         self.read.extend(other.read);
         self.unreadable.extend(other.unreadable);
     }
@@ -382,7 +465,13 @@ impl Filter for QrCode {
             .with_grey_to_fit(
                 input,
                 move |w, h| search_size(w, h, &fit),
-                move |img, size| find(&img, size, &cfg),
+                move |img, size, original| {
+                    // A region that cannot be decoded now is not looked at again; the
+                    // grid found still counts as unreadable.
+                    find(&img, size, &cfg, |rect| {
+                        original.grey_region(rect).ok().flatten()
+                    })
+                },
             )
             .await?;
         let mut v = Verdict::score(if found.is_empty() { 0.0 } else { 1.0 })
@@ -511,7 +600,7 @@ mod tests {
 
     /// The codes in `img`, searched as a whole image.
     fn codes_in(img: &RgbImage, cfg: &QrConfig) -> Vec<Found> {
-        find(&intake::luma(img), img.dimensions(), cfg).unwrap()
+        find(&intake::luma(img), img.dimensions(), cfg, |_| None).unwrap()
     }
 
     fn canvas() -> RgbImage {
@@ -746,6 +835,101 @@ mod tests {
         }
     }
 
+    /// A blurred code with 3 px modules in an image searched at half size (1.5 px
+    /// modules there) is found but cannot be read; the closer look at its part of the
+    /// image at full size reads it: from the image itself when it was given whole, else
+    /// from the original, asked once for a region around the code. With no original to be
+    /// had, the grid still counts, unread.
+    #[test]
+    fn a_code_too_small_where_searched_is_read_by_a_closer_look() {
+        let text = "https://example.com/a-closer-look?id=0123456789";
+        let mut img = RgbImage::from_pixel(1280, 960, image::Rgb([230, 220, 200]));
+        code_on(&mut img, text, (700, 500), 3, 0);
+        let img = image::imageops::blur(&img, 1.2);
+        let cfg = QrConfig {
+            max_side: 640,
+            ..QrConfig::default()
+        };
+        let grey = intake::luma(&img);
+        let read = |found: &[Found]| found.iter().map(|f| f.text.clone()).collect::<Vec<_>>();
+        // Given whole: the search shrinks it, the closer look crops it.
+        let found = find(&grey, (1280, 960), &cfg, |_| panic!("the image is whole")).unwrap();
+        assert_eq!(read(&found), [Some(text.to_owned())]);
+        // Given at half size (a JPEG decoded at 1/2): the region comes from the original.
+        let (half, hw, hh) = half_size(grey.as_raw(), 1280, 960);
+        let half = GrayImage::from_raw(hw, hh, half).unwrap();
+        let mut asked = vec![];
+        let found = find(&half, (1280, 960), &cfg, |[x0, y0, x1, y1]| {
+            asked.push([x0, y0, x1, y1]);
+            Some(image::imageops::crop_imm(&grey, x0, y0, x1 - x0, y1 - y0).to_image())
+        })
+        .unwrap();
+        assert_eq!(read(&found), [Some(text.to_owned())]);
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        // The code's modules start at (712, 512), inside its quiet zone; the region holds
+        // all of them with room around.
+        let side = 3 * qrcode::QrCode::new(text.as_bytes()).unwrap().width() as u32;
+        let [x0, y0, x1, y1] = asked[0];
+        assert!(
+            x0 < 700 && y0 < 500 && x1 > 724 + side && y1 > 524 + side,
+            "{:?}, the code {side} px a side",
+            asked[0]
+        );
+        let b = found[0].b;
+        assert!(
+            (b[0] - 712.0).abs() <= 3.0 && (b[1] - 512.0).abs() <= 3.0,
+            "{b:?}"
+        );
+        // Nothing to look closer at: the grid found counts, unread.
+        let found = find(&half, (1280, 960), &cfg, |_| None).unwrap();
+        assert_eq!(read(&found), [None]);
+        // Searched at full size, there is nothing to look closer at.
+        let whole = QrConfig {
+            max_side: 2048,
+            ..cfg.clone()
+        };
+        let found = find(&grey, (1280, 960), &whole, |_| panic!("searched whole")).unwrap();
+        assert_eq!(read(&found), [Some(text.to_owned())]);
+    }
+
+    /// Through the filter: a JPEG twice the search's size is decoded at 1/2 by libjpeg,
+    /// and the closer look decodes the code's region from the file at full size; also
+    /// from a JPEG stored turned left whose EXIF orientation (6) turns it upright, whose
+    /// region is found in the pixels as stored.
+    #[tokio::test]
+    async fn the_filter_looks_closer_at_a_jpeg_it_decoded_smaller() {
+        let text = "https://example.com/a-closer-look?id=0123456789";
+        let mut img = RgbImage::from_pixel(1280, 960, image::Rgb([230, 220, 200]));
+        code_on(&mut img, text, (700, 500), 3, 0);
+        let img = image::imageops::blur(&img, 1.2);
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 95)
+            .encode(img.as_raw(), 1280, 960, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let turned = intake::tests::stored_oriented(&image::imageops::rotate270(&img), 6);
+        let cfg = QrConfig {
+            max_side: 640,
+            ..QrConfig::default()
+        };
+        let filter = QrCode::default();
+        for bytes in [jpeg, turned] {
+            let input = Input {
+                content_type: "image/jpeg".into(),
+                payload: sekisho_filter_sdk::Payload::Data(bytes.into()),
+                context: Default::default(),
+            };
+            let v = filter.apply(input, cfg.clone()).await.unwrap();
+            assert_eq!(v.labels["qr_count"], 1.0);
+            let details = v.details.unwrap().to_string();
+            assert!(details.contains(text), "{details}");
+            let r = &v.regions[0];
+            assert!(
+                (r.x - 712.0).abs() <= 3.0 && (r.y - 512.0).abs() <= 3.0,
+                "{r:?}"
+            );
+        }
+    }
+
     #[test]
     fn half_size_averages_each_two_by_two() {
         // 5×3: the last column and row are dropped; (1+2+6+7+2)/4 rounds to 4.
@@ -787,9 +971,17 @@ mod tests {
             let dark = mx < 7 && my < 7 && ring != 1;
             image::Rgb([if dark { 0 } else { 255 }; 3])
         }));
+        // Searched whole, and scaled down (grids found unread are then looked at again,
+        // cropped from the image).
+        let small = QrConfig {
+            max_side: 256,
+            ..QrConfig::default()
+        };
         for img in &images {
-            let found = find(&intake::luma(img), img.dimensions(), &QrConfig::default());
-            assert!(found.is_ok(), "{:?}: {found:?}", img.dimensions());
+            for cfg in [&QrConfig::default(), &small] {
+                let found = find(&intake::luma(img), img.dimensions(), cfg, |_| None);
+                assert!(found.is_ok(), "{:?}: {found:?}", img.dimensions());
+            }
         }
     }
 }
