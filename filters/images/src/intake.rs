@@ -108,8 +108,8 @@ pub fn decode_grey_to_fit(
 /// the same checks: for a filter that searched the image smaller and wants a closer
 /// look at part of it. A JPEG's rows are decoded down to the rectangle's last only, and
 /// only the rectangle is kept ([`crate::jpeg::decode_grey_rect`], the rectangle mapped
-/// back through the EXIF orientation to the pixels as stored); other formats (and CMYK
-/// JPEGs) are decoded whole and cropped.
+/// back through the EXIF orientation to the pixels as stored); other formats are
+/// decoded whole and cropped.
 pub fn decode_grey_region(
     bytes: &[u8],
     limits: &ImageLimits,
@@ -127,11 +127,9 @@ pub fn decode_grey_region(
         )));
     }
     if format == ImageFormat::Jpeg {
-        let part =
-            crate::jpeg::decode_grey_rect(bytes, stored, stored_rect(orientation, rect, stored))
-                .map_err(|e| {
-                    invalid(format!("the {format:?} image is corrupt or truncated: {e}"))
-                })?;
+        let within = stored_rect(orientation, rect, stored);
+        let part = crate::jpeg::decode_grey_rect(bytes, stored, within, luma)
+            .map_err(|e| invalid(format!("the {format:?} image is corrupt or truncated: {e}")))?;
         if let Some(part) = part {
             let mut part = DynamicImage::ImageLuma8(part);
             part.apply_orientation(orientation);
@@ -787,8 +785,8 @@ pub(crate) mod tests {
 
     /// A region decoded at full size is the crop of the whole image decoded at full size,
     /// in each of the eight EXIF orientations (the rectangle mapped back to the pixels as
-    /// stored), for a JPEG (only the rows down to the region's decoded), a PNG, and at
-    /// the image's edges; one outside the image is refused.
+    /// stored), for a JPEG (only the rows down to the region's decoded), at the image's
+    /// edges, and for every layout the intake reads; one outside the image is refused.
     #[test]
     fn a_region_is_the_crop_of_the_whole_image_in_every_orientation() {
         // 61×37: neither side a multiple of 16, so the last band of rows is short.
@@ -822,14 +820,18 @@ pub(crate) mod tests {
                 assert!(e.contains("not within"), "{e}");
             }
         }
-        let png = {
-            let mut out = Cursor::new(Vec::new());
-            img.write_to(&mut out, ImageFormat::Png).unwrap();
-            out.into_inner()
-        };
-        let (whole, _) = decode_grey_to_fit(&png, &l, |w, h| (w, h)).unwrap();
-        let part = decode_grey_region(&png, &l, [10, 2, 50, 30]).unwrap();
-        assert!(part == image::imageops::crop_imm(&whole, 10, 2, 40, 28).to_image());
+        // Every layout the intake reads (40×24 each): PNG, JPEG progressive, grey and
+        // CMYK (its region decoded to RGB and turned grey, as the whole is), WebP, GIF.
+        for (name, bytes) in seeds() {
+            let Ok((whole, _)) = decode_grey_to_fit(&bytes, &l, |w, h| (w, h)) else {
+                continue; // a WebP kind this build of `image` does not read
+            };
+            for [x0, y0, x1, y1] in [[0, 0, 40, 24], [3, 5, 20, 17], [33, 17, 40, 24]] {
+                let part = decode_grey_region(&bytes, &l, [x0, y0, x1, y1]).unwrap();
+                let want = image::imageops::crop_imm(&whole, x0, y0, x1 - x0, y1 - y0);
+                assert!(part == want.to_image(), "{name}, {:?}", [x0, y0, x1, y1]);
+            }
+        }
     }
 
     /// A closer look takes its region's pixels from the budget only if they are free

@@ -167,11 +167,14 @@ pub fn decode_grey(
 /// pixels as stored, before any EXIF orientation): libjpeg decodes the rows down to the
 /// rectangle's last, a band of 16 at a time, and only the rectangle's part of them is
 /// kept, so the memory is the rectangle's (plus one band) and the rows below it are
-/// not decoded. `Ok(None)` where [`decode_grey`] gives it.
+/// not decoded. A CMYK or YCCK JPEG's rectangle is decoded to RGB as [`decode`] does and
+/// turned grey by `luma`, as the intake turns such a JPEG grey; `Ok(None)` for what
+/// [`decode`] leaves to the `image` crate.
 pub fn decode_grey_rect(
     bytes: &[u8],
     size: (u32, u32),
     rect: [u32; 4],
+    luma: impl FnOnce(&RgbImage) -> GrayImage,
 ) -> Result<Option<GrayImage>, String> {
     let [x0, y0, x1, y1] = rect;
     if x0 >= x1 || y0 >= y1 || x1 > size.0 || y1 > size.1 {
@@ -180,8 +183,16 @@ pub fn decode_grey_rect(
             size.0, size.1
         ));
     }
-    decode_as(bytes, size, 1, true, Some(rect))?
-        .map(|(w, h, pixels)| GrayImage::from_raw(w, h, pixels).ok_or_else(too_few))
+    if let Some((w, h, pixels)) = decode_as(bytes, size, 1, true, Some(rect))? {
+        return GrayImage::from_raw(w, h, pixels)
+            .ok_or_else(too_few)
+            .map(Some);
+    }
+    decode_as(bytes, size, 1, false, Some(rect))?
+        .map(|(w, h, pixels)| {
+            let rgb = RgbImage::from_raw(w, h, pixels).ok_or_else(too_few)?;
+            Ok(luma(&rgb))
+        })
         .transpose()
 }
 
@@ -242,42 +253,47 @@ fn decode_as(
             // after the data ran out: a 2 KB JPEG whose header claims 40 megapixels would
             // otherwise cost the whole image's decoding (~100 ms baseline, ~270 ms
             // progressive, which reads all its scans when it starts) to be refused.
-            let row = w as usize
-                * if cmyk {
-                    4
-                } else if grey {
-                    1
-                } else {
-                    3
-                };
-            if let Some([x0, y0, x1, y1]) = rect {
-                // Grey only (the caller asks so): one byte a pixel.
-                let (x0, y0, x1, y1) = (x0 as usize, y0 as usize, x1 as usize, y1 as usize);
-                let mut band = vec![0u8; row * 16];
-                let mut pixels = Vec::with_capacity((x1 - x0) * (y1 - y0));
-                let mut top = 0;
-                while top < y1 {
-                    if ran_out.get() {
-                        return Err(io::ErrorKind::UnexpectedEof.into()); // refused below
+            let px = if cmyk {
+                4
+            } else if grey {
+                1
+            } else {
+                3
+            };
+            let row = w as usize * px;
+            let (w, h, mut pixels) = match rect {
+                None => {
+                    let mut pixels = vec![0u8; row * h as usize];
+                    for band in pixels.chunks_mut(row * 16) {
+                        if ran_out.get() {
+                            return Err(io::ErrorKind::UnexpectedEof.into()); // refused below
+                        }
+                        started.read_scanlines_into(band)?;
                     }
-                    let rows = 16.min(h as usize - top);
-                    started.read_scanlines_into(&mut band[..row * rows])?;
-                    for y in top.max(y0)..(top + rows).min(y1) {
-                        let line = &band[(y - top) * row..][..row];
-                        pixels.extend_from_slice(&line[x0..x1]);
+                    (w, h, pixels)
+                }
+                Some([x0, y0, x1, y1]) => {
+                    // The rows down to the rectangle's last, a band at a time, keeping
+                    // the rectangle's part of each.
+                    let (x0, y0, x1, y1) = (x0 as usize, y0 as usize, x1 as usize, y1 as usize);
+                    let mut band = vec![0u8; row * 16];
+                    let mut pixels = Vec::with_capacity((x1 - x0) * (y1 - y0) * px);
+                    let mut top = 0;
+                    while top < y1 {
+                        if ran_out.get() {
+                            return Err(io::ErrorKind::UnexpectedEof.into()); // refused below
+                        }
+                        let rows = 16.min(h as usize - top);
+                        started.read_scanlines_into(&mut band[..row * rows])?;
+                        for y in top.max(y0)..(top + rows).min(y1) {
+                            let line = &band[(y - top) * row..][..row];
+                            pixels.extend_from_slice(&line[x0 * px..x1 * px]);
+                        }
+                        top += rows;
                     }
-                    top += rows;
+                    ((x1 - x0) as u32, (y1 - y0) as u32, pixels)
                 }
-                drop(started);
-                return Ok(Some(((x1 - x0) as u32, (y1 - y0) as u32, pixels)));
-            }
-            let mut pixels = vec![0u8; row * h as usize];
-            for band in pixels.chunks_mut(row * 16) {
-                if ran_out.get() {
-                    return Err(io::ErrorKind::UnexpectedEof.into()); // refused below
-                }
-                started.read_scanlines_into(band)?;
-            }
+            };
             if cmyk {
                 pixels = pixels.chunks_exact(4).flat_map(cmyk_to_rgb).collect();
             }
