@@ -223,6 +223,73 @@ async fn large_images_arriving_together_wait_for_the_decoding_budget() {
     );
 }
 
+/// A 1280×960 JPEG holding a slightly blurred QR code of 3 px modules at (700, 500):
+/// qr-code with `max_side` 640 decodes it at 1/2, where the code's modules are 1.5 px
+/// and cannot be read (so found for eight texts like this one; a blur of 1.2 px left
+/// some readable at half size).
+fn jpeg_with_a_code_too_small_at_half_size(text: &str) -> Vec<u8> {
+    let code = qrcode::QrCode::new(text.as_bytes()).unwrap();
+    let (n, colors) = (code.width() as u32, code.to_colors());
+    let mut img = image::RgbImage::from_fn(1280, 960, |x, y| {
+        let (mx, my) = ((x.wrapping_sub(700)) / 3, (y.wrapping_sub(500)) / 3);
+        let dark = (4..n + 4).contains(&mx)
+            && (4..n + 4).contains(&my)
+            && colors[((my - 4) * n + (mx - 4)) as usize] == qrcode::Color::Dark;
+        image::Rgb(if dark { [0; 3] } else { [230, 220, 200] })
+    });
+    img = image::imageops::blur(&img, 1.4);
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+        .encode_image(&img)
+        .unwrap();
+    out
+}
+
+/// qr-code reads a code too small to read in the JPEG it decoded at half size by
+/// decoding the code's region again at full size, and counts that in its metrics; with
+/// a decoding budget the half-size image fills, the region is not decoded (counted as
+/// no room), and the code still counts, unread. Real processes, real gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_code_looks_closer_at_a_large_jpeg_within_the_decoding_budget() {
+    let text = "https://spam.example/a-closer-look?id=0123456789";
+    let jpeg = jpeg_with_a_code_too_small_at_half_size(text);
+    // 640×480 pixels decoded: all of a budget of that size.
+    for (budget, outcome, read) in [("64000000", "decoded", true), ("307200", "no_room", false)] {
+        let metrics_at = format!("127.0.0.1:{}", sekisho_tests::free_port());
+        let args = ["--metrics-listen", &metrics_at, "--decoding-pixels", budget];
+        let f = FilterProcess::start("qr-code", &args).await.unwrap();
+        let mut client = FilterClient::connect(f.url.clone()).await.unwrap();
+        let r = client
+            .apply(fproto::ApplyRequest {
+                content: Some(fproto::Content {
+                    content_type: "image/jpeg".into(),
+                    payload: Some(image_payload(jpeg.clone())),
+                }),
+                config: sekisho_proto::json_to_struct(&serde_json::json!({"max_side": 640})),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.labels.get("qr_count"), Some(&1.0), "{r:?}");
+        let details = r.details.as_ref().map(sekisho_proto::struct_to_json);
+        let details = serde_json::to_string(&details).unwrap();
+        assert_eq!(details.contains(text), read, "budget {budget}: {details}");
+        let metrics = reqwest::get(format!("http://{metrics_at}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let series = format!(r#"sekisho_filter_region_decodes_total{{outcome="{outcome}"}}"#);
+        assert_eq!(
+            metric(&metrics, &series),
+            1.0,
+            "budget {budget}, {details}: {metrics}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_images_are_refused_with_the_reason_and_the_filter_keeps_serving() {
     let photos = sample_photos().unwrap();

@@ -353,6 +353,11 @@ fn checked_decoder<'a>(
 /// Time an image waited for its share of the decoding budget (seconds; per process).
 pub const DECODING_WAIT: &str = "sekisho_filter_decoding_wait_seconds";
 
+/// Parts of an image decoded again at full size ([`Original::grey_region`]: qr-code's
+/// closer look at a grid it could not read in a JPEG decoded smaller), by `outcome`:
+/// `decoded`, `no_room` (the decoding budget was full at the time), `failed`.
+pub const REGION_DECODES: &str = "sekisho_filter_region_decodes_total";
+
 /// Pixels are counted against [`Intake`]'s budget in units of this many.
 const UNIT: u64 = 4096;
 
@@ -386,6 +391,10 @@ impl Intake {
         metrics::describe_histogram!(
             DECODING_WAIT,
             "Time an image waited for its share of the process's decoding budget (--decoding-pixels)."
+        );
+        metrics::describe_counter!(
+            REGION_DECODES,
+            "Parts of an image decoded again at full size for a closer look (qr-code, in a JPEG decoded smaller), by outcome: decoded, no_room (the decoding budget was full), failed."
         );
         Intake {
             limits,
@@ -510,7 +519,19 @@ impl Original<'_> {
     /// budget has room for them now, on top of what the image already holds (`Ok(None)`
     /// when it has not: a closer look is not worth waiting for). A JPEG's region counts
     /// its own pixels, another image all of its pixels (decoded whole to be cropped).
+    /// Counted in [`REGION_DECODES`] by outcome.
     pub fn grey_region(&self, rect: [u32; 4]) -> Result<Option<GrayImage>, FilterError> {
+        let part = self.region_within_budget(rect);
+        let outcome = match &part {
+            Ok(Some(_)) => "decoded",
+            Ok(None) => "no_room",
+            Err(_) => "failed",
+        };
+        metrics::counter!(REGION_DECODES, "outcome" => outcome).increment(1);
+        part
+    }
+
+    fn region_within_budget(&self, rect: [u32; 4]) -> Result<Option<GrayImage>, FilterError> {
         let (decoder, format) = checked_decoder(self.bytes, &self.intake.limits)?;
         let (w, h) = decoder.dimensions();
         let [x0, y0, x1, y1] = rect;
