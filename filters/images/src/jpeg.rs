@@ -300,7 +300,9 @@ fn decode_as(
             // The pixels are complete; `finish` (reading on to the end marker) is skipped.
             // A JPEG cut anywhere before its end marker has by now made libjpeg ask past the
             // end of the data (its entropy decoder reads ahead for the next marker), which
-            // `ran_out` records: such a file is refused below, as Pillow refuses it.
+            // `ran_out` records: such a file is refused below, as Pillow refuses it. (A
+            // rectangle's decoding stops at its last row, before libjpeg may have got that
+            // far; the intake's walk over the markers has refused a file cut short first.)
             drop(started);
             Ok(Some((w, h, pixels)))
         },
