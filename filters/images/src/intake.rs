@@ -1173,10 +1173,13 @@ pub(crate) mod tests {
     /// Damaged images of every layout — bits flipped, bytes set, sizes in headers
     /// overwritten, runs deleted or repeated, the end cut off — are read or refused as
     /// invalid input, never a panic or another kind of error, and what is read stays
-    /// within the limits. `SEKISHO_MUTATIONS` runs more, and `SEKISHO_MUTATION_SEEDS`
-    /// names a directory whose images are used as seeds too (with libjpeg-turbo decoding
-    /// JPEGs this was run with 1,000,000 on these and 100,000 on the sample photos'
-    /// JPEGs, progressive and CMYK versions of them included).
+    /// within the limits; a region asked of one (a closer look's) has the size asked and,
+    /// where the whole image is read too, is its crop. `SEKISHO_MUTATIONS` runs more,
+    /// and `SEKISHO_MUTATION_SEEDS` names a directory whose images are used as seeds too
+    /// (with libjpeg-turbo decoding JPEGs this was run with 1,000,000 on these and
+    /// 100,000 on the sample photos' JPEGs, progressive and CMYK versions of them
+    /// included; with regions asked too, 1,000,000 on these and 300,000 on these and
+    /// four sample photos' JPEGs, baseline, progressive, CMYK and EXIF-turned).
     #[test]
     fn damaged_images_are_read_or_refused_never_a_panic() {
         let limits = ImageLimits {
@@ -1188,6 +1191,9 @@ pub(crate) mod tests {
             .into_iter()
             .map(|(name, bytes)| (name.to_owned(), bytes))
             .collect();
+        // A JPEG stored as the others are, to be turned 90° clockwise: upright 24×40.
+        let rgb = decode(&seeds[0].1, &limits).unwrap();
+        seeds.push(("jpeg exif turned".to_owned(), stored_oriented(&rgb, 6)));
         if let Ok(dir) = std::env::var("SEKISHO_MUTATION_SEEDS") {
             for entry in std::fs::read_dir(dir).unwrap() {
                 let path = entry.unwrap().path();
@@ -1195,10 +1201,16 @@ pub(crate) mod tests {
                 seeds.push((name, std::fs::read(&path).unwrap()));
             }
         }
-        for (name, bytes) in &seeds {
-            let img = decode(bytes, &limits).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(img.width() >= 40 && img.height() >= 24, "{name}");
-        }
+        // Each seed's upright size, for the rectangles asked of its damaged copies.
+        let sizes: Vec<(u32, u32)> = seeds
+            .iter()
+            .map(|(name, bytes)| {
+                let img = decode(bytes, &limits).unwrap_or_else(|e| panic!("{name}: {e}"));
+                let (w, h) = img.dimensions();
+                assert!(w.max(h) >= 40 && w.min(h) >= 24, "{name}");
+                (w, h)
+            })
+            .collect();
         let rounds: usize = std::env::var("SEKISHO_MUTATIONS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -1213,6 +1225,7 @@ pub(crate) mod tests {
         let (mut read, mut refused) = (0, 0);
         for round in 0..rounds {
             let (name, seed) = &seeds[round % seeds.len()];
+            let (w, h) = sizes[round % seeds.len()];
             let mut b = seed.clone();
             let mut what = Vec::new();
             for _ in 0..1 + rnd() % 4 {
@@ -1238,15 +1251,36 @@ pub(crate) mod tests {
                 }
                 what.push(at);
             }
-            // One round in three as a filter that shrinks the image reads it (a JPEG at
-            // 1/2, libjpeg's scaled decoding), one as a filter that reads grey does.
-            let got = std::panic::catch_unwind(|| match round % 3 {
+            // A rectangle of the seed's upright size, for a closer look's region.
+            let (x0, y0) = ((rnd() % w as usize) as u32, (rnd() % h as usize) as u32);
+            let rect = [
+                x0,
+                y0,
+                x0 + 1 + (rnd() % (w - x0) as usize) as u32,
+                y0 + 1 + (rnd() % (h - y0) as usize) as u32,
+            ];
+            // One round in four as a filter that shrinks the image reads it (a JPEG at
+            // 1/2, libjpeg's scaled decoding), one as a filter that reads grey does, one
+            // as a closer look at a region does (decoding stops at its last row).
+            let got = std::panic::catch_unwind(|| match round % 4 {
                 0 => decode(&b, &limits).map(|img| img.dimensions()),
                 1 => decode_to_fit(&b, &limits, |w, h| (w / 3, h / 3))
                     .map(|(img, _)| img.dimensions()),
-                _ => {
+                2 => {
                     decode_grey_to_fit(&b, &limits, |w, h| (w, h)).map(|(img, _)| img.dimensions())
                 }
+                _ => decode_grey_region(&b, &limits, rect).map(|part| {
+                    let size = part.dimensions();
+                    assert_eq!(size, (rect[2] - rect[0], rect[3] - rect[1]), "{rect:?}");
+                    // Where the whole is read too, the region is its crop: the damage
+                    // below a region that stops early changes none of its pixels.
+                    if let Ok((whole, _)) = decode_grey_to_fit(&b, &limits, |w, h| (w, h)) {
+                        let crop =
+                            image::imageops::crop_imm(&whole, rect[0], rect[1], size.0, size.1);
+                        assert!(part == crop.to_image(), "{rect:?}: not the whole's crop");
+                    }
+                    size
+                }),
             });
             match got {
                 Ok(Ok((w, h))) => {
