@@ -24,7 +24,8 @@
                                       small, blurred, jpeg-noisy, low-contrast, inverted,
                                       coloured, large-photo: in a 12-megapixel photo,
                                       two-codes, micro-qr: a Micro QR code, rmqr: an rMQR
-                                      code, rmqr-slanted: one seen at a slant, none: crops
+                                      code, rmqr-slanted: one seen at a slant, tiny:
+                                      modules of 1.1-1.6 px, none: crops
                                       of photos without one) and,
                                       unless KINDs are named, 25 images without a code as
                                       they are, and DIR/truth.json: each file's kind and
@@ -346,7 +347,7 @@ def null_nsfw(path):
 
 QR_KINDS = ["plain", "turned", "perspective", "small", "blurred", "jpeg-noisy",
             "low-contrast", "inverted", "coloured", "large-photo", "two-codes", "none",
-            "micro-qr", "rmqr", "rmqr-slanted"]
+            "micro-qr", "rmqr", "rmqr-slanted", "tiny"]
 QR_BACKGROUNDS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
                   "motorcycle_left.png", "camera.png"]
 # scikit-image's images with no code in them, as they are: photos, micrographs, a page
@@ -445,6 +446,8 @@ def qr_sample(kind, i, out_dir):
         angle, tilt = rng.uniform(-20, 20), rng.uniform(0.25, 0.45)
     elif kind == "small":
         module = rng.uniform(1.6, 3.0)
+    elif kind == "tiny":  # modules of 1.1-1.6 px, turned a little: at the edge of reading
+        module, angle = rng.uniform(1.1, 1.6), rng.uniform(-10, 10)
     elif kind == "blurred":
         blur = module * rng.uniform(0.25, 0.5)
     elif kind == "jpeg-noisy":

@@ -18,6 +18,9 @@
 //! where that finds a grid it cannot read, the grid's part of the image is searched
 //! again at full size (a JPEG decoded smaller has that part decoded again from the file),
 //! since modules of 3 px become 1.5 px in a 12-megapixel photo searched at half size.
+//! Where a grid unread has modules under 2.5 px at full size, its part is also searched
+//! enlarged to twice its size (bilinear): modules of 1.1–1.5 px, which the sampling
+//! cannot tell apart, become 2.2–3 px.
 //!
 //! A Micro QR or rMQR code has one finder pattern (an rMQR code a smaller second one in
 //! the far corner), so each finder pattern that no QR code read used is also tried as
@@ -120,7 +123,9 @@ pub fn search_size(w: u32, h: u32, cfg: &QrConfig) -> (u32, u32) {
 /// looks again at that part of the image at full size (up to [`CLOSER_LOOKS`] parts):
 /// from `img` when it is full size, else from `original` (the region's grey pixels at
 /// full size, or `None` when they cannot be had now). A code of 3 px modules in a
-/// 12-megapixel photo has 1.5 px ones where the whole photo is searched.
+/// 12-megapixel photo has 1.5 px ones where the whole photo is searched. A grid of
+/// modules under 2.5 px at full size is looked at enlarged to twice the
+/// size too, whatever size the search ran at.
 pub fn find(
     img: &GrayImage,
     size: (u32, u32),
@@ -139,15 +144,13 @@ pub fn find(
     let mut pass = read_guarded(searched, cfg)?;
     let (x, y) = (size.0 as f32 / gw as f32, size.1 as f32 / gh as f32);
     pass.scale(x, y);
-    if (gw, gh) != size {
-        let whole = (img.dimensions() == size).then_some(img);
-        look_closer(&mut pass, size, cfg, whole, original)?;
-    }
+    let whole = (img.dimensions() == size).then_some(img);
+    look_closer(&mut pass, size, (gw, gh) != size, cfg, whole, original)?;
     Ok(pass.into_found(cfg.count_unreadable))
 }
 
-/// At most this many unreadable grids of a search made smaller are looked at again at
-/// full size.
+/// At most this many unreadable grids an image are looked at again (at full size, or
+/// enlarged to twice the size).
 pub const CLOSER_LOOKS: usize = 4;
 
 /// The searches of [`read_codes`] on `img`, a panic inside the reader caught.
@@ -159,22 +162,28 @@ fn read_guarded(img: &GrayImage, cfg: &QrConfig) -> Result<Pass, FilterError> {
 }
 
 /// Each unreadable grid of `pass` (boxes in the image's own pixels, `size`) that no code
-/// read overlaps, searched again at full size: the grid's box with half its longer side
-/// around it (the quiet zone, and room for a box misjudged by a wrong grid), when that
-/// holds at most `max_side`² pixels; the codes read there are added to `pass` (the grid
-/// they overlap is then no longer counted as unreadable). Overlapping grids (one code
-/// found by several searches) are looked at once.
+/// read overlaps, searched again: its part of the image, the grid's box with half its
+/// longer side around it (the quiet zone, and room for a box misjudged by a wrong grid),
+/// when that holds at most `max_side`² pixels. Where the search ran on the image made
+/// smaller (`searched_smaller`), that part is searched at full size; where the grid's
+/// modules are under [`ENLARGE_BELOW`] px at full size, the part is then searched at
+/// twice its size too (bilinear, [`enlarged`]), when that holds at most `max_side`²
+/// pixels: modules of 1.1–1.5 px, too few pixels for the sampling to tell apart, are
+/// 2.2–3 px there. The codes read are added to `pass` (the grid they overlap is then no
+/// longer counted as unreadable). Overlapping grids (one code found by several
+/// searches) are looked at once.
 fn look_closer(
     pass: &mut Pass,
     size: (u32, u32),
+    searched_smaller: bool,
     cfg: &QrConfig,
     whole: Option<&GrayImage>,
     mut original: impl FnMut([u32; 4]) -> Option<GrayImage>,
 ) -> Result<(), FilterError> {
     let most = u64::from(cfg.max_side) * u64::from(cfg.max_side);
     let mut looked: Vec<[f32; 4]> = Vec::new();
-    let grids: Vec<[f32; 4]> = pass.unreadable.iter().map(|u| u.b).collect();
-    for b in grids {
+    let grids = pass.unreadable.clone();
+    for Grid { b, modules } in grids {
         if looked.len() == CLOSER_LOOKS {
             break;
         }
@@ -189,7 +198,15 @@ fn look_closer(
             (b[3] + m).ceil().clamp(0.0, size.1 as f32) as u32,
         ];
         let [x0, y0, x1, y1] = rect;
-        if x0 >= x1 || y0 >= y1 || u64::from(x1 - x0) * u64::from(y1 - y0) > most {
+        let area = u64::from(x1.saturating_sub(x0)) * u64::from(y1.saturating_sub(y0));
+        if area == 0 || area > most {
+            continue;
+        }
+        // The box of a turned grid is up to √2 times its side: a module estimated too
+        // large, never too small.
+        let module = 2.0 * m / modules.max(1) as f32;
+        let enlarge = module < ENLARGE_BELOW && 4 * area <= most;
+        if !searched_smaller && !enlarge {
             continue;
         }
         looked.push([x0 as f32, y0 as f32, x1 as f32, y1 as f32]);
@@ -200,7 +217,19 @@ fn look_closer(
         let Some(part) = part.filter(|p| p.dimensions() == (x1 - x0, y1 - y0)) else {
             continue;
         };
-        let mut closer = read_guarded(&part, cfg)?;
+        let mut closer = if searched_smaller {
+            read_guarded(&part, cfg)?
+        } else {
+            Pass::default()
+        };
+        if closer.read.is_empty()
+            && enlarge
+            && let Some(big) = enlarged(&part)
+        {
+            let mut twice = read_enlarged(&big, cfg)?;
+            twice.scale(0.5, 0.5);
+            closer.read.extend(twice.read);
+        }
         for f in &mut closer.read {
             f.b = [
                 f.b[0] + x0 as f32,
@@ -212,6 +241,64 @@ fn look_closer(
         pass.read.extend(closer.read);
     }
     Ok(())
+}
+
+/// A grid whose modules are estimated under this many pixels (its box's longer side over
+/// its side in modules) is searched again at twice the size. The search reads codes of
+/// 1.6 px modules and over as they are (the `small` photos of BENCHMARKS (h), 1.6–3 px);
+/// the margin is for the estimate, up to √2 times the module of a turned grid.
+const ENLARGE_BELOW: f32 = 2.5;
+
+/// The search of an enlarged part (a panic inside the reader caught): binarised by
+/// zxing-cpp's local threshold ([`binarize::midrange`]), whose middle of the contrast
+/// keeps apart the modules that the enlarging blurs, then those bits inverted (when
+/// `cfg.inverted`). The other searches of [`read_codes`] read none of the codes this
+/// does not on the small codes of BENCHMARKS (h) and cost more on a sheet of finder
+/// look-alikes; its half size would be the part as it was.
+fn read_enlarged(img: &GrayImage, cfg: &QrConfig) -> Result<Pass, FilterError> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let search_twice = || {
+        let mut pass = Pass::default();
+        if let Some(mut bits) = binarize::midrange(img.as_raw(), w, h) {
+            pass.add(search(&bits, cfg), 1.0);
+            if cfg.inverted && pass.read.is_empty() {
+                bits.flip_self();
+                pass.add(search(&bits, cfg), 1.0);
+            }
+        }
+        pass
+    };
+    catch_unwind(AssertUnwindSafe(search_twice)).map_err(|_| {
+        FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
+    })
+}
+
+/// `img` at twice its size, bilinear (pixel centres kept where they are: each new pixel
+/// 3/4 of its nearest and 1/4 of the next, across and down).
+fn enlarged(img: &GrayImage) -> Option<GrayImage> {
+    let (w, h) = img.dimensions();
+    let (uw, uh) = (w as usize, h as usize);
+    let src = img.as_raw();
+    // Across: each row to twice its width, kept in quarters (0..=1020).
+    let mut wide = vec![0u16; 2 * uw * uh];
+    for (row, out) in src.chunks_exact(uw).zip(wide.chunks_exact_mut(2 * uw)) {
+        for x in 0..uw {
+            let c = 3 * u16::from(row[x]);
+            out[2 * x] = c + u16::from(row[x.saturating_sub(1)]);
+            out[2 * x + 1] = c + u16::from(row[(x + 1).min(uw - 1)]);
+        }
+    }
+    let mut out = vec![0u8; 4 * uw * uh];
+    let w2 = 2 * uw;
+    for y in 0..uh {
+        let (up, here, down) = (y.saturating_sub(1), y, (y + 1).min(uh - 1));
+        for x in 0..w2 {
+            let c = 3 * u32::from(wide[here * w2 + x]);
+            out[(2 * y) * w2 + x] = ((c + u32::from(wide[up * w2 + x]) + 8) / 16) as u8;
+            out[(2 * y + 1) * w2 + x] = ((c + u32::from(wide[down * w2 + x]) + 8) / 16) as u8;
+        }
+    }
+    GrayImage::from_raw(2 * w, 2 * h, out)
 }
 
 /// `img` resized to `w`×`h` by Pillow's antialiased bilinear filter, run on the grey
@@ -287,14 +374,22 @@ fn half_size(luma: &[u8], w: u32, h: u32) -> (Vec<u8>, u32, u32) {
 #[derive(Default)]
 struct Pass {
     read: Vec<Found>,
-    unreadable: Vec<Found>,
+    unreadable: Vec<Grid>,
+}
+
+/// A QR code's grid sampled and not read: its box, and its side in modules.
+#[derive(Clone, Copy)]
+struct Grid {
+    b: [f32; 4],
+    modules: u32,
 }
 
 impl Pass {
     /// Each box's x times `x`, y times `y`.
     fn scale(&mut self, x: f32, y: f32) {
-        for f in self.read.iter_mut().chain(&mut self.unreadable) {
-            f.b = [f.b[0] * x, f.b[1] * y, f.b[2] * x, f.b[3] * y];
+        let boxes = self.read.iter_mut().map(|f| &mut f.b);
+        for b in boxes.chain(self.unreadable.iter_mut().map(|g| &mut g.b)) {
+            *b = [b[0] * x, b[1] * y, b[2] * x, b[3] * y];
         }
     }
 
@@ -312,7 +407,11 @@ impl Pass {
         if count_unreadable {
             for u in self.unreadable {
                 if !found.iter().any(|f| overlap(f.b, u.b)) {
-                    found.push(u);
+                    found.push(Found {
+                        b: u.b,
+                        format: QrFormat::Qr,
+                        text: None,
+                    });
                 }
             }
         }
@@ -391,10 +490,9 @@ fn search_qr(
                 used.extend([set.bl, set.tl, set.tr]);
                 pass.read.push(found);
             }
-            None => pass.unreadable.push(Found {
+            None => pass.unreadable.push(Grid {
                 b: bounds(sampled.getPoints()),
-                format: QrFormat::Qr,
-                text: None,
+                modules: sampled.getBits().width(),
             }),
         }
     }
@@ -892,6 +990,42 @@ mod tests {
         assert_eq!(read(&found), [Some(text.to_owned())]);
     }
 
+    /// A code whose modules are 1.25 px (drawn at 5 px a module, the image then averaged
+    /// down by 4): found but not read where the image is searched at full size, and read
+    /// by the closer look at its part enlarged to twice its size.
+    #[test]
+    fn a_code_of_modules_under_two_pixels_is_read_at_twice_the_size() {
+        let text = "https://example.com/modules-of-a-pixel-and-a-quarter";
+        let mut big = RgbImage::from_pixel(2400, 1600, image::Rgb([230, 220, 200]));
+        code_on(&mut big, text, (1203, 601), 5, 20);
+        let big = intake::luma(&big);
+        let grey = GrayImage::from_fn(600, 400, |x, y| {
+            let mut sum = 0u32;
+            for dy in 0..4 {
+                for dx in 0..4 {
+                    sum += u32::from(big.get_pixel(4 * x + dx, 4 * y + dy)[0]);
+                }
+            }
+            image::Luma([((sum + 8) / 16) as u8])
+        });
+        let cfg = QrConfig::default();
+        let plain = read_guarded(&grey, &cfg).unwrap();
+        assert!(plain.read.is_empty(), "read without a closer look");
+        assert!(
+            !plain.unreadable.is_empty(),
+            "no grid found to look closer at"
+        );
+        let found = find(&grey, (600, 400), &cfg, |_| panic!("the image is whole")).unwrap();
+        let texts: Vec<_> = found.iter().map(|f| f.text.clone()).collect();
+        assert_eq!(texts, [Some(text.to_owned())]);
+        // Placed in the image's own pixels: the modules start at (1223, 621) / 4.
+        let b = found[0].b;
+        assert!(
+            (b[0] - 305.75).abs() <= 2.0 && (b[1] - 155.25).abs() <= 2.0,
+            "{b:?}"
+        );
+    }
+
     /// Through the filter: a JPEG twice the search's size is decoded at 1/2 by libjpeg,
     /// and the closer look decodes the code's region from the file at full size; also
     /// from a JPEG stored turned left whose EXIF orientation (6) turns it upright, whose
@@ -928,6 +1062,30 @@ mod tests {
                 "{r:?}"
             );
         }
+    }
+
+    #[test]
+    fn enlarging_keeps_the_pixel_centres() {
+        // Across: 0 and 100 become 0, 25, 75, 100 (each new pixel 3/4 its nearest, 1/4
+        // the next, the edges repeated); down likewise, 0 and 160 to 0, 40, 120, 160.
+        let img = GrayImage::from_raw(2, 1, vec![0, 100]).unwrap();
+        assert_eq!(
+            enlarged(&img).unwrap().as_raw(),
+            &[0, 25, 75, 100, 0, 25, 75, 100]
+        );
+        let img = GrayImage::from_raw(1, 2, vec![0, 160]).unwrap();
+        assert_eq!(
+            enlarged(&img).unwrap().as_raw(),
+            &[0, 0, 40, 40, 120, 120, 160, 160]
+        );
+        // Both at once: the corner pixel of a 2×2 is 9/16 its own, 3/16 each neighbour
+        // and 1/16 the diagonal one.
+        let img = GrayImage::from_raw(2, 2, vec![160, 0, 0, 0]).unwrap();
+        let big = enlarged(&img).unwrap();
+        assert_eq!(big.dimensions(), (4, 4));
+        assert_eq!(big.get_pixel(1, 1)[0], 90);
+        assert_eq!(big.get_pixel(2, 2)[0], 10);
+        assert_eq!(big.get_pixel(0, 0)[0], 160);
     }
 
     #[test]

@@ -707,8 +707,8 @@ fn qr_binarizers_give_rxings_bits_on_photos() {
 /// ports) reads in photos with codes planted in them (`reference.py qr-samples`: turned,
 /// in perspective, small, blurred, noisy JPEGs, low contrast, inverted, coloured, in a
 /// 12-megapixel photo, two in one photo, Micro QR codes, rMQR strips, turned and
-/// slanted; six of each, and twenty each of faint, blurred, slanted and 12-megapixel
-/// QR codes, where the reader's later searches and closer looks matter most), and
+/// slanted, modules of 1.1-1.6 px; six of each, and twenty each of faint, blurred,
+/// slanted, 12-megapixel and tiny QR codes, where the reader's later searches and closer looks matter most), and
 /// nearly every rMQR strip, which zxing-cpp mostly does not; never a text that is not
 /// there, and nothing, readable or not, in photos without a code (crops of photos and
 /// 25 of scikit-image's images as they are: text, checkerboards, micrographs, textures).
@@ -748,7 +748,8 @@ async fn qr_code_reads_what_zxing_cpp_reads() {
     // Twenty each of the kinds where the later searches matter: faint and blurred codes
     // (zxing-cpp's own local threshold, which rxing's port lacks), codes seen at a slant
     // (zxing-cpp's grouping of finder patterns), codes in 12-megapixel photos (searched
-    // at half size, then looked at again at full size where a grid is found unread).
+    // at half size, then looked at again at full size where a grid is found unread),
+    // codes of 1.1-1.6 px modules (looked at again at twice the size).
     let hard = tempfile::tempdir().unwrap();
     let args = [
         "20",
@@ -756,6 +757,7 @@ async fn qr_code_reads_what_zxing_cpp_reads() {
         "blurred",
         "perspective",
         "large-photo",
+        "tiny",
     ];
     for (kind, [_, zx, read, _]) in qr_reading(hard.path(), &args).await {
         println!("twenty {kind}: zxing-cpp read {zx}, qr-code {read}");
