@@ -992,7 +992,8 @@ mod tests {
 
     /// A code whose modules are 1.25 px (drawn at 5 px a module, the image then averaged
     /// down by 4): found but not read where the image is searched at full size, and read
-    /// by the closer look at its part enlarged to twice its size.
+    /// by the closer look at its part enlarged to twice its size; light on dark too, from
+    /// the enlarged part's bits inverted (only when `inverted` is on).
     #[test]
     fn a_code_of_modules_under_two_pixels_is_read_at_twice_the_size() {
         let text = "https://example.com/modules-of-a-pixel-and-a-quarter";
@@ -1023,6 +1024,24 @@ mod tests {
         assert!(
             (b[0] - 305.75).abs() <= 2.0 && (b[1] - 155.25).abs() <= 2.0,
             "{b:?}"
+        );
+        // Light on dark, the part enlarged: read from its bits inverted. (The whole image
+        // inverted gives no grid to look at: only the first threshold's bits are searched
+        // inverted.)
+        let mut part = image::imageops::crop_imm(&grey, 270, 120, 110, 110).to_image();
+        image::imageops::invert(&mut part);
+        let twice = read_enlarged(&enlarged(&part).unwrap(), &cfg).unwrap();
+        let texts: Vec<_> = twice.read.iter().map(|f| f.text.clone()).collect();
+        assert_eq!(texts, [Some(text.to_owned())]);
+        let upright = QrConfig {
+            inverted: false,
+            ..cfg.clone()
+        };
+        assert!(
+            read_enlarged(&enlarged(&part).unwrap(), &upright)
+                .unwrap()
+                .read
+                .is_empty()
         );
     }
 
