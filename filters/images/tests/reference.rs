@@ -708,8 +708,8 @@ fn qr_binarizers_give_rxings_bits_on_photos() {
 /// in perspective, small, blurred, noisy JPEGs, low contrast, inverted, coloured, in a
 /// 12-megapixel photo, two in one photo, Micro QR codes, rMQR strips, turned and
 /// slanted, modules of 1.1-1.6 px; six of each, and twenty each of faint, blurred,
-/// slanted, 12-megapixel and tiny QR codes, where the reader's later searches and closer looks matter most), and
-/// nearly every rMQR strip, which zxing-cpp mostly does not; never a text that is not
+/// slanted, 12-megapixel and tiny QR codes, where the reader's later searches and
+/// closer looks matter most), and nearly every rMQR strip, which zxing-cpp mostly does not; never a text that is not
 /// there, and nothing, readable or not, in photos without a code (crops of photos and
 /// 25 of scikit-image's images as they are: text, checkerboards, micrographs, textures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
