@@ -156,7 +156,12 @@ pub const CLOSER_LOOKS: usize = 4;
 /// The searches of [`read_codes`] on `img`, a panic inside the reader caught.
 fn read_guarded(img: &GrayImage, cfg: &QrConfig) -> Result<Pass, FilterError> {
     let (w, h) = img.dimensions();
-    catch_unwind(AssertUnwindSafe(|| read_codes(img.as_raw(), w, h, cfg))).map_err(|_| {
+    guarded(|| read_codes(img.as_raw(), w, h, cfg))
+}
+
+/// `searches` run, a panic inside the reader caught and answered as an error.
+fn guarded(searches: impl FnOnce() -> Pass) -> Result<Pass, FilterError> {
+    catch_unwind(AssertUnwindSafe(searches)).map_err(|_| {
         FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
     })
 }
@@ -257,7 +262,7 @@ const ENLARGE_BELOW: f32 = 2.5;
 /// look-alikes; its half size would be the part as it was.
 fn read_enlarged(img: &GrayImage, cfg: &QrConfig) -> Result<Pass, FilterError> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let search_twice = || {
+    guarded(|| {
         let mut pass = Pass::default();
         if let Some(mut bits) = binarize::midrange(img.as_raw(), w, h) {
             pass.add(search(&bits, cfg), 1.0);
@@ -267,9 +272,6 @@ fn read_enlarged(img: &GrayImage, cfg: &QrConfig) -> Result<Pass, FilterError> {
             }
         }
         pass
-    };
-    catch_unwind(AssertUnwindSafe(search_twice)).map_err(|_| {
-        FilterError::Internal("the QR reader failed on this image (a panic, caught)".into())
     })
 }
 
