@@ -275,12 +275,7 @@ async fn qr_code_looks_closer_at_a_large_jpeg_within_the_decoding_budget() {
         let details = r.details.as_ref().map(sekisho_proto::struct_to_json);
         let details = serde_json::to_string(&details).unwrap();
         assert_eq!(details.contains(text), read, "budget {budget}: {details}");
-        let metrics = reqwest::get(format!("http://{metrics_at}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = scrape(metrics_at).await;
         let series = format!(r#"sekisho_filter_region_decodes_total{{outcome="{outcome}"}}"#);
         assert_eq!(
             metric(&metrics, &series),
@@ -409,6 +404,12 @@ async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
     assert_eq!(d.info["execution_provider"], "cpu", "{:?}", d.info);
 }
 
+/// The text of a filter process's `/metrics`, served at `at`.
+async fn scrape(at: impl std::fmt::Display) -> String {
+    let r = reqwest::get(format!("http://{at}/metrics")).await.unwrap();
+    r.text().await.unwrap()
+}
+
 /// The number on the line of `/metrics` that starts with `series` (0 when absent).
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
@@ -463,12 +464,7 @@ async fn a_filter_process_serves_its_metrics() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
-    let text = reqwest::get(format!("http://{metrics_at}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(metrics_at).await;
     let ok = r#"sekisho_filter_requests_total{filter="ng-image",code="ok"}"#;
     let bad = r#"sekisho_filter_requests_total{filter="ng-image",code="invalid_argument"}"#;
     assert_eq!(metric(&text, ok), 8.0, "{text}");
