@@ -3,8 +3,11 @@
 //! (is the filter known, does it accept the content types, does the config fit its
 //! schema) are in [`crate::catalog`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
+
+use cel::IdedExpr;
+use cel::common::ast::{EntryExpr, Expr, LiteralValue, MapExpr, StructExpr, operators};
 
 use crate::spec::{AggregateSpec, ChainSpec, OnError};
 
@@ -52,23 +55,175 @@ impl Default for Limits {
     }
 }
 
-/// Compiles a branch rule, checking that it names only the rule variables.
+/// How deep a branch rule's expression may nest, counted in nodes from its root to its
+/// deepest leaf. CEL is evaluated by recursion, a stack frame or more a level, and a
+/// stack overflow aborts the whole process: `1+1+…+1` fits 2,000 levels in the 4,096
+/// characters a rule may have, and evaluating it overflowed a 2 MiB thread stack (a
+/// tokio worker's) in release builds. The parser's own limit (96 levels of brackets)
+/// does not see such chains. The rules a chain needs nest a dozen levels.
+pub const MAX_RULE_DEPTH: usize = 100;
+
+/// Compiles a branch rule, checking that it names only the rule variables and nests at
+/// most [`MAX_RULE_DEPTH`] levels.
 pub fn compile_rule(expr: &str) -> Result<cel::Program, String> {
-    let program = cel::Program::compile(expr).map_err(|e| format!("CEL does not compile: {e}"))?;
-    let refs = program.references();
-    let mut unknown: Vec<&str> = refs
-        .variables()
-        .into_iter()
-        .filter(|v| !RULE_VARIABLES.contains(v))
-        .collect();
-    unknown.sort_unstable();
-    if let Some(first) = unknown.first() {
+    let program = cel::Program::compile(expr)
+        .map_err(|e| format!("CEL does not compile: {}", compile_error(expr, &e)))?;
+    if let Some(depth) = deeper_than(program.expression(), MAX_RULE_DEPTH) {
+        return Err(format!(
+            "the expression nests {depth} levels deep; the limit is {MAX_RULE_DEPTH}"
+        ));
+    }
+    let refs = RuleRefs::of(program.expression());
+    if let Some(first) = refs.variables.iter().find(|v| !RULE_VARIABLES.contains(v)) {
         return Err(format!(
             "unknown variable `{first}`; rules may use {}",
             RULE_VARIABLES.join(", ")
         ));
     }
     Ok(program)
+}
+
+/// What a rule reads: the variables it names (not those its macros bind, such as `k` in
+/// `filters.exists(k, filters[k].score > 0.9)`), and the keys it reads of `filters` and
+/// `stages` (`filters.face` or `filters['face']`), each once, in the order written.
+#[derive(Debug, Default, PartialEq)]
+struct RuleRefs<'a> {
+    variables: BTreeSet<&'a str>,
+    filters: Vec<&'a str>,
+    stages: Vec<&'a str>,
+}
+
+impl<'a> RuleRefs<'a> {
+    /// Walked by recursion: call it only on a tree no deeper than [`MAX_RULE_DEPTH`].
+    fn of(root: &'a IdedExpr) -> Self {
+        let mut refs = RuleRefs::default();
+        refs.walk(root, &mut Vec::new());
+        refs
+    }
+
+    fn walk(&mut self, node: &'a IdedExpr, bound: &mut Vec<&'a str>) {
+        let free = |e: &'a IdedExpr, bound: &[&str]| match &e.expr {
+            Expr::Ident(name) if !bound.contains(&name.as_str()) => Some(name.as_str()),
+            _ => None,
+        };
+        match &node.expr {
+            Expr::Ident(_) => self.variables.extend(free(node, bound)),
+            Expr::Select(select) => {
+                if let Some(root) = free(&select.operand, bound) {
+                    self.member(root, &select.field);
+                }
+            }
+            Expr::Call(call) if call.func_name == operators::INDEX && call.args.len() == 2 => {
+                if let (Some(root), Expr::Literal(LiteralValue::String(key))) =
+                    (free(&call.args[0], bound), &call.args[1].expr)
+                {
+                    self.member(root, key.inner());
+                }
+            }
+            Expr::Comprehension(c) => {
+                self.walk(&c.iter_range, bound);
+                self.walk(&c.accu_init, bound);
+                let outer = bound.len();
+                bound.push(&c.iter_var);
+                bound.extend(c.iter_var2.as_deref());
+                bound.push(&c.accu_var);
+                for e in [&c.loop_cond, &c.loop_step, &c.result] {
+                    self.walk(e, bound);
+                }
+                bound.truncate(outer);
+                return;
+            }
+            _ => {}
+        }
+        for child in children(node) {
+            self.walk(child, bound);
+        }
+    }
+
+    fn member(&mut self, root: &str, key: &'a str) {
+        let keys = match root {
+            "filters" => &mut self.filters,
+            "stages" => &mut self.stages,
+            _ => return,
+        };
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+}
+
+/// The depth of `root` (a leaf alone is 1) when it is more than `limit`; walked with a
+/// stack of its own, since the tree may be far deeper than the thread's.
+fn deeper_than(root: &IdedExpr, limit: usize) -> Option<usize> {
+    let mut deepest = 0;
+    let mut todo = vec![(root, 1)];
+    while let Some((node, depth)) = todo.pop() {
+        deepest = deepest.max(depth);
+        todo.extend(children(node).into_iter().map(|c| (c, depth + 1)));
+    }
+    (deepest > limit).then_some(deepest)
+}
+
+/// The expressions directly under `node`, macros' expansions included.
+fn children(node: &IdedExpr) -> Vec<&IdedExpr> {
+    match &node.expr {
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(&call.args)
+            .collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Expr::Select(select) => vec![&select.operand],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => vec![],
+    }
+}
+
+/// CEL's compile errors, the first with the part of its line around it, at most three:
+/// the parser's own text repeats the whole line under each error (60 KB for a 4 KB rule
+/// of unbalanced brackets), too much for a chain's list of problems.
+fn compile_error(expr: &str, errors: &cel::ParseErrors) -> String {
+    const AROUND: usize = 40;
+    let Some(first) = errors.errors.first() else {
+        return "no reason given".into();
+    };
+    let (line, column) = first.pos;
+    let mut text = format!("{}:{}: {}", line, column, first.msg);
+    let source = usize::try_from(line - 1)
+        .ok()
+        .and_then(|l| expr.lines().nth(l));
+    if let (Some(source), Ok(column)) = (source, usize::try_from(column - 1)) {
+        let chars: Vec<char> = source.chars().collect();
+        let column = column.min(chars.len());
+        let from = column.saturating_sub(AROUND);
+        let to = (column + AROUND).min(chars.len());
+        let before = if from > 0 { "…" } else { "" };
+        let after = if to < chars.len() { "…" } else { "" };
+        let part: String = chars[from..to].iter().collect();
+        let caret = " ".repeat(before.chars().count() + column - from);
+        text.push_str(&format!("\n| {before}{part}{after}\n| {caret}^"));
+    }
+    for e in errors.errors.iter().skip(1).take(2) {
+        text.push_str(&format!("\n{}:{}: {}", e.pos.0, e.pos.1, e.msg));
+    }
+    if errors.errors.len() > 3 {
+        text.push_str(&format!("\n(and {} more)", errors.errors.len() - 3));
+    }
+    text
 }
 
 /// Validates a chain; an empty list means it is valid.
@@ -217,10 +372,17 @@ impl Validator {
                             limits.max_expression_len
                         ),
                     );
-                } else if let Err(e) = compile_rule(&b.when) {
-                    self.push(format!("{bp}.when"), e);
                 } else {
-                    self.references(&format!("{bp}.when"), &b.when, &seen_aliases, i, c);
+                    match compile_rule(&b.when) {
+                        Err(e) => self.push(format!("{bp}.when"), e),
+                        Ok(program) => self.references(
+                            &format!("{bp}.when"),
+                            &RuleRefs::of(program.expression()),
+                            &seen_aliases,
+                            i,
+                            c,
+                        ),
+                    }
                 }
                 match (&b.goto, &b.decide) {
                     (Some(_), Some(_)) | (None, None) => self.push(
@@ -350,21 +512,21 @@ impl Validator {
     fn references(
         &mut self,
         path: &str,
-        expr: &str,
+        refs: &RuleRefs<'_>,
         aliases: &HashSet<&str>,
         stage: usize,
         c: &ChainSpec,
     ) {
-        for alias in member_refs(expr, "filters") {
-            if !aliases.contains(alias.as_str()) {
+        for alias in &refs.filters {
+            if !aliases.contains(alias) {
                 self.push(
                     path,
                     format!("no filter with alias `{alias}` in this or an earlier stage"),
                 );
             }
         }
-        for id in member_refs(expr, "stages") {
-            if !c.stages[..=stage].iter().any(|s| s.id == id) {
+        for id in &refs.stages {
+            if !c.stages[..=stage].iter().any(|s| s.id == *id) {
                 self.push(
                     path,
                     format!("no stage `{id}` at or before `{}`", c.stages[stage].id),
@@ -372,44 +534,6 @@ impl Validator {
             }
         }
     }
-}
-
-/// Keys used as `root.key` or `root["key"]` in an expression.
-fn member_refs(expr: &str, root: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let bytes = expr.as_bytes();
-    let mut from = 0;
-    while let Some(pos) = expr[from..].find(root) {
-        let start = from + pos;
-        let end = start + root.len();
-        from = end;
-        let before_ok = start == 0 || !is_ident_byte(bytes[start - 1]) && bytes[start - 1] != b'.';
-        if !before_ok {
-            continue;
-        }
-        let rest = &expr[end..];
-        if let Some(r) = rest.strip_prefix('.') {
-            let key: String = r
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !key.is_empty() {
-                out.push(key);
-            }
-        } else if let Some(r) = rest.strip_prefix('[') {
-            let r = r.trim_start();
-            if let Some(q) = r.chars().next().filter(|c| *c == '"' || *c == '\'')
-                && let Some(close) = r[1..].find(q)
-            {
-                out.push(r[1..1 + close].to_owned());
-            }
-        }
-    }
-    out
-}
-
-fn is_ident_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 fn stage_list(c: &ChainSpec) -> String {
@@ -502,6 +626,91 @@ mod tests {
         );
     }
 
+    /// `1+1+…+1` is a left-leaning chain the parser's bracket limit does not see; 2,000
+    /// levels (4,001 characters, under the length limit) overflowed a 2 MiB stack when
+    /// evaluated, in release builds too, which aborts the process.
+    #[test]
+    fn rules_nesting_deeper_than_the_limit_are_refused() {
+        let sum = |terms: usize| format!("1{}", "+1".repeat(terms - 1));
+        assert!(sum(2000).len() <= Limits::default().max_expression_len);
+        assert_eq!(
+            compile_rule(&sum(2000)).err().as_deref(),
+            Some("the expression nests 2000 levels deep; the limit is 100")
+        );
+        for deep in [
+            format!("metadata{}", ".a".repeat(100)),
+            format!("metadata{}", "['a']".repeat(100)),
+            format!("score{} > 0.5", " * 1.0".repeat(99)),
+        ] {
+            let e = compile_rule(&deep).err().unwrap_or_default();
+            assert!(
+                e.starts_with("the expression nests 101 levels"),
+                "{deep}: {e}"
+            );
+        }
+        // At the limit, a rule is evaluated in a debug build, whose frames are larger than
+        // a release build's, on a thread with a tokio worker's 2 MiB of stack.
+        let at_limit = compile_rule(&sum(100)).unwrap();
+        let value = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || at_limit.execute(&cel::Context::default()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(value, Ok(cel::Value::Int(100)));
+    }
+
+    #[test]
+    fn compile_errors_are_short_and_point_at_the_place() {
+        let e = compile_rule("score >= 0.5 &&\n  filters['a'].score >").unwrap_err();
+        assert!(
+            e.starts_with("CEL does not compile: 2:23: Syntax error: mismatched input '<EOF>'"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("\n|   filters['a'].score >\n|                       ^"),
+            "{e}"
+        );
+        // The parser's own text repeats the whole line under each of its errors.
+        let brackets = format!("{}score{}", "(".repeat(2000), ")".repeat(2000));
+        let e = compile_rule(&brackets).unwrap_err();
+        assert!(e.contains("Recursion limit of 96 exceeded"), "{e}");
+        assert!(e.len() < 800, "{} bytes: {e}", e.len());
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines[1], format!("| …{}…", "(".repeat(80)));
+        assert_eq!(lines[2], format!("| {}^", " ".repeat(41)));
+    }
+
+    #[test]
+    fn variables_that_macros_bind_are_not_unknown() {
+        let doc = format!(
+            "{HEAD}stages:\n  - id: a\n    filters: [{{use: kw}}, {{use: kw, as: k2}}]\n    branches:\n      - when: \"filters.exists(k, filters[k].score > 0.9) && filters.all(k, k != 'x') && [1, 2].exists(score, score > 1)\"\n        decide: {{decision: REVIEW, reason: r}}\n      - when: \"filters.exists(k, k > 'a') && k > 0.1\"\n        decide: {{decision: REVIEW, reason: r}}\n"
+        );
+        assert_eq!(
+            problems(&doc),
+            [
+                "stages[0].branches[1].when: unknown variable `k`; rules may use score, filters, stages, metadata"
+            ]
+        );
+    }
+
+    #[test]
+    fn aliases_are_read_from_the_expression_not_its_text() {
+        // `filters.exists` is a macro on the map, not alias `exists`; `'filters.nope'` is a
+        // string; a macro's own `filters` shadows the variable.
+        let doc = format!(
+            "{HEAD}stages:\n  - id: a\n    filters: [{{use: kw}}]\n    branches:\n      - when: \"filters.exists(k, k == 'kw') && metadata.note != 'filters.nope' && [{{'x': 1}}].all(filters, filters.x == 1)\"\n        decide: {{decision: REVIEW, reason: r}}\n      - when: \"filters.kw.score + filters['k9'].score + filters.k8.score + filters.k9.score > stages['zz'].score\"\n        decide: {{decision: REVIEW, reason: r}}\n"
+        );
+        assert_eq!(
+            problems(&doc),
+            [
+                "stages[0].branches[1].when: no filter with alias `k9` in this or an earlier stage",
+                "stages[0].branches[1].when: no filter with alias `k8` in this or an earlier stage",
+                "stages[0].branches[1].when: no stage `zz` at or before `a`",
+            ]
+        );
+    }
+
     #[test]
     fn unknown_aliases_and_later_stages_in_rules_are_named() {
         let doc = format!(
@@ -561,13 +770,17 @@ mod tests {
     }
 
     #[test]
-    fn member_refs_finds_dot_and_index_forms() {
+    fn rule_refs_finds_dot_and_index_forms() {
+        let p = compile_rule(
+            "filters.a.score + filters['b-c'].score + metadata.filters.z + filters.a.score > stages.s.score",
+        )
+        .unwrap();
+        let refs = RuleRefs::of(p.expression());
+        assert_eq!(refs.filters, ["a", "b-c"]);
+        assert_eq!(refs.stages, ["s"]);
         assert_eq!(
-            member_refs(
-                "filters.a.score + filters['b-c'].score + myfilters.z",
-                "filters"
-            ),
-            vec!["a", "b-c"]
+            refs.variables.into_iter().collect::<Vec<_>>(),
+            ["filters", "metadata", "stages"]
         );
     }
 }

@@ -164,6 +164,21 @@ mod tests {
     }
 
     #[test]
+    fn macros_range_over_the_filters_that_ran() {
+        let mut v = RuleVars::new(&HashMap::new());
+        v.add_filter("face", 0.2, &HashMap::new());
+        v.add_filter("ng", 0.95, &HashMap::new());
+        let rules = [
+            rule("filters.all(k, filters[k].score < 0.9)"),
+            rule("filters.exists(k, filters[k].score > 0.9 && k == 'ng')"),
+        ];
+        let uses = Uses::of(rules.iter());
+        assert_eq!(v.first_match(0.5, uses, rules.iter()), Ok(Some(1)));
+        v.add_filter("ng", 0.5, &HashMap::new());
+        assert_eq!(v.first_match(0.5, uses, rules.iter()), Ok(Some(0)));
+    }
+
+    #[test]
     fn missing_labels_and_non_booleans_are_errors() {
         let v = RuleVars::new(&HashMap::new());
         let rules = [rule("score + 1.0")];

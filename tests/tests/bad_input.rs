@@ -29,6 +29,14 @@ async fn gateway(noop: &TestFilter, echo: &TestFilter) -> TestGateway {
             "cyclic.yaml",
             "name: cyclic\ncontent_types: [text/plain]\nstages:\n  - id: a\n    filters: [{use: noop}]\n  - id: b\n    filters: [{use: noop, as: n2}]\n    branches:\n      - when: \"true\"\n        goto: a\n",
         );
+    // A rule that evaluating would overflow the stack and abort the process: refused.
+    setup = setup.chain_file(
+        "deep.yaml",
+        &format!(
+            "name: deep\ncontent_types: [text/plain]\nstages:\n  - id: s\n    filters: [{{use: noop}}]\n    branches:\n      - when: \"1{} > 0\"\n        decide: {{decision: APPROVE, reason: r}}\n",
+            "+1".repeat(1999)
+        ),
+    );
     setup.max_request_bytes = Some(64 * 1024);
     setup.start().await.unwrap()
 }
@@ -303,5 +311,18 @@ async fn invalid_chain_files_are_reported_with_path_and_line_and_skipped() {
         .find(|p| p.source.ends_with("cyclic.yaml"))
         .unwrap();
     assert_eq!(cyclic.path, "stages[1].branches[0].goto", "{cyclic:?}");
+    let deep = list
+        .problems
+        .iter()
+        .find(|p| p.source.ends_with("deep.yaml"))
+        .unwrap();
+    assert_eq!(deep.path, "stages[0].branches[0].when", "{deep:?}");
+    assert!(
+        deep.message
+            .contains("nests 2001 levels deep; the limit is 100"),
+        "{deep:?}"
+    );
+    let e = gw.moderate_text("deep", "x").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
     still_serving(&mut gw).await;
 }
