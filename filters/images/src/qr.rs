@@ -188,11 +188,15 @@ fn look_closer(
     let most = u64::from(cfg.max_side) * u64::from(cfg.max_side);
     let mut looked: Vec<[f32; 4]> = Vec::new();
     let grids = pass.unreadable.clone();
-    for Grid { b, modules } in grids {
+    for grid in grids {
+        let Grid { b, modules } = grid;
         if looked.len() == CLOSER_LOOKS {
             break;
         }
-        if pass.read.iter().any(|f| overlap(f.b, b)) || looked.iter().any(|l| overlap(*l, b)) {
+        if !grid.could_be_a_code()
+            || pass.read.iter().any(|f| overlap(f.b, b))
+            || looked.iter().any(|l| overlap(*l, b))
+        {
             continue;
         }
         let m = 0.5 * (b[2] - b[0]).max(b[3] - b[1]);
@@ -386,6 +390,18 @@ struct Grid {
     modules: u32,
 }
 
+/// The fewest modules a QR code has on a side (version 1). The sampler takes its side
+/// from the distance between the corners, and three finder-pattern look-alikes nine
+/// modules apart (a tiled sheet) sample to 17: such a grid is counted as no code and not
+/// looked at again.
+const QR_MIN_MODULES: u32 = 21;
+
+impl Grid {
+    fn could_be_a_code(&self) -> bool {
+        self.modules >= QR_MIN_MODULES
+    }
+}
+
 impl Pass {
     /// Each box's x times `x`, y times `y`.
     fn scale(&mut self, x: f32, y: f32) {
@@ -407,7 +423,7 @@ impl Pass {
     fn into_found(self, count_unreadable: bool) -> Vec<Found> {
         let mut found = self.read;
         if count_unreadable {
-            for u in self.unreadable {
+            for u in self.unreadable.into_iter().filter(Grid::could_be_a_code) {
                 if !found.iter().any(|f| overlap(f.b, u.b)) {
                     found.push(Found {
                         b: u.b,
@@ -1117,6 +1133,47 @@ mod tests {
         assert_eq!(half_size(&[255; 4], 2, 2), (vec![255], 1, 1));
     }
 
+    /// Finder patterns (7×7 modules: ring, gap, 3×3 centre) tiled `pitch` modules apart
+    /// at `module` pixels a module.
+    fn look_alikes(w: u32, h: u32, pitch: u32, module: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let (mx, my) = ((x / module) % pitch, (y / module) % pitch);
+            let ring = mx.min(my).min(6 - mx.min(6)).min(6 - my.min(6));
+            let dark = mx < 7 && my < 7 && ring != 1;
+            image::Rgb([if dark { 0 } else { 255 }; 3])
+        })
+    }
+
+    /// Three look-alikes nine modules apart sample to a grid of 17 modules, which no QR
+    /// code has: such grids counted as 7 codes on this sheet, and 18 on it at 2/3 the
+    /// size (1.33 px a module), each then searched again enlarged.
+    #[test]
+    fn grids_smaller_than_any_qr_code_are_not_codes() {
+        let sheet = look_alikes(1000, 800, 9, 2);
+        let smaller =
+            image::imageops::resize(&sheet, 667, 533, image::imageops::FilterType::Triangle);
+        for img in [&sheet, &smaller] {
+            let luma = intake::luma(img);
+            let pass = read_codes(
+                luma.as_raw(),
+                luma.width(),
+                luma.height(),
+                &QrConfig::default(),
+            );
+            assert!(pass.read.is_empty());
+            assert!(
+                pass.unreadable.iter().any(|g| g.modules == 17),
+                "{:?}",
+                pass.unreadable
+                    .iter()
+                    .map(|g| g.modules)
+                    .collect::<Vec<_>>()
+            );
+            assert!(pass.unreadable.iter().all(|g| !g.could_be_a_code()));
+            assert_eq!(codes_in(img, &QrConfig::default()), []);
+        }
+    }
+
     /// Sizes and patterns a detector's arithmetic can trip on: one pixel, one row, less
     /// than the binarizer's 40-pixel blocks, flat, noise, checkerboards, and a sheet of
     /// finder-pattern look-alikes. Each is searched without a panic.
@@ -1143,13 +1200,7 @@ mod tests {
                 image::Rgb([((x / cell + y / cell) % 2 * 255) as u8; 3])
             }));
         }
-        // Finder patterns (7×7 modules: ring, gap, 3×3 centre) tiled at 2 px a module.
-        images.push(RgbImage::from_fn(1000, 800, |x, y| {
-            let (mx, my) = ((x / 2) % 9, (y / 2) % 9);
-            let ring = mx.min(my).min(6 - mx.min(6)).min(6 - my.min(6));
-            let dark = mx < 7 && my < 7 && ring != 1;
-            image::Rgb([if dark { 0 } else { 255 }; 3])
-        }));
+        images.push(look_alikes(1000, 800, 9, 2));
         // Searched whole, and scaled down (grids found unread are then looked at again,
         // cropped from the image).
         let small = QrConfig {
