@@ -295,27 +295,21 @@ async fn invalid_chain_files_are_reported_with_path_and_line_and_skipped() {
         .into_inner();
     let names: Vec<&str> = list.chains.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["any", "good"]);
-    let broken = list
-        .problems
-        .iter()
-        .find(|p| p.source.ends_with("broken.yaml"))
-        .unwrap();
+    let problem = |file: &str| {
+        list.problems
+            .iter()
+            .find(|p| p.source.ends_with(file))
+            .unwrap_or_else(|| panic!("no problem with {file}: {:?}", list.problems))
+    };
+    let broken = problem("broken.yaml");
     assert_eq!(broken.path, "line 6 column 9", "{broken:?}");
     assert!(
         broken.message.contains("unknown field `usee`"),
         "{broken:?}"
     );
-    let cyclic = list
-        .problems
-        .iter()
-        .find(|p| p.source.ends_with("cyclic.yaml"))
-        .unwrap();
+    let cyclic = problem("cyclic.yaml");
     assert_eq!(cyclic.path, "stages[1].branches[0].goto", "{cyclic:?}");
-    let deep = list
-        .problems
-        .iter()
-        .find(|p| p.source.ends_with("deep.yaml"))
-        .unwrap();
+    let deep = problem("deep.yaml");
     assert_eq!(deep.path, "stages[0].branches[0].when", "{deep:?}");
     assert!(
         deep.message
