@@ -72,9 +72,13 @@ pub const MAX_RULE_DEPTH: usize = 100;
 pub const MAX_RULE_COST: f64 = 1e7;
 
 /// The length a rule's cost estimate assumes for what a macro ranges over where the
-/// rule does not write it out: `filters` (at most 1,024 filters in a chain), `stages`,
-/// a filter's labels, `metadata`, a macro's variable.
+/// rule does not write it out and no limit bounds it: a filter's labels, a macro's
+/// variable, a list computed otherwise.
 pub const ASSUMED_LEN: f64 = 256.0;
+
+/// The most entries a request's `metadata` may have (the gateway refuses more), which
+/// rules' cost estimates count on.
+pub const MAX_METADATA_ENTRIES: usize = 128;
 
 /// Compiles a branch rule, checking that it names only the rule variables and nests at
 /// most [`MAX_RULE_DEPTH`] levels.
@@ -201,10 +205,17 @@ fn cost(node: &IdedExpr) -> f64 {
 }
 
 /// How long a list or map `node` may be: a literal's own length, lists added together
-/// the sum, a macro's result (`map`, `filter`) what it ranges over, anything else
-/// [`ASSUMED_LEN`].
+/// the sum, a macro's result (`map`, `filter`) what it ranges over, the rule variables
+/// their limits (`filters` a chain's most filters, `stages` its most stages, `metadata`
+/// [`MAX_METADATA_ENTRIES`]), anything else [`ASSUMED_LEN`].
 fn length(node: &IdedExpr) -> f64 {
+    let limits = Limits::default();
     match &node.expr {
+        Expr::Ident(name) if name == "filters" => {
+            (limits.max_stages * limits.max_filters_per_stage) as f64
+        }
+        Expr::Ident(name) if name == "stages" => limits.max_stages as f64,
+        Expr::Ident(name) if name == "metadata" => MAX_METADATA_ENTRIES as f64,
         Expr::List(list) => list.elements.len() as f64,
         Expr::Map(map) => map.entries.len() as f64,
         Expr::Call(call) if call.func_name == operators::ADD && call.args.len() == 2 => {
@@ -719,7 +730,9 @@ mod tests {
         assert_eq!(length_of("[1, 2] + [3]"), 3.0);
         assert_eq!(length_of("{'a': 1}"), 1.0);
         assert_eq!(length_of("[1, 2].map(x, x * 2)"), 2.0);
-        assert_eq!(length_of("filters"), ASSUMED_LEN);
+        assert_eq!(length_of("filters"), 1024.0);
+        assert_eq!(length_of("metadata"), 128.0);
+        assert_eq!(length_of("filters.a.labels"), ASSUMED_LEN);
         // A macro's body counts once an item; a macro inside it multiplies.
         let list = |n: usize| format!("[{}]", vec!["1"; n].join(", "));
         let one = |n: usize| cost_of(&format!("{}.exists(x, x > 1)", list(n)));

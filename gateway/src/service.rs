@@ -1,11 +1,13 @@
 //! The `sekisho.gateway.v1.Gateway` gRPC service: checks the request, sheds load, picks
 //! the chain version the request will run on, and hands it to the chain runner.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
+use sekisho_chainstore::MAX_METADATA_ENTRIES;
 use sekisho_proto::filter::v1::content::Payload;
 use sekisho_proto::gateway::v1::{
     self as gproto, ModerateRequest, ModerateResponse, gateway_server::Gateway,
@@ -20,6 +22,29 @@ use crate::runner::{Item, Runner};
 
 /// Requests a stream may have in flight at once (responses keep request order).
 const STREAM_WINDOW: usize = 64;
+
+/// The most bytes of keys and values a request's `metadata` may hold: caller facts
+/// (a tier, a country), passed to every filter call and, for rules that read it, turned
+/// into a CEL map on each request.
+const MAX_METADATA_BYTES: usize = 64 * 1024;
+
+/// Refuses metadata over [`MAX_METADATA_ENTRIES`] entries (what rules' cost estimates
+/// count on) or [`MAX_METADATA_BYTES`].
+fn check_metadata(metadata: &HashMap<String, String>) -> Result<(), GatewayError> {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(GatewayError::InvalidArgument(format!(
+            "metadata: {} entries; the limit is {MAX_METADATA_ENTRIES}",
+            metadata.len()
+        )));
+    }
+    let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_METADATA_BYTES {
+        return Err(GatewayError::InvalidArgument(format!(
+            "metadata: {bytes} bytes of keys and values; the limit is {MAX_METADATA_BYTES}"
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Clone)]
 pub struct GatewayService {
@@ -107,6 +132,7 @@ impl GatewayService {
             }
             _ => {}
         }
+        check_metadata(&req.metadata)?;
         let set = self.chains.snapshot();
         let Some(chain) = set.chains.get(&req.chain).cloned() else {
             let mut known: Vec<&str> = set.chains.keys().map(String::as_str).collect();
@@ -259,5 +285,29 @@ impl Gateway for GatewayService {
             chains,
             problems: set.problems.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_bounded_in_entries_and_bytes() {
+        let entries = |n: usize, len: usize| {
+            (0..n)
+                .map(|i| (format!("{i:04}"), "v".repeat(len)))
+                .collect()
+        };
+        assert!(check_metadata(&entries(128, 500)).is_ok());
+        let e = check_metadata(&entries(129, 1)).unwrap_err().to_string();
+        assert!(e.contains("metadata: 129 entries; the limit is 128"), "{e}");
+        // 16 keys of 4 bytes and values of 4,093: 65,552 bytes.
+        let e = check_metadata(&entries(16, 4093)).unwrap_err().to_string();
+        assert!(
+            e.contains("metadata: 65552 bytes of keys and values; the limit is 65536"),
+            "{e}"
+        );
+        assert!(check_metadata(&entries(16, 4092)).is_ok());
     }
 }

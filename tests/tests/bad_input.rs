@@ -112,6 +112,21 @@ async fn grpc_bad_requests_get_clear_statuses() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
+    // Rules' cost estimates count on at most 128 metadata entries.
+    let mut many = request("good", "text/plain", Payload::Text("x".into()));
+    many.metadata = (0..128).map(|i| (format!("k{i}"), "v".into())).collect();
+    let r = gw.moderate(many.clone()).await.unwrap();
+    assert_eq!(r.decision(), Decision::Approve);
+    many.metadata.insert("one-more".into(), "v".into());
+    let e = gw.moderate(many).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::InvalidArgument,
+            "metadata: 129 entries; the limit is 128"
+        )
+    );
+
     let big = Bytes::from(vec![b'a'; 100 * 1024]);
     let e = gw
         .moderate(request("good", "text/plain", Payload::Data(big)))
