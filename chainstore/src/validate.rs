@@ -68,7 +68,7 @@ pub const MAX_RULE_DEPTH: usize = 100;
 /// macros multiply. In a release build a step is 50 to 100 ns: four macros nested over
 /// lists of 40 (377 characters, 16 million steps) took 1.2 s, of 60 (80 million) 7.8 s;
 /// over lists of 200 they would take hours and fill the memory. Two over a chain's
-/// filters and their labels are estimated at about a million.
+/// filters and their labels are estimated at 3 to 5 million.
 pub const MAX_RULE_COST: f64 = 1e7;
 
 /// The length a rule's cost estimate assumes for what a macro ranges over where the
@@ -80,8 +80,8 @@ pub const ASSUMED_LEN: f64 = 256.0;
 /// rules' cost estimates count on.
 pub const MAX_METADATA_ENTRIES: usize = 128;
 
-/// Compiles a branch rule, checking that it names only the rule variables and nests at
-/// most [`MAX_RULE_DEPTH`] levels.
+/// Compiles a branch rule, checking that it names only the rule variables, nests at
+/// most [`MAX_RULE_DEPTH`] levels and costs at most [`MAX_RULE_COST`] steps by [`cost`].
 pub fn compile_rule(expr: &str) -> Result<cel::Program, String> {
     let program = cel::Program::compile(expr)
         .map_err(|e| format!("CEL does not compile: {}", compile_error(expr, &e)))?;
@@ -95,7 +95,8 @@ pub fn compile_rule(expr: &str) -> Result<cel::Program, String> {
         return Err(format!(
             "the expression could take {cost:.0} steps to evaluate; the limit is \
              {MAX_RULE_COST:.0} (a macro inside a macro multiplies the lengths of the lists \
-             or maps they range over, counted at {ASSUMED_LEN:.0} where not written out)"
+             or maps they range over: `filters`, `stages` and `metadata` at their limits, \
+             anything else not written out at {ASSUMED_LEN:.0})"
         ));
     }
     let refs = RuleRefs::of(program.expression());
