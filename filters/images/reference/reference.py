@@ -30,6 +30,10 @@
                                       unless KINDs are named, 25 images without a code as
                                       they are, and DIR/truth.json: each file's kind and
                                       the texts planted in it
+  reference.py look-alikes DIR        write the PNGs of BENCHMARKS (h)'s sheets of finder-
+                                      pattern look-alikes into DIR (sheet-SIDE-PITCH-MODULE.png,
+                                      noise-2048.png, corners-4096.png: four codes of three
+                                      corners only in a 4096² sheet)
   reference.py qr-read [--opencv] IMAGE...  the QR, Micro QR and rMQR codes zxing-cpp reads in each image
                                       (and OpenCV's QRCodeDetector), and the time it
                                       took, the fastest of three, JSON lines
@@ -513,6 +517,40 @@ def qr_samples(out_dir, n, kinds):
     print(json.dumps({"written": len(truth)}))
 
 
+def look_alike_sheet(side, pitch, module):
+    """A side×side grey sheet tiled with finder-pattern look-alikes (7×7 modules: a dark
+    ring, a light one, a dark 3×3 centre) `pitch` modules of `module` px apart."""
+    y, x = np.mgrid[0:side, 0:side]
+    mx, my = (x // module) % pitch, (y // module) % pitch
+    ring = np.minimum(np.minimum(mx, my), np.minimum(6 - np.minimum(mx, 6), 6 - np.minimum(my, 6)))
+    return np.where((mx < 7) & (my < 7) & (ring != 1), 0, 255).astype(np.uint8)
+
+
+LOOK_ALIKES = [(2048, 8, 1), (2048, 8, 2), (2048, 9, 1), (2048, 12, 1), (2048, 16, 1),
+               (2048, 16, 2), (2048, 22, 1), (2048, 30, 2), (4096, 8, 2), (4096, 10, 5),
+               (4096, 14, 5), (4096, 18, 2)]
+
+
+def look_alikes(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    for side, pitch, module in LOOK_ALIKES:
+        Image.fromarray(look_alike_sheet(side, pitch, module)).save(
+            f"{out_dir}/sheet-{side}-{pitch}-{module}.png")
+    rng = np.random.default_rng(1)
+    noise = (rng.random((2048, 2048)) < 0.5).astype(np.uint8) * 255
+    Image.fromarray(noise).save(f"{out_dir}/noise-2048.png")
+    # Four codes of 21 modules of 48 px with only their three finder patterns (nothing
+    # between them to read), each in a blank quiet zone, in a sheet of pitch 8 at 1 px.
+    img = look_alike_sheet(4096, 8, 1)
+    mod, side = 48, 21 * 48
+    finder = look_alike_sheet(7 * mod, 8, mod)
+    for cx, cy in [(520, 520), (2568, 520), (520, 2568), (2568, 2568)]:
+        img[cy - 4 * mod:cy + side + 4 * mod, cx - 4 * mod:cx + side + 4 * mod] = 255
+        for fx, fy in [(cx, cy), (cx + side - 7 * mod, cy), (cx, cy + side - 7 * mod)]:
+            img[fy:fy + 7 * mod, fx:fx + 7 * mod] = finder
+    Image.fromarray(img).save(f"{out_dir}/corners-4096.png")
+
+
 def qr_read(paths, opencv):
     """zxing-cpp's reading (and OpenCV's) of each image, with the time each took, the
     fastest of three (reading the file not included)."""
@@ -558,6 +596,7 @@ def main():
     t = sub.add_parser("tiny-model"); t.add_argument("path")
     z = sub.add_parser("null-nsfw"); z.add_argument("path")
     qs = sub.add_parser("qr-samples"); qs.add_argument("dir"); qs.add_argument("n", type=int); qs.add_argument("kinds", nargs="*")
+    la = sub.add_parser("look-alikes"); la.add_argument("dir")
     qr = sub.add_parser("qr-read"); qr.add_argument("--opencv", action="store_true"); qr.add_argument("images", nargs="+")
     b = sub.add_parser("bench"); b.add_argument("what", choices=["faces", "nsfw"])
     b.add_argument("--model"); b.add_argument("--seconds", type=float, default=5); b.add_argument("--threads", type=int, default=2)
@@ -586,6 +625,8 @@ def main():
         null_nsfw(a.path)
     elif a.cmd == "qr-samples":
         qr_samples(a.dir, a.n, a.kinds)
+    elif a.cmd == "look-alikes":
+        look_alikes(a.dir)
     elif a.cmd == "qr-read":
         qr_read(a.images, a.opencv)
     else:

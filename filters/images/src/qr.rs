@@ -14,7 +14,8 @@
 //! zxing-cpp's `tryDownscale` does): where one threshold breaks up a code's corners,
 //! another often keeps them whole. A group that samples to a grid but cannot be read
 //! (damaged, half hidden) still counts when `count_unreadable` is on: a phone may read
-//! what this reader cannot. An image larger than `max_side` is searched scaled down;
+//! what this reader cannot; but not a grid smaller than any QR code, nor one with another
+//! finder pattern inside (three of a tiled sheet of look-alikes). An image larger than `max_side` is searched scaled down;
 //! where that finds a grid it cannot read, the grid's part of the image is searched
 //! again at full size (a JPEG decoded smaller has that part decoded again from the file),
 //! since modules of 3 px become 1.5 px in a 12-megapixel photo searched at half size.
@@ -452,6 +453,9 @@ const MAX_PATTERNS: usize = 300;
 /// codes from each finder pattern that no code read so far used, keeping only those read.
 fn search(bits: &BitMatrix, cfg: &QrConfig) -> Pass {
     let mut patterns = finder::finder_patterns(bits);
+    // All of them, by height, for the look inside each grid not read.
+    let mut by_y = patterns.clone();
+    by_y.sort_by(|a, b| a.p.y.total_cmp(&b.p.y));
     if patterns.len() > MAX_PATTERNS {
         patterns.sort_by_key(|p| std::cmp::Reverse(p.size));
         patterns.truncate(MAX_PATTERNS);
@@ -459,7 +463,7 @@ fn search(bits: &BitMatrix, cfg: &QrConfig) -> Pass {
     let mut used = Vec::new();
     let mut pass = Pass::default();
     if cfg.formats.contains(&QrFormat::Qr) {
-        search_qr(bits, &mut patterns, &mut used, &mut pass);
+        search_qr(bits, &mut patterns, &by_y, &mut used, &mut pass);
     }
     for format in [QrFormat::MicroQr, QrFormat::Rmqr] {
         if !cfg.formats.contains(&format) {
@@ -486,10 +490,12 @@ fn search(bits: &BitMatrix, cfg: &QrConfig) -> Pass {
 }
 
 /// The QR codes of `patterns` grouped in threes, the finder patterns of those read
-/// added to `used`.
+/// added to `used`. A group that samples to a grid but is not read counts as unreadable
+/// unless another of the patterns found (`by_y`, all of them, by height) lies inside it.
 fn search_qr(
     bits: &BitMatrix,
     patterns: &mut detector::FinderPatterns,
+    by_y: &[ConcentricPattern],
     used: &mut Vec<ConcentricPattern>,
     pass: &mut Pass,
 ) {
@@ -508,12 +514,63 @@ fn search_qr(
                 used.extend([set.bl, set.tl, set.tr]);
                 pass.read.push(found);
             }
-            None => pass.unreadable.push(Grid {
-                b: bounds(sampled.getPoints()),
-                modules: sampled.getBits().width(),
-            }),
+            None => {
+                let modules = sampled.getBits().width();
+                if !holds_another(&set, modules, by_y) {
+                    pass.unreadable.push(Grid {
+                        b: bounds(sampled.getPoints()),
+                        modules,
+                    });
+                }
+            }
         }
     }
+}
+
+/// Whether a finder pattern of `by_y` (sorted by height) other than `set`'s three lies
+/// inside the grid of `modules` they span: its centre within the parallelogram of their
+/// centres, with a module and a half of slack. A QR code has finder patterns at three
+/// corners and nowhere else (its mask is chosen to make even 1:1:3:1:1 runs rare in the
+/// rest, and a pattern is found only where such runs cross both ways), while three of a
+/// tiled sheet of look-alikes span a grid with more inside, one at its fourth corner at
+/// least. A pattern less than half its size from one of the three is taken for that one.
+fn holds_another(
+    set: &detector::FinderPatternSet,
+    modules: u32,
+    by_y: &[ConcentricPattern],
+) -> bool {
+    let (o, a, b) = (set.tl.p, set.tr.p - set.tl.p, set.bl.p - set.tl.p);
+    let det = a.x * b.y - a.y * b.x;
+    if !det.is_normal() {
+        return false;
+    }
+    // The centres span the grid less the half of a pattern each side: 7 modules.
+    let slack = 1.5 / modules.saturating_sub(7).max(1) as f32;
+    let (lo, hi) = (-slack, 1.0 + slack);
+    let corners = [
+        o + a * lo + b * lo,
+        o + a * hi + b * lo,
+        o + a * lo + b * hi,
+        o + a * hi + b * hi,
+    ];
+    let (top, bottom) = corners
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(t, b), c| (t.min(c.y), b.max(c.y)));
+    let first = by_y.partition_point(|q| q.p.y < top);
+    by_y[first..]
+        .iter()
+        .take_while(|q| q.p.y <= bottom)
+        .filter(|q| {
+            [set.tl, set.tr, set.bl]
+                .iter()
+                .all(|c| rxing::Point::distance(q.p, c.p) >= c.size as f32 / 2.0)
+        })
+        .any(|q| {
+            let d = q.p - o;
+            let u = (d.x * b.y - d.y * b.x) / det;
+            let v = (a.x * d.y - a.y * d.x) / det;
+            (lo..=hi).contains(&u) && (lo..=hi).contains(&v)
+        })
 }
 
 /// The code in a sampled grid, when its content decodes.
@@ -837,6 +894,19 @@ mod tests {
             ..QrConfig::default()
         };
         assert!(codes_in(&img, &cfg).is_empty(), "only codes read count");
+        // Finder-pattern look-alikes just beyond its quiet zone, right of its top-right
+        // corner and past its fourth corner, are not inside it: it still counts.
+        let alike = look_alikes(42, 42, 7, 6);
+        for (x, y) in [(346, 74), (346, 296)] {
+            image::imageops::replace(&mut img, &alike, x, y);
+        }
+        let found = codes_in(&img, &QrConfig::default());
+        assert!(
+            found
+                .iter()
+                .any(|f| (f.b[0] - 124.0).abs() <= 6.0 && (f.b[1] - 74.0).abs() <= 6.0),
+            "{found:?}"
+        );
     }
 
     /// A QR code, a Micro QR code and an rMQR code in one photo: each read, placed and
@@ -1144,33 +1214,68 @@ mod tests {
         })
     }
 
-    /// Three look-alikes nine modules apart sample to a grid of 17 modules, which no QR
-    /// code has: such grids counted as 7 codes on this sheet, and 18 on it at 2/3 the
-    /// size (1.33 px a module), each then searched again enlarged.
+    /// The groups of finder patterns in `img` (binarised by the first search's threshold)
+    /// that sample to a grid, and all the patterns found, by height.
+    fn grids_in(
+        img: &RgbImage,
+    ) -> (
+        Vec<(QRCodeDetectorResult, detector::FinderPatternSet)>,
+        Vec<ConcentricPattern>,
+    ) {
+        let luma = intake::luma(img);
+        let (w, h) = luma.dimensions();
+        let bits = binarize::local(luma.as_raw(), w as usize, h as usize).unwrap();
+        let mut patterns = finder::finder_patterns(&bits);
+        let mut by_y = patterns.clone();
+        by_y.sort_by(|a, b| a.p.y.total_cmp(&b.p.y));
+        let grids = finder::finder_sets(&mut patterns)
+            .into_iter()
+            .filter_map(|set| Some((detector::SampleQR(&bits, &set).ok()?, set)))
+            .filter(|(grid, _)| !grid.getPoints().is_empty())
+            .collect();
+        (grids, by_y)
+    }
+
+    /// Three look-alikes of a tiled sheet nine modules apart sample to a grid of 17
+    /// modules, which no QR code has: such grids counted as 7 codes on this sheet, and 18
+    /// on it at 2/3 the size (1.33 px a module), each then searched again enlarged. They
+    /// are not codes by their size, and now also by the look-alikes inside them (the next
+    /// test).
     #[test]
     fn grids_smaller_than_any_qr_code_are_not_codes() {
         let sheet = look_alikes(1000, 800, 9, 2);
         let smaller =
             image::imageops::resize(&sheet, 667, 533, image::imageops::FilterType::Triangle);
         for img in [&sheet, &smaller] {
-            let luma = intake::luma(img);
-            let pass = read_codes(
-                luma.as_raw(),
-                luma.width(),
-                luma.height(),
-                &QrConfig::default(),
-            );
-            assert!(pass.read.is_empty());
-            assert!(
-                pass.unreadable.iter().any(|g| g.modules == 17),
-                "{:?}",
-                pass.unreadable
-                    .iter()
-                    .map(|g| g.modules)
-                    .collect::<Vec<_>>()
-            );
-            assert!(pass.unreadable.iter().all(|g| !g.could_be_a_code()));
+            let (grids, _) = grids_in(img);
+            let sides: Vec<_> = grids.iter().map(|(g, _)| g.getBits().width()).collect();
+            assert!(sides.contains(&17), "{sides:?}");
             assert_eq!(codes_in(img, &QrConfig::default()), []);
+        }
+        let grid = |modules| Grid {
+            b: [0.0; 4],
+            modules,
+        };
+        assert!(!grid(17).could_be_a_code() && grid(21).could_be_a_code());
+    }
+
+    /// Sheets of look-alikes 9 to 30 modules apart: three of them span grids, of 21
+    /// modules and more from 14 apart, which counted as codes not read (on sheets of
+    /// 2048×2048, 17 to 63). Each such grid has other look-alikes inside it, one at its
+    /// fourth corner at least, where a QR code has none.
+    #[test]
+    fn grids_with_finder_patterns_inside_are_not_codes() {
+        for pitch in [9, 14, 16, 22, 30] {
+            for module in [2, 3] {
+                let sheet = look_alikes(640, 480, pitch, module);
+                let (grids, by_y) = grids_in(&sheet);
+                assert!(grids.len() > 10, "pitch {pitch}, module {module}");
+                for (grid, set) in &grids {
+                    let modules = grid.getBits().width();
+                    assert!(holds_another(set, modules, &by_y), "pitch {pitch}: {set:?}");
+                }
+                assert_eq!(codes_in(&sheet, &QrConfig::default()), [], "pitch {pitch}");
+            }
         }
     }
 
