@@ -16,7 +16,10 @@ pub use spec::{
     AggregateSpec, BranchSpec, ChainSpec, DecideSpec, Decision, FilterRef, OnError, Policy,
     StageSpec,
 };
-pub use validate::{Limits, MAX_METADATA_ENTRIES, Problem, RULE_VARIABLES, compile_rule, validate};
+pub use validate::{
+    Limits, MAX_METADATA_ENTRIES, MAX_VERDICT_LABELS, Problem, RULE_VARIABLES, compile_rule,
+    validate,
+};
 
 pub mod catalog;
 pub mod server;

@@ -72,9 +72,13 @@ pub const MAX_RULE_DEPTH: usize = 100;
 pub const MAX_RULE_COST: f64 = 1e7;
 
 /// The length a rule's cost estimate assumes for what a macro ranges over where the
-/// rule does not write it out and no limit bounds it: a filter's labels, a macro's
-/// variable, a list computed otherwise.
+/// rule does not write it out and no limit bounds it: a macro's variable, a list
+/// computed otherwise.
 pub const ASSUMED_LEN: f64 = 256.0;
+
+/// The most labels one filter's verdict may carry (the gateway takes a verdict with more
+/// as the filter failing), which rules' cost estimates count on for a filter's `labels`.
+pub const MAX_VERDICT_LABELS: usize = 256;
 
 /// The most entries a request's `metadata` may have (the gateway refuses more), which
 /// rules' cost estimates count on.
@@ -95,8 +99,8 @@ pub fn compile_rule(expr: &str) -> Result<cel::Program, String> {
         return Err(format!(
             "the expression could take {cost:.0} steps to evaluate; the limit is \
              {MAX_RULE_COST:.0} (a macro inside a macro multiplies the lengths of the lists \
-             or maps they range over: `filters`, `stages` and `metadata` at their limits, \
-             anything else not written out at {ASSUMED_LEN:.0})"
+             or maps they range over: `filters`, `stages`, `metadata` and a filter's \
+             `labels` at their limits, anything else not written out at {ASSUMED_LEN:.0})"
         ));
     }
     let refs = RuleRefs::of(program.expression());
@@ -208,7 +212,8 @@ fn cost(node: &IdedExpr) -> f64 {
 /// How long a list or map `node` may be: a literal's own length, lists added together
 /// the sum, a macro's result (`map`, `filter`) what it ranges over, the rule variables
 /// their limits (`filters` a chain's most filters, `stages` its most stages, `metadata`
-/// [`MAX_METADATA_ENTRIES`]), anything else [`ASSUMED_LEN`].
+/// [`MAX_METADATA_ENTRIES`]), a filter's `labels` [`MAX_VERDICT_LABELS`], anything else
+/// [`ASSUMED_LEN`].
 fn length(node: &IdedExpr) -> f64 {
     let limits = Limits::default();
     match &node.expr {
@@ -223,6 +228,7 @@ fn length(node: &IdedExpr) -> f64 {
             length(&call.args[0]) + length(&call.args[1])
         }
         Expr::Comprehension(c) => length(&c.iter_range),
+        Expr::Select(select) if select.field == "labels" => MAX_VERDICT_LABELS as f64,
         _ => ASSUMED_LEN,
     }
 }
@@ -733,7 +739,8 @@ mod tests {
         assert_eq!(length_of("[1, 2].map(x, x * 2)"), 2.0);
         assert_eq!(length_of("filters"), 1024.0);
         assert_eq!(length_of("metadata"), 128.0);
-        assert_eq!(length_of("filters.a.labels"), ASSUMED_LEN);
+        assert_eq!(length_of("filters.a.labels"), MAX_VERDICT_LABELS as f64);
+        assert_eq!(length_of("filters['a'].labels"), MAX_VERDICT_LABELS as f64);
         // A macro's body counts once an item; a macro inside it multiplies.
         let list = |n: usize| format!("[{}]", vec!["1"; n].join(", "));
         let one = |n: usize| cost_of(&format!("{}.exists(x, x > 1)", list(n)));

@@ -146,3 +146,55 @@ impl Filter for Boxes {
         }))
     }
 }
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct AnswersConfig {
+    /// How the verdict is broken: `nan_label`, `infinite_label`, `many_labels`,
+    /// `many_regions`, `nan_region`; anything else, not at all.
+    pub broken: String,
+}
+
+/// Answers a verdict with label `bad` at 0 (and score 0), broken as its config says: a
+/// filter written elsewhere, and wrongly, as the gateway must expect.
+pub struct Answers;
+
+#[async_trait]
+impl Filter for Answers {
+    type Config = AnswersConfig;
+    fn name(&self) -> &str {
+        "answers"
+    }
+    fn content_types(&self) -> Vec<String> {
+        vec!["*/*".into()]
+    }
+    async fn apply(&self, _: Input, c: AnswersConfig) -> Result<Verdict, FilterError> {
+        let region = |x: f32| proto::Region {
+            x,
+            y: 0.0,
+            width: 1.0,
+            height: 1.0,
+            score: 0.5,
+            label: "thing".into(),
+            landmarks: vec![],
+        };
+        let mut v = Verdict::score(0.0).label("bad", 0.0);
+        match c.broken.as_str() {
+            "nan_label" => v = v.label("bad", f64::NAN),
+            "infinite_label" => v = v.label("bad", f64::NEG_INFINITY),
+            "many_labels" => {
+                for i in 0..300 {
+                    v = v.label(format!("class_{i}"), 0.0);
+                }
+            }
+            "many_regions" => {
+                for i in 0..5000 {
+                    v = v.region(region(i as f32));
+                }
+            }
+            "nan_region" => v = v.region(region(f32::NAN)),
+            _ => {}
+        }
+        Ok(v)
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU32;
 use sekisho_filters_samples::Noop;
 use sekisho_proto::aggregator::v1 as aproto;
 use sekisho_proto::gateway::v1::{Decision, Outcome};
-use sekisho_tests::filters::{Barrier, Boxes, Echo, Flaky};
+use sekisho_tests::filters::{Answers, Barrier, Boxes, Echo, Flaky};
 use sekisho_tests::{TestFilter, TestGateway};
 
 fn noop() -> Noop {
@@ -482,5 +482,78 @@ async fn audit_sampling_marks_approvals_only() {
         let r = gw.moderate_text("rejects", "hi").await.unwrap();
         assert_eq!(r.decision(), Decision::Reject);
         assert!(!r.audit, "only APPROVE is sampled for a spot check");
+    }
+}
+
+/// A verdict the gateway cannot take as it is — a label that is NaN or infinite, more
+/// labels or regions than a verdict may carry, a region that is not finite — is the
+/// filter failing (its `on_error`, here REVIEW), never a result. Before, every one but
+/// NaN was approved: a rule that rejects on `labels.bad > 0.5` is false for -inf (NaN
+/// made the rule fail, REVIEW with `rule_error`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_that_is_not_usable_is_the_filter_failing() {
+    let f = TestFilter::start(Answers).await;
+    let chain = |broken: &str| {
+        format!(
+            r#"
+name: {}
+content_types: [text/plain]
+stages:
+  - id: s
+    filters: [{{use: answers, as: a, config: {{broken: {broken}}}}}]
+    branches:
+      - when: "filters.a.labels.bad > 0.5"
+        decide: {{decision: REJECT, reason: bad}}
+default_decision: APPROVE
+"#,
+            broken.replace('_', "-")
+        )
+    };
+    let broken = [
+        (
+            "nan_label",
+            "label `bad` is NaN, not a number a rule can use",
+        ),
+        (
+            "infinite_label",
+            "label `bad` is -inf, not a number a rule can use",
+        ),
+        ("many_labels", "the verdict has 301 labels; the most is 256"),
+        (
+            "many_regions",
+            "the verdict has 5000 regions; the most is 4096",
+        ),
+        (
+            "nan_region",
+            "region 0 has a coordinate or score that is not finite",
+        ),
+    ];
+    let mut setup = TestGateway::setup()
+        .filter("answers", &f.url)
+        .chain(&chain("fine"));
+    for (name, _) in broken {
+        setup = setup.chain(&chain(name));
+    }
+    let gw = setup.start().await.unwrap();
+    let r = gw.moderate_text("fine", "hi").await.unwrap();
+    assert_eq!(r.decision(), Decision::Approve, "{r:#?}");
+    for (name, message) in broken {
+        let r = gw
+            .moderate_text(&name.replace('_', "-"), "hi")
+            .await
+            .unwrap();
+        let a = &r.stages[0].filters[0];
+        assert_eq!(a.outcome(), Outcome::ErrorReview, "{name}: {r:#?}");
+        assert!(a.error.contains(message), "{name}: {}", a.error);
+        assert_eq!(
+            (r.decision(), r.reason.as_str()),
+            (Decision::Review, "filter_error"),
+            "{name}"
+        );
+        // The process still serves.
+        assert_eq!(
+            gw.moderate_text("fine", "hi").await.unwrap().decision(),
+            Decision::Approve
+        );
     }
 }

