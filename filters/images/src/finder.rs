@@ -73,7 +73,7 @@ const CELL: f32 = 32.0;
 /// into it. Whether a point is inside a pattern found is then a look at its cell's few
 /// patterns, not at every one: a sheet of finder look-alikes, 2048×2048 pixels of them
 /// eight modules of 1 px apart, holds 65,536 patterns, and comparing each hit with all
-/// those before it took 5 s a search, 25 s an image.
+/// those before it took about 8 s a search, 25 s an image.
 struct Found {
     patterns: Vec<ConcentricPattern>,
     cells: Vec<Vec<u32>>,
@@ -563,8 +563,8 @@ mod tests {
     /// Whether a point is inside a pattern found is answered by the index as by a look at
     /// every pattern, for points anywhere (beyond the image too) and patterns of any size
     /// (two reaching far beyond the image); and a cell lists only the patterns near it: on a
-    /// 2048×2048 sheet of 65,536 look-alikes (a second a search when each hit was
-    /// compared with every pattern before it), 16: the 4×4 whose centres lie in it.
+    /// 2048×2048 sheet of 65,536 look-alikes (8 s a search when each hit was compared with
+    /// every pattern before it), 16: the 4×4 whose centres lie in it.
     #[test]
     fn the_index_of_patterns_found_answers_as_a_look_at_all_of_them() {
         let mut next = noise(7);

@@ -15,10 +15,11 @@
 //! another often keeps them whole. A group that samples to a grid but cannot be read
 //! (damaged, half hidden) still counts when `count_unreadable` is on: a phone may read
 //! what this reader cannot; but not a grid smaller than any QR code, nor one with another
-//! finder pattern inside (three of a tiled sheet of look-alikes). An image larger than `max_side` is searched scaled down;
-//! where that finds a grid it cannot read, the grid's part of the image is searched
-//! again at full size (a JPEG decoded smaller has that part decoded again from the file),
-//! since modules of 3 px become 1.5 px in a 12-megapixel photo searched at half size.
+//! finder pattern inside (three of a tiled sheet of look-alikes). An image larger than
+//! `max_side` is searched scaled down; where that finds a grid it cannot read, the
+//! grid's part of the image is searched again at full size (a JPEG decoded smaller has
+//! that part decoded again from the file), since modules of 3 px become 1.5 px in a
+//! 12-megapixel photo searched at half size.
 //! Where a grid unread has modules under 2.5 px at full size, its part is also searched
 //! enlarged to twice its size (bilinear): modules of 1.1–1.5 px, which the sampling
 //! cannot tell apart, become 2.2–3 px.
@@ -544,7 +545,8 @@ fn holds_another(
     if !det.is_normal() {
         return false;
     }
-    // The centres span the grid less the half of a pattern each side: 7 modules.
+    // The centres are `modules` − 7 apart (each half a pattern in from the edge): a
+    // module and a half in the units of `a` and `b`.
     let slack = 1.5 / modules.saturating_sub(7).max(1) as f32;
     let (lo, hi) = (-slack, 1.0 + slack);
     let corners = [
