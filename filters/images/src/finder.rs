@@ -141,13 +141,27 @@ const MAX_CANDIDATES: usize = 15;
 /// A QR code is at most 177 modules a side; with the slack zxing-cpp allows for slant.
 const MAX_MODULES: f64 = 177.0 * 1.5;
 
+/// The groups [`finder_sets`] gives, and how many it left out.
+#[derive(Debug, Default)]
+pub struct Sets {
+    pub sets: Vec<FinderPatternSet>,
+    /// Groups with no other pattern inside that did not make the [`MAX_SETS`]: a code's
+    /// group may be among them.
+    pub left_out: usize,
+}
+
 /// zxing-cpp's `GenerateFinderPatternSets`: groups of three of `patterns` (sorted here,
 /// largest first) that may be one QR code's corners, most plausible first (legs short and
-/// alike), at most [`MAX_SETS`].
-pub fn finder_sets(patterns: &mut [ConcentricPattern]) -> Vec<FinderPatternSet> {
+/// alike), at most [`MAX_SETS`]; but a group with another of `all` (every pattern found)
+/// inside it ([`holds_another`]) comes after every group without. A
+/// code's three patterns have nothing inside, while a sheet of look-alikes makes groups
+/// by the thousand, the smallest of which rank first: among 200 look-alikes around it, a
+/// code's group was not among the 256 kept, and the code went unread (zxing-cpp misses it
+/// too).
+pub fn finder_sets(patterns: &mut [ConcentricPattern], all: &ByPlace) -> Sets {
     let n = patterns.len();
     if n < 3 {
-        return Vec::new();
+        return Sets::default();
     }
     patterns.sort_by_key(|p| Reverse(p.size));
     // Patterns binned by where they are, so that each is grouped with its near ones only.
@@ -172,7 +186,9 @@ pub fn finder_sets(patterns: &mut [ConcentricPattern]) -> Vec<FinderPatternSet> 
     // With few patterns about, every group is looked at; with more, groups of very
     // different sizes, legs or angles are not.
     let filter = n > 5;
-    let mut sets: Vec<(f64, FinderPatternSet)> = Vec::new();
+    // By (a pattern inside, score): the most plausible first.
+    let mut sets: Vec<((bool, f64), FinderPatternSet)> = Vec::new();
+    let mut left_out = 0;
     let mut candidates = Vec::with_capacity(2 * MAX_CANDIDATES);
     for (i, &c0) in patterns.iter().enumerate().take(n - 2) {
         let reach = f64::from(c0.size) / 7.0 * MAX_MODULES;
@@ -200,30 +216,113 @@ pub fn finder_sets(patterns: &mut [ConcentricPattern]) -> Vec<FinderPatternSet> 
             for &k in &candidates[u + 1..] {
                 // Smallest first: the later in `patterns`, the smaller.
                 let (a, b) = (patterns[j.max(k)], patterns[j.min(k)]);
-                let Some((score, set)) = group(a, b, c0, filter) else {
+                let Some((score, set, modules)) = group(a, b, c0, filter) else {
                     continue;
                 };
-                if sets.len() < MAX_SETS || sets.last().is_some_and(|l| l.0 > score) {
-                    let at = sets.partition_point(|s| s.0 <= score);
-                    sets.insert(at, (score, set));
-                    sets.truncate(MAX_SETS);
+                let key = (holds_another(&set, modules, all), score);
+                if sets.len() < MAX_SETS || sets.last().is_some_and(|l| l.0 > key) {
+                    let at = sets.partition_point(|s| s.0 <= key);
+                    sets.insert(at, (key, set));
+                    if sets.len() > MAX_SETS {
+                        let dropped = sets.pop().map(|s| s.0.0);
+                        left_out += usize::from(dropped == Some(false));
+                    }
+                } else {
+                    left_out += usize::from(!key.0);
                 }
             }
         }
     }
-    sets.into_iter().map(|(_, set)| set).collect()
+    Sets {
+        sets: sets.into_iter().map(|(_, set)| set).collect(),
+        left_out,
+    }
+}
+
+/// Whether a pattern of `all` other than `set`'s three lies inside the grid of `modules`
+/// they span: its centre within the parallelogram of their centres, with a module and a
+/// half of slack. A QR code has finder patterns at three corners and nowhere else (its
+/// mask is chosen to make even 1:1:3:1:1 runs rare in the rest, and a pattern is found
+/// only where such runs cross both ways), while three of a tiled sheet of look-alikes
+/// span a grid with more inside, one at its fourth corner at least (looked at first). A
+/// pattern less than half its size from one of the three is taken for that one.
+pub fn holds_another(set: &FinderPatternSet, modules: f64, all: &ByPlace) -> bool {
+    let (o, a, b) = (set.tl.p, set.tr.p - set.tl.p, set.bl.p - set.tl.p);
+    let det = a.x * b.y - a.y * b.x;
+    if !det.is_normal() {
+        return false;
+    }
+    // The centres are `modules` − 7 apart (each half a pattern in from the edge): a
+    // module and a half in the units of `a` and `b`.
+    let slack = (1.5 / (modules - 7.0).max(1.0)) as f32;
+    let (lo, hi) = (-slack, 1.0 + slack);
+    let inside = |q: &ConcentricPattern| {
+        let d = q.p - o;
+        let u = (d.x * b.y - d.y * b.x) / det;
+        let v = (a.x * d.y - a.y * d.x) / det;
+        (lo..=hi).contains(&u)
+            && (lo..=hi).contains(&v)
+            && [set.tl, set.tr, set.bl]
+                .iter()
+                .all(|c| Point::distance(q.p, c.p) >= c.size as f32 / 2.0)
+    };
+    let corners = [
+        o + a * lo + b * lo,
+        o + a * hi + b * lo,
+        o + a * lo + b * hi,
+        o + a * hi + b * hi,
+    ];
+    let fourth = o + a + b;
+    let near_fourth = [fourth.x, fourth.y, fourth.x, fourth.y];
+    let bounds = corners.iter().fold(
+        [f32::MAX, f32::MAX, f32::MIN, f32::MIN],
+        |[x0, y0, x1, y1], c| [x0.min(c.x), y0.min(c.y), x1.max(c.x), y1.max(c.y)],
+    );
+    all.any_in(near_fourth, inside) || all.any_in(bounds, inside)
+}
+
+/// Finder patterns by place: each listed in the cell of [`CELL`] pixels that holds its
+/// centre, so that those within a rectangle are found without a look at every one.
+pub struct ByPlace {
+    cells: Vec<Vec<ConcentricPattern>>,
+    cols: usize,
+    rows: usize,
+}
+
+impl ByPlace {
+    /// `patterns` found in an image of `width`×`height` (those beyond it at its edge).
+    pub fn new(patterns: &[ConcentricPattern], width: u32, height: u32) -> ByPlace {
+        let cols = (width as f32 / CELL).ceil().max(1.0) as usize;
+        let rows = (height as f32 / CELL).ceil().max(1.0) as usize;
+        let mut cells = vec![Vec::new(); cols * rows];
+        for p in patterns {
+            cells[Found::cell(p.p.y, rows) * cols + Found::cell(p.p.x, cols)].push(*p);
+        }
+        ByPlace { cells, cols, rows }
+    }
+
+    /// Whether a pattern in a cell that `[x0, y0, x1, y1]` reaches passes `f` (every
+    /// pattern whose centre lies in the rectangle is among those looked at).
+    fn any_in(&self, [x0, y0, x1, y1]: [f32; 4], f: impl Fn(&ConcentricPattern) -> bool) -> bool {
+        let (c0, c1) = (Found::cell(x0, self.cols), Found::cell(x1, self.cols));
+        (Found::cell(y0, self.rows)..=Found::cell(y1, self.rows)).any(|row| {
+            let cells = &self.cells[row * self.cols + c0..=row * self.cols + c1];
+            cells.iter().flatten().any(&f)
+        })
+    }
 }
 
 /// The patterns `a`, `b`, `c` (`a` the smallest, `c` the largest) as a QR code's
 /// bottom-left, top-left and top-right corners, with the group's score (lower is more
-/// plausible), if they can be: the corner between the two shorter legs, 19 to 265 modules
-/// across, and with `filter` legs within 2× of each other and at 60–120°.
+/// plausible) and its estimated side in modules, if they can be: the corner between the
+/// two shorter legs, 19 to 265 modules across, and with `filter` legs within 2× of each
+/// other and at 60–120°.
 fn group(
     a: ConcentricPattern,
     b: ConcentricPattern,
     c: ConcentricPattern,
     filter: bool,
-) -> Option<(f64, FinderPatternSet)> {
+) -> Option<(f64, FinderPatternSet, f64)> {
     // Squared distances stretched by the size ratio: a pattern further from the camera is
     // smaller, and so are the distances near it.
     let d2 = |a: ConcentricPattern, b: ConcentricPattern| {
@@ -267,6 +366,7 @@ fn group(
             tl: b,
             tr: c,
         },
+        modules,
     ))
 }
 
@@ -387,7 +487,7 @@ mod tests {
     #[test]
     fn a_slanted_codes_patterns_are_grouped_smallest_first() {
         let mut patterns: Vec<_> = SLANTED.iter().map(|&(x, y, s)| pattern(x, y, s)).collect();
-        let sets = finder_sets(&mut patterns);
+        let sets = finder_sets(&mut patterns, &ByPlace::new(&[], 1, 1)).sets;
         assert_eq!(sets.len(), 1, "{sets:?}");
         let corner = |p: ConcentricPattern| (p.p.x, p.p.y);
         assert_eq!(corner(sets[0].tl), (669.3, 451.8));
@@ -408,7 +508,9 @@ mod tests {
         let mut alone: Vec<_> = patterns.iter().map(|&(x, y, s)| pattern(x, y, s)).collect();
         let mut crowd = alone.clone();
         crowd.extend((0..3).map(|i| pattern(4000.0 + 100.0 * i as f32, 4000.0, 21)));
-        (finder_sets(&mut alone).len(), finder_sets(&mut crowd).len())
+        let none = ByPlace::new(&[], 1, 1);
+        let count = |p: &mut Vec<ConcentricPattern>| finder_sets(p, &none).sets.len();
+        (count(&mut alone), count(&mut crowd))
     }
 
     /// Three patterns at the corners of a square make one group; with more than five
@@ -444,7 +546,7 @@ mod tests {
         let mut patterns: Vec<_> = (0..900)
             .map(|i| pattern((i % 30) as f32 * 40.0, (i / 30) as f32 * 40.0, 21))
             .collect();
-        let sets = finder_sets(&mut patterns);
+        let sets = finder_sets(&mut patterns, &ByPlace::new(&[], 1, 1)).sets;
         assert_eq!(sets.len(), MAX_SETS);
         let legs = |s: &FinderPatternSet| {
             let (ab, bc) = (s.bl.distance(s.tl), s.tl.distance(s.tr));
@@ -562,7 +664,8 @@ mod tests {
 
     /// Whether a point is inside a pattern found is answered by the index as by a look at
     /// every pattern, for points anywhere (beyond the image too) and patterns of any size
-    /// (two reaching far beyond the image); and a cell lists only the patterns near it: on a
+    /// (two reaching far beyond the image), and so is whether a pattern's centre lies in a
+    /// rectangle ([`ByPlace`]); and a cell lists only the patterns near it: on a
     /// 2048×2048 sheet of 65,536 look-alikes (8 s a search when each hit was compared with
     /// every pattern before it), 16: the 4×4 whose centres lie in it.
     #[test]
@@ -596,6 +699,24 @@ mod tests {
         }
         // Both answers were tested, many times each.
         assert!(inside > 500 && found.patterns.len() > 500, "{inside}");
+
+        // The patterns by place find every centre in a rectangle, as a look at all does.
+        let all: Vec<_> = found.patterns.clone();
+        let by_place = ByPlace::new(&all, w, h);
+        let mut hits = 0;
+        for _ in 0..2_000 {
+            let (x, y) = (
+                unit() * 1.2 * w as f32 - 40.0,
+                unit() * 1.2 * h as f32 - 30.0,
+            );
+            let r = [x, y, x + 100.0 * unit(), y + 100.0 * unit()];
+            let within = |q: &ConcentricPattern| {
+                (r[0]..=r[2]).contains(&q.p.x) && (r[1]..=r[3]).contains(&q.p.y)
+            };
+            assert_eq!(by_place.any_in(r, within), all.iter().any(within), "{r:?}");
+            hits += usize::from(all.iter().any(within));
+        }
+        assert!((200..1_800).contains(&hits), "{hits}");
 
         let mut sheet = Found::new(2048, 2048);
         for y in 0..256 {
