@@ -65,8 +65,14 @@ pub fn finder_patterns(bits: &BitMatrix) -> Vec<ConcentricPattern> {
     found.patterns
 }
 
-/// The side in pixels of the cells of [`Found`].
+/// The side in pixels of the cells of [`Found`] and [`ByPlace`].
 const CELL: f32 = 32.0;
+
+/// The columns and rows of cells over an image of `width`×`height` (at least one each).
+fn cells_over(width: u32, height: u32) -> (usize, usize) {
+    let n = |side: u32| (side as f32 / CELL).ceil().max(1.0) as usize;
+    (n(width), n(height))
+}
 
 /// The patterns found so far, and a grid of cells over the image, each listing the
 /// patterns whose inside (the points less than half their size from their centre) reaches
@@ -83,8 +89,7 @@ struct Found {
 
 impl Found {
     fn new(width: u32, height: u32) -> Found {
-        let cols = (width as f32 / CELL).ceil().max(1.0) as usize;
-        let rows = (height as f32 / CELL).ceil().max(1.0) as usize;
+        let (cols, rows) = cells_over(width, height);
         Found {
             patterns: Vec::new(),
             cells: vec![Vec::new(); cols * rows],
@@ -153,11 +158,10 @@ pub struct Sets {
 /// zxing-cpp's `GenerateFinderPatternSets`: groups of three of `patterns` (sorted here,
 /// largest first) that may be one QR code's corners, most plausible first (legs short and
 /// alike), at most [`MAX_SETS`]; but a group with another of `all` (every pattern found)
-/// inside it ([`holds_another`]) comes after every group without. A
-/// code's three patterns have nothing inside, while a sheet of look-alikes makes groups
-/// by the thousand, the smallest of which rank first: among 200 look-alikes around it, a
-/// code's group was not among the 256 kept, and the code went unread (zxing-cpp misses it
-/// too).
+/// inside it ([`holds_another`]) comes after every group without. A code's three patterns
+/// have nothing inside, while a sheet of look-alikes makes groups by the thousand, the
+/// smallest of which rank first: among 200 look-alikes around it, a code's group was not
+/// among the 256 kept, and the code went unread (zxing-cpp misses it too).
 pub fn finder_sets(patterns: &mut [ConcentricPattern], all: &ByPlace) -> Sets {
     let n = patterns.len();
     if n < 3 {
@@ -292,8 +296,7 @@ pub struct ByPlace {
 impl ByPlace {
     /// `patterns` found in an image of `width`×`height` (those beyond it at its edge).
     pub fn new(patterns: &[ConcentricPattern], width: u32, height: u32) -> ByPlace {
-        let cols = (width as f32 / CELL).ceil().max(1.0) as usize;
-        let rows = (height as f32 / CELL).ceil().max(1.0) as usize;
+        let (cols, rows) = cells_over(width, height);
         let mut cells = vec![Vec::new(); cols * rows];
         for p in patterns {
             cells[Found::cell(p.p.y, rows) * cols + Found::cell(p.p.x, cols)].push(*p);

@@ -1218,10 +1218,10 @@ mod tests {
     }
 
     /// Three look-alikes of a tiled sheet nine modules apart sample to a grid of 17
-    /// modules, which no QR code has: such grids counted as 7 codes on this sheet, and 18
-    /// on it at 2/3 the size (1.33 px a module), each then searched again enlarged. They
-    /// are not codes by their size, and now also by the look-alikes inside them (the next
-    /// test).
+    /// modules, which no QR code has: such grids counted as 7 codes on a 1000×800 sheet
+    /// of them, and 18 on it at 2/3 the size (1.33 px a module), each then searched again
+    /// enlarged. They are not codes by their size, and now also by the look-alikes inside
+    /// them (the next test); the sheet here is smaller, so that every pattern is grouped.
     #[test]
     fn grids_smaller_than_any_qr_code_are_not_codes() {
         let sheet = look_alikes(300, 240, 9, 2);
@@ -1241,8 +1241,8 @@ mod tests {
     }
 
     /// Sheets of look-alikes 9 to 30 modules apart: three of them span grids, of 21
-    /// modules and more from 14 apart, which counted as codes not read (on sheets of
-    /// 2048×2048, 17 to 63). Each such grid has other look-alikes inside it, one at its
+    /// modules and more from 14 apart, which counted as codes not read (17 to 69 on the
+    /// 2048² and 4096² sheets of BENCHMARKS (h)). Each such grid has other look-alikes inside it, one at its
     /// fourth corner at least, where a QR code has none.
     #[test]
     fn grids_with_finder_patterns_inside_are_not_codes() {

@@ -44,22 +44,21 @@ pub fn verdict_problem(r: &ApplyResponse) -> Option<String> {
             r.labels.len()
         ));
     }
-    // The first by name, whatever order the map gives.
-    let mut names: Vec<_> = r.labels.keys().collect();
-    names.sort();
-    for name in names {
-        let value = r.labels[name];
-        if name.len() > MAX_LABEL_LEN {
-            return Some(format!(
+    // The first wrong one by name, whatever order the map gives (no sorting, nor any
+    // allocation, on every call for verdicts that are right).
+    let wrong = r
+        .labels
+        .iter()
+        .filter(|(name, value)| name.len() > MAX_LABEL_LEN || !value.is_finite())
+        .min_by_key(|(name, _)| *name);
+    if let Some((name, value)) = wrong {
+        return Some(match name.len() > MAX_LABEL_LEN {
+            true => format!(
                 "a label's name is {} bytes; the most is {MAX_LABEL_LEN}",
                 name.len()
-            ));
-        }
-        if !value.is_finite() {
-            return Some(format!(
-                "label `{name}` is {value}, not a number a rule can use"
-            ));
-        }
+            ),
+            false => format!("label `{name}` is {value}, not a number a rule can use"),
+        });
     }
     if r.regions.len() > MAX_VERDICT_REGIONS {
         return Some(format!(
