@@ -7,7 +7,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use cel::IdedExpr;
-use cel::common::ast::{EntryExpr, Expr, LiteralValue, MapExpr, StructExpr, operators};
+use cel::common::ast::{
+    ComprehensionExpr, EntryExpr, Expr, LiteralValue, MapExpr, StructExpr, operators,
+};
 
 use crate::spec::{AggregateSpec, ChainSpec, OnError};
 
@@ -66,14 +68,16 @@ pub const MAX_RULE_DEPTH: usize = 100;
 /// The most steps (expression nodes visited) a rule may take by [`cost`]'s estimate: a
 /// macro's body counts once for each item of what it ranges over, so macros inside
 /// macros multiply. In a release build a step is 50 to 100 ns: four macros nested over
-/// lists of 40 (377 characters, 16 million steps) took 1.2 s, of 60 (80 million) 7.8 s;
-/// over lists of 200 they would take hours and fill the memory. Two over a chain's
-/// filters and their labels are estimated at 3 to 5 million.
+/// lists of 40 (377 characters, 16 million steps; 19 million since appends count) took
+/// 1.2 s, of 60 (80 million) 7.8 s; over lists of 200 they would take hours and fill the
+/// memory. Two macros over a list of 1,900 bound to a macro's variable (25 million) took
+/// 1.8 s, over four copies of it (534 million) 38 s. Two over a chain's filters and
+/// their labels are estimated at 3 to 5 million.
 pub const MAX_RULE_COST: f64 = 1e7;
 
-/// The length a rule's cost estimate assumes for what a macro ranges over where the
-/// rule does not write it out and no limit bounds it: a macro's variable, a list
-/// computed otherwise.
+/// The length a rule's cost estimate assumes for a list or map that neither the rule's
+/// text nor a limit bounds: what a function other than the standard scalar ones
+/// returns (at least its arguments' length).
 pub const ASSUMED_LEN: f64 = 256.0;
 
 /// The most labels one filter's verdict may carry (the gateway takes a verdict with more
@@ -100,7 +104,8 @@ pub fn compile_rule(expr: &str) -> Result<cel::Program, String> {
             "the expression could take {cost:.0} steps to evaluate; the limit is \
              {MAX_RULE_COST:.0} (a macro inside a macro multiplies the lengths of the lists \
              or maps they range over: `filters`, `stages`, `metadata` and a filter's \
-             `labels` at their limits, anything else not written out at {ASSUMED_LEN:.0})"
+             `labels` at their limits, lists written in the rule at their length, also \
+             through a macro's variable; comparing or adding lists costs their items)"
         ));
     }
     let refs = RuleRefs::of(program.expression());
@@ -195,41 +200,250 @@ fn deeper_than(root: &IdedExpr, limit: usize) -> Option<usize> {
 }
 
 /// An estimate of the steps evaluating `node` takes: one a node, a macro's loop body
-/// once for each item it ranges over ([`length`]). Recursive: call it only on a tree
-/// no deeper than [`MAX_RULE_DEPTH`].
+/// once for each item it ranges over ([`Shape`]), and for `+`, `in`, `==` and `!=` on
+/// lists and maps one step an item they copy or compare. Recursive: call it only on a
+/// tree no deeper than [`MAX_RULE_DEPTH`].
 fn cost(node: &IdedExpr) -> f64 {
-    match &node.expr {
-        Expr::Comprehension(c) => {
-            1.0 + cost(&c.iter_range)
-                + cost(&c.accu_init)
-                + length(&c.iter_range) * (cost(&c.loop_cond) + cost(&c.loop_step))
-                + cost(&c.result)
+    Scope::default().cost(node)
+}
+
+/// How long a value can be, level by level: `[0]` its own length (0 for a scalar),
+/// `[1]` the longest of its members (a list's items, a map's keys and values), `[2]`
+/// the longest of theirs, and so on; the last level holds for every level below it.
+#[derive(Debug, Clone, PartialEq)]
+struct Shape(Vec<f64>);
+
+impl Shape {
+    fn scalar() -> Self {
+        Shape(vec![0.0])
+    }
+
+    /// What nothing bounds: [`ASSUMED_LEN`] at every level.
+    fn unknown() -> Self {
+        Shape(vec![ASSUMED_LEN])
+    }
+
+    fn of(len: f64, members: Shape) -> Self {
+        if len == 0.0 {
+            return Shape::scalar(); // no members
         }
-        _ => 1.0 + children(node).into_iter().map(cost).sum::<f64>(),
+        Shape(std::iter::once(len).chain(members.0).collect())
+    }
+
+    fn len(&self) -> f64 {
+        self.0[0]
+    }
+
+    fn level(&self, i: usize) -> f64 {
+        self.0.get(i).or(self.0.last()).copied().unwrap_or(0.0)
+    }
+
+    fn members(&self) -> Shape {
+        match self.0.len() {
+            1 => self.clone(),
+            _ => Shape(self.0[1..].to_vec()),
+        }
+    }
+
+    fn max(&self, other: &Shape) -> Shape {
+        let levels = self.0.len().max(other.0.len());
+        Shape(
+            (0..levels)
+                .map(|i| self.level(i).max(other.level(i)))
+                .collect(),
+        )
+    }
+
+    /// The items in all: its own, its members', and so on down the levels written out.
+    fn items(&self) -> f64 {
+        let mut product = 1.0;
+        self.0
+            .iter()
+            .map(|len| {
+                product *= len;
+                product
+            })
+            .sum()
     }
 }
 
-/// How long a list or map `node` may be: a literal's own length, lists added together
-/// the sum, a macro's result (`map`, `filter`) what it ranges over, the rule variables
-/// their limits (`filters` a chain's most filters, `stages` its most stages, `metadata`
-/// [`MAX_METADATA_ENTRIES`]), a filter's `labels` [`MAX_VERDICT_LABELS`], anything else
-/// [`ASSUMED_LEN`].
-fn length(node: &IdedExpr) -> f64 {
-    let limits = Limits::default();
-    match &node.expr {
-        Expr::Ident(name) if name == "filters" => {
-            (limits.max_stages * limits.max_filters_per_stage) as f64
+/// The variables a rule's macros have bound so far, innermost last, with their shapes.
+#[derive(Default)]
+struct Scope<'a> {
+    bound: Vec<(&'a str, Shape)>,
+}
+
+impl<'a> Scope<'a> {
+    fn cost(&mut self, node: &'a IdedExpr) -> f64 {
+        match &node.expr {
+            Expr::Comprehension(c) => {
+                let range = self.shape(&c.iter_range);
+                let outer = self.cost(&c.iter_range) + self.cost(&c.accu_init);
+                let mark = self.bound.len();
+                self.bind_loop(c, &range);
+                let body = self.cost(&c.loop_cond) + self.cost(&c.loop_step);
+                let result = self.cost(&c.result);
+                self.bound.truncate(mark);
+                1.0 + outer + range.len() * body + result
+            }
+            Expr::Call(call) => {
+                let of = |scope: &mut Self, i: usize| scope.shape(&call.args[i]);
+                let items = match call.func_name.as_str() {
+                    operators::ADD | operators::EQUALS | operators::NOT_EQUALS
+                        if call.args.len() == 2 =>
+                    {
+                        let (a, b) = (of(self, 0), of(self, 1));
+                        let appends = matches!(&call.args[0].expr,
+                            Expr::Ident(name) if name.starts_with('@'));
+                        if appends {
+                            // A `map` or `filter` appending to what it builds, in place
+                            // (its accumulator, `@result`, cannot be written in a rule).
+                            b.len()
+                        } else if call.func_name == operators::ADD {
+                            // A copy of each list, its members shared.
+                            a.len() + b.len()
+                        } else {
+                            a.items().min(b.items())
+                        }
+                    }
+                    operators::IN if call.args.len() == 2 => of(self, 1).len(),
+                    _ => 0.0,
+                };
+                1.0 + items
+                    + children(node)
+                        .into_iter()
+                        .map(|c| self.cost(c))
+                        .sum::<f64>()
+            }
+            _ => {
+                1.0 + children(node)
+                    .into_iter()
+                    .map(|c| self.cost(c))
+                    .sum::<f64>()
+            }
         }
-        Expr::Ident(name) if name == "stages" => limits.max_stages as f64,
-        Expr::Ident(name) if name == "metadata" => MAX_METADATA_ENTRIES as f64,
-        Expr::List(list) => list.elements.len() as f64,
-        Expr::Map(map) => map.entries.len() as f64,
-        Expr::Call(call) if call.func_name == operators::ADD && call.args.len() == 2 => {
-            length(&call.args[0]) + length(&call.args[1])
+    }
+
+    /// Binds a macro's variables for its loop: the item variables to the range's
+    /// members, the accumulator to what the macro builds (for `map` and `filter` a list
+    /// as long as the range, of its members or the body's values).
+    fn bind_loop(&mut self, c: &'a ComprehensionExpr, range: &Shape) {
+        let item = range.members();
+        self.bound.push((&c.iter_var, item.clone()));
+        if let Some(v) = &c.iter_var2 {
+            self.bound.push((v, item.clone()));
         }
-        Expr::Comprehension(c) => length(&c.iter_range),
-        Expr::Select(select) if select.field == "labels" => MAX_VERDICT_LABELS as f64,
-        _ => ASSUMED_LEN,
+        self.bound.push((&c.accu_var, range.clone()));
+        let step = self.shape(&c.loop_step);
+        let accu = Shape::of(range.len(), item.max(&step.members()));
+        self.bound.last_mut().expect("just pushed").1 = accu;
+    }
+
+    /// How long the value of `node` can be ([`Shape`]): literals as written, lists
+    /// added together the sum, a macro's result as long as what it ranges over, the
+    /// rule variables at their limits (`filters` a chain's most filters, each with at
+    /// most [`MAX_VERDICT_LABELS`] labels; `stages` its most stages; `metadata`
+    /// [`MAX_METADATA_ENTRIES`]), a macro's variable as a member of what it ranges
+    /// over, and what a function other than the standard scalar ones returns at
+    /// [`ASSUMED_LEN`] or its arguments' shape, whichever is longer.
+    fn shape(&mut self, node: &'a IdedExpr) -> Shape {
+        match &node.expr {
+            Expr::Ident(name) => {
+                if let Some((_, s)) = self.bound.iter().rev().find(|(v, _)| v == name) {
+                    return s.clone();
+                }
+                let limits = Limits::default();
+                let per_filter =
+                    Shape::of(2.0, Shape::of(MAX_VERDICT_LABELS as f64, Shape::scalar()));
+                match name.as_str() {
+                    "filters" => Shape::of(
+                        (limits.max_stages * limits.max_filters_per_stage) as f64,
+                        per_filter,
+                    ),
+                    "stages" => {
+                        Shape::of(limits.max_stages as f64, Shape::of(1.0, Shape::scalar()))
+                    }
+                    "metadata" => Shape::of(MAX_METADATA_ENTRIES as f64, Shape::scalar()),
+                    "score" => Shape::scalar(),
+                    _ => Shape::unknown(),
+                }
+            }
+            Expr::Literal(_) => Shape::scalar(),
+            Expr::List(list) => {
+                let members = list
+                    .elements
+                    .iter()
+                    .fold(Shape::scalar(), |m, e| m.max(&self.shape(e)));
+                Shape::of(list.elements.len() as f64, members)
+            }
+            Expr::Map(MapExpr { entries }) => {
+                let mut members = Shape::scalar();
+                for e in entries {
+                    if let EntryExpr::MapEntry(e) = &e.expr {
+                        members = members.max(&self.shape(&e.key)).max(&self.shape(&e.value));
+                    }
+                }
+                Shape::of(entries.len() as f64, members)
+            }
+            Expr::Select(select) if select.test => Shape::scalar(),
+            Expr::Select(select) => self.shape(&select.operand).members(),
+            Expr::Comprehension(c) => {
+                let range = self.shape(&c.iter_range);
+                let mark = self.bound.len();
+                self.bind_loop(c, &range);
+                let result = self.shape(&c.result);
+                self.bound.truncate(mark);
+                result
+            }
+            Expr::Call(call) => {
+                let f = call.func_name.as_str();
+                let scalar = matches!(
+                    f,
+                    "size"
+                        | "int"
+                        | "uint"
+                        | "double"
+                        | "string"
+                        | "bytes"
+                        | "bool"
+                        | "type"
+                        | "matches"
+                        | "contains"
+                        | "startsWith"
+                        | "endsWith"
+                ) || (f.starts_with(['_', '!', '-', '@'])
+                    && ![
+                        operators::ADD,
+                        operators::INDEX,
+                        operators::OPT_INDEX,
+                        operators::OPT_SELECT,
+                        operators::CONDITIONAL,
+                    ]
+                    .contains(&f));
+                if scalar {
+                    return Shape::scalar();
+                }
+                let args: Vec<Shape> = call.args.iter().map(|a| self.shape(a)).collect();
+                match f {
+                    operators::ADD if args.len() == 2 => Shape::of(
+                        args[0].len() + args[1].len(),
+                        args[0].members().max(&args[1].members()),
+                    ),
+                    operators::INDEX | operators::OPT_INDEX if !args.is_empty() => {
+                        args[0].members()
+                    }
+                    operators::OPT_SELECT if !args.is_empty() => args[0].members(),
+                    operators::CONDITIONAL if args.len() == 3 => args[1].max(&args[2]),
+                    _ => {
+                        let target = call.target.as_deref().map(|t| self.shape(t));
+                        args.iter()
+                            .chain(&target)
+                            .fold(Shape::unknown(), |m, a| m.max(a))
+                    }
+                }
+            }
+            Expr::Struct(_) | Expr::Unspecified => Shape::unknown(),
+        }
     }
 }
 
@@ -732,7 +946,10 @@ mod tests {
     #[test]
     fn rules_that_could_take_too_long_are_refused() {
         let cost_of = |e: &str| cost(cel::Program::compile(e).unwrap().expression());
-        let length_of = |e: &str| length(cel::Program::compile(e).unwrap().expression());
+        let length_of = |e: &str| {
+            let p = cel::Program::compile(e).unwrap();
+            Scope::default().shape(p.expression()).len()
+        };
         assert_eq!(cost_of("score > 0.5"), 3.0);
         assert_eq!(length_of("[1, 2] + [3]"), 3.0);
         assert_eq!(length_of("{'a': 1}"), 1.0);
@@ -763,12 +980,82 @@ mod tests {
         let e = compile_rule(&nested).unwrap_err();
         assert!(
             e.starts_with(
-                "the expression could take 15950767 steps to evaluate; the limit is 10000000"
+                "the expression could take 18576407 steps to evaluate; the limit is 10000000"
             ),
             "{e}"
         );
         let e = compile_rule(&format!("{labels} && stages.all(s, {labels})")).unwrap_err();
         assert!(e.starts_with("the expression could take"), "{e}");
+    }
+
+    fn shape_of(e: &str) -> Vec<f64> {
+        let p = cel::Program::compile(e).unwrap();
+        Scope::default().shape(p.expression()).0
+    }
+
+    #[test]
+    fn shapes_follow_lists_through_variables_indexes_and_macros() {
+        assert_eq!(shape_of("filters"), [1024.0, 2.0, 256.0, 0.0]);
+        assert_eq!(shape_of("filters.face"), [2.0, 256.0, 0.0]);
+        assert_eq!(shape_of("filters['face'].labels"), [256.0, 0.0]);
+        assert_eq!(shape_of("stages"), [32.0, 1.0, 0.0]);
+        assert_eq!(shape_of("metadata"), [128.0, 0.0]);
+        assert_eq!(shape_of("score"), [0.0]);
+        assert_eq!(shape_of("[[1, 2, 3], [4]]"), [2.0, 3.0, 0.0]);
+        assert_eq!(shape_of("{'a': [1, 2], 'b': 1}"), [2.0, 2.0, 0.0]);
+        assert_eq!(shape_of("[1] + [[1, 2, 3]]"), [2.0, 3.0, 0.0]);
+        assert_eq!(shape_of("[[1, 2]][0]"), [2.0, 0.0]);
+        assert_eq!(shape_of("{'a': [1, 2, 3]}.a"), [3.0, 0.0]);
+        assert_eq!(shape_of("true ? [1] : [1, 2]"), [2.0, 0.0]);
+        // A macro's variable is a member of what it ranges over, whatever its name.
+        assert_eq!(shape_of("[[1, 2, 3]].map(l, l + l)"), [1.0, 6.0, 0.0]);
+        assert_eq!(
+            shape_of("[[[1, 2]]].map(filters, filters)"),
+            [1.0, 1.0, 2.0, 0.0]
+        );
+        assert_eq!(
+            shape_of("[[1, 2, 3], [4]].filter(l, size(l) > 1)"),
+            [2.0, 3.0, 0.0]
+        );
+        assert_eq!(shape_of("[1, 2].all(x, x > 0)"), [2.0, 0.0]);
+        assert_eq!(shape_of("size([1, 2]) + 1"), [0.0]);
+        // A function it does not know returns at least its arguments' shape.
+        let long = format!("[{}]", ["0"; 300].join(","));
+        assert_eq!(shape_of(&format!("dyn({long})")), [300.0, 256.0]);
+        assert_eq!(shape_of("dyn(1)"), [256.0]);
+    }
+
+    /// A macro's variable bound to a long list written in the rule costs what the list
+    /// costs written out in its place. Such a rule (3,854 characters, two macros over
+    /// four copies of a list of 1,900) was estimated at 7 million steps, accepted, and
+    /// took 34 s to evaluate once; it is now estimated at 534 million.
+    #[test]
+    fn lists_reached_through_macro_variables_cost_their_length() {
+        let cost_of = |e: &str| cost(cel::Program::compile(e).unwrap().expression());
+        let list = format!("[{}]", ["0"; 500].join(","));
+        let bound = cost_of(&format!("[{list}].all(l, l.all(x, x == 0))"));
+        let written = cost_of(&format!("{list}.all(x, x == 0)"));
+        assert!(
+            bound >= written && bound < written + 50.0,
+            "{bound} {written}"
+        );
+        let twice = |v: &str| format!("[{list}].all(l, {v}.all(x, {v}.all(y, x == y)))");
+        assert!(cost_of(&twice("l")) > 500.0 * 500.0 * 4.0);
+        let refused = |rule: &str| {
+            compile_rule(rule)
+                .err()
+                .is_some_and(|e| e.starts_with("the expression could take"))
+        };
+        assert!(refused(&twice("(l + l + l + l)")));
+        let longer = format!("[{}]", ["0"; 1500].join(","));
+        assert!(refused(&format!(
+            "[{longer}].all(l, (l + l).all(x, x in l + l))"
+        )));
+        assert!(!refused(&format!("[{longer}].all(l, l.all(x, x == 0))")));
+        // Comparing lists compares their items; appending to a macro's result does not
+        // copy it.
+        assert!(cost_of(&format!("{list} == {list}")) >= 500.0);
+        assert!(cost_of(&format!("{list}.map(x, x)")) < 500.0 * 10.0);
     }
 
     #[test]
