@@ -105,9 +105,15 @@ pub struct OnnxArgs {
     /// Let idle intra-op threads spin-wait (see BENCHMARKS.md before turning it on).
     #[arg(long)]
     spin: bool,
-    /// Most items in one batch.
+    /// Most items in one batch (face-detect's batches also hold at most the pixels of
+    /// one `--max-side` input).
     #[arg(long, default_value_t = 8)]
     max_batch: usize,
+    /// face-detect only: the longest side its model is given (32 to 4096); a chain
+    /// asking for more is refused. Memory grows with its square: about 330 MB a
+    /// megapixel of model input per worker on CPU (1024: 0.45 GB, 2048: 1.55 GB).
+    #[arg(long, default_value_t = sekisho_filters_images::face::DEFAULT_MAX_SIDE)]
+    max_side: u32,
     /// How long the first item of a batch waits for more, after taking what is queued
     /// (0s: a free worker runs what is queued at once, so batches grow with the load).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -235,7 +241,8 @@ pub async fn run(args: FilterArgs) -> anyhow::Result<()> {
             serve!(Keywords)
         }
         BuiltinFilter::FaceDetect => {
-            let f = FaceDetect::load(&args.onnx.options())?.with_intake(args.onnx.intake());
+            let f = FaceDetect::load_limited(&args.onnx.options(), args.onnx.max_side)?
+                .with_intake(args.onnx.intake());
             announce("face-detect");
             serve!(f)
         }

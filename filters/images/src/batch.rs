@@ -28,6 +28,9 @@ pub struct BatchOptions {
     pub max_wait: Duration,
     /// Items waiting at most, across workers; beyond it callers are told to retry.
     pub queue: usize,
+    /// Input values (all a batch's items together) one batch holds at most: the memory
+    /// a model takes grows with them. An item larger than this runs alone.
+    pub max_batch_elements: usize,
 }
 
 impl Default for BatchOptions {
@@ -36,6 +39,7 @@ impl Default for BatchOptions {
             max_batch: 8,
             max_wait: Duration::ZERO,
             queue: 256,
+            max_batch_elements: usize::MAX,
         }
     }
 }
@@ -219,10 +223,14 @@ impl Worker {
                     }
                 }
             };
+            // Items of one shape have as many values each: the batch holds at most this
+            // many of them (and at least one).
+            let most = (self.opts.max_batch_elements / first.data.len().max(1))
+                .clamp(1, self.opts.max_batch.max(1));
             let mut batch = vec![first];
             // Held jobs of the same shape join first.
             let mut i = 0;
-            while i < self.held.len() && batch.len() < self.opts.max_batch {
+            while i < self.held.len() && batch.len() < most {
                 if self.held[i].shape == batch[0].shape {
                     batch.push(self.held.remove(i).expect("index is in range"));
                 } else {
@@ -233,7 +241,7 @@ impl Worker {
             // which runs it now, alongside; only with a `max_wait` does the batch then
             // wait for more.
             let deadline = Instant::now() + self.opts.max_wait;
-            while batch.len() < self.opts.max_batch {
+            while batch.len() < most {
                 let queued = self.rx.len();
                 if queued > 0 && queued <= self.idle.load(Ordering::SeqCst) {
                     break;

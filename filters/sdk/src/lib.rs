@@ -147,18 +147,25 @@ pub trait Filter: Send + Sync + 'static {
     /// Scores one item.
     async fn apply(&self, input: Input, config: Self::Config) -> Result<Verdict, FilterError>;
 
-    /// The descriptor `Describe` returns, built from the methods above.
+    /// The descriptor `Describe` returns: [`descriptor`], built from the methods above.
     fn describe(&self) -> proto::FilterDescriptor {
-        let schema = schemars::schema_for!(Self::Config);
-        proto::FilterDescriptor {
-            name: self.name().to_owned(),
-            version: self.version().to_owned(),
-            content_types: self.content_types(),
-            config_schema: serde_json::to_string(&schema).unwrap_or_default(),
-            labels: self.labels(),
-            max_batch_size: self.max_batch_size(),
-            info: self.info().into_iter().collect(),
-            default_config: serde_json::to_string(&Self::Config::default()).unwrap_or_default(),
-        }
+        descriptor(self)
+    }
+}
+
+/// A filter's descriptor built from its methods and its `Config`'s schema and default;
+/// a filter that overrides [`Filter::describe`] (to narrow its schema to what this
+/// process allows, say) starts from it.
+pub fn descriptor<F: Filter + ?Sized>(f: &F) -> proto::FilterDescriptor {
+    let schema = schemars::schema_for!(F::Config);
+    proto::FilterDescriptor {
+        name: f.name().to_owned(),
+        version: f.version().to_owned(),
+        content_types: f.content_types(),
+        config_schema: serde_json::to_string(&schema).unwrap_or_default(),
+        labels: f.labels(),
+        max_batch_size: f.max_batch_size(),
+        info: f.info().into_iter().collect(),
+        default_config: serde_json::to_string(&F::Config::default()).unwrap_or_default(),
     }
 }
