@@ -18,7 +18,7 @@ pub use spec::{
 };
 pub use validate::{
     Limits, MAX_METADATA_ENTRIES, MAX_VERDICT_LABELS, Problem, RULE_VARIABLES, compile_rule,
-    validate,
+    rule_cost, validate,
 };
 
 pub mod catalog;

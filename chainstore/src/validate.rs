@@ -199,6 +199,11 @@ fn deeper_than(root: &IdedExpr, limit: usize) -> Option<usize> {
     (deepest > limit).then_some(deepest)
 }
 
+/// The estimate of the steps evaluating a compiled rule takes ([`cost`]).
+pub fn rule_cost(program: &cel::Program) -> f64 {
+    cost(program.expression())
+}
+
 /// An estimate of the steps evaluating `node` takes: one a node, a macro's loop body
 /// once for each item it ranges over ([`Shape`]), and for `+`, `in`, `==` and `!=` on
 /// lists and maps one step an item they copy or compare. Recursive: call it only on a

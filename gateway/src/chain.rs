@@ -60,6 +60,8 @@ pub struct CompiledStage {
     pub branches: Vec<CompiledBranch>,
     /// The rule variables the branches read.
     pub uses: crate::rules::Uses,
+    /// The branches' estimated steps, all together (`sekisho_chainstore::rule_cost`).
+    pub rules_cost: f64,
 }
 
 pub struct CompiledChain {
@@ -123,8 +125,13 @@ impl CompiledChain {
                 });
             }
             let uses = crate::rules::Uses::of(branches.iter().map(|b| &b.program));
+            let rules_cost = branches
+                .iter()
+                .map(|b| sekisho_chainstore::rule_cost(&b.program))
+                .sum();
             stages.push(CompiledStage {
                 uses,
+                rules_cost,
                 id: s.id.clone(),
                 filters,
                 aggregator,

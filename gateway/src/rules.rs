@@ -14,6 +14,30 @@ thread_local! {
     static ROOT: cel::Context<'static, 'static> = cel::Context::default();
 }
 
+/// Rules estimated at more than this many steps all together (5 to 10 ms at 50 to 100
+/// ns a step) are evaluated with the worker thread handed over to the runtime's other
+/// tasks first (`block_in_place`): a stage's rules may take up to a second or more
+/// (each rule is held to 10 million steps), during which the thread serves nothing else.
+pub const BLOCKING_RULES_COST: f64 = 100_000.0;
+
+/// [`RuleVars::first_match`], off the async worker threads' hands when the rules'
+/// estimated `cost` passes [`BLOCKING_RULES_COST`] on a multi-threaded runtime.
+pub fn evaluate<'a>(
+    vars: &RuleVars,
+    score: f64,
+    uses: Uses,
+    cost: f64,
+    rules: impl ExactSizeIterator<Item = &'a cel::Program>,
+) -> Result<Option<usize>, (usize, String)> {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if cost > BLOCKING_RULES_COST && multi_thread {
+        tokio::task::block_in_place(|| vars.first_match(score, uses, rules))
+    } else {
+        vars.first_match(score, uses, rules)
+    }
+}
+
 /// Which rule variables a stage's rules read, found when the chain is compiled: only
 /// those are bound when the rules run (binding `filters` converts every filter's result).
 #[derive(Debug, Clone, Copy, Default)]
@@ -176,6 +200,50 @@ mod tests {
         assert_eq!(v.first_match(0.5, uses, rules.iter()), Ok(Some(1)));
         v.add_filter("ng", 0.5, &HashMap::new());
         assert_eq!(v.first_match(0.5, uses, rules.iter()), Ok(Some(0)));
+    }
+
+    /// A stage's rules estimated past [`BLOCKING_RULES_COST`] hand the worker thread
+    /// over while they run: on a runtime with one worker, a task ticking every 2 ms
+    /// goes on ticking while they are evaluated (a fifth of a second or so here); cheap rules are
+    /// evaluated in place, and the ticking waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn costly_rules_do_not_hold_the_runtime() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let t = ticks.clone();
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                t.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(ticks.load(Ordering::SeqCst) > 0);
+        let list = format!("[{}]", ["0"; 500].join(","));
+        let text = format!("{list}.all(x, {list}.all(y, y == x))");
+        let cost = sekisho_chainstore::rule_cost(&rule(&text));
+        assert!(cost > BLOCKING_RULES_COST, "{cost}");
+        // Cheap by the estimate given first: in place (a costly path run first would
+        // leave the runtime's core on another thread).
+        for given in [0.0, cost] {
+            let (ticks, text) = (ticks.clone(), text.clone());
+            let (matched, during) = tokio::spawn(async move {
+                let rules = [rule(&text)];
+                let v = RuleVars::new(&HashMap::new());
+                let before = ticks.load(Ordering::SeqCst);
+                let m = evaluate(&v, 0.5, Uses::of(rules.iter()), given, rules.iter());
+                (m, ticks.load(Ordering::SeqCst) - before)
+            })
+            .await
+            .unwrap();
+            assert_eq!(matched, Ok(Some(0)));
+            if given > BLOCKING_RULES_COST {
+                assert!(during > 0, "the runtime was held while costly rules ran");
+            } else {
+                assert_eq!(during, 0, "cheap rules are evaluated in place");
+            }
+        }
+        heartbeat.abort();
     }
 
     #[test]

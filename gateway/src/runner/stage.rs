@@ -189,32 +189,34 @@ pub async fn run_stage(
         }
     };
 
-    let next =
-        match state
-            .vars
-            .first_match(score, stage.uses, stage.branches.iter().map(|b| &b.program))
-        {
-            Ok(Some(k)) => {
-                let b = &stage.branches[k];
-                trace.branch = k as i32;
-                trace.when = b.when.clone();
-                match &b.action {
-                    Action::Goto(t) if *t > index => Next::Stage(*t),
-                    Action::Goto(_) => {
-                        trace.error = "goto does not point forward".into();
-                        Next::Decide(Decision::Review, "rule_error".into())
-                    }
-                    Action::Decide { decision, reason } => Next::Decide(*decision, reason.clone()),
+    let next = match crate::rules::evaluate(
+        &state.vars,
+        score,
+        stage.uses,
+        stage.rules_cost,
+        stage.branches.iter().map(|b| &b.program),
+    ) {
+        Ok(Some(k)) => {
+            let b = &stage.branches[k];
+            trace.branch = k as i32;
+            trace.when = b.when.clone();
+            match &b.action {
+                Action::Goto(t) if *t > index => Next::Stage(*t),
+                Action::Goto(_) => {
+                    trace.error = "goto does not point forward".into();
+                    Next::Decide(Decision::Review, "rule_error".into())
                 }
+                Action::Decide { decision, reason } => Next::Decide(*decision, reason.clone()),
             }
-            Ok(None) => Next::Stage(index + 1),
-            Err((k, e)) => {
-                trace.branch = k as i32;
-                trace.when = stage.branches[k].when.clone();
-                trace.error = format!("the rule could not be evaluated: {e}");
-                Next::Decide(Decision::Review, "rule_error".into())
-            }
-        };
+        }
+        Ok(None) => Next::Stage(index + 1),
+        Err((k, e)) => {
+            trace.branch = k as i32;
+            trace.when = stage.branches[k].when.clone();
+            trace.error = format!("the rule could not be evaluated: {e}");
+            Next::Decide(Decision::Review, "rule_error".into())
+        }
+    };
     finish(state, trace, start, chain, next)
 }
 
