@@ -541,7 +541,9 @@ fn search_qr(
             }
             None => {
                 let modules = sampled.getBits().width();
-                if !finder::holds_another(&set, f64::from(modules), all) {
+                if timing_holds(sampled.getBits())
+                    || !finder::holds_another(&set, f64::from(modules), all)
+                {
                     pass.unreadable.push(Grid {
                         b: bounds(sampled.getPoints()),
                         modules,
@@ -550,6 +552,30 @@ fn search_qr(
             }
         }
     }
+}
+
+/// The share of a sampled grid's timing-pattern modules (row and column 6 between the
+/// finder patterns, dark on even modules) that must be right for an unread grid to
+/// count whatever lies inside it. A QR code's are all right; a damaged code's mostly;
+/// a grid of look-alikes' about half (the gaps between them are light), as are noise's.
+const TIMING_HOLDS: f64 = 0.8;
+
+/// Whether a sampled grid has a QR code's timing patterns (at least [`TIMING_HOLDS`] of
+/// their modules right): such a grid counts, unread, even with a finder-pattern
+/// look-alike inside (a logo in a code damaged past reading).
+fn timing_holds(bits: &BitMatrix) -> bool {
+    let dim = bits.width();
+    if dim < QR_MIN_MODULES {
+        return false;
+    }
+    let line = 8..dim - 8;
+    let right = line
+        .clone()
+        .map(|i| {
+            u32::from(bits.get(i, 6) == (i % 2 == 0)) + u32::from(bits.get(6, i) == (i % 2 == 0))
+        })
+        .sum::<u32>();
+    f64::from(right) >= TIMING_HOLDS * f64::from(2 * line.len() as u32)
 }
 
 /// The code in a sampled grid, when its content decodes.
@@ -860,6 +886,7 @@ mod tests {
                 img.put_pixel(x, y, image::Rgb([((x * 7 + y * 13) % 2 * 255) as u8; 3]));
             }
         }
+        let damaged = img.clone();
         let found = codes_in(&img, &QrConfig::default());
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].text, None);
@@ -879,6 +906,20 @@ mod tests {
         for (x, y) in [(346, 74), (346, 296)] {
             image::imageops::replace(&mut img, &alike, x, y);
         }
+        let found = codes_in(&img, &QrConfig::default());
+        assert!(
+            found
+                .iter()
+                .any(|f| (f.b[0] - 124.0).abs() <= 6.0 && (f.b[1] - 74.0).abs() <= 6.0),
+            "{found:?}"
+        );
+        // A finder-pattern look-alike half as large again inside it (a logo on a white
+        // square, too large to be grouped with the corners): its timing patterns hold,
+        // so it still counts.
+        let mut img = damaged;
+        let white = RgbImage::from_pixel(81, 81, image::Rgb([255; 3]));
+        image::imageops::replace(&mut img, &white, 183, 133);
+        image::imageops::replace(&mut img, &look_alikes(63, 63, 7, 9), 192, 142);
         let found = codes_in(&img, &QrConfig::default());
         assert!(
             found
