@@ -191,6 +191,28 @@ mod tests {
         assert_eq!(got, vec![(1, 0.95), (0, 0.6)]);
     }
 
+    /// A gaussian of width 0 (the schema allows it) removes every box that overlaps a
+    /// kept one and leaves the others alone: it made 0/0 of a box apart, a NaN score,
+    /// and kept one face an image.
+    #[test]
+    fn a_gaussian_of_no_width_keeps_faces_apart() {
+        let faces = [
+            b(0., 0., 10., 10., 0.9),
+            b(20., 0., 30., 10., 0.8),
+            b(5., 0., 15., 10., 0.7),
+        ];
+        let kept = suppress(
+            &faces,
+            &NmsConfig {
+                sigma: 0.0,
+                ..cfg(Method::Gaussian)
+            },
+            usize::MAX,
+        );
+        let got: Vec<(usize, f32)> = kept.iter().map(|(i, s)| (*i, s.score)).collect();
+        assert_eq!(got, vec![(0, 0.9), (1, 0.8)]);
+    }
+
     /// `best` keeps the highest scores, ties to the earlier box, in input order; with no
     /// more boxes than the limit it keeps them all.
     #[test]
