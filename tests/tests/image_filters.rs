@@ -582,3 +582,41 @@ async fn dev_takes_a_model_per_onnx_filter() {
         .to_owned();
     assert!(face.ends_with("centerface.onnx"), "{face}");
 }
+
+/// face-detect's `--max-side` reaches the chainstore through discovery: a chain asking
+/// its model for a larger input is refused when written, at the config's path, and one
+/// within is taken (a call asking for more is refused too: the reference tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_asking_face_detect_for_more_than_its_max_side_is_refused() {
+    use sekisho_proto::chainstore::v1 as cs;
+    let face = FilterProcess::start("face-detect", &["--max-side", "512"])
+        .await
+        .unwrap();
+    let gw = TestGateway::setup()
+        .filter("face-detect", &face.url)
+        .start()
+        .await
+        .unwrap();
+    gw.wait_described(&["face-detect"]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = sekisho_tests::TestChainstore::start_checking(&dir.path().join("c.db"), &gw.url)
+        .await
+        .unwrap();
+    let mut c = store.client().await;
+    let create = |side: u32| cs::CreateChainRequest {
+        document: format!(
+            "name: faces-{side}\ncontent_types: [image/png]\nstages:\n  - id: s\n    filters: [{{use: face-detect, config: {{max_side: {side}}}}}]\n    branches:\n      - when: \"score > 0.5\"\n        decide: {{decision: REVIEW, reason: r}}\ndefault_decision: APPROVE\n"
+        ),
+        author: "ops".into(),
+        comment: String::new(),
+    };
+    c.create_chain(create(512)).await.unwrap();
+    let e = c.create_chain(create(1024)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(
+        e.message()
+            .contains("stages[0].filters[0].config.max_side: "),
+        "{}",
+        e.message()
+    );
+}

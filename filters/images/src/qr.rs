@@ -887,14 +887,12 @@ mod tests {
             }
         }
         let damaged = img.clone();
+        // Placed where the code is.
+        let at_code = |f: &Found| (f.b[0] - 124.0).abs() <= 6.0 && (f.b[1] - 74.0).abs() <= 6.0;
         let found = codes_in(&img, &QrConfig::default());
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].text, None);
-        let b = found[0].b;
-        assert!(
-            (b[0] - 124.0).abs() <= 6.0 && (b[1] - 74.0).abs() <= 6.0,
-            "{b:?}"
-        );
+        assert!(at_code(&found[0]), "{found:?}");
         let cfg = QrConfig {
             count_unreadable: false,
             ..QrConfig::default()
@@ -907,12 +905,7 @@ mod tests {
             image::imageops::replace(&mut img, &alike, x, y);
         }
         let found = codes_in(&img, &QrConfig::default());
-        assert!(
-            found
-                .iter()
-                .any(|f| (f.b[0] - 124.0).abs() <= 6.0 && (f.b[1] - 74.0).abs() <= 6.0),
-            "{found:?}"
-        );
+        assert!(found.iter().any(at_code), "{found:?}");
         // A finder-pattern look-alike half as large again inside it (a logo on a white
         // square, too large to be grouped with the corners): its timing patterns hold,
         // so it still counts.
@@ -921,12 +914,7 @@ mod tests {
         image::imageops::replace(&mut img, &white, 183, 133);
         image::imageops::replace(&mut img, &look_alikes(63, 63, 7, 9), 192, 142);
         let found = codes_in(&img, &QrConfig::default());
-        assert!(
-            found
-                .iter()
-                .any(|f| (f.b[0] - 124.0).abs() <= 6.0 && (f.b[1] - 74.0).abs() <= 6.0),
-            "{found:?}"
-        );
+        assert!(found.iter().any(at_code), "{found:?}");
     }
 
     /// A QR code, a Micro QR code and an rMQR code in one photo: each read, placed and

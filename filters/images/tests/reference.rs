@@ -437,45 +437,29 @@ async fn dynamic_batching_never_mixes_up_results() {
     eprintln!("64 concurrent items ran in {batches} batches");
 }
 
-/// With no `max_wait` (the default), a worker that comes free still runs what queued up
-/// while it was busy as one batch: 16 items sent at once to one open_nsfw worker run in
-/// a few batches, not 16, and each item gets its own answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_free_worker_batches_what_queued_without_waiting() {
-    let mut o = ng_options();
-    o.workers = 1;
-    o.batch.max_batch = 8;
-    assert!(o.batch.max_wait.is_zero(), "the default waits for nothing");
+/// Sixteen flat grey open_nsfw inputs, one shade each (answered differently), run one
+/// at a time through one worker (one batch each), then sent together: the batches and
+/// items the second run took, each item checked to get its own answer.
+async fn sixteen_alone_then_together(o: &ModelOptions) -> (u64, u64) {
     let served =
-        sekisho_filters_images::model::serve(o.model.clone().unwrap(), Ok, "", &[""], &o).unwrap();
+        sekisho_filters_images::model::serve(o.model.clone().unwrap(), Ok, "", &[""], o).unwrap();
     let batcher = &served.batcher;
-    // Flat grey images, one shade each: open_nsfw answers each differently.
+    let count = || {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        (load(&batcher.stats.batches), load(&batcher.stats.items))
+    };
     let item = |i: usize| vec![i as f32 * 8.0 - 64.0; 224 * 224 * 3];
     let shape = vec![224i64, 224, 3];
     let mut alone = Vec::new();
     for i in 0..16 {
-        alone.push(
-            batcher.run(shape.clone(), item(i)).await.unwrap()[0]
-                .data
-                .clone(),
-        );
+        let out = batcher.run(shape.clone(), item(i)).await.unwrap();
+        alone.push(out[0].data.clone());
     }
-    let batches_before = batcher
-        .stats
-        .batches
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(batches_before, 16, "one at a time, one batch each");
+    let before = count();
+    assert_eq!(before, (16, 16), "one at a time, one batch each");
     let together =
         futures::future::join_all((0..16).map(|i| batcher.run(shape.clone(), item(i)))).await;
-    let batches = batcher
-        .stats
-        .batches
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - batches_before;
-    assert!(
-        batches <= 4,
-        "16 items sent together ran in {batches} batches; the queue was not taken at once"
-    );
+    let after = count();
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         let t = &t.as_ref().unwrap()[0].data;
         assert!(
@@ -491,6 +475,24 @@ async fn a_free_worker_batches_what_queued_without_waiting() {
         distinct.len() > 8,
         "the items should get different answers: {alone:?}"
     );
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// With no `max_wait` (the default), a worker that comes free still runs what queued up
+/// while it was busy as one batch: 16 items sent at once to one open_nsfw worker run in
+/// a few batches, not 16, and each item gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_worker_batches_what_queued_without_waiting() {
+    let mut o = ng_options();
+    o.workers = 1;
+    o.batch.max_batch = 8;
+    assert!(o.batch.max_wait.is_zero(), "the default waits for nothing");
+    let (batches, items) = sixteen_alone_then_together(&o).await;
+    assert_eq!(items, 16);
+    assert!(
+        batches <= 4,
+        "16 items sent together ran in {batches} batches; the queue was not taken at once"
+    );
     eprintln!("16 items sent together ran in {batches} batches");
 }
 
@@ -505,47 +507,12 @@ async fn a_batch_holds_at_most_its_input_values() {
     o.workers = 1;
     o.batch.max_batch = 8;
     o.batch.max_batch_elements = 2 * 224 * 224 * 3 + 1;
-    let served =
-        sekisho_filters_images::model::serve(o.model.clone().unwrap(), Ok, "", &[""], &o).unwrap();
-    let batcher = &served.batcher;
-    let item = |i: usize| vec![i as f32 * 8.0 - 64.0; 224 * 224 * 3];
-    let shape = vec![224i64, 224, 3];
-    let mut alone = Vec::new();
-    for i in 0..16 {
-        alone.push(
-            batcher.run(shape.clone(), item(i)).await.unwrap()[0]
-                .data
-                .clone(),
-        );
-    }
-    let count = || {
-        (
-            batcher
-                .stats
-                .batches
-                .load(std::sync::atomic::Ordering::Relaxed),
-            batcher
-                .stats
-                .items
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-    };
-    let before = count();
-    let together =
-        futures::future::join_all((0..16).map(|i| batcher.run(shape.clone(), item(i)))).await;
-    let (batches, items) = (count().0 - before.0, count().1 - before.1);
+    let (batches, items) = sixteen_alone_then_together(&o).await;
     assert_eq!(items, 16);
     assert!(
         (8..16).contains(&batches),
         "16 items in {batches} batches: more than 2 a batch, or no batch at all"
     );
-    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-        let t = &t.as_ref().unwrap()[0].data;
-        assert!(
-            a.iter().zip(t).all(|(x, y)| (x - y).abs() < 1e-4),
-            "item {i}: {a:?} alone, {t:?} batched"
-        );
-    }
 }
 
 /// Items that arrive together at idle workers run side by side, one on each, instead of
