@@ -204,8 +204,8 @@ mod tests {
 
     /// A stage's rules estimated past [`BLOCKING_RULES_COST`] hand the worker thread
     /// over while they run: on a runtime with one worker, a task ticking every 2 ms
-    /// goes on ticking while they are evaluated (a fifth of a second or so here); cheap rules are
-    /// evaluated in place, and the ticking waits.
+    /// goes on ticking while they are evaluated (a fifth of a second or so here);
+    /// cheap rules are evaluated in place, and the ticking waits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn costly_rules_do_not_hold_the_runtime() {
         use std::sync::atomic::{AtomicUsize, Ordering};

@@ -122,8 +122,8 @@ impl ClassifierSpec {
         if self.classes.len() > MAX_CLASSES {
             return Err(format!(
                 "{} classes; the most is {MAX_CLASSES} (each is a label of the verdict, \
-                 with `regions_classified` and `regions_left_out` two more, and the gateway takes at \
-                 most 256)",
+                 with `regions_classified` and `regions_left_out` two more, and the \
+                 gateway takes at most 256)",
                 self.classes.len()
             ));
         }
