@@ -222,26 +222,22 @@ pub fn decode(
     cfg: &FaceConfig,
     input: (u32, u32),
 ) -> Result<Vec<Face>, FilterError> {
-    let cells = candidates(heat, scale, offset, lms, cfg, input)?;
-    let boxes: Vec<Scored> = cells
-        .iter()
-        .map(|f| Scored {
-            b: f.b,
-            score: f.score,
-        })
-        .collect();
+    let (boxes, marks) = candidates(heat, scale, offset, lms, cfg, input)?;
     Ok(nms::suppress(&boxes, &cfg.nms, MAX_FACES)
         .into_iter()
         .map(|(i, s)| Face {
             b: s.b,
             score: s.score,
-            landmarks: cells[i].landmarks,
+            landmarks: marks[i],
         })
         .collect())
 }
 
-/// The faces of the heatmap cells over `min_score`, in the maps' order: the
-/// `MAX_CANDIDATES` best-scoring of them where there are more.
+/// A face's five landmarks: eyes, nose, mouth corners.
+type Landmarks = [[f32; 2]; 5];
+
+/// The boxes and landmarks of the heatmap cells over `min_score`, in the maps' order:
+/// the `MAX_CANDIDATES` best-scoring of them where there are more.
 fn candidates(
     heat: &crate::batch::Output,
     scale: &crate::batch::Output,
@@ -249,7 +245,7 @@ fn candidates(
     lms: &crate::batch::Output,
     cfg: &FaceConfig,
     (in_w, in_h): (u32, u32),
-) -> Result<Vec<Face>, FilterError> {
+) -> Result<(Vec<Scored>, Vec<Landmarks>), FilterError> {
     let dims = |o: &crate::batch::Output, c: i64| -> Result<(usize, usize), FilterError> {
         match o.shape.as_slice() {
             [ch, h, w] if *ch == c => Ok((*h as usize, *w as usize)),
@@ -294,14 +290,11 @@ fn candidates(
             marks.push(lm);
         }
     }
-    Ok(nms::best(&boxes, MAX_CANDIDATES)
-        .into_iter()
-        .map(|i| Face {
-            b: boxes[i].b,
-            score: boxes[i].score,
-            landmarks: marks[i],
-        })
-        .collect())
+    let best = nms::best(&boxes, MAX_CANDIDATES);
+    Ok((
+        best.iter().map(|&i| boxes[i]).collect(),
+        best.iter().map(|&i| marks[i]).collect(),
+    ))
 }
 
 /// The verdict for faces found in a `w × h` image.
@@ -457,8 +450,8 @@ mod tests {
                 let (x, y) = ((cell % side) as f32 * 4.0, (cell / side) as f32 * 4.0);
                 assert_eq!(f.b, [x, y, x + 4.0, y + 4.0], "{method:?}: face {k}");
             }
-            let cells = candidates(&h, &s, &o, &l, &cfg, (side_px, side_px)).unwrap();
-            assert_eq!(cells.len(), MAX_CANDIDATES);
+            let (cells, marks) = candidates(&h, &s, &o, &l, &cfg, (side_px, side_px)).unwrap();
+            assert_eq!((cells.len(), marks.len()), (MAX_CANDIDATES, MAX_CANDIDATES));
             assert_eq!(
                 cells[0].score,
                 0.6 + 0.3 * (n - MAX_CANDIDATES) as f32 / n as f32

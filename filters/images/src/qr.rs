@@ -556,8 +556,9 @@ fn search_qr(
 
 /// The share of a sampled grid's timing-pattern modules (row and column 6 between the
 /// finder patterns, dark on even modules) that must be right for an unread grid to
-/// count whatever lies inside it. A QR code's are all right; a damaged code's mostly;
-/// a grid of look-alikes' about half (the gaps between them are light), as are noise's.
+/// count whatever lies inside it. A QR code's are all right, a damaged code's mostly;
+/// every grid of the tiled look-alike sheets tested (pitch 9 to 30, where the gaps
+/// between look-alikes are light) falls short of it, or they would count.
 const TIMING_HOLDS: f64 = 0.8;
 
 /// Whether a sampled grid has a QR code's timing patterns (at least [`TIMING_HOLDS`] of
