@@ -92,7 +92,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }};
     }
     start_filter!("noop", Noop::default());
-    start_filter!("keywords", Keywords);
+    start_filter!("keywords", Keywords::default());
     // The image filters share one decoding budget: they share the process's memory.
     let intake = args.onnx.intake();
     start_filter!("qr-code", QrCode::default().with_intake(intake.clone()));

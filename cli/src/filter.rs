@@ -238,7 +238,7 @@ pub async fn run(args: FilterArgs) -> anyhow::Result<()> {
         }
         BuiltinFilter::Keywords => {
             announce("keywords");
-            serve!(Keywords)
+            serve!(Keywords::default())
         }
         BuiltinFilter::FaceDetect => {
             let f = FaceDetect::load_limited(&args.onnx.options(), args.onnx.max_side)?

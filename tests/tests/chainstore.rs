@@ -296,7 +296,8 @@ async fn watch_resumes_after_a_restart_without_gaps() {
 /// the chain's content types are accepted, the config override fits the filter's schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_checked_against_discovery() {
-    let keywords = sekisho_tests::TestFilter::start(sekisho_filters_samples::Keywords).await;
+    let keywords =
+        sekisho_tests::TestFilter::start(sekisho_filters_samples::Keywords::default()).await;
     let gw = sekisho_tests::TestGateway::setup()
         .filter("keywords", &keywords.url)
         .start()
