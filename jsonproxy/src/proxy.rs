@@ -113,30 +113,41 @@ impl JsonProxy {
 
     async fn transcode(&self, req: Request<Body>) -> Result<Response, ApiError> {
         let path = req.uri().path().to_owned();
-        let mut path_matched = false;
+        let mut allowed: Vec<&str> = Vec::new();
         let mut found = None;
         for route in &self.inner.routes {
             if let Some(vars) = route.template.matches(&path) {
-                path_matched = true;
                 if route.http_method == req.method() {
                     found = Some((route, vars));
                     break;
                 }
+                allowed.push(route.http_method.as_str());
             }
         }
         let Some((route, vars)) = found else {
-            return Err(if path_matched {
-                ApiError {
-                    http: StatusCode::METHOD_NOT_ALLOWED,
-                    status: Code::Unimplemented,
-                    message: format!("{} is not allowed on {path}", req.method()),
-                }
-            } else {
-                ApiError::new(
+            if allowed.is_empty() {
+                return Err(ApiError::new(
                     Code::NotFound,
                     format!("no API at {path}; see /openapi.json"),
-                )
-            });
+                ));
+            }
+            // RFC 9110: a 405 lists the methods the resource does answer.
+            allowed.sort_unstable();
+            allowed.dedup();
+            let allow = allowed.join(", ");
+            let mut response = ApiError {
+                http: StatusCode::METHOD_NOT_ALLOWED,
+                status: Code::Unimplemented,
+                message: format!(
+                    "{} is not allowed on {path} (allowed: {allow})",
+                    req.method()
+                ),
+            }
+            .into_response();
+            if let Ok(v) = http::HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(http::header::ALLOW, v);
+            }
+            return Ok(response);
         };
         let query = req.uri().query().unwrap_or("").to_owned();
         let (parts, body) = req.into_parts();

@@ -70,6 +70,15 @@ impl Template {
         let path = path.strip_prefix('/')?;
         let path = match &self.verb {
             Some(v) => path.strip_suffix(v.as_str())?.strip_suffix(':')?,
+            // A colon in the last segment starts a verb (`/v1/chains/x:rollback`), which
+            // a template without one does not take as part of a variable.
+            None if path
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':')) =>
+            {
+                return None;
+            }
             None => path,
         };
         let parts: Vec<&str> = path.split('/').collect();
@@ -145,6 +154,12 @@ mod tests {
         assert_eq!(
             t.matches("/v1/chains/a%20b"),
             Some(vec![("name".into(), "a b".into())])
+        );
+        // Another method's verb, not a name with a colon in it (which is sent escaped).
+        assert_eq!(t.matches("/v1/chains/a:rollback"), None);
+        assert_eq!(
+            t.matches("/v1/chains/a%3Ab"),
+            Some(vec![("name".into(), "a:b".into())])
         );
         assert_eq!(t.matches("/v1/chains"), None);
         let t = Template::parse("/v1/files/{path=**}/meta").unwrap();
