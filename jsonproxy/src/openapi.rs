@@ -1,13 +1,21 @@
 //! `/openapi.json`: an OpenAPI 3.0 document generated from the same routes and
 //! descriptors the proxy serves, so it cannot drift from what is served. Field and
 //! message descriptions come from the comments in `proto/`.
+//!
+//! What a request must hold comes from `google.api.field_behavior = REQUIRED` (the
+//! services refuse a request without it, over gRPC and JSON alike): such a field is
+//! listed in its message's `required`, a string must not be empty and a number not 0
+//! (proto3 cannot tell those from unset); when every member of a oneof is marked, one
+//! of them must be set. A request body is required when its message has a required
+//! field; messages admit no properties but their fields (the proxy refuses unknown
+//! names).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Value, json};
 
-use crate::routes::{Route, field_path};
+use crate::routes::{Route, field_path, is_required};
 
 /// The OpenAPI document for `routes`.
 pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
@@ -22,6 +30,10 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
                 let schema = field_path(&input, f)
                     .map(|fd| scalar_schema(&fd.kind()))
                     .unwrap_or_else(|| json!({"type": "string"}));
+                let mut schema = schema;
+                if schema["type"] == "string" && schema.get("pattern").is_none() {
+                    schema["minLength"] = json!(1);
+                }
                 json!({"name": f, "in": "path", "required": true, "schema": schema})
             })
             .collect();
@@ -30,8 +42,16 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
                 if path_fields.contains(f.name()) || matches!(f.kind(), Kind::Message(_)) {
                     continue;
                 }
-                params.push(json!({"name": f.name(), "in": "query", "required": false,
-                    "schema": field_schema(&f), "description": comments(&f).unwrap_or_default()}));
+                let required = is_required(&f);
+                let schema = if required {
+                    non_default(field_schema(&f))
+                } else {
+                    field_schema(&f)
+                };
+                params.push(
+                    json!({"name": f.name(), "in": "query", "required": required,
+                    "schema": schema, "description": comments(&f).unwrap_or_default()}),
+                );
             }
         }
         let mut op = json!({
@@ -54,7 +74,8 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
                 }
             };
             todo.push(body_msg.clone());
-            op["requestBody"] = json!({"required": true,
+            let required = body_msg.fields().any(|f| is_required(&f));
+            op["requestBody"] = json!({"required": required,
                 "content": {"application/json": {"schema": reference(&body_msg)}}});
         }
         todo.push(r.output());
@@ -89,12 +110,40 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
                 }
             }
             let mut s = field_schema(&f);
+            if is_required(&f) && f.containing_oneof().is_none() {
+                s = non_default(s);
+            }
             if let Some(c) = comments(&f) {
                 s["description"] = Value::String(c);
             }
             props.insert(f.json_name().to_owned(), s);
         }
-        let mut schema = json!({"type": "object", "properties": props});
+        let mut schema = json!({"type": "object", "properties": props,
+            "additionalProperties": false});
+        let required: Vec<String> = m
+            .fields()
+            .filter(|f| is_required(f) && f.containing_oneof().is_none())
+            .map(|f| f.json_name().to_owned())
+            .collect();
+        if !required.is_empty() {
+            schema["required"] = json!(required);
+        }
+        let one_of: Vec<Value> = m
+            .oneofs()
+            .filter(|o| !o.is_synthetic() && o.fields().all(|f| is_required(&f)))
+            .map(|o| {
+                let members: Vec<Value> = o
+                    .fields()
+                    .map(|f| json!({"required": [f.json_name()]}))
+                    .collect();
+                json!({"oneOf": members})
+            })
+            .collect();
+        match one_of.len() {
+            0 => {}
+            1 => schema["oneOf"] = one_of[0]["oneOf"].clone(),
+            _ => schema["allOf"] = json!(one_of),
+        }
         if let Some(c) = message_comments(&m) {
             schema["description"] = Value::String(c);
         }
@@ -107,6 +156,19 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
         "paths": paths,
         "components": {"schemas": schemas}
     })
+}
+
+/// A required scalar's schema narrowed to what is not its default: proto3 has no "unset"
+/// for scalars, so an empty string or a 0 is the field left out.
+fn non_default(mut s: Value) -> Value {
+    match s["type"].as_str() {
+        Some("string") if s["format"] == "uint64" => s["pattern"] = json!("^0*[1-9][0-9]*$"),
+        Some("string") if s["format"] == "int64" => s["pattern"] = json!("^-?0*[1-9][0-9]*$"),
+        Some("string") => s["minLength"] = json!(1),
+        Some("integer") | Some("number") => s["not"] = json!({"enum": [0]}),
+        _ => {}
+    }
+    s
 }
 
 fn reference(m: &MessageDescriptor) -> Value {
@@ -157,8 +219,12 @@ fn scalar_schema(k: &Kind) -> Value {
             json!({"type": "integer", "format": "int32"})
         }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int64", "minimum": 0}),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
-        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+        }
+        Kind::Uint64 | Kind::Fixed64 => {
+            json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"})
+        }
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "format": "byte"}),

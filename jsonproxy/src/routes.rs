@@ -1,7 +1,9 @@
 //! Routes read from `google.api.http` method options in a descriptor pool.
 
 use http::Method;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, MessageDescriptor, MethodDescriptor,
+};
 
 use crate::template::Template;
 
@@ -35,6 +37,25 @@ pub enum RouteError {
     NoHttpExtension,
     #[error("{method}: {message}")]
     Bad { method: String, message: String },
+}
+
+/// `google.api.FieldBehavior.REQUIRED`.
+const REQUIRED: i32 = 2;
+
+/// Whether `f` is marked `[(google.api.field_behavior) = REQUIRED]`.
+pub fn is_required(f: &FieldDescriptor) -> bool {
+    let Some(ext) = f
+        .parent_pool()
+        .get_extension_by_name("google.api.field_behavior")
+    else {
+        return false;
+    };
+    let options = f.options();
+    options.has_extension(&ext)
+        && options
+            .get_extension(&ext)
+            .as_list()
+            .is_some_and(|l| l.iter().any(|v| v.as_enum_number() == Some(REQUIRED)))
 }
 
 /// Every annotated unary method of `services` (full names, e.g. `sekisho.gateway.v1.Gateway`).

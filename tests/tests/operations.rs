@@ -100,6 +100,36 @@ async fn metrics_and_openapi_are_served() {
     assert_eq!(doc["openapi"], "3.0.3");
     assert!(doc["paths"]["/v1/chains/{chain}:moderate"]["post"].is_object());
     assert!(doc["paths"]["/v1/filters"]["get"].is_object());
+    // What a request must hold is in the document (google.api.field_behavior).
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["sekisho.gateway.v1.ModerateRequest"]["required"],
+        serde_json::json!(["content"])
+    );
+    let content = &schemas["sekisho.filter.v1.Content"];
+    assert_eq!(content["required"], serde_json::json!(["contentType"]));
+    assert_eq!(content["properties"]["contentType"]["minLength"], 1);
+    assert_eq!(
+        content["oneOf"],
+        serde_json::json!([{"required": ["data"]}, {"required": ["text"]}, {"required": ["features"]}])
+    );
+    assert_eq!(content["additionalProperties"], false);
+
+    // A method a path does not answer: 405, and which methods it does (RFC 9110).
+    let http = reqwest::Client::new();
+    for (method, path, allow) in [
+        ("TRACE", "/v1/filters", "GET"),
+        // `c:moderate` is the moderate verb, not a chain named so.
+        ("GET", "/v1/chains/c:moderate", "POST"),
+    ] {
+        let r = http
+            .request(method.parse().unwrap(), format!("{}{path}", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+    }
 }
 
 /// The second-highest score: something the built-ins cannot express.

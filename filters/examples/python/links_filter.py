@@ -44,6 +44,7 @@ def load_stubs():
         "sekisho/filter/v1/filter.proto",
         "google/api/annotations.proto",
         "google/api/http.proto",
+        "google/api/field_behavior.proto",
     ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")

@@ -117,7 +117,7 @@ export function Editor({ who, name }: { who: Principal; name?: string }) {
         c = must(
           await chainstore.PUT("/v1/chains/{name}", {
             params: { path: { name } },
-            body: { document: doc, expectedVersion: expected ?? base.version, comment },
+            body: { document: doc, expectedVersion: expected ?? base.version ?? "0", comment },
           }),
         );
       } else {

@@ -64,7 +64,7 @@ export function History({ who, name }: { who: Principal; name: string }) {
       const c = must(
         await chainstore.POST("/v1/chains/{name}:rollback", {
           params: { path: { name } },
-          body: { toVersion: to, expectedVersion: current?.version },
+          body: { toVersion: to, expectedVersion: current?.version ?? "0" },
         }),
       );
       setMessage(`Rolled back: version ${c.version} has the document of version ${to}.`);
