@@ -26,6 +26,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(sekisho_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(std::io::Error::other)?;
+    // Watches end first, then the server stops accepting and drains: a gateway's Watch
+    // is a stream that would keep the drain waiting for ever.
+    let (close, closing) = tokio::sync::watch::channel(false);
+    let service = service.closing_on(closing);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = close.send(true);
+    };
     let grpc = tonic::service::Routes::new(
         ChainStoreServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
     )

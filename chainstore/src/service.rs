@@ -24,6 +24,9 @@ pub struct ChainStoreService {
     store: Arc<dyn ChainStorage>,
     limits: Limits,
     catalog: Option<Arc<GatewayCatalog>>,
+    /// Turns true when the server shuts down: `Watch` streams end then, since a gateway's
+    /// never ends on its own and a graceful shutdown would wait for it for ever.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What a check found: problems refuse the write; warnings are checks not made.
@@ -57,7 +60,15 @@ impl ChainStoreService {
             store,
             limits: Limits::default(),
             catalog: None,
+            // Never closing, until `closing_on` says what closes it.
+            closing: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Ends the `Watch` streams when `closing` turns true (see [`crate::server::serve`]).
+    pub fn closing_on(mut self, closing: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.closing = closing;
+        self
     }
 
     /// Checks filters against what a gateway's discovery reports.
@@ -319,6 +330,7 @@ impl ChainStore for ChainStoreService {
         r: Request<proto::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let store = self.store.clone();
+        let mut closing = self.closing.clone();
         let mut last = r.into_inner().from_revision;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -355,6 +367,8 @@ impl ChainStore for ChainStoreService {
                     _ = committed.changed() => {}
                     _ = tokio::time::sleep(POLL) => {}
                     _ = tx.closed() => return,
+                    // Shutting down: the stream ends, and the watcher reconnects elsewhere.
+                    _ = closing.wait_for(|c| *c) => return,
                 }
             }
         });

@@ -809,6 +809,12 @@ impl TestChainstore {
         TestChainstore::start_at(&self.db, &addr, self.filters_from.take()).await
     }
 
+    /// SIGTERM, and its exit status (an error after 30 s without one).
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        signal(&self.child, "TERM").await?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+
     /// Kills the process, keeping what `restart` needs.
     pub async fn stop(&mut self) {
         let _ = self.child.kill().await;

@@ -292,6 +292,30 @@ async fn watch_resumes_after_a_restart_without_gaps() {
     );
 }
 
+/// SIGTERM with a watcher attached: the watch ends and the process exits. A gateway's
+/// Watch never ends on its own, and the graceful shutdown used to wait for it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_chainstore_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cs = TestChainstore::start(&dir.path().join("chains.db"))
+        .await
+        .unwrap();
+    let mut c = cs.client().await;
+    c.create_chain(create(doc("a", "r"))).await.unwrap();
+    let mut w = c
+        .watch(proto::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    next_events(&mut w, 1).await;
+    let status = cs.terminate().await.expect("it exits");
+    assert!(status.success(), "{status}");
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), w.message())
+        .await
+        .expect("the watch ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
 /// Filters are checked against what a real gateway's discovery found: the name is known,
 /// the chain's content types are accepted, the config override fits the filter's schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -321,3 +321,57 @@ async fn with_etcd_away_the_last_endpoints_serve_and_malformed_registrations_are
     .await
     .unwrap();
 }
+
+/// SIGTERM with a call in flight from a gateway and a health watcher attached (a health
+/// `Watch` never ends on its own): the replica answers the call, ends the watch and
+/// exits. It used to wait for the watch for ever (`sekisho dev` never stopped: its
+/// gateway, shutting down too, no longer let go of its filters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_replica_answers_its_call_in_flight_and_stops_on_sigterm() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let args = ["--drain-delay", "200ms", "--extra-delay", "1s"];
+    let replica = FilterProcess::start("noop", &args).await.unwrap();
+    let gw = TestGateway::setup()
+        .chain(CHAIN)
+        .filter("noop", &replica.url)
+        .start()
+        .await
+        .unwrap();
+    gw.wait_endpoints("noop", Duration::from_secs(10), |e| ready(e) == 1)
+        .await
+        .unwrap();
+    let channel = tonic::transport::Channel::from_shared(replica.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "sekisho.filter.v1.Filter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some(), "SERVING first");
+    let (answer, status) = tokio::join!(gw.moderate_text("replicas", "hi"), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        replica.terminate().await
+    });
+    let status = status.expect("it exits");
+    assert!(status.success(), "{status}");
+    let answer = answer.unwrap();
+    assert_eq!(
+        answer.decision(),
+        sekisho_proto::gateway::v1::Decision::Approve
+    );
+    // The watcher was told NOT_SERVING, then its stream ended.
+    let mut last = None;
+    while let Ok(Some(m)) = watch.message().await {
+        last = Some(m.status);
+    }
+    assert_eq!(
+        last,
+        Some(tonic_health::pb::health_check_response::ServingStatus::NotServing as i32)
+    );
+}

@@ -1,7 +1,10 @@
 //! Serving a [`Filter`] over gRPC: `Describe` and `Apply`, plus `grpc.health.v1` and
 //! server reflection, and optionally a registration in etcd. On shutdown the filter
-//! reports NOT_SERVING, withdraws its registration, waits `drain_delay`, stops accepting
-//! and drains the calls in flight.
+//! reports NOT_SERVING, withdraws its registration, waits `drain_delay`, ends the health
+//! watches, stops accepting and drains the calls in flight. A gateway's health `Watch` is
+//! a stream that never ends on its own: before the watches were ended, a filter that a
+//! gateway still listed (static or DNS discovery) waited for it for ever and never exited
+//! on SIGTERM.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,8 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::HealthService;
 
 use crate::proto::{self, content::Payload as ProtoPayload, filter_server};
 use crate::register::EtcdRegistration;
@@ -30,6 +37,39 @@ pub enum ServeError {
     Registration(String),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// `grpc.health.v1.Health` whose `Watch` streams end once `ended` turns true.
+struct EndingHealth {
+    inner: HealthService,
+    ended: tokio::sync::watch::Receiver<bool>,
+}
+
+type HealthStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Health for EndingHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = HealthStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthStream>, Status> {
+        let updates = self.inner.watch(request).await?.into_inner().map(Some);
+        let end = WatchStream::new(self.ended.clone())
+            .filter(|ended| *ended)
+            .map(|_| None);
+        let until_ended = updates.merge(end).map_while(|u| u);
+        Ok(Response::new(Box::pin(until_ended)))
+    }
 }
 
 /// The gRPC service wrapping one filter.
@@ -208,7 +248,12 @@ impl<F: Filter> FilterServer<F> {
             default_config,
             default_json,
         };
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = tonic_health::server::HealthReporter::new();
+        let (watches_end, watches_ended) = tokio::sync::watch::channel(false);
+        let health_service = HealthServer::new(EndingHealth {
+            inner: HealthService::from_health_reporter(health.clone()),
+            ended: watches_ended,
+        });
         health
             .set_serving::<filter_server::FilterServer<FilterService<F>>>()
             .await;
@@ -241,6 +286,9 @@ impl<F: Filter> FilterServer<F> {
             }
             tracing::info!(filter = %name, delay = ?drain_delay, "filter draining");
             tokio::time::sleep(drain_delay).await;
+            // The watchers have been told NOT_SERVING; now their streams end, so that the
+            // graceful shutdown below waits for the calls in flight and nothing else.
+            let _ = watches_end.send(true);
         };
         tonic::transport::Server::builder()
             .add_service(health_service)
