@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The JSON APIs against their own OpenAPI documents: schemathesis (pinned, pip-installed
+# into .cache/schemathesis) sends a few thousand generated requests, valid and not, to the
+# gateway and the chainstore of a real `sekisho dev` (the debug binary `scripts/test.sh`
+# builds) and checks every answer: no 5xx, every status and body as `/openapi.json`
+# documents it, a 405 naming the allowed methods, a chain created then readable.
+# Left out: whether every schema-valid request is accepted and every invalid one refused
+# (schemathesis's positive_data_acceptance and negative_data_rejection). A chain's YAML,
+# a chain that must exist, and proto3 JSON's leniency (null for a default, numbers for
+# 64-bit strings, leading zeros) are more than a schema says; the required fields that
+# check found missing from the documents are declared now (`google.api.field_behavior`).
+# hypothesis is pinned too: 6.170.17 failed inside schemathesis's coverage phase
+# (a KeyError describing a lambda), an error in the tool, not an answer of ours.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+st=.cache/schemathesis
+if [ ! -x "$st/bin/schemathesis" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$st" \
+    schemathesis==4.32.5 hypothesis==6.130.12
+fi
+data=$(mktemp -d)
+base=$((20000 + RANDOM % 20000))
+target/debug/sekisho dev --data-dir "$data" --listen "127.0.0.1:$base" \
+  --chainstore-listen "127.0.0.1:$((base + 1))" --ui-listen "127.0.0.1:$((base + 2))" \
+  >"$data/dev.log" 2>&1 &
+dev=$!
+trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$data"' EXIT
+ready() {
+  curl -sf "http://127.0.0.1:$((base + 1))/openapi.json" >/dev/null &&
+    curl -sf "http://127.0.0.1:$base/openapi.json" >/dev/null
+}
+for _ in $(seq 120); do ready && break; sleep 0.5; done
+if ! ready; then
+  echo "sekisho dev did not start:" >&2
+  cat "$data/dev.log" >&2
+  exit 1
+fi
+for port in "$base" "$((base + 1))"; do
+  PYTHONPATH="$st" "$st/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
+    --checks all --exclude-checks positive_data_acceptance,negative_data_rejection \
+    --max-examples 100 --seed 1 --workers 2 --no-color
+done
+# Still serving after all of it.
+curl -sf "http://127.0.0.1:$base/v1/chains/comment-text:moderate" \
+  -d '{"content":{"contentType":"text/plain","text":"click here for free money"}}' |
+  grep -q '"decision": *"REJECT"'
+echo "API checks passed"
