@@ -27,10 +27,10 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
         let mut params: Vec<Value> = path_fields
             .iter()
             .map(|f| {
-                let schema = field_path(&input, f)
+                let mut schema = field_path(&input, f)
                     .map(|fd| scalar_schema(&fd.kind()))
                     .unwrap_or_else(|| json!({"type": "string"}));
-                let mut schema = schema;
+                // A path segment is never empty.
                 if schema["type"] == "string" && schema.get("pattern").is_none() {
                     schema["minLength"] = json!(1);
                 }
