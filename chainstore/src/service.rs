@@ -26,7 +26,7 @@ pub struct ChainStoreService {
     catalog: Option<Arc<GatewayCatalog>>,
     /// Turns true when the server shuts down: `Watch` streams end then, since a gateway's
     /// never ends on its own and a graceful shutdown would wait for it for ever.
-    closing: tokio::sync::watch::Receiver<bool>,
+    closing: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What a check found: problems refuse the write; warnings are checks not made.
@@ -60,14 +60,13 @@ impl ChainStoreService {
             store,
             limits: Limits::default(),
             catalog: None,
-            // Never closing, until `closing_on` says what closes it.
-            closing: tokio::sync::watch::channel(false).1,
+            closing: None,
         }
     }
 
     /// Ends the `Watch` streams when `closing` turns true (see [`crate::server::serve`]).
     pub fn closing_on(mut self, closing: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.closing = closing;
+        self.closing = Some(closing);
         self
     }
 
@@ -164,6 +163,18 @@ fn to_proto(c: StoredChain) -> proto::Chain {
         updated_at: c.updated_at,
         deleted: c.deleted,
     }
+}
+
+/// Resolves once `closing` turns true; never without a closing signal, or once its
+/// sender is gone (a receiver whose sender was dropped would otherwise answer at once
+/// and end every watch).
+async fn closing_time(closing: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(rx) = closing
+        && rx.wait_for(|c| *c).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 fn expected(v: u64) -> Result<Expect, Status> {
@@ -368,7 +379,7 @@ impl ChainStore for ChainStoreService {
                     _ = tokio::time::sleep(POLL) => {}
                     _ = tx.closed() => return,
                     // Shutting down: the stream ends, and the watcher reconnects elsewhere.
-                    _ = closing.wait_for(|c| *c) => return,
+                    () = closing_time(&mut closing) => return,
                 }
             }
         });

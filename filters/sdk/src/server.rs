@@ -1,10 +1,10 @@
 //! Serving a [`Filter`] over gRPC: `Describe` and `Apply`, plus `grpc.health.v1` and
 //! server reflection, and optionally a registration in etcd. On shutdown the filter
 //! reports NOT_SERVING, withdraws its registration, waits `drain_delay`, ends the health
-//! watches, stops accepting and drains the calls in flight. A gateway's health `Watch` is
-//! a stream that never ends on its own: before the watches were ended, a filter that a
-//! gateway still listed (static or DNS discovery) waited for it for ever and never exited
-//! on SIGTERM.
+//! watches, stops accepting and drains the calls in flight. A health `Watch` is a stream
+//! that never ends on its own: before the watches were ended, a filter whose watcher did
+//! not let go (a client holding it; the filters of `sekisho dev`, whose gateway was
+//! stopping too) waited for it for ever and never exited on SIGTERM.
 
 use std::future::Future;
 use std::net::SocketAddr;
