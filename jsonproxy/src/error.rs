@@ -48,8 +48,24 @@ impl IntoResponse for ApiError {
                 "message": self.message,
             }
         });
-        (self.http, Json(body)).into_response()
+        let mut response = (self.http, Json(body)).into_response();
+        if self.http == StatusCode::PAYLOAD_TOO_LARGE {
+            close_connection(&mut response);
+        }
+        response
     }
+}
+
+/// Marks a response as the last on its connection. A request whose body is answered
+/// before it has been read to its end (refused as too large, or sent to no API) leaves
+/// the rest of that body in the connection, and the server closes it after the response:
+/// RFC 9112 §9.6 says to tell the client, or a client that keeps the connection alive
+/// sends its next request into a socket that is closing, and sees it fail.
+pub fn close_connection(response: &mut Response) {
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
 }
 
 /// The HTTP status for a gRPC code, as google.rpc.Code documents it.

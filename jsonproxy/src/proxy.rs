@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use prost::Message;
 use prost_reflect::{
@@ -17,7 +18,7 @@ use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
 use crate::codec::RawCodec;
-use crate::error::ApiError;
+use crate::error::{ApiError, close_connection};
 use crate::routes::{Route, field_path};
 
 /// The gRPC service the proxy forwards to.
@@ -125,11 +126,18 @@ impl JsonProxy {
             }
         }
         let Some((route, vars)) = found else {
+            // The body of a request sent to no API is never read.
+            let unread = !req.body().is_end_stream();
             if allowed.is_empty() {
-                return Err(ApiError::new(
+                let mut response = ApiError::new(
                     Code::NotFound,
                     format!("no API at {path}; see /openapi.json"),
-                ));
+                )
+                .into_response();
+                if unread {
+                    close_connection(&mut response);
+                }
+                return Ok(response);
             }
             // RFC 9110: a 405 lists the methods the resource does answer.
             allowed.sort_unstable();
@@ -146,6 +154,9 @@ impl JsonProxy {
             .into_response();
             if let Ok(v) = http::HeaderValue::from_str(&allow) {
                 response.headers_mut().insert(http::header::ALLOW, v);
+            }
+            if unread {
+                close_connection(&mut response);
             }
             return Ok(response);
         };
