@@ -124,7 +124,9 @@ impl GatewayServer {
             crate::follow::spawn_follower(url.clone(), chains.clone(), aggregators.clone())
                 .map_err(GatewayError::Config)?;
         }
-        let service = GatewayService::new(chains.clone(), Runner { registry }, cfg.max_in_flight);
+        let (close, closing) = tokio::sync::watch::channel(false);
+        let service = GatewayService::new(chains.clone(), Runner { registry }, cfg.max_in_flight)
+            .closing_on(closing);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<GatewayApi<GatewayService>>().await;
@@ -167,6 +169,8 @@ impl GatewayServer {
         let task = tokio::spawn(sekisho_jsonproxy::serve(listener, app, async move {
             shutdown.await;
             health.set_not_serving::<GatewayApi<GatewayService>>().await;
+            // Streams end once their window is answered; unary calls run to the end.
+            let _ = close.send(true);
             tracing::info!("gateway draining");
         }));
         Ok(RunningGateway { addr, chains, task })

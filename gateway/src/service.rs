@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
@@ -12,7 +13,7 @@ use sekisho_proto::filter::v1::content::Payload;
 use sekisho_proto::gateway::v1::{
     self as gproto, ModerateRequest, ModerateResponse, gateway_server::Gateway,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::chain::Chains;
@@ -52,6 +53,7 @@ pub struct GatewayService {
     runner: Runner,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    closing: Option<watch::Receiver<bool>>,
 }
 
 impl GatewayService {
@@ -61,7 +63,16 @@ impl GatewayService {
             runner,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            closing: None,
         }
+    }
+
+    /// Ends the `ModerateStream` streams when `closing` turns true (the server's
+    /// shutdown): a stream's client may hold it open for ever, and graceful shutdown
+    /// waits for every stream to end.
+    pub fn closing_on(mut self, closing: watch::Receiver<bool>) -> Self {
+        self.closing = Some(closing);
+        self
     }
 
     /// One moderation, with its metrics.
@@ -239,19 +250,41 @@ impl Gateway for GatewayService {
     type ModerateStreamStream = ResponseStream;
 
     /// Requests are served up to a window at a time, answered in order. A request that
-    /// fails (unknown chain, bad content) ends the stream with its status.
+    /// fails (unknown chain, bad content) ends the stream with its status. When the
+    /// gateway shuts down, the stream reads no more requests, answers those it has read,
+    /// and ends UNAVAILABLE: the client sends the rest again (to another replica).
     async fn moderate_stream(
         &self,
         request: Request<Streaming<ModerateRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let svc = self.clone();
+        let mut closing = self.closing.clone();
+        // Set only when shutdown cut the stream, not when the client ended it.
+        let cut = Arc::new(AtomicBool::new(false));
+        let cut_by_closing = cut.clone();
         let out = request
             .into_inner()
+            .take_until(async move {
+                closing_time(&mut closing).await;
+                cut_by_closing.store(true, Ordering::Release);
+            })
             .map(move |r| {
                 let svc = svc.clone();
                 async move { svc.moderate_one(r?, None).await }
             })
-            .buffered(STREAM_WINDOW);
+            .buffered(STREAM_WINDOW)
+            .chain(
+                futures::stream::once(async move { cut.load(Ordering::Acquire) }).filter_map(
+                    |cut| {
+                        std::future::ready(cut.then(|| {
+                            Err(Status::unavailable(
+                                "the gateway is shutting down: the requests answered above were \
+                             run, the ones after them were not; send those again",
+                            ))
+                        }))
+                    },
+                ),
+            );
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -286,6 +319,17 @@ impl Gateway for GatewayService {
             problems: set.problems.clone(),
         }))
     }
+}
+
+/// Resolves once `closing` turns true; never without a closing signal, or once its
+/// sender is gone without having sent one.
+async fn closing_time(closing: &mut Option<watch::Receiver<bool>>) {
+    if let Some(rx) = closing
+        && rx.wait_for(|c| *c).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 #[cfg(test)]

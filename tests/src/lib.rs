@@ -194,6 +194,12 @@ impl TestGateway {
         Ok(TestGateway { url, dir, child })
     }
 
+    /// SIGTERM, and its exit status (an error after 30 s without one).
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        signal(&self.child, "TERM").await?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+
     pub async fn client(&self) -> GatewayClient<Channel> {
         GatewayClient::new(
             Channel::from_shared(self.url.clone())

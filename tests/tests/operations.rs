@@ -60,6 +60,46 @@ async fn the_stream_answers_every_request_in_order() {
     assert_eq!(i, 40);
 }
 
+/// A stream the client holds open (it has more to send) when the gateway gets SIGTERM:
+/// what was sent is answered, then the stream ends UNAVAILABLE (send the rest elsewhere),
+/// and the process exits. Before, graceful shutdown waited on the stream for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_stream_ends_unavailable_on_sigterm_and_the_gateway_exits() {
+    let f = TestFilter::start(Noop::default()).await;
+    let gw = TestGateway::setup()
+        .filter("noop", &f.url)
+        .chain(CHAIN)
+        .start()
+        .await
+        .unwrap();
+    let (send, requests) = tokio::sync::mpsc::channel(4);
+    let mut out = gw
+        .client()
+        .await
+        .moderate_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..3 {
+        let mut r = request("c", "text/plain", Payload::Text(format!("item {i}")));
+        r.request_id = format!("req-{i}");
+        send.send(r).await.unwrap();
+        let answer = out.message().await.unwrap().expect("an answer");
+        assert_eq!(answer.request_id, format!("req-{i}"));
+        assert_eq!(answer.decision(), Decision::Approve);
+    }
+    let exited = tokio::spawn(gw.terminate());
+    let status = out
+        .message()
+        .await
+        .expect_err("the stream ends with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    let exit = exited.await.unwrap().expect("the gateway exits");
+    assert!(exit.success(), "{exit:?}");
+    drop(send);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_openapi_are_served() {
     let f = TestFilter::start(Noop::default()).await;
