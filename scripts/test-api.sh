@@ -3,7 +3,9 @@
 # into .cache/schemathesis) sends a few thousand generated requests, valid and not, to the
 # gateway and the chainstore of a real `sekisho dev` (the debug binary `scripts/test.sh`
 # builds) and checks every answer: no 5xx, every status and body as `/openapi.json`
-# documents it, a 405 naming the allowed methods, a chain created then readable.
+# documents it, a 405 naming the allowed methods, a chain created then readable. Then the
+# same documents through the edge (`/api/gateway`, `/api/chainstore` on the UI port,
+# signed in as dev's operator): the edge must answer as the APIs behind it do.
 # Left out: whether every schema-valid request is accepted and every invalid one refused
 # (schemathesis's positive_data_acceptance and negative_data_rejection). A chain's YAML,
 # a chain that must exist, and proto3 JSON's leniency (null for a default, numbers for
@@ -20,7 +22,8 @@ if [ ! -x "$st/bin/schemathesis" ]; then
 fi
 data=$(mktemp -d)
 base=$((20000 + RANDOM % 20000))
-target/debug/sekisho dev --data-dir "$data" --listen "127.0.0.1:$base" \
+password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+SEKISHO_DEV_PASSWORD=$password target/debug/sekisho dev --data-dir "$data" --listen "127.0.0.1:$base" \
   --chainstore-listen "127.0.0.1:$((base + 1))" --ui-listen "127.0.0.1:$((base + 2))" \
   >"$data/dev.log" 2>&1 &
 dev=$!
@@ -35,10 +38,22 @@ if ! ready; then
   cat "$data/dev.log" >&2
   exit 1
 fi
-for port in "$base" "$((base + 1))"; do
-  PYTHONPATH="$st" "$st/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
+check() {
+  PYTHONPATH="$st" "$st/bin/schemathesis" run "$@" \
     --checks all --exclude-checks positive_data_acceptance,negative_data_rejection \
-    --max-examples 100 --seed 1 --workers 2 --no-color
+    --seed 1 --workers 2 --no-color
+}
+for port in "$base" "$((base + 1))"; do
+  check "http://127.0.0.1:$port/openapi.json" --max-examples 100
+done
+ui=http://127.0.0.1:$((base + 2))
+cookie=$(curl -sf -D - -o /dev/null "$ui/api/session" -H 'x-sekisho-csrf: 1' \
+  -H 'content-type: application/json' -d "{\"name\":\"operator\",\"password\":\"$password\"}" |
+  tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p')
+[ -n "$cookie" ] || { echo "cannot sign in to the edge" >&2; exit 1; }
+for api in "gateway:$base" "chainstore:$((base + 1))"; do
+  check "http://127.0.0.1:${api#*:}/openapi.json" --url "$ui/api/${api%%:*}" \
+    -H "Cookie: $cookie" -H "x-sekisho-csrf: 1" --max-examples 50
 done
 # Still serving after all of it.
 curl -sf "http://127.0.0.1:$base/v1/chains/comment-text:moderate" \

@@ -17,7 +17,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use sekisho_jsonproxy::ApiError;
+use http_body::Body as _;
+use sekisho_jsonproxy::{ApiError, Route};
 use serde::Deserialize;
 use tonic::Code;
 
@@ -46,6 +47,10 @@ struct Edge {
     upstreams: Upstreams,
     live: Live,
     cfg: EdgeConfig,
+    /// The JSON routes of the gateway's and the chainstore's APIs, from the same
+    /// descriptors they serve: what neither answers, the edge answers as they would.
+    gateway_routes: Vec<Route>,
+    chainstore_routes: Vec<Route>,
 }
 
 /// A running edge.
@@ -72,6 +77,8 @@ pub enum EdgeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("the upstreams' JSON routes: {0}")]
+    Routes(#[from] sekisho_jsonproxy::RouteError),
 }
 
 /// Binds `cfg.listen` and serves until `shutdown`.
@@ -95,6 +102,14 @@ pub async fn start(
         upstreams,
         live,
         cfg: cfg.clone(),
+        gateway_routes: sekisho_jsonproxy::routes(
+            sekisho_proto::descriptor_pool(),
+            &["sekisho.gateway.v1.Gateway"],
+        )?,
+        chainstore_routes: sekisho_jsonproxy::routes(
+            sekisho_proto::descriptor_pool(),
+            &["sekisho.chainstore.v1.ChainStore"],
+        )?,
     });
     let listen_error = |source| EdgeError::Listen {
         addr: cfg.listen.clone(),
@@ -247,6 +262,27 @@ async fn api(edge: &Edge, rest: String, req: Request<Body>) -> Response {
         return ApiError::new(Code::NotFound, format!("no API at /api/{rest}")).into_response();
     }
     let path = format!("/{path}");
+    // A method or path that no API of the upstream takes is answered as the upstream
+    // answers it (404, or 405 with `Allow`), not as a permission this caller lacks.
+    let unrouted = if path == "/openapi.json" {
+        (req.method() != Method::GET && req.method() != Method::HEAD)
+            .then(|| sekisho_jsonproxy::method_not_allowed(req.method(), &path, "GET, HEAD"))
+    } else {
+        let routes = if upstream == "gateway" {
+            &edge.gateway_routes
+        } else {
+            &edge.chainstore_routes
+        };
+        sekisho_jsonproxy::route_for(routes, req.method(), &path)
+            .err()
+            .map(|r| *r)
+    };
+    if let Some(mut response) = unrouted {
+        if !req.body().is_end_stream() {
+            sekisho_jsonproxy::close_connection(&mut response);
+        }
+        return response;
+    }
     let need = auth::need_json(upstream, req.method(), &path);
     if !need.allows(who.role) {
         return denied(&who, &format!("{} {path} on the {upstream}", req.method()));

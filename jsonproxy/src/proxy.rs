@@ -114,51 +114,15 @@ impl JsonProxy {
 
     async fn transcode(&self, req: Request<Body>) -> Result<Response, ApiError> {
         let path = req.uri().path().to_owned();
-        let mut allowed: Vec<&str> = Vec::new();
-        let mut found = None;
-        for route in &self.inner.routes {
-            if let Some(vars) = route.template.matches(&path) {
-                if route.http_method == req.method() {
-                    found = Some((route, vars));
-                    break;
-                }
-                allowed.push(route.http_method.as_str());
-            }
-        }
-        let Some((route, vars)) = found else {
-            // The body of a request sent to no API is never read.
-            let unread = !req.body().is_end_stream();
-            if allowed.is_empty() {
-                let mut response = ApiError::new(
-                    Code::NotFound,
-                    format!("no API at {path}; see /openapi.json"),
-                )
-                .into_response();
-                if unread {
+        let (route, vars) = match route_for(&self.inner.routes, req.method(), &path) {
+            Ok(found) => found,
+            Err(mut response) => {
+                // The body of a request sent to no API is never read.
+                if !req.body().is_end_stream() {
                     close_connection(&mut response);
                 }
-                return Ok(response);
+                return Ok(*response);
             }
-            // RFC 9110: a 405 lists the methods the resource does answer.
-            allowed.sort_unstable();
-            allowed.dedup();
-            let allow = allowed.join(", ");
-            let mut response = ApiError {
-                http: StatusCode::METHOD_NOT_ALLOWED,
-                status: Code::Unimplemented,
-                message: format!(
-                    "{} is not allowed on {path} (allowed: {allow})",
-                    req.method()
-                ),
-            }
-            .into_response();
-            if let Ok(v) = http::HeaderValue::from_str(&allow) {
-                response.headers_mut().insert(http::header::ALLOW, v);
-            }
-            if unread {
-                close_connection(&mut response);
-            }
-            return Ok(response);
         };
         let query = req.uri().query().unwrap_or("").to_owned();
         let (parts, body) = req.into_parts();
@@ -225,6 +189,59 @@ impl JsonProxy {
         )
             .into_response())
     }
+}
+
+/// A path template's variables and their values, as matched.
+pub type PathVars = Vec<(String, String)>;
+
+/// The route of `routes` that takes `method` at `path`, with the path's variables; or
+/// the answer when none does: 404 when no route matches the path, 405 naming the methods
+/// that do (RFC 9110: a 405 lists them in `Allow`).
+pub fn route_for<'a>(
+    routes: &'a [Route],
+    method: &http::Method,
+    path: &str,
+) -> Result<(&'a Route, PathVars), Box<Response>> {
+    let mut allowed: Vec<&str> = Vec::new();
+    for route in routes {
+        if let Some(vars) = route.template.matches(path) {
+            if route.http_method == method {
+                return Ok((route, vars));
+            }
+            allowed.push(route.http_method.as_str());
+        }
+    }
+    if allowed.is_empty() {
+        return Err(Box::new(
+            ApiError::new(
+                Code::NotFound,
+                format!("no API at {path}; see /openapi.json"),
+            )
+            .into_response(),
+        ));
+    }
+    allowed.sort_unstable();
+    allowed.dedup();
+    Err(Box::new(method_not_allowed(
+        method,
+        path,
+        &allowed.join(", "),
+    )))
+}
+
+/// 405 for `method` at `path`, naming the methods it does take (`allow`, as the `Allow`
+/// header lists them).
+pub fn method_not_allowed(method: &http::Method, path: &str, allow: &str) -> Response {
+    let mut response = ApiError {
+        http: StatusCode::METHOD_NOT_ALLOWED,
+        status: Code::Unimplemented,
+        message: format!("{method} is not allowed on {path} (allowed: {allow})"),
+    }
+    .into_response();
+    if let Ok(v) = http::HeaderValue::from_str(allow) {
+        response.headers_mut().insert(http::header::ALLOW, v);
+    }
+    response
 }
 
 /// One unary call through the upstream, as a boxed future with concrete types (which

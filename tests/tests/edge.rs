@@ -143,9 +143,32 @@ async fn the_edge_enforces_who_may_do_what() {
         assert_eq!(code, 403, "{method} {path}: {body}");
         assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
     }
-    // Paths the edge does not forward stay closed, whoever asks.
-    let (code, _) = bearer(&c, "GET", &api("gateway/metrics"), SERVICE_TOKEN, None).await;
-    assert_eq!(code, 403);
+    // Paths the edge does not forward stay closed, whoever asks: no API there.
+    let (code, body) = bearer(&c, "GET", &api("gateway/metrics"), SERVICE_TOKEN, None).await;
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(body["error"]["status"], "NOT_FOUND");
+    // A method no API takes is answered as the upstream answers it, whoever asks: 405
+    // naming the methods (it was 403, "may not use", as if some role could).
+    for (method, path, allow) in [
+        ("TRACE", "gateway/v1/filters", "GET"),
+        (
+            "PATCH",
+            "chainstore/v1/chains/comment-text",
+            "DELETE, GET, PUT",
+        ),
+        ("POST", "chainstore/openapi.json", "GET, HEAD"),
+    ] {
+        let r = c
+            .request(method.parse().unwrap(), api(path))
+            .bearer_auth(SERVICE_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers().get("allow").unwrap(), allow, "{method} {path}");
+        let (code, body) = status_of(r).await;
+        assert_eq!(code, 405, "{method} {path}: {body}");
+        assert_eq!(body["error"]["status"], "UNIMPLEMENTED");
+    }
 
     // Signing in needs the cross-site header; a wrong password is refused.
     let sign_in = |password: &str, header: bool| {
