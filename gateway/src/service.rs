@@ -85,10 +85,13 @@ impl GatewayService {
         let start = Instant::now();
         let chain_label = req.chain.clone();
         let result = self.moderate_inner(req, deadline).await;
-        // Unknown chains share one label so that callers cannot grow the series.
-        let chain_label = match &result {
-            Err(GatewayError::NotFound(_)) => "unknown".to_owned(),
-            _ => chain_label,
+        // Only a chain this gateway serves names a series: a name it does not know (an
+        // unknown chain, or any name on a request refused before the chain was looked
+        // up) shares `unknown`, so that callers cannot grow the series.
+        let chain_label = if self.chains.snapshot().chains.contains_key(&chain_label) {
+            chain_label
+        } else {
+            "unknown".to_owned()
         };
         let code = match &result {
             Ok(_) => "ok",

@@ -113,6 +113,15 @@ async fn metrics_and_openapi_are_served() {
         gw.moderate_text("c", "hi").await.unwrap();
     }
     let _ = gw.moderate_text("missing", "hi").await.unwrap_err();
+    // Refused before its chain is looked up (no content type): the caller's name for the
+    // chain must not become a series either (schemathesis found such names there).
+    let refused = gw
+        .client()
+        .await
+        .moderate(request("made-up-name", "", Payload::Text("hi".into())))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let text = reqwest::get(format!("{}/metrics", gw.url))
         .await
         .unwrap()
@@ -122,6 +131,7 @@ async fn metrics_and_openapi_are_served() {
     for needle in [
         r#"sekisho_gateway_requests_total{chain="c",code="ok"} 3"#,
         r#"sekisho_gateway_requests_total{chain="unknown",code="not_found"} 1"#,
+        r#"sekisho_gateway_requests_total{chain="unknown",code="invalid_argument"} 1"#,
         r#"sekisho_gateway_decisions_total{chain="c",decision="APPROVE",reason="default"} 3"#,
         r#"sekisho_gateway_request_duration_seconds_count{chain="c"} 3"#,
         r#"sekisho_gateway_stage_duration_seconds_count{chain="c",stage="s"} 3"#,
@@ -131,6 +141,7 @@ async fn metrics_and_openapi_are_served() {
     ] {
         assert!(text.contains(needle), "missing `{needle}` in\n{text}");
     }
+    assert!(!text.contains("made-up-name"), "{text}");
     let doc: serde_json::Value = reqwest::get(format!("{}/openapi.json", gw.url))
         .await
         .unwrap()
