@@ -46,6 +46,90 @@ pub struct GatewayConfig {
     /// How many retries a filter's calls may add: `percent` of its calls plus
     /// `min_per_second`, over a 10 s window, so that retries cannot multiply an outage.
     pub retry_budget: RetryBudgetConfig,
+    /// Per-caller limits, so that one caller cannot starve the others. Off by default.
+    pub callers: CallersConfig,
+}
+
+/// Per-caller limits (see [`crate::callers`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallersConfig {
+    /// The request header (gRPC metadata key) that names the caller; a request without
+    /// it is `anonymous`'s. Default `x-sekisho-principal`, which the edge sets to the
+    /// signed-in principal (and which a service calling the gateway directly sets to its
+    /// own name).
+    pub header: String,
+    /// Every caller's limits, unless `overrides` names it. Default: none.
+    pub default: CallerLimit,
+    /// Callers with limits of their own (replacing `default` whole).
+    pub overrides: BTreeMap<String, CallerLimit>,
+    /// Callers tracked at once (idle ones are forgotten first). Default 10,000.
+    pub max_callers: usize,
+}
+
+impl Default for CallersConfig {
+    fn default() -> Self {
+        CallersConfig {
+            header: "x-sekisho-principal".into(),
+            default: CallerLimit::default(),
+            overrides: BTreeMap::new(),
+            max_callers: 10_000,
+        }
+    }
+}
+
+/// One caller's limits; each is off when absent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallerLimit {
+    /// Its requests in flight at once; more are shed (RESOURCE_EXHAUSTED / HTTP 429).
+    pub max_in_flight: Option<usize>,
+    /// Its requests a second, on average; more are shed.
+    pub rate: Option<f64>,
+    /// How many requests it may send at once above `rate` (the bucket's size). Default:
+    /// `rate`, at least 1.
+    pub burst: Option<u32>,
+}
+
+impl CallerLimit {
+    fn check(&self, at: &str) -> Result<(), String> {
+        if self.max_in_flight == Some(0) {
+            return Err(format!("{at}.max_in_flight: must be at least 1"));
+        }
+        if let Some(r) = self.rate
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err(format!("{at}.rate: must be a number above 0, got {r}"));
+        }
+        if self.burst == Some(0) {
+            return Err(format!("{at}.burst: must be at least 1"));
+        }
+        if self.burst.is_some() && self.rate.is_none() {
+            return Err(format!("{at}.burst: needs a rate"));
+        }
+        Ok(())
+    }
+}
+
+impl CallersConfig {
+    fn check(&self) -> Result<(), String> {
+        if http::HeaderName::from_bytes(self.header.as_bytes()).is_err()
+            || self.header.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return Err(format!(
+                "callers.header: `{}` is not a lower-case header name",
+                self.header
+            ));
+        }
+        if self.max_callers == 0 {
+            return Err("callers.max_callers: must be at least 1".into());
+        }
+        self.default.check("callers.default")?;
+        for (name, l) in &self.overrides {
+            l.check(&format!("callers.overrides.{name}"))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -278,6 +362,7 @@ impl Default for GatewayConfig {
             balance: Balance::default(),
             outlier: OutlierConfig::default(),
             retry_budget: RetryBudgetConfig::default(),
+            callers: CallersConfig::default(),
         }
     }
 }
@@ -335,6 +420,7 @@ impl GatewayConfig {
         if self.max_in_flight == 0 {
             return bad("max_in_flight: must be at least 1".into());
         }
+        self.callers.check().map_err(GatewayError::Config)?;
         if let Some(dns) = &self.discovery.dns {
             dns.check().map_err(GatewayError::Config)?;
         }
@@ -381,5 +467,70 @@ impl GatewayConfig {
     /// The JSON body limit that matches `max_request_bytes` once base64 is accounted for.
     pub fn max_json_bytes(&self) -> usize {
         self.max_request_bytes / 3 * 4 + 16 * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_callers(yaml: &str) -> Result<(), String> {
+        let callers: CallersConfig = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+        GatewayConfig {
+            callers,
+            ..GatewayConfig::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn caller_limits_are_checked() {
+        assert_eq!(with_callers("{}"), Ok(()));
+        assert_eq!(
+            with_callers(
+                "{default: {max_in_flight: 8, rate: 2.5, burst: 5}, overrides: {a: {rate: 1}}}"
+            ),
+            Ok(())
+        );
+        for (yaml, says) in [
+            (
+                "{default: {max_in_flight: 0}}",
+                "callers.default.max_in_flight: must be at least 1",
+            ),
+            (
+                "{overrides: {a: {rate: 0}}}",
+                "callers.overrides.a.rate: must be a number above 0",
+            ),
+            (
+                "{overrides: {a: {rate: .nan}}}",
+                "callers.overrides.a.rate: must be a number above 0",
+            ),
+            (
+                "{default: {rate: 1, burst: 0}}",
+                "callers.default.burst: must be at least 1",
+            ),
+            (
+                "{default: {burst: 3}}",
+                "callers.default.burst: needs a rate",
+            ),
+            (
+                "{header: X-Caller}",
+                "callers.header: `X-Caller` is not a lower-case header name",
+            ),
+            ("{header: 'a b'}", "is not a lower-case header name"),
+            (
+                "{max_callers: 0}",
+                "callers.max_callers: must be at least 1",
+            ),
+        ] {
+            let e = with_callers(yaml).unwrap_err();
+            assert!(e.contains(says), "{yaml}: {e}");
+        }
+        assert!(
+            with_callers("{default: {rate: 1, bursts: 2}}")
+                .unwrap_err()
+                .contains("unknown field `bursts`")
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! The gateway never decodes an image and never logs one.
 
 pub mod aggregate;
+pub mod callers;
 pub mod chain;
 pub mod config;
 pub mod discovery;

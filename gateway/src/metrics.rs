@@ -19,6 +19,7 @@ pub const FILTER_INFO: &str = "sekisho_gateway_filter_info";
 pub const FILTER_ENDPOINTS: &str = "sekisho_gateway_filter_endpoints";
 pub const ENDPOINT_EJECTIONS_TOTAL: &str = "sekisho_gateway_endpoint_ejections_total";
 pub const RETRIES_REFUSED_TOTAL: &str = "sekisho_gateway_filter_retries_refused_total";
+pub const CALLER_SHED_TOTAL: &str = "sekisho_gateway_caller_shed_total";
 
 /// Installs the process's Prometheus recorder (shared with any filters served in the
 /// same process) and describes the gateway's metrics.
@@ -33,6 +34,10 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(REQUESTS_TOTAL, "Moderate calls, by chain and gRPC code.");
     describe_gauge!(REQUESTS_IN_FLIGHT, "Moderate calls being served now.");
+    describe_counter!(
+        CALLER_SHED_TOTAL,
+        "Moderate calls shed by a caller's own limit (`in_flight` or `rate`), by caller (those named in callers.overrides; the rest `other`)."
+    );
     describe_histogram!(REQUEST_DURATION, "Moderate latency by chain.");
     describe_histogram!(STAGE_DURATION, "Stage latency by chain and stage.");
     describe_histogram!(

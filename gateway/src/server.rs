@@ -126,6 +126,7 @@ impl GatewayServer {
         }
         let (close, closing) = tokio::sync::watch::channel(false);
         let service = GatewayService::new(chains.clone(), Runner { registry }, cfg.max_in_flight)
+            .with_callers(crate::callers::Callers::new(&cfg.callers))
             .closing_on(closing);
 
         let (health, health_service) = tonic_health::server::health_reporter();

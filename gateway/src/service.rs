@@ -16,7 +16,9 @@ use sekisho_proto::gateway::v1::{
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::callers::Callers;
 use crate::chain::Chains;
+use crate::config::CallersConfig;
 use crate::error::GatewayError;
 use crate::metrics as m;
 use crate::runner::{Item, Runner};
@@ -53,6 +55,7 @@ pub struct GatewayService {
     runner: Runner,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    callers: Arc<Callers>,
     closing: Option<watch::Receiver<bool>>,
 }
 
@@ -63,8 +66,15 @@ impl GatewayService {
             runner,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            callers: Arc::new(Callers::new(&CallersConfig::default())),
             closing: None,
         }
+    }
+
+    /// Sheds a caller's requests over its own limits (see [`crate::callers`]).
+    pub fn with_callers(mut self, callers: Callers) -> Self {
+        self.callers = Arc::new(callers);
+        self
     }
 
     /// Ends the `ModerateStream` streams when `closing` turns true (the server's
@@ -75,16 +85,17 @@ impl GatewayService {
         self
     }
 
-    /// One moderation, with its metrics.
-    /// Runs one request; `deadline` is the caller's (`grpc-timeout`), if it gave one.
+    /// Runs one request of `caller`, with its metrics; `deadline` is the caller's
+    /// (`grpc-timeout`), if it gave one.
     pub async fn moderate_one(
         &self,
         req: ModerateRequest,
         deadline: Option<Instant>,
+        caller: &str,
     ) -> Result<ModerateResponse, Status> {
         let start = Instant::now();
         let chain_label = req.chain.clone();
-        let result = self.moderate_inner(req, deadline).await;
+        let result = self.moderate_inner(req, deadline, caller).await;
         // Only a chain this gateway serves names a series: a name it does not know (an
         // unknown chain, or any name on a request refused before the chain was looked
         // up) shares `unknown`, so that callers cannot grow the series.
@@ -121,6 +132,7 @@ impl GatewayService {
         &self,
         req: ModerateRequest,
         deadline: Option<Instant>,
+        caller: &str,
     ) -> Result<ModerateResponse, GatewayError> {
         if req.chain.is_empty() {
             return Err(GatewayError::InvalidArgument(
@@ -195,6 +207,8 @@ impl GatewayService {
                 }
             }
         }
+        // The caller's own limits first: a caller over them takes no place of the others'.
+        let _caller_permit = self.callers.admit(caller)?;
         let _permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             GatewayError::Overloaded(format!(
                 "the gateway is serving its limit of {} requests; retry with backoff",
@@ -245,7 +259,8 @@ impl Gateway for GatewayService {
         request: Request<ModerateRequest>,
     ) -> Result<Response<ModerateResponse>, Status> {
         let deadline = crate::layers::grpc_deadline(request.metadata());
-        self.moderate_one(request.into_inner(), deadline)
+        let caller = self.callers.caller_of(request.metadata()).to_owned();
+        self.moderate_one(request.into_inner(), deadline, &caller)
             .await
             .map(Response::new)
     }
@@ -253,7 +268,8 @@ impl Gateway for GatewayService {
     type ModerateStreamStream = ResponseStream;
 
     /// Requests are served up to a window at a time, answered in order. A request that
-    /// fails (unknown chain, bad content) ends the stream with its status. When the
+    /// fails (unknown chain, bad content, shed by a limit: each request counts against
+    /// its caller's) ends the stream with its status. When the
     /// gateway shuts down, the stream reads no more requests, answers those it has read,
     /// and ends UNAVAILABLE: the client sends the rest again (to another replica).
     async fn moderate_stream(
@@ -261,6 +277,7 @@ impl Gateway for GatewayService {
         request: Request<Streaming<ModerateRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let svc = self.clone();
+        let caller: Arc<str> = self.callers.caller_of(request.metadata()).into();
         let mut closing = self.closing.clone();
         // Set only when shutdown cut the stream, not when the client ended it.
         let cut = Arc::new(AtomicBool::new(false));
@@ -273,7 +290,8 @@ impl Gateway for GatewayService {
             })
             .map(move |r| {
                 let svc = svc.clone();
-                async move { svc.moderate_one(r?, None).await }
+                let caller = caller.clone();
+                async move { svc.moderate_one(r?, None, &caller).await }
             })
             .buffered(STREAM_WINDOW)
             .chain(

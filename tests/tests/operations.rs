@@ -8,6 +8,7 @@ use sekisho_gateway::config::StaticFilter;
 use sekisho_gateway::{GatewayConfig, GatewayServer};
 use sekisho_proto::filter::v1::content::Payload;
 use sekisho_proto::gateway::v1::{Decision, gateway_client::GatewayClient};
+use sekisho_tests::filters::Barrier;
 use sekisho_tests::{TestFilter, TestGateway, request};
 
 const CHAIN: &str = r#"
@@ -98,6 +99,116 @@ async fn a_held_stream_ends_unavailable_on_sigterm_and_the_gateway_exits() {
     let exit = exited.await.unwrap().expect("the gateway exits");
     assert!(exit.success(), "{exit:?}");
     drop(send);
+}
+
+/// A moderate call as `caller` (the `x-sekisho-principal` header the edge sets).
+async fn moderate_as(
+    gw: &TestGateway,
+    caller: &str,
+    chain: &str,
+) -> Result<sekisho_proto::gateway::v1::ModerateResponse, tonic::Status> {
+    let mut r = tonic::Request::new(request(chain, "text/plain", Payload::Text("hi".into())));
+    r.metadata_mut()
+        .insert("x-sekisho-principal", caller.parse().unwrap());
+    gw.client().await.moderate(r).await.map(|r| r.into_inner())
+}
+
+/// One caller over its own limits is shed (RESOURCE_EXHAUSTED, HTTP 429) while another
+/// is served: requests in flight (the barrier filter holds two of `a`'s until a third
+/// call reaches it, which only another caller's can), and a rate (`batch`'s bucket of 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_over_its_limits_is_shed_and_the_others_are_served() {
+    let barrier = TestFilter::start(Barrier::new("barrier", 3)).await;
+    let noop = TestFilter::start(Noop::default()).await;
+    let gw = Arc::new(
+        TestGateway::setup()
+            .filter("barrier", &barrier.url)
+            .filter("noop", &noop.url)
+            .chain("name: held\ncontent_types: [text/plain]\nstages:\n  - id: s\n    filters: [{use: barrier, timeout: 30s}]\ndefault_decision: APPROVE\n")
+            .chain(CHAIN)
+            .config(
+                "callers",
+                serde_json::json!({
+                    "default": {"max_in_flight": 2},
+                    "overrides": {"batch": {"rate": 0.001, "burst": 2}},
+                }),
+            )
+            .start()
+            .await
+            .unwrap(),
+    );
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { moderate_as(&gw, "a", "held").await })
+        })
+        .collect();
+    // Both of `a`'s calls are in flight (waiting at the barrier) before the third.
+    let mut in_flight = String::new();
+    for _ in 0..200 {
+        in_flight = reqwest::get(format!("{}/metrics", gw.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if in_flight.contains("sekisho_gateway_requests_in_flight 2") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        in_flight.contains("sekisho_gateway_requests_in_flight 2"),
+        "{in_flight}"
+    );
+    let shed = moderate_as(&gw, "a", "held").await.unwrap_err();
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+    assert!(
+        shed.message()
+            .contains("caller `a` has 2 requests in flight"),
+        "{shed:?}"
+    );
+    // Another caller is served: its call is the barrier's third, which lets all go.
+    assert_eq!(
+        moderate_as(&gw, "b", "held").await.unwrap().decision(),
+        Decision::Approve
+    );
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().decision(), Decision::Approve);
+    }
+
+    // `batch` has its own bucket of 2 and no in-flight limit.
+    for _ in 0..2 {
+        moderate_as(&gw, "batch", "c").await.unwrap();
+    }
+    let shed = moderate_as(&gw, "batch", "c").await.unwrap_err();
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+    assert!(shed.message().contains("over its rate"), "{shed:?}");
+    // Over JSON too, the header naming the caller: 429.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chains/c:moderate", gw.url))
+        .header("x-sekisho-principal", "batch")
+        .json(&serde_json::json!({"content": {"contentType": "text/plain", "text": "hi"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // Others, and a call naming no caller, are not held back by `batch`.
+    moderate_as(&gw, "a", "c").await.unwrap();
+    gw.moderate_text("c", "hi").await.unwrap();
+
+    let text = reqwest::get(format!("{}/metrics", gw.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"sekisho_gateway_caller_shed_total{caller="other",limit="in_flight"} 1"#,
+        r#"sekisho_gateway_caller_shed_total{caller="batch",limit="rate"} 2"#,
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

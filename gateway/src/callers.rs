@@ -1,0 +1,312 @@
+//! Per-caller limits, so that one caller cannot starve the others: each caller (named by
+//! a request header, `x-sekisho-principal` unless configured otherwise; the edge sets it
+//! to the signed-in principal) has its own requests-in-flight limit and its own token
+//! bucket (a rate and a burst). A request over either is shed with RESOURCE_EXHAUSTED /
+//! HTTP 429 before it takes a place of the gateway-wide `max_in_flight`.
+//!
+//! Callers are tracked by name, at most `max_callers` at once: when that many are known,
+//! those with nothing in flight and a full bucket (the state a new caller starts in) are
+//! forgotten; if none is, a new name shares one overflow state with the other new names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{CallerLimit, CallersConfig};
+use crate::error::GatewayError;
+use crate::metrics as m;
+
+/// The caller of a request that names none.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// The metric label of callers not named in `overrides` (callers choose their names, so
+/// only configured ones name a series).
+const OTHER: &str = "other";
+
+/// The limits in force, and each caller's state.
+pub struct Callers {
+    header: String,
+    default: Limits,
+    /// The callers `overrides` names, with their own limits; never forgotten.
+    overrides: HashMap<String, Arc<CallerState>>,
+    max_callers: usize,
+    known: Mutex<HashMap<String, Arc<CallerState>>>,
+    /// Shared by new callers while `known` is full of busy ones.
+    overflow: Arc<CallerState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_in_flight: Option<usize>,
+    /// Requests per second, and the bucket's size.
+    rate: Option<(f64, f64)>,
+}
+
+impl Limits {
+    fn from(l: &CallerLimit) -> Self {
+        Limits {
+            max_in_flight: l.max_in_flight,
+            rate: l
+                .rate
+                .map(|r| (r, l.burst.map_or(r.ceil().max(1.0), f64::from))),
+        }
+    }
+}
+
+struct CallerState {
+    limits: Limits,
+    in_flight: Option<Arc<Semaphore>>,
+    bucket: Mutex<Bucket>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl CallerState {
+    fn new(limits: Limits) -> Self {
+        CallerState {
+            limits,
+            in_flight: limits.max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
+            bucket: Mutex::new(Bucket {
+                tokens: limits.rate.map_or(0.0, |(_, burst)| burst),
+                at: Instant::now(),
+            }),
+        }
+    }
+
+    /// Nothing in flight and a full bucket: forgetting it changes nothing.
+    fn idle(&self, now: Instant) -> bool {
+        let free = match (&self.in_flight, self.limits.max_in_flight) {
+            (Some(s), Some(n)) => s.available_permits() == n,
+            _ => true,
+        };
+        free && self.limits.rate.is_none_or(|(rate, burst)| {
+            let b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            b.tokens + now.duration_since(b.at).as_secs_f64() * rate >= burst
+        })
+    }
+
+    /// Takes a token, if the bucket holds one.
+    fn take_token(&self) -> bool {
+        let Some((rate, burst)) = self.limits.rate else {
+            return true;
+        };
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A caller's place, held while its request runs.
+pub struct CallerPermit {
+    _in_flight: Option<OwnedSemaphorePermit>,
+}
+
+impl Callers {
+    pub fn new(cfg: &CallersConfig) -> Self {
+        let default = Limits::from(&cfg.default);
+        Callers {
+            header: cfg.header.clone(),
+            default,
+            overrides: cfg
+                .overrides
+                .iter()
+                .map(|(name, l)| (name.clone(), Arc::new(CallerState::new(Limits::from(l)))))
+                .collect(),
+            max_callers: cfg.max_callers,
+            known: Mutex::new(HashMap::new()),
+            overflow: Arc::new(CallerState::new(default)),
+        }
+    }
+
+    /// The caller a request's metadata names.
+    pub fn caller_of<'a>(&self, metadata: &'a tonic::metadata::MetadataMap) -> &'a str {
+        metadata
+            .get(self.header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .unwrap_or(ANONYMOUS)
+    }
+
+    /// Admits one request of `caller`, or sheds it.
+    pub fn admit(&self, caller: &str) -> Result<CallerPermit, GatewayError> {
+        let (state, label) = match self.overrides.get(caller) {
+            Some(s) => (s.clone(), caller.to_owned()),
+            None if self.default.max_in_flight.is_none() && self.default.rate.is_none() => {
+                return Ok(CallerPermit { _in_flight: None });
+            }
+            None => (self.state(caller), OTHER.to_owned()),
+        };
+        let limits = state.limits;
+        let in_flight = match (&state.in_flight, limits.max_in_flight) {
+            (Some(s), Some(n)) => Some(s.clone().try_acquire_owned().map_err(|_| {
+                metrics::counter!(m::CALLER_SHED_TOTAL, "caller" => label.clone(), "limit" => "in_flight")
+                    .increment(1);
+                GatewayError::Overloaded(format!(
+                    "caller `{caller}` has {n} requests in flight, its limit; retry with backoff"
+                ))
+            })?),
+            _ => None,
+        };
+        if !state.take_token() {
+            metrics::counter!(m::CALLER_SHED_TOTAL, "caller" => label, "limit" => "rate")
+                .increment(1);
+            let (rate, burst) = limits.rate.unwrap_or_default();
+            return Err(GatewayError::Overloaded(format!(
+                "caller `{caller}` is over its rate of {rate} requests a second (burst {burst}); retry with backoff"
+            )));
+        }
+        Ok(CallerPermit {
+            _in_flight: in_flight,
+        })
+    }
+
+    /// The state of a caller under the default limits.
+    fn state(&self, caller: &str) -> Arc<CallerState> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = known.get(caller) {
+            return s.clone();
+        }
+        if known.len() >= self.max_callers {
+            let now = Instant::now();
+            known.retain(|_, s| !s.idle(now));
+            if known.len() >= self.max_callers {
+                return self.overflow.clone();
+            }
+        }
+        let s = Arc::new(CallerState::new(self.default));
+        known.insert(caller.to_owned(), s.clone());
+        s
+    }
+
+    /// Callers tracked now (for tests).
+    pub fn tracked(&self) -> usize {
+        self.known.lock().map(|k| k.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn callers(default: CallerLimit, max_callers: usize) -> Callers {
+        Callers::new(&CallersConfig {
+            header: "x-sekisho-principal".into(),
+            default,
+            overrides: BTreeMap::from([(
+                "big".to_owned(),
+                CallerLimit {
+                    max_in_flight: Some(4),
+                    rate: None,
+                    burst: None,
+                },
+            )]),
+            max_callers,
+        })
+    }
+
+    #[test]
+    fn each_caller_has_its_own_places_and_an_override_its_own_limit() {
+        let c = callers(
+            CallerLimit {
+                max_in_flight: Some(2),
+                rate: None,
+                burst: None,
+            },
+            100,
+        );
+        let a1 = c.admit("a").unwrap();
+        let _a2 = c.admit("a").unwrap();
+        let e = c.admit("a").err().unwrap().to_string();
+        assert!(e.contains("caller `a` has 2 requests in flight"), "{e}");
+        // Another caller is not held back by `a`.
+        let _b = c.admit("b").unwrap();
+        // `big` has 4 places.
+        let big: Vec<_> = (0..4).map(|_| c.admit("big").unwrap()).collect();
+        assert!(c.admit("big").is_err());
+        drop(big);
+        // A place given back is taken again.
+        drop(a1);
+        assert!(c.admit("a").is_ok());
+    }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_sheds() {
+        let c = callers(
+            CallerLimit {
+                max_in_flight: None,
+                // One token every 1,000 s: none comes back during the test.
+                rate: Some(0.001),
+                burst: Some(3),
+            },
+            100,
+        );
+        for _ in 0..3 {
+            drop(c.admit("a").unwrap());
+        }
+        let e = c.admit("a").err().unwrap().to_string();
+        assert!(
+            e.contains("over its rate of 0.001 requests a second (burst 3)"),
+            "{e}"
+        );
+        drop(c.admit("b").unwrap());
+        // No rate limit on `big`: its own limits replace the default.
+        for _ in 0..10 {
+            drop(c.admit("big").unwrap());
+        }
+    }
+
+    #[test]
+    fn a_bucket_refills_at_its_rate() {
+        let c = callers(
+            CallerLimit {
+                max_in_flight: None,
+                rate: Some(1000.0),
+                burst: Some(1),
+            },
+            100,
+        );
+        drop(c.admit("a").unwrap());
+        // Whether the next call finds a token depends on the clock; after 5 ms it must.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        drop(c.admit("a").unwrap());
+    }
+
+    #[test]
+    fn callers_are_forgotten_when_idle_and_new_ones_share_the_overflow_when_none_is() {
+        let c = callers(
+            CallerLimit {
+                max_in_flight: Some(1),
+                rate: None,
+                burst: None,
+            },
+            2,
+        );
+        let a = c.admit("a").unwrap();
+        let b = c.admit("b").unwrap();
+        assert_eq!(c.tracked(), 2);
+        // Both busy: `c` and `d` share the overflow state (one place between them).
+        let cc = c.admit("c").unwrap();
+        assert!(c.admit("d").is_err());
+        drop(cc);
+        // `a` idle again: it is forgotten to make room for `d`, which gets its own place.
+        drop(a);
+        let _d = c.admit("d").unwrap();
+        assert_eq!(c.tracked(), 2);
+        assert!(c.admit("b").is_err(), "b is still held");
+        drop(b);
+    }
+}
