@@ -21,6 +21,9 @@ use crate::metrics as m;
 /// The caller of a request that names none.
 pub const ANONYMOUS: &str = "anonymous";
 
+/// The longest caller name kept, in bytes.
+pub const MAX_NAME: usize = 128;
+
 /// The metric label of callers not named in `overrides` (callers choose their names, so
 /// only configured ones name a series).
 const OTHER: &str = "other";
@@ -130,13 +133,16 @@ impl Callers {
         }
     }
 
-    /// The caller a request's metadata names.
+    /// The caller a request's metadata names: its first [`MAX_NAME`] bytes (a name is
+    /// kept for each caller tracked, so a long one must not cost more).
     pub fn caller_of<'a>(&self, metadata: &'a tonic::metadata::MetadataMap) -> &'a str {
         metadata
             .get(self.header.as_str())
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
+            // `to_str` passes visible ASCII only, so any byte is a character boundary.
+            .map(|v| &v[..v.len().min(MAX_NAME)])
             .unwrap_or(ANONYMOUS)
     }
 
@@ -241,6 +247,19 @@ mod tests {
         // A place given back is taken again.
         drop(a1);
         assert!(c.admit("a").is_ok());
+    }
+
+    #[test]
+    fn the_caller_is_the_header_trimmed_and_cut_to_a_bounded_name() {
+        let c = callers(CallerLimit::default(), 100);
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert_eq!(c.caller_of(&md), ANONYMOUS);
+        md.insert("x-sekisho-principal", " checkout ".parse().unwrap());
+        assert_eq!(c.caller_of(&md), "checkout");
+        md.insert("x-sekisho-principal", "   ".parse().unwrap());
+        assert_eq!(c.caller_of(&md), ANONYMOUS);
+        md.insert("x-sekisho-principal", "n".repeat(5000).parse().unwrap());
+        assert_eq!(c.caller_of(&md), "n".repeat(MAX_NAME));
     }
 
     #[test]

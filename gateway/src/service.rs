@@ -269,9 +269,9 @@ impl Gateway for GatewayService {
 
     /// Requests are served up to a window at a time, answered in order. A request that
     /// fails (unknown chain, bad content, shed by a limit: each request counts against
-    /// its caller's) ends the stream with its status. When the
-    /// gateway shuts down, the stream reads no more requests, answers those it has read,
-    /// and ends UNAVAILABLE: the client sends the rest again (to another replica).
+    /// its caller's) ends the stream with its status. When the gateway shuts down, the
+    /// stream reads no more requests, answers those it has read, and ends UNAVAILABLE:
+    /// the client sends the rest again (to another replica).
     async fn moderate_stream(
         &self,
         request: Request<Streaming<ModerateRequest>>,
@@ -296,14 +296,7 @@ impl Gateway for GatewayService {
             .buffered(STREAM_WINDOW)
             .chain(
                 futures::stream::once(async move { cut.load(Ordering::Acquire) }).filter_map(
-                    |cut| {
-                        std::future::ready(cut.then(|| {
-                            Err(Status::unavailable(
-                                "the gateway is shutting down: the requests answered above were \
-                             run, the ones after them were not; send those again",
-                            ))
-                        }))
-                    },
+                    |cut| std::future::ready(cut.then(|| Err(Status::unavailable(SHUTTING_DOWN)))),
                 ),
             );
         Ok(Response::new(Box::pin(out)))
@@ -341,6 +334,10 @@ impl Gateway for GatewayService {
         }))
     }
 }
+
+/// How a stream cut by shutdown ends.
+const SHUTTING_DOWN: &str = "the gateway is shutting down: the requests answered above were run, \
+     the ones after them were not; send those again";
 
 /// Resolves once `closing` turns true; never without a closing signal, or once its
 /// sender is gone without having sent one.
