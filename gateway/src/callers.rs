@@ -6,7 +6,8 @@
 //!
 //! Callers are tracked by name, at most `max_callers` at once: when that many are known,
 //! those with nothing in flight and a full bucket (the state a new caller starts in) are
-//! forgotten; if none is, a new name shares one overflow state with the other new names.
+//! forgotten (looked for at most every 100 ms); until one is, a new name shares one
+//! overflow state with the other new names.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,10 +36,20 @@ pub struct Callers {
     /// The callers `overrides` names, with their own limits; never forgotten.
     overrides: HashMap<String, Arc<CallerState>>,
     max_callers: usize,
-    known: Mutex<HashMap<String, Arc<CallerState>>>,
+    known: Mutex<Known>,
     /// Shared by new callers while `known` is full of busy ones.
     overflow: Arc<CallerState>,
 }
+
+/// The callers tracked, and when the idle ones were last looked for.
+struct Known {
+    callers: HashMap<String, Arc<CallerState>>,
+    swept: Option<Instant>,
+}
+
+/// How often a full table is looked through for idle callers, at most: the look takes
+/// every tracked caller's bucket in turn, under the table's lock.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -128,7 +139,10 @@ impl Callers {
                 .map(|(name, l)| (name.clone(), Arc::new(CallerState::new(Limits::from(l)))))
                 .collect(),
             max_callers: cfg.max_callers,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known {
+                callers: HashMap::new(),
+                swept: None,
+            }),
             overflow: Arc::new(CallerState::new(default)),
         }
     }
@@ -182,24 +196,30 @@ impl Callers {
     /// The state of a caller under the default limits.
     fn state(&self, caller: &str) -> Arc<CallerState> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = known.get(caller) {
+        if let Some(s) = known.callers.get(caller) {
             return s.clone();
         }
-        if known.len() >= self.max_callers {
+        if known.callers.len() >= self.max_callers {
             let now = Instant::now();
-            known.retain(|_, s| !s.idle(now));
-            if known.len() >= self.max_callers {
+            if known
+                .swept
+                .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+            {
+                known.swept = Some(now);
+                known.callers.retain(|_, s| !s.idle(now));
+            }
+            if known.callers.len() >= self.max_callers {
                 return self.overflow.clone();
             }
         }
         let s = Arc::new(CallerState::new(self.default));
-        known.insert(caller.to_owned(), s.clone());
+        known.callers.insert(caller.to_owned(), s.clone());
         s
     }
 
     /// Callers tracked now (for tests).
     pub fn tracked(&self) -> usize {
-        self.known.lock().map(|k| k.len()).unwrap_or(0)
+        self.known.lock().map(|k| k.callers.len()).unwrap_or(0)
     }
 }
 
@@ -321,8 +341,10 @@ mod tests {
         let cc = c.admit("c").unwrap();
         assert!(c.admit("d").is_err());
         drop(cc);
-        // `a` idle again: it is forgotten to make room for `d`, which gets its own place.
+        // `a` idle again: it is forgotten to make room for `d`, which gets its own place
+        // (once the table may be looked through again).
         drop(a);
+        std::thread::sleep(SWEEP_EVERY);
         let _d = c.admit("d").unwrap();
         assert_eq!(c.tracked(), 2);
         assert!(c.admit("b").is_err(), "b is still held");
