@@ -104,6 +104,16 @@ impl CallerState {
         })
     }
 
+    /// Takes a token, owing it if the bucket holds none: how long until it is there.
+    fn owe_token(&self) -> Option<std::time::Duration> {
+        let (rate, burst) = self.limits.rate?;
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst) - 1.0;
+        b.at = now;
+        (b.tokens < 0.0).then(|| std::time::Duration::from_secs_f64(-b.tokens / rate))
+    }
+
     /// Takes a token, if the bucket holds one.
     fn take_token(&self) -> bool {
         let Some((rate, burst)) = self.limits.rate else {
@@ -160,14 +170,51 @@ impl Callers {
             .unwrap_or(ANONYMOUS)
     }
 
+    /// The state that holds `caller`'s limits, and its metric label; `None` when no
+    /// limit applies to it.
+    fn select(&self, caller: &str) -> Option<(Arc<CallerState>, String)> {
+        match self.overrides.get(caller) {
+            Some(s) => Some((s.clone(), caller.to_owned())),
+            None if self.default.max_in_flight.is_none() && self.default.rate.is_none() => None,
+            None => Some((self.state(caller), OTHER.to_owned())),
+        }
+    }
+
+    /// Admits one request of a stream: instead of shedding it, waits for the caller's
+    /// place and token. A stream whose request waits reads no more (its window is
+    /// full), and HTTP/2 flow control passes that back to its client. A token waited
+    /// for is owed: the bucket goes below empty, and the caller's other requests are
+    /// shed until it has refilled.
+    pub async fn admit_waiting(&self, caller: &str) -> CallerPermit {
+        let Some((state, label)) = self.select(caller) else {
+            return CallerPermit { _in_flight: None };
+        };
+        let in_flight = match &state.in_flight {
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    metrics::counter!(m::CALLER_WAITS_TOTAL, "caller" => label.clone(), "limit" => "in_flight")
+                        .increment(1);
+                    // The semaphore is never closed.
+                    s.clone().acquire_owned().await.ok()
+                }
+            },
+            None => None,
+        };
+        if let Some(wait) = state.owe_token() {
+            metrics::counter!(m::CALLER_WAITS_TOTAL, "caller" => label, "limit" => "rate")
+                .increment(1);
+            tokio::time::sleep(wait).await;
+        }
+        CallerPermit {
+            _in_flight: in_flight,
+        }
+    }
+
     /// Admits one request of `caller`, or sheds it.
     pub fn admit(&self, caller: &str) -> Result<CallerPermit, GatewayError> {
-        let (state, label) = match self.overrides.get(caller) {
-            Some(s) => (s.clone(), caller.to_owned()),
-            None if self.default.max_in_flight.is_none() && self.default.rate.is_none() => {
-                return Ok(CallerPermit { _in_flight: None });
-            }
-            None => (self.state(caller), OTHER.to_owned()),
+        let Some((state, label)) = self.select(caller) else {
+            return Ok(CallerPermit { _in_flight: None });
         };
         let limits = state.limits;
         let in_flight = match (&state.in_flight, limits.max_in_flight) {
@@ -322,6 +369,54 @@ mod tests {
         // Whether the next call finds a token depends on the clock; after 5 ms it must.
         std::thread::sleep(std::time::Duration::from_millis(5));
         drop(c.admit("a").unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_streams_request_waits_for_its_place_and_owes_its_token() {
+        let c = Arc::new(callers(
+            CallerLimit {
+                max_in_flight: Some(1),
+                rate: Some(1000.0),
+                burst: Some(1),
+            },
+            100,
+        ));
+        let first = c.admit_waiting("s").await;
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move { c.admit_waiting("s").await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "the place is held");
+        // Meanwhile the caller's unary requests are shed: no place.
+        assert!(c.admit("s").is_err());
+        drop(first);
+        // The place is the waiter's; the token it owes comes within a millisecond.
+        let _second = waiting.await.unwrap();
+        assert!(c.admit("s").is_err(), "the place is held again");
+    }
+
+    #[test]
+    fn an_owed_token_is_repaid_before_the_next_is_given() {
+        let c = callers(
+            CallerLimit {
+                max_in_flight: None,
+                rate: Some(0.001),
+                burst: Some(1),
+            },
+            100,
+        );
+        let state = c.select("s").unwrap().0;
+        assert_eq!(state.owe_token(), None, "the bucket's one token");
+        let wait = state.owe_token().expect("owed");
+        // One token at 0.001 a second: 1,000 s, less the few µs since the first.
+        assert!(
+            wait.as_secs_f64() > 999.0 && wait.as_secs_f64() <= 1000.0,
+            "{wait:?}"
+        );
+        assert!(c.admit("s").is_err(), "shed while the debt stands");
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Overloaded(String),
+    /// The gateway is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
     /// A filter failed and its policy is `on_error: fail`.
     #[error("stage `{stage}`: filter `{alias}` failed: {status}")]
     FilterFailed {
@@ -36,6 +39,7 @@ impl From<GatewayError> for Status {
             GatewayError::InvalidArgument(_) => Status::invalid_argument(message),
             GatewayError::NotFound(_) => Status::not_found(message),
             GatewayError::Overloaded(_) => Status::resource_exhausted(message),
+            GatewayError::Unavailable(_) => Status::unavailable(message),
             GatewayError::FilterFailed { status, .. } => {
                 // Keep the filter's code (UNAVAILABLE, DEADLINE_EXCEEDED, ...) so callers
                 // can tell a timeout from a bad item.

@@ -20,6 +20,7 @@ pub const FILTER_ENDPOINTS: &str = "sekisho_gateway_filter_endpoints";
 pub const ENDPOINT_EJECTIONS_TOTAL: &str = "sekisho_gateway_endpoint_ejections_total";
 pub const RETRIES_REFUSED_TOTAL: &str = "sekisho_gateway_filter_retries_refused_total";
 pub const CALLER_SHED_TOTAL: &str = "sekisho_gateway_caller_shed_total";
+pub const CALLER_WAITS_TOTAL: &str = "sekisho_gateway_caller_waits_total";
 
 /// Installs the process's Prometheus recorder (shared with any filters served in the
 /// same process) and describes the gateway's metrics.
@@ -37,6 +38,10 @@ fn describe() {
     describe_counter!(
         CALLER_SHED_TOTAL,
         "Moderate calls shed by a caller's own limit (`in_flight` or `rate`), by caller (those named in callers.overrides; the rest `other`)."
+    );
+    describe_counter!(
+        CALLER_WAITS_TOTAL,
+        "ModerateStream requests that waited for their caller's place or token (`in_flight` or `rate`) instead of being shed, by caller as above."
     );
     describe_histogram!(REQUEST_DURATION, "Moderate latency by chain.");
     describe_histogram!(STAGE_DURATION, "Stage latency by chain and stage.");

@@ -23,6 +23,14 @@ use crate::error::GatewayError;
 use crate::metrics as m;
 use crate::runner::{Item, Runner};
 
+/// What a request over its caller's own limits meets: a unary call is shed; a stream's
+/// request waits, so that a stream is slowed, not ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Shed,
+    Wait,
+}
+
 /// Requests a stream may have in flight at once (responses keep request order).
 const STREAM_WINDOW: usize = 64;
 
@@ -92,10 +100,11 @@ impl GatewayService {
         req: ModerateRequest,
         deadline: Option<Instant>,
         caller: &str,
+        admission: Admission,
     ) -> Result<ModerateResponse, Status> {
         let start = Instant::now();
         let chain_label = req.chain.clone();
-        let result = self.moderate_inner(req, deadline, caller).await;
+        let result = self.moderate_inner(req, deadline, caller, admission).await;
         // Only a chain this gateway serves names a series: a name it does not know (an
         // unknown chain, or any name on a request refused before the chain was looked
         // up) shares `unknown`, so that callers cannot grow the series.
@@ -109,6 +118,7 @@ impl GatewayService {
             Err(GatewayError::InvalidArgument(_)) => "invalid_argument",
             Err(GatewayError::NotFound(_)) => "not_found",
             Err(GatewayError::Overloaded(_)) => "resource_exhausted",
+            Err(GatewayError::Unavailable(_)) => "unavailable",
             Err(GatewayError::FilterFailed { status, .. }) => {
                 sekisho_proto::code_label(status.code())
             }
@@ -133,6 +143,7 @@ impl GatewayService {
         req: ModerateRequest,
         deadline: Option<Instant>,
         caller: &str,
+        admission: Admission,
     ) -> Result<ModerateResponse, GatewayError> {
         if req.chain.is_empty() {
             return Err(GatewayError::InvalidArgument(
@@ -208,7 +219,18 @@ impl GatewayService {
             }
         }
         // The caller's own limits first: a caller over them takes no place of the others'.
-        let _caller_permit = self.callers.admit(caller)?;
+        let _caller_permit = match admission {
+            Admission::Shed => self.callers.admit(caller)?,
+            Admission::Wait => {
+                let mut closing = self.closing.clone();
+                tokio::select! {
+                    permit = self.callers.admit_waiting(caller) => permit,
+                    () = closing_time(&mut closing) => {
+                        return Err(GatewayError::Unavailable(SHUTTING_DOWN.into()));
+                    }
+                }
+            }
+        };
         let _permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             GatewayError::Overloaded(format!(
                 "the gateway is serving its limit of {} requests; retry with backoff",
@@ -260,7 +282,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<ModerateResponse>, Status> {
         let deadline = crate::layers::grpc_deadline(request.metadata());
         let caller = self.callers.caller_of(request.metadata()).to_owned();
-        self.moderate_one(request.into_inner(), deadline, &caller)
+        self.moderate_one(request.into_inner(), deadline, &caller, Admission::Shed)
             .await
             .map(Response::new)
     }
@@ -268,10 +290,13 @@ impl Gateway for GatewayService {
     type ModerateStreamStream = ResponseStream;
 
     /// Requests are served up to a window at a time, answered in order. A request that
-    /// fails (unknown chain, bad content, shed by a limit: each request counts against
-    /// its caller's) ends the stream with its status. When the gateway shuts down, the
-    /// stream reads no more requests, answers those it has read, and ends UNAVAILABLE:
-    /// the client sends the rest again (to another replica).
+    /// fails (unknown chain, bad content, shed by the gateway's `max_in_flight`) ends the
+    /// stream with its status. Over its caller's own limits a request waits instead (the
+    /// stream reads no more meanwhile, which flow control passes back to the client).
+    /// When the gateway shuts down, the stream reads no more requests, answers those it
+    /// has read (a request still waiting for its caller's place ends it UNAVAILABLE
+    /// instead), and ends UNAVAILABLE: the client sends the rest again (to another
+    /// replica).
     async fn moderate_stream(
         &self,
         request: Request<Streaming<ModerateRequest>>,
@@ -291,7 +316,7 @@ impl Gateway for GatewayService {
             .map(move |r| {
                 let svc = svc.clone();
                 let caller = caller.clone();
-                async move { svc.moderate_one(r?, None, &caller).await }
+                async move { svc.moderate_one(r?, None, &caller, Admission::Wait).await }
             })
             .buffered(STREAM_WINDOW)
             .chain(

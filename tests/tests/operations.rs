@@ -197,6 +197,31 @@ async fn one_caller_over_its_limits_is_shed_and_the_others_are_served() {
     moderate_as(&gw, "a", "c").await.unwrap();
     gw.moderate_text("c", "hi").await.unwrap();
 
+    // A stream over its caller's 2 places waits instead of ending: its 20 requests,
+    // sent at once, are all answered, in order.
+    let reqs: Vec<_> = (0..20)
+        .map(|i| {
+            let mut r = request("c", "text/plain", Payload::Text(format!("item {i}")));
+            r.request_id = format!("req-{i}");
+            r
+        })
+        .collect();
+    let mut call = tonic::Request::new(futures::stream::iter(reqs));
+    call.metadata_mut()
+        .insert("x-sekisho-principal", "streamer".parse().unwrap());
+    let mut out = gw
+        .client()
+        .await
+        .moderate_stream(call)
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..20 {
+        let r = out.message().await.unwrap().expect("an answer");
+        assert_eq!(r.request_id, format!("req-{i}"));
+    }
+    assert!(out.message().await.unwrap().is_none());
+
     let text = reqwest::get(format!("{}/metrics", gw.url))
         .await
         .unwrap()
@@ -206,6 +231,7 @@ async fn one_caller_over_its_limits_is_shed_and_the_others_are_served() {
     for needle in [
         r#"sekisho_gateway_caller_shed_total{caller="other",limit="in_flight"} 1"#,
         r#"sekisho_gateway_caller_shed_total{caller="batch",limit="rate"} 2"#,
+        r#"sekisho_gateway_caller_waits_total{caller="other",limit="in_flight"}"#,
     ] {
         assert!(text.contains(needle), "missing `{needle}` in\n{text}");
     }
