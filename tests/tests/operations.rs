@@ -113,6 +113,65 @@ async fn moderate_as(
     gw.client().await.moderate(r).await.map(|r| r.into_inner())
 }
 
+/// SIGTERM while a stream's request waits for its caller's place (the one place held by
+/// a slow call): the waiting request is not run, the stream answers what ran and ends
+/// UNAVAILABLE, and the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_callers_place_ends_the_stream_on_sigterm() {
+    let f = TestFilter::start(Noop::default()).await;
+    let gw = TestGateway::setup()
+        .filter("noop", &f.url)
+        .chain("name: slow\ncontent_types: [text/plain]\nstages:\n  - id: s\n    filters: [{use: noop, timeout: 10s, config: {delay_ms: 3000}}]\ndefault_decision: APPROVE\n")
+        .config("callers", serde_json::json!({"default": {"max_in_flight": 1}}))
+        .start()
+        .await
+        .unwrap();
+    let (send, requests) = tokio::sync::mpsc::channel(4);
+    let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
+    call.metadata_mut()
+        .insert("x-sekisho-principal", "s".parse().unwrap());
+    let mut out = gw
+        .client()
+        .await
+        .moderate_stream(call)
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..2 {
+        let mut r = request("slow", "text/plain", Payload::Text(format!("item {i}")));
+        r.request_id = format!("req-{i}");
+        send.send(r).await.unwrap();
+    }
+    // The first holds the place (3 s at the filter); the second waits for it.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(format!("{}/metrics", gw.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .contains("sekisho_gateway_caller_waits_total{caller=\"other\",limit=\"in_flight\"} 1")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains("sekisho_gateway_caller_waits_total"),
+        "{metrics}"
+    );
+    let exited = tokio::spawn(gw.terminate());
+    let first = out.message().await.unwrap().expect("the first is answered");
+    assert_eq!(first.request_id, "req-0");
+    let status = out.message().await.expect_err("then the stream ends");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    assert!(exited.await.unwrap().expect("it exits").success());
+    drop(send);
+}
+
 /// One caller over its own limits is shed (RESOURCE_EXHAUSTED, HTTP 429) while another
 /// is served: requests in flight (the barrier filter holds two of `a`'s until a third
 /// call reaches it, which only another caller's can), and a rate (`batch`'s bucket of 2).
