@@ -200,6 +200,16 @@ impl TestGateway {
         Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
     }
 
+    /// Its `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn client(&self) -> GatewayClient<Channel> {
         GatewayClient::new(
             Channel::from_shared(self.url.clone())

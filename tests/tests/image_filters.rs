@@ -138,12 +138,7 @@ async fn the_profile_photo_chain_runs_on_the_builtin_filters() {
         .unwrap();
     let info = &face.descriptor.as_ref().unwrap().info;
     assert_eq!(info["execution_provider"], "cpu", "{info:?}");
-    let metrics = reqwest::get(format!("{}/metrics", gw.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let line = metrics
         .lines()
         .find(|l| {

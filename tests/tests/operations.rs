@@ -23,8 +23,8 @@ stages:
 default_decision: APPROVE
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stream_answers_every_request_in_order() {
+/// A gateway serving `CHAIN` on a `noop` filter (kept alive with it).
+async fn noop_gateway() -> (TestFilter, TestGateway) {
     let f = TestFilter::start(Noop::default()).await;
     let gw = TestGateway::setup()
         .filter("noop", &f.url)
@@ -32,6 +32,12 @@ async fn the_stream_answers_every_request_in_order() {
         .start()
         .await
         .unwrap();
+    (f, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_answers_every_request_in_order() {
+    let (_f, gw) = noop_gateway().await;
     let reqs: Vec<_> = (0..40)
         .map(|i| {
             let mut r = request("c", "text/plain", Payload::Text(format!("item {i}")));
@@ -66,13 +72,7 @@ async fn the_stream_answers_every_request_in_order() {
 /// and the process exits. Before, graceful shutdown waited on the stream for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_stream_ends_unavailable_on_sigterm_and_the_gateway_exits() {
-    let f = TestFilter::start(Noop::default()).await;
-    let gw = TestGateway::setup()
-        .filter("noop", &f.url)
-        .chain(CHAIN)
-        .start()
-        .await
-        .unwrap();
+    let (_f, gw) = noop_gateway().await;
     let (send, requests) = tokio::sync::mpsc::channel(4);
     let mut out = gw
         .client()
@@ -101,6 +101,23 @@ async fn a_held_stream_ends_unavailable_on_sigterm_and_the_gateway_exits() {
     drop(send);
 }
 
+/// A `ModerateStream` of `requests` as `caller`: its answers.
+async fn stream_as(
+    gw: &TestGateway,
+    caller: &str,
+    requests: impl futures::Stream<Item = sekisho_proto::gateway::v1::ModerateRequest> + Send + 'static,
+) -> tonic::Streaming<sekisho_proto::gateway::v1::ModerateResponse> {
+    let mut call = tonic::Request::new(requests);
+    call.metadata_mut()
+        .insert("x-sekisho-principal", caller.parse().unwrap());
+    gw.client()
+        .await
+        .moderate_stream(call)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// A moderate call as `caller` (the `x-sekisho-principal` header the edge sets).
 async fn moderate_as(
     gw: &TestGateway,
@@ -127,16 +144,12 @@ async fn a_request_waiting_for_its_callers_place_ends_the_stream_on_sigterm() {
         .await
         .unwrap();
     let (send, requests) = tokio::sync::mpsc::channel(4);
-    let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
-    call.metadata_mut()
-        .insert("x-sekisho-principal", "s".parse().unwrap());
-    let mut out = gw
-        .client()
-        .await
-        .moderate_stream(call)
-        .await
-        .unwrap()
-        .into_inner();
+    let mut out = stream_as(
+        &gw,
+        "s",
+        tokio_stream::wrappers::ReceiverStream::new(requests),
+    )
+    .await;
     for i in 0..2 {
         let mut r = request("slow", "text/plain", Payload::Text(format!("item {i}")));
         r.request_id = format!("req-{i}");
@@ -145,12 +158,7 @@ async fn a_request_waiting_for_its_callers_place_ends_the_stream_on_sigterm() {
     // The first holds the place (3 s at the filter); the second waits for it.
     let mut metrics = String::new();
     for _ in 0..100 {
-        metrics = reqwest::get(format!("{}/metrics", gw.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = gw.metrics().await;
         if metrics
             .contains("sekisho_gateway_caller_waits_total{caller=\"other\",limit=\"in_flight\"} 1")
         {
@@ -205,12 +213,7 @@ async fn one_caller_over_its_limits_is_shed_and_the_others_are_served() {
     // Both of `a`'s calls are in flight (waiting at the barrier) before the third.
     let mut in_flight = String::new();
     for _ in 0..200 {
-        in_flight = reqwest::get(format!("{}/metrics", gw.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        in_flight = gw.metrics().await;
         if in_flight.contains("sekisho_gateway_requests_in_flight 2") {
             break;
         }
@@ -265,28 +268,14 @@ async fn one_caller_over_its_limits_is_shed_and_the_others_are_served() {
             r
         })
         .collect();
-    let mut call = tonic::Request::new(futures::stream::iter(reqs));
-    call.metadata_mut()
-        .insert("x-sekisho-principal", "streamer".parse().unwrap());
-    let mut out = gw
-        .client()
-        .await
-        .moderate_stream(call)
-        .await
-        .unwrap()
-        .into_inner();
+    let mut out = stream_as(&gw, "streamer", futures::stream::iter(reqs)).await;
     for i in 0..20 {
         let r = out.message().await.unwrap().expect("an answer");
         assert_eq!(r.request_id, format!("req-{i}"));
     }
     assert!(out.message().await.unwrap().is_none());
 
-    let text = reqwest::get(format!("{}/metrics", gw.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     for needle in [
         r#"sekisho_gateway_caller_shed_total{caller="other",limit="in_flight"} 1"#,
         r#"sekisho_gateway_caller_shed_total{caller="batch",limit="rate"} 2"#,
@@ -298,13 +287,7 @@ async fn one_caller_over_its_limits_is_shed_and_the_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_openapi_are_served() {
-    let f = TestFilter::start(Noop::default()).await;
-    let gw = TestGateway::setup()
-        .filter("noop", &f.url)
-        .chain(CHAIN)
-        .start()
-        .await
-        .unwrap();
+    let (_f, gw) = noop_gateway().await;
     for _ in 0..3 {
         gw.moderate_text("c", "hi").await.unwrap();
     }
@@ -318,12 +301,7 @@ async fn metrics_and_openapi_are_served() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    let text = reqwest::get(format!("{}/metrics", gw.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     for needle in [
         r#"sekisho_gateway_requests_total{chain="c",code="ok"} 3"#,
         r#"sekisho_gateway_requests_total{chain="unknown",code="not_found"} 1"#,
