@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::callers::Callers;
-use crate::chain::Chains;
+use crate::chain::{ChainSet, Chains};
 use crate::config::CallersConfig;
 use crate::error::GatewayError;
 use crate::metrics as m;
@@ -104,11 +104,15 @@ impl GatewayService {
     ) -> Result<ModerateResponse, Status> {
         let start = Instant::now();
         let chain_label = req.chain.clone();
-        let result = self.moderate_inner(req, deadline, caller, admission).await;
+        // The chains as they are now: the request runs on this version of its chain.
+        let set = self.chains.snapshot();
+        let result = self
+            .moderate_inner(req, &set, deadline, caller, admission)
+            .await;
         // Only a chain this gateway serves names a series: a name it does not know (an
         // unknown chain, or any name on a request refused before the chain was looked
         // up) shares `unknown`, so that callers cannot grow the series.
-        let chain_label = if self.chains.snapshot().chains.contains_key(&chain_label) {
+        let chain_label = if set.chains.contains_key(&chain_label) {
             chain_label
         } else {
             "unknown".to_owned()
@@ -141,6 +145,7 @@ impl GatewayService {
     async fn moderate_inner(
         &self,
         req: ModerateRequest,
+        set: &ChainSet,
         deadline: Option<Instant>,
         caller: &str,
         admission: Admission,
@@ -170,7 +175,6 @@ impl GatewayService {
             _ => {}
         }
         check_metadata(&req.metadata)?;
-        let set = self.chains.snapshot();
         let Some(chain) = set.chains.get(&req.chain).cloned() else {
             let mut known: Vec<&str> = set.chains.keys().map(String::as_str).collect();
             known.sort_unstable();
