@@ -80,6 +80,14 @@ struct Bucket {
     at: Instant,
 }
 
+impl Bucket {
+    /// The tokens it holds at `now`: what it had, plus what `rate` has added since, up to
+    /// `burst`.
+    fn level(&self, rate: f64, burst: f64, now: Instant) -> f64 {
+        (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst)
+    }
+}
+
 impl CallerState {
     fn new(limits: Limits) -> Self {
         CallerState {
@@ -100,7 +108,7 @@ impl CallerState {
         };
         free && self.limits.rate.is_none_or(|(rate, burst)| {
             let b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-            b.tokens + now.duration_since(b.at).as_secs_f64() * rate >= burst
+            b.level(rate, burst, now) >= burst
         })
     }
 
@@ -109,7 +117,7 @@ impl CallerState {
         let (rate, burst) = self.limits.rate?;
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst) - 1.0;
+        b.tokens = b.level(rate, burst, now) - 1.0;
         b.at = now;
         (b.tokens < 0.0).then(|| std::time::Duration::from_secs_f64(-b.tokens / rate))
     }
@@ -121,7 +129,7 @@ impl CallerState {
         };
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.tokens = b.level(rate, burst, now);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -172,11 +180,11 @@ impl Callers {
 
     /// The state that holds `caller`'s limits, and its metric label; `None` when no
     /// limit applies to it.
-    fn select(&self, caller: &str) -> Option<(Arc<CallerState>, String)> {
+    fn select<'a>(&self, caller: &'a str) -> Option<(Arc<CallerState>, &'a str)> {
         match self.overrides.get(caller) {
-            Some(s) => Some((s.clone(), caller.to_owned())),
+            Some(s) => Some((s.clone(), caller)),
             None if self.default.max_in_flight.is_none() && self.default.rate.is_none() => None,
-            None => Some((self.state(caller), OTHER.to_owned())),
+            None => Some((self.state(caller), OTHER)),
         }
     }
 
@@ -193,7 +201,7 @@ impl Callers {
             Some(s) => match s.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    metrics::counter!(m::CALLER_WAITS_TOTAL, "caller" => label.clone(), "limit" => "in_flight")
+                    metrics::counter!(m::CALLER_WAITS_TOTAL, "caller" => label.to_owned(), "limit" => "in_flight")
                         .increment(1);
                     // The semaphore is never closed.
                     s.clone().acquire_owned().await.ok()
@@ -202,7 +210,7 @@ impl Callers {
             None => None,
         };
         if let Some(wait) = state.owe_token() {
-            metrics::counter!(m::CALLER_WAITS_TOTAL, "caller" => label, "limit" => "rate")
+            metrics::counter!(m::CALLER_WAITS_TOTAL, "caller" => label.to_owned(), "limit" => "rate")
                 .increment(1);
             tokio::time::sleep(wait).await;
         }
@@ -219,7 +227,7 @@ impl Callers {
         let limits = state.limits;
         let in_flight = match (&state.in_flight, limits.max_in_flight) {
             (Some(s), Some(n)) => Some(s.clone().try_acquire_owned().map_err(|_| {
-                metrics::counter!(m::CALLER_SHED_TOTAL, "caller" => label.clone(), "limit" => "in_flight")
+                metrics::counter!(m::CALLER_SHED_TOTAL, "caller" => label.to_owned(), "limit" => "in_flight")
                     .increment(1);
                 GatewayError::Overloaded(format!(
                     "caller `{caller}` has {n} requests in flight, its limit; retry with backoff"
@@ -228,7 +236,7 @@ impl Callers {
             _ => None,
         };
         if !state.take_token() {
-            metrics::counter!(m::CALLER_SHED_TOTAL, "caller" => label, "limit" => "rate")
+            metrics::counter!(m::CALLER_SHED_TOTAL, "caller" => label.to_owned(), "limit" => "rate")
                 .increment(1);
             let (rate, burst) = limits.rate.unwrap_or_default();
             return Err(GatewayError::Overloaded(format!(
@@ -264,8 +272,8 @@ impl Callers {
         s
     }
 
-    /// Callers tracked now (for tests).
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.known.lock().map(|k| k.callers.len()).unwrap_or(0)
     }
 }
