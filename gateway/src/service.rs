@@ -172,6 +172,11 @@ impl GatewayService {
             Some(Payload::Data(d)) if d.is_empty() => {
                 return Err(GatewayError::InvalidArgument("content.data: empty".into()));
             }
+            Some(Payload::Text(t)) if t.is_empty() => {
+                return Err(GatewayError::InvalidArgument(
+                    "content.text: empty; there is nothing to moderate".into(),
+                ));
+            }
             _ => {}
         }
         check_metadata(&req.metadata)?;

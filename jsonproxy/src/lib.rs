@@ -65,6 +65,17 @@ mod tests {
             resp["chainVersion"]["type"], "string",
             "uint64 is a string in proto3 JSON"
         );
+        // The path names the chain: the body's schema leaves it out (and requires what
+        // the message requires).
+        let body = &op["requestBody"]["content"]["application/json"]["schema"];
+        assert!(body["properties"].get("chain").is_none(), "{body}");
+        assert!(body["properties"].get("content").is_some(), "{body}");
+        assert_eq!(body["required"], serde_json::json!(["content"]));
+        assert_eq!(body["additionalProperties"], false);
+        // A chosen payload is not empty (the gateway refuses an empty one).
+        assert_eq!(content["data"]["minLength"], 1);
+        assert_eq!(content["text"]["minLength"], 1);
+        assert_eq!(resp["chainVersion"]["pattern"], "^0*[0-9]{1,19}$");
         assert!(
             resp["audit"]["description"]
                 .as_str()

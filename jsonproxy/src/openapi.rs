@@ -73,10 +73,28 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
                     _ => input.clone(),
                 }
             };
-            todo.push(body_msg.clone());
-            let required = body_msg.fields().any(|f| is_required(&f));
+            // With `body: "*"`, the fields the path sets are not the body's: the proxy
+            // refuses a body that sets one to another value.
+            let skip: BTreeSet<&str> = if r.body == "*" {
+                path_fields
+                    .iter()
+                    .copied()
+                    .filter(|f| body_msg.get_field_by_name(f).is_some())
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            let required = body_msg
+                .fields()
+                .any(|f| is_required(&f) && !skip.contains(f.name()));
+            let schema = if skip.is_empty() {
+                todo.push(body_msg.clone());
+                reference(&body_msg)
+            } else {
+                message_schema(&body_msg, &skip, &mut todo)
+            };
             op["requestBody"] = json!({"required": required,
-                "content": {"application/json": {"schema": reference(&body_msg)}}});
+                "content": {"application/json": {"schema": schema}}});
         }
         todo.push(r.output());
         paths
@@ -98,55 +116,7 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
         if !done.insert(m.full_name().to_owned()) || well_known(&m).is_some() {
             continue;
         }
-        let mut props = serde_json::Map::new();
-        for f in m.fields() {
-            if let Kind::Message(inner) = f.kind() {
-                if f.is_map() {
-                    if let Kind::Message(v) = inner.map_entry_value_field().kind() {
-                        todo.push(v);
-                    }
-                } else {
-                    todo.push(inner);
-                }
-            }
-            let mut s = field_schema(&f);
-            if is_required(&f) && f.containing_oneof().is_none() {
-                s = non_default(s);
-            }
-            if let Some(c) = comments(&f) {
-                s["description"] = Value::String(c);
-            }
-            props.insert(f.json_name().to_owned(), s);
-        }
-        let mut schema = json!({"type": "object", "properties": props,
-            "additionalProperties": false});
-        let required: Vec<String> = m
-            .fields()
-            .filter(|f| is_required(f) && f.containing_oneof().is_none())
-            .map(|f| f.json_name().to_owned())
-            .collect();
-        if !required.is_empty() {
-            schema["required"] = json!(required);
-        }
-        let one_of: Vec<Value> = m
-            .oneofs()
-            .filter(|o| !o.is_synthetic() && o.fields().all(|f| is_required(&f)))
-            .map(|o| {
-                let members: Vec<Value> = o
-                    .fields()
-                    .map(|f| json!({"required": [f.json_name()]}))
-                    .collect();
-                json!({"oneOf": members})
-            })
-            .collect();
-        match one_of.len() {
-            0 => {}
-            1 => schema["oneOf"] = one_of[0]["oneOf"].clone(),
-            _ => schema["allOf"] = json!(one_of),
-        }
-        if let Some(c) = message_comments(&m) {
-            schema["description"] = Value::String(c);
-        }
+        let schema = message_schema(&m, &BTreeSet::new(), &mut todo);
         schemas.insert(m.full_name().to_owned(), schema);
     }
 
@@ -158,12 +128,73 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
     })
 }
 
+/// The schema of message `m` without the fields named in `skip` (those a request's path
+/// sets); the messages its fields hold are pushed to `todo`, to be described once each.
+fn message_schema(
+    m: &MessageDescriptor,
+    skip: &BTreeSet<&str>,
+    todo: &mut Vec<MessageDescriptor>,
+) -> Value {
+    let fields: Vec<FieldDescriptor> = m.fields().filter(|f| !skip.contains(f.name())).collect();
+    let mut props = serde_json::Map::new();
+    for f in &fields {
+        if let Kind::Message(inner) = f.kind() {
+            if f.is_map() {
+                if let Kind::Message(v) = inner.map_entry_value_field().kind() {
+                    todo.push(v);
+                }
+            } else {
+                todo.push(inner);
+            }
+        }
+        let mut s = field_schema(f);
+        // A required oneof member is required when it is the one chosen.
+        if is_required(f) {
+            s = non_default(s);
+        }
+        if let Some(c) = comments(f) {
+            s["description"] = Value::String(c);
+        }
+        props.insert(f.json_name().to_owned(), s);
+    }
+    let mut schema = json!({"type": "object", "properties": props,
+        "additionalProperties": false});
+    let required: Vec<String> = fields
+        .iter()
+        .filter(|f| is_required(f) && f.containing_oneof().is_none())
+        .map(|f| f.json_name().to_owned())
+        .collect();
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    let one_of: Vec<Value> = m
+        .oneofs()
+        .filter(|o| !o.is_synthetic() && o.fields().all(|f| is_required(&f)))
+        .map(|o| {
+            let members: Vec<Value> = o
+                .fields()
+                .map(|f| json!({"required": [f.json_name()]}))
+                .collect();
+            json!({"oneOf": members})
+        })
+        .collect();
+    match one_of.len() {
+        0 => {}
+        1 => schema["oneOf"] = one_of[0]["oneOf"].clone(),
+        _ => schema["allOf"] = json!(one_of),
+    }
+    if let Some(c) = message_comments(m) {
+        schema["description"] = Value::String(c);
+    }
+    schema
+}
+
 /// A required scalar's schema narrowed to what is not its default: proto3 has no "unset"
 /// for scalars, so an empty string or a 0 is the field left out.
 fn non_default(mut s: Value) -> Value {
     match s["type"].as_str() {
-        Some("string") if s["format"] == "uint64" => s["pattern"] = json!("^0*[1-9][0-9]*$"),
-        Some("string") if s["format"] == "int64" => s["pattern"] = json!("^-?0*[1-9][0-9]*$"),
+        Some("string") if s["format"] == "uint64" => s["pattern"] = json!(NON_ZERO_UINT64),
+        Some("string") if s["format"] == "int64" => s["pattern"] = json!(NON_ZERO_INT64),
         Some("string") => s["minLength"] = json!(1),
         Some("integer") | Some("number") => s["not"] = json!({"enum": [0]}),
         _ => {}
@@ -211,19 +242,29 @@ fn kind_schema(k: &Kind) -> Value {
     }
 }
 
+/// 64-bit integers as strings, in patterns that admit only numbers in range: up to 18
+/// digits for a signed one and 19 for an unsigned one (leading zeros aside). Longer ones
+/// in range are accepted too, but a pattern cannot say where the range ends.
+const INT64: &str = "^-?0*[0-9]{1,18}$";
+const UINT64: &str = "^0*[0-9]{1,19}$";
+const NON_ZERO_INT64: &str = "^-?0*[1-9][0-9]{0,17}$";
+const NON_ZERO_UINT64: &str = "^0*[1-9][0-9]{0,18}$";
+
 /// Scalars in the proto3 JSON mapping: 64-bit integers are strings, bytes are base64.
 fn scalar_schema(k: &Kind) -> Value {
     match k {
         Kind::Double | Kind::Float => json!({"type": "number"}),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            json!({"type": "integer", "format": "int32"})
+            json!({"type": "integer", "format": "int32", "minimum": i32::MIN, "maximum": i32::MAX})
         }
-        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int64", "minimum": 0}),
+        Kind::Uint32 | Kind::Fixed32 => {
+            json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX})
+        }
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+            json!({"type": "string", "format": "int64", "pattern": INT64})
         }
         Kind::Uint64 | Kind::Fixed64 => {
-            json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"})
+            json!({"type": "string", "format": "uint64", "pattern": UINT64})
         }
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
@@ -252,4 +293,20 @@ fn message_comments(m: &MessageDescriptor) -> Option<String> {
 
 fn method_comments(r: &Route) -> Option<String> {
     location_comments(&r.method.parent_file(), r.method.path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the 64-bit patterns admit fits: their longest numbers parse.
+    #[test]
+    fn the_64_bit_patterns_admit_only_numbers_in_range() {
+        assert!(UINT64.ends_with("{1,19}$") && NON_ZERO_UINT64.ends_with("{0,18}$"));
+        assert!(INT64.ends_with("{1,18}$") && NON_ZERO_INT64.ends_with("{0,17}$"));
+        assert!("9".repeat(19).parse::<u64>().is_ok());
+        assert!(format!("-{}", "9".repeat(18)).parse::<i64>().is_ok());
+        assert!(format!("{}7", "0".repeat(40)).parse::<u64>().is_ok());
+        assert!("9".repeat(20).parse::<u64>().is_err());
+    }
 }

@@ -150,6 +150,17 @@ impl JsonProxy {
             }
         };
         for (field, value) in vars {
+            if route.body == "*"
+                && let Some(body) = set_elsewhere(&msg, &field, &value)
+            {
+                return Err(ApiError::new(
+                    Code::InvalidArgument,
+                    format!(
+                        "field `{field}` is {body} in the body but `{value}` in the path; \
+                         leave it out of the body (the path sets it)"
+                    ),
+                ));
+            }
             set_path(&mut msg, &field, &value)
                 .map_err(|e| ApiError::new(Code::InvalidArgument, e))?;
         }
@@ -323,6 +334,35 @@ fn parse_json(
         ApiError::new(Code::InvalidArgument, format!("invalid JSON: {at}{e}"))
     })?;
     Ok(msg)
+}
+
+/// The value (as JSON) a body gave the (dotted) field that `raw` in the path sets, when it
+/// gave one other than `raw`'s; a body that repeats the path's value, or leaves the field
+/// out, is fine.
+fn set_elsewhere(msg: &DynamicMessage, path: &str, raw: &str) -> Option<String> {
+    let (name, rest) = match path.split_once('.') {
+        Some((name, rest)) => (name, Some(rest)),
+        None => (path, None),
+    };
+    let field = msg.descriptor().get_field_by_name(name)?;
+    if !msg.has_field(&field) {
+        return None;
+    }
+    let given = msg.get_field(&field);
+    if let Some(rest) = rest {
+        return set_elsewhere(given.as_message()?, rest, raw);
+    }
+    if field.is_list() || scalar(&field.kind(), raw).ok().as_ref() == Some(&*given) {
+        return None;
+    }
+    Some(match &*given {
+        Value::String(s) => format!("`{s}`"),
+        Value::U64(n) => format!("`{n}`"),
+        Value::I64(n) => format!("`{n}`"),
+        Value::U32(n) => format!("`{n}`"),
+        Value::I32(n) => format!("`{n}`"),
+        other => format!("{other:?}"),
+    })
 }
 
 /// Sets a (dotted) field from its text form, as path variables and query parameters are.

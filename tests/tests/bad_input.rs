@@ -111,6 +111,17 @@ async fn grpc_bad_requests_get_clear_statuses() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    let e = gw
+        .moderate(request("good", "text/plain", Payload::Text(String::new())))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::InvalidArgument,
+            "content.text: empty; there is nothing to moderate"
+        )
+    );
 
     // Rules' cost estimates count on at most 128 metadata entries.
     let mut many = request("good", "text/plain", Payload::Text("x".into()));
@@ -213,6 +224,30 @@ async fn http_bad_requests_get_json_errors() {
     assert_eq!(body["decision"], "APPROVE");
     assert_eq!(body["chain"], "good");
     assert_eq!(body["stages"][0]["filters"][0]["outcome"], "OK");
+
+    // The path names the chain; a body may repeat it, not contradict it.
+    let same = post(
+        "/v1/chains/good:moderate",
+        br#"{"chain":"good","content":{"contentType":"text/plain","text":"hi"}}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(same.status(), 200);
+    let r = parts(
+        post(
+            "/v1/chains/good:moderate",
+            br#"{"chain":"any","content":{"contentType":"text/plain","text":"hi"}}"#.to_vec(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    check(
+        400,
+        "INVALID_ARGUMENT",
+        "field `chain` is `any` in the body but `good` in the path",
+        r,
+    );
 
     let r = parts(
         post(
