@@ -142,6 +142,11 @@ struct Load {
     /// `sekisho ui`).
     #[arg(long, env = "SEKISHO_TOKEN")]
     token: Option<String>,
+    /// Spread the Moderate calls over this many callers, in turn: `caller-0`,
+    /// `caller-1`, ... in `x-sekisho-principal` (the gateway's per-caller limits). 0:
+    /// name none.
+    #[arg(long, default_value_t = 0)]
+    callers: u64,
     /// Send exactly this many requests (no warm-up) instead of running for `--duration`.
     #[arg(long)]
     requests: Option<u64>,
@@ -552,8 +557,15 @@ impl Target {
             Some(t) => Some(format!("Bearer {t}").parse()?),
             None => None,
         };
+        let callers: Arc<Vec<tonic::metadata::AsciiMetadataValue>> = Arc::new(
+            (0..load.callers)
+                .map(|i| format!("caller-{i}").parse())
+                .collect::<Result<_, _>>()?,
+        );
+        let turn = Arc::new(AtomicU64::new(0));
         for w in 0..load.concurrency.max(1) {
             let (target, tickets, auth) = (target.clone(), tickets.clone(), auth.clone());
+            let (callers, turn) = (callers.clone(), turn.clone());
             tasks.push(tokio::spawn(async move {
                 let mut r = Report::default();
                 loop {
@@ -571,6 +583,11 @@ impl Target {
                                 let mut r = tonic::Request::new(req.clone());
                                 if let Some(a) = &auth {
                                     r.metadata_mut().insert("authorization", a.clone());
+                                }
+                                if !callers.is_empty() {
+                                    let i = turn.fetch_add(1, Ordering::Relaxed);
+                                    let name = callers[(i % callers.len() as u64) as usize].clone();
+                                    r.metadata_mut().insert("x-sekisho-principal", name);
                                 }
                                 r
                             })
