@@ -276,8 +276,10 @@ default_decision: APPROVE
 
   step("try a text on the sample chain");
   await page.goto(`${base}/chains/comment-text/try`);
+  const runText = page.getByRole("button", { name: "Run through comment-text" });
+  assert.ok(await runText.isDisabled(), "an empty text is not sent (the gateway refuses it)");
   await page.getByLabel("Text").fill("click here for free money");
-  await page.getByRole("button", { name: "Run through comment-text" }).click();
+  await runText.click();
   await page.getByTestId("decision").filter({ hasText: "REJECT" }).waitFor();
 
   step("the live view draws the decisions");

@@ -147,7 +147,7 @@ export function Try({ name }: { name: string }) {
             )}
           </div>
         )}
-        <button type="submit" disabled={busy || (mode === "image" && !file)}>
+        <button type="submit" disabled={busy || (mode === "image" ? !file : !text)}>
           {busy ? "Running…" : `Run through ${name}`}
         </button>
       </form>
