@@ -76,6 +76,15 @@ mod tests {
         assert_eq!(content["data"]["minLength"], 1);
         assert_eq!(content["text"]["minLength"], 1);
         assert_eq!(resp["chainVersion"]["pattern"], "^0*[0-9]{1,19}$");
+        // null is a field's default in a request (proto3 JSON), not where it is required,
+        // and never in a response.
+        assert_eq!(body["properties"]["requestId"]["nullable"], true);
+        assert!(body["properties"]["content"].get("nullable").is_none());
+        assert!(resp["reason"].get("nullable").is_none());
+        let features = &doc["components"]["schemas"]["sekisho.filter.v1.Features"]["properties"];
+        assert_eq!(features["values"]["nullable"], true);
+        // A float beyond f32's range is refused by the proxy, so the document bounds it.
+        assert_eq!(features["values"]["items"]["maximum"], f64::from(f32::MAX));
         assert!(
             resp["audit"]["description"]
                 .as_str()

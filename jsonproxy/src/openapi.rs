@@ -6,9 +6,11 @@
 //! services refuse a request without it, over gRPC and JSON alike): such a field is
 //! listed in its message's `required`, a string must not be empty and a number not 0
 //! (proto3 cannot tell those from unset); when every member of a oneof is marked, one
-//! of them must be set. A request body is required when its message has a required
-//! field; messages admit no properties but their fields (the proxy refuses unknown
-//! names).
+//! of them must be set, and not to an empty value. A request body is required when its
+//! message has a required field; messages admit no properties but their fields (the
+//! proxy refuses unknown names). With `body: "*"`, a body's schema is its message less
+//! the fields the path sets. 64-bit integers are strings of at most 18 (signed) or 19
+//! digits, so that every number the documents admit is in range.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -91,7 +93,7 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
                 todo.push(body_msg.clone());
                 reference(&body_msg)
             } else {
-                message_schema(&body_msg, &skip, &mut todo)
+                message_schema(&body_msg, &skip, true, &mut todo)
             };
             op["requestBody"] = json!({"required": required,
                 "content": {"application/json": {"schema": schema}}});
@@ -111,12 +113,18 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
             "status": {"type": "string", "description": "The gRPC code name, e.g. INVALID_ARGUMENT."},
             "message": {"type": "string"}}}}}),
     );
+    // proto3 JSON reads null as a field's default: a request may send it for any field it
+    // may leave out. Only messages that requests alone carry say so, so that responses
+    // (which never hold null) keep their strict types.
+    let requests = reachable(routes.iter().map(Route::input));
+    let responses = reachable(routes.iter().map(Route::output));
     let mut done = BTreeSet::new();
     while let Some(m) = todo.pop() {
         if !done.insert(m.full_name().to_owned()) || well_known(&m).is_some() {
             continue;
         }
-        let schema = message_schema(&m, &BTreeSet::new(), &mut todo);
+        let nullable = requests.contains(m.full_name()) && !responses.contains(m.full_name());
+        let schema = message_schema(&m, &BTreeSet::new(), nullable, &mut todo);
         schemas.insert(m.full_name().to_owned(), schema);
     }
 
@@ -133,6 +141,7 @@ pub fn openapi(routes: &[Route], title: &str, version: &str) -> Value {
 fn message_schema(
     m: &MessageDescriptor,
     skip: &BTreeSet<&str>,
+    nullable: bool,
     todo: &mut Vec<MessageDescriptor>,
 ) -> Value {
     let fields: Vec<FieldDescriptor> = m.fields().filter(|f| !skip.contains(f.name())).collect();
@@ -151,6 +160,8 @@ fn message_schema(
         // A required oneof member is required when it is the one chosen.
         if is_required(f) {
             s = non_default(s);
+        } else if nullable {
+            s = or_null(s);
         }
         if let Some(c) = comments(f) {
             s["description"] = Value::String(c);
@@ -187,6 +198,41 @@ fn message_schema(
         schema["description"] = Value::String(c);
     }
     schema
+}
+
+/// The full names of the messages `from` holds, at any depth, `from` included.
+fn reachable(from: impl Iterator<Item = MessageDescriptor>) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<MessageDescriptor> = from.collect();
+    while let Some(m) = todo.pop() {
+        if !seen.insert(m.full_name().to_owned()) {
+            continue;
+        }
+        for f in m.fields() {
+            if let Kind::Message(inner) = f.kind() {
+                if f.is_map() {
+                    if let Kind::Message(v) = inner.map_entry_value_field().kind() {
+                        todo.push(v);
+                    }
+                } else {
+                    todo.push(inner);
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// `s`, or null (OpenAPI 3.0 has no `type: null`; a `$ref` takes no siblings, so it is
+/// wrapped).
+fn or_null(s: Value) -> Value {
+    if s.get("$ref").is_some() {
+        json!({"allOf": [s], "nullable": true})
+    } else {
+        let mut s = s;
+        s["nullable"] = json!(true);
+        s
+    }
 }
 
 /// A required scalar's schema narrowed to what is not its default: proto3 has no "unset"
@@ -253,7 +299,9 @@ const NON_ZERO_UINT64: &str = "^0*[1-9][0-9]{0,18}$";
 /// Scalars in the proto3 JSON mapping: 64-bit integers are strings, bytes are base64.
 fn scalar_schema(k: &Kind) -> Value {
     match k {
-        Kind::Double | Kind::Float => json!({"type": "number"}),
+        Kind::Double => json!({"type": "number"}),
+        // A float beyond f32's range is refused, not turned into infinity.
+        Kind::Float => json!({"type": "number", "minimum": f32::MIN, "maximum": f32::MAX}),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
             json!({"type": "integer", "format": "int32", "minimum": i32::MIN, "maximum": i32::MAX})
         }
