@@ -21,6 +21,7 @@ pub const ENDPOINT_EJECTIONS_TOTAL: &str = "sekisho_gateway_endpoint_ejections_t
 pub const RETRIES_REFUSED_TOTAL: &str = "sekisho_gateway_filter_retries_refused_total";
 pub const CALLER_SHED_TOTAL: &str = "sekisho_gateway_caller_shed_total";
 pub const CALLER_WAITS_TOTAL: &str = "sekisho_gateway_caller_waits_total";
+pub const STREAM_WAITS_TOTAL: &str = "sekisho_gateway_stream_waits_total";
 
 /// Installs the process's Prometheus recorder (shared with any filters served in the
 /// same process) and describes the gateway's metrics.
@@ -42,6 +43,10 @@ fn describe() {
     describe_counter!(
         CALLER_WAITS_TOTAL,
         "ModerateStream requests that waited for their caller's place or token (`in_flight` or `rate`) instead of being shed, by caller as above."
+    );
+    describe_counter!(
+        STREAM_WAITS_TOTAL,
+        "ModerateStream requests that waited for a place under the gateway's max_in_flight instead of being shed."
     );
     describe_histogram!(REQUEST_DURATION, "Moderate latency by chain.");
     describe_histogram!(STAGE_DURATION, "Stage latency by chain and stage.");

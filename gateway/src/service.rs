@@ -13,7 +13,7 @@ use sekisho_proto::filter::v1::content::Payload;
 use sekisho_proto::gateway::v1::{
     self as gproto, ModerateRequest, ModerateResponse, gateway_server::Gateway,
 };
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::callers::Callers;
@@ -57,11 +57,70 @@ fn check_metadata(metadata: &HashMap<String, String>) -> Result<(), GatewayError
     Ok(())
 }
 
+/// The gateway-wide `max_in_flight` places. A unary call takes one or is shed; a stream's
+/// request waits for one. Waiters do not queue on the semaphore (a queue would hand every
+/// freed place to a waiting stream and shed every unary call meanwhile): each freed place
+/// wakes one of them to try for it, as a new unary call would.
+#[derive(Clone)]
+struct Places {
+    semaphore: Arc<Semaphore>,
+    freed: Arc<Notify>,
+}
+
+/// A place, held while its request runs; given back (and a waiter woken) when dropped.
+struct Place {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        // The place first, then the wake-up: the woken waiter must find it free.
+        drop(self.permit.take());
+        self.freed.notify_one();
+    }
+}
+
+impl Places {
+    fn new(n: usize) -> Self {
+        Places {
+            semaphore: Arc::new(Semaphore::new(n)),
+            freed: Arc::new(Notify::new()),
+        }
+    }
+
+    fn take(&self) -> Option<Place> {
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        Some(Place {
+            permit: Some(permit),
+            freed: self.freed.clone(),
+        })
+    }
+
+    async fn wait(&self) -> Place {
+        let mut counted = false;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the try, so a place freed in between still wakes it.
+            freed.as_mut().enable();
+            if let Some(place) = self.take() {
+                return place;
+            }
+            if !counted {
+                counted = true;
+                metrics::counter!(m::STREAM_WAITS_TOTAL).increment(1);
+            }
+            freed.await;
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct GatewayService {
     chains: Arc<Chains>,
     runner: Runner,
-    in_flight: Arc<Semaphore>,
+    places: Places,
     max_in_flight: usize,
     callers: Arc<Callers>,
     closing: Option<watch::Receiver<bool>>,
@@ -72,7 +131,7 @@ impl GatewayService {
         GatewayService {
             chains,
             runner,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            places: Places::new(max_in_flight),
             max_in_flight,
             callers: Arc::new(Callers::new(&CallersConfig::default())),
             closing: None,
@@ -240,12 +299,23 @@ impl GatewayService {
                 }
             }
         };
-        let _permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
-            GatewayError::Overloaded(format!(
-                "the gateway is serving its limit of {} requests; retry with backoff",
-                self.max_in_flight
-            ))
-        })?;
+        let _place = match admission {
+            Admission::Shed => self.places.take().ok_or_else(|| {
+                GatewayError::Overloaded(format!(
+                    "the gateway is serving its limit of {} requests; retry with backoff",
+                    self.max_in_flight
+                ))
+            })?,
+            Admission::Wait => {
+                let mut closing = self.closing.clone();
+                tokio::select! {
+                    place = self.places.wait() => place,
+                    () = closing_time(&mut closing) => {
+                        return Err(GatewayError::Unavailable(SHUTTING_DOWN.into()));
+                    }
+                }
+            }
+        };
         let gauge = metrics::gauge!(m::REQUESTS_IN_FLIGHT);
         gauge.increment(1.0);
         let _dec = scopeguard(move || gauge.decrement(1.0));
@@ -299,13 +369,12 @@ impl Gateway for GatewayService {
     type ModerateStreamStream = ResponseStream;
 
     /// Requests are served up to a window at a time, answered in order. A request that
-    /// fails (unknown chain, bad content, shed by the gateway's `max_in_flight`) ends the
-    /// stream with its status. Over its caller's own limits a request waits instead (the
+    /// fails (unknown chain, bad content) ends the stream with its status. Over its
+    /// caller's own limits or the gateway's `max_in_flight` a request waits instead (the
     /// stream reads no more meanwhile, which flow control passes back to the client).
     /// When the gateway shuts down, the stream reads no more requests, answers those it
-    /// has read (a request still waiting for its caller's place ends it UNAVAILABLE
-    /// instead), and ends UNAVAILABLE: the client sends the rest again (to another
-    /// replica).
+    /// has read (a request still waiting for a place ends it UNAVAILABLE instead), and
+    /// ends UNAVAILABLE: the client sends the rest again (to another replica).
     async fn moderate_stream(
         &self,
         request: Request<Streaming<ModerateRequest>>,
@@ -387,6 +456,34 @@ async fn closing_time(closing: &mut Option<watch::Receiver<bool>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A freed place wakes a waiter, which finds it free; while a waiter waits, a unary
+    /// call still takes a place freed before the waiter runs (no queue hands it over).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_freed_place_goes_to_a_waiter_or_to_whoever_takes_it_first() {
+        let places = Places::new(1);
+        let held = places.take().expect("one place");
+        assert!(places.take().is_none());
+        let waiter = tokio::spawn({
+            let places = places.clone();
+            async move { places.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        // Taken before the woken waiter runs: the waiter goes back to waiting.
+        let taken = places.take().expect("a freed place is anyone's");
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(taken);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiter is woken")
+            .unwrap();
+        assert!(places.take().is_none(), "the waiter holds the place");
+        drop(got);
+        assert!(places.take().is_some());
+    }
 
     #[test]
     fn metadata_is_bounded_in_entries_and_bytes() {

@@ -180,6 +180,77 @@ async fn a_request_waiting_for_its_callers_place_ends_the_stream_on_sigterm() {
     drop(send);
 }
 
+/// At the gateway's `max_in_flight` a unary call is shed, and a stream's request waits
+/// for a place instead of ending the stream: two slow calls hold both places, the
+/// stream's three requests wait (a unary call meanwhile is shed), then are answered in
+/// order once the slow calls are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_gateways_limit_a_streams_requests_wait_and_unary_calls_are_shed() {
+    let f = TestFilter::start(Noop::default()).await;
+    let gw = Arc::new(
+        TestGateway::setup()
+            .filter("noop", &f.url)
+            .chain("name: slow\ncontent_types: [text/plain]\nstages:\n  - id: s\n    filters: [{use: noop, timeout: 10s, config: {delay_ms: 3000}}]\ndefault_decision: APPROVE\n")
+            .chain(CHAIN)
+            .config("max_in_flight", serde_json::json!(2))
+            .start()
+            .await
+            .unwrap(),
+    );
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { gw.moderate_text("slow", "hi").await })
+        })
+        .collect();
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = gw.metrics().await;
+        if metrics.contains("sekisho_gateway_requests_in_flight 2") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains("sekisho_gateway_requests_in_flight 2"),
+        "{metrics}"
+    );
+    let reqs: Vec<_> = (0..3)
+        .map(|i| {
+            let mut r = request("c", "text/plain", Payload::Text(format!("item {i}")));
+            r.request_id = format!("req-{i}");
+            r
+        })
+        .collect();
+    let mut out = stream_as(&gw, "s", futures::stream::iter(reqs)).await;
+    for _ in 0..200 {
+        metrics = gw.metrics().await;
+        if metrics.contains("sekisho_gateway_stream_waits_total") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains("sekisho_gateway_stream_waits_total"),
+        "{metrics}"
+    );
+    let shed = gw.moderate_text("c", "hi").await.unwrap_err();
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+    assert!(
+        shed.message().contains("serving its limit of 2 requests"),
+        "{shed:?}"
+    );
+    for i in 0..3 {
+        let r = out.message().await.unwrap().expect("an answer");
+        assert_eq!(r.request_id, format!("req-{i}"));
+        assert_eq!(r.decision(), Decision::Approve);
+    }
+    assert!(out.message().await.unwrap().is_none());
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().decision(), Decision::Approve);
+    }
+}
+
 /// One caller over its own limits is shed (RESOURCE_EXHAUSTED, HTTP 429) while another
 /// is served: requests in flight (the barrier filter holds two of `a`'s until a third
 /// call reaches it, which only another caller's can), and a rate (`batch`'s bucket of 2).
