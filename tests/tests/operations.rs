@@ -398,10 +398,11 @@ async fn metrics_and_openapi_are_served() {
     assert!(doc["paths"]["/v1/filters"]["get"].is_object());
     // What a request must hold is in the document (google.api.field_behavior).
     let schemas = &doc["components"]["schemas"];
-    assert_eq!(
-        schemas["sekisho.gateway.v1.ModerateRequest"]["required"],
-        serde_json::json!(["content"])
-    );
+    // The body is the request less what the path sets (the chain).
+    let body = &doc["paths"]["/v1/chains/{chain}:moderate"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    assert_eq!(body["required"], serde_json::json!(["content"]));
+    assert!(body["properties"].get("chain").is_none(), "{body}");
     let content = &schemas["sekisho.filter.v1.Content"];
     assert_eq!(content["required"], serde_json::json!(["contentType"]));
     assert_eq!(content["properties"]["contentType"]["minLength"], 1);
