@@ -147,15 +147,7 @@ fn message_schema(
     let fields: Vec<FieldDescriptor> = m.fields().filter(|f| !skip.contains(f.name())).collect();
     let mut props = serde_json::Map::new();
     for f in &fields {
-        if let Kind::Message(inner) = f.kind() {
-            if f.is_map() {
-                if let Kind::Message(v) = inner.map_entry_value_field().kind() {
-                    todo.push(v);
-                }
-            } else {
-                todo.push(inner);
-            }
-        }
+        todo.extend(held_message(f));
         let mut s = field_schema(f);
         // A required oneof member is required when it is the one chosen.
         if is_required(f) {
@@ -208,19 +200,23 @@ fn reachable(from: impl Iterator<Item = MessageDescriptor>) -> BTreeSet<String> 
         if !seen.insert(m.full_name().to_owned()) {
             continue;
         }
-        for f in m.fields() {
-            if let Kind::Message(inner) = f.kind() {
-                if f.is_map() {
-                    if let Kind::Message(v) = inner.map_entry_value_field().kind() {
-                        todo.push(v);
-                    }
-                } else {
-                    todo.push(inner);
-                }
-            }
-        }
+        todo.extend(m.fields().filter_map(|f| held_message(&f)));
     }
     seen
+}
+
+/// The message a field holds: its type, or a map's value type.
+fn held_message(f: &FieldDescriptor) -> Option<MessageDescriptor> {
+    let Kind::Message(inner) = f.kind() else {
+        return None;
+    };
+    if !f.is_map() {
+        return Some(inner);
+    }
+    match inner.map_entry_value_field().kind() {
+        Kind::Message(v) => Some(v),
+        _ => None,
+    }
 }
 
 /// `s`, or null (OpenAPI 3.0 has no `type: null`; a `$ref` takes no siblings, so it is

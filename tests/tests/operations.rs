@@ -101,6 +101,20 @@ async fn a_held_stream_ends_unavailable_on_sigterm_and_the_gateway_exits() {
     drop(send);
 }
 
+/// The gateway's metrics once they contain `needle` (polled for up to 10 s; the test
+/// fails with the last text otherwise).
+async fn wait_for_metric(gw: &TestGateway, needle: &str) -> String {
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = gw.metrics().await;
+        if text.contains(needle) {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no `{needle}` in the metrics:\n{text}");
+}
+
 /// A `ModerateStream` of `requests` as `caller`: its answers.
 async fn stream_as(
     gw: &TestGateway,
@@ -156,20 +170,11 @@ async fn a_request_waiting_for_its_callers_place_ends_the_stream_on_sigterm() {
         send.send(r).await.unwrap();
     }
     // The first holds the place (3 s at the filter); the second waits for it.
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        metrics = gw.metrics().await;
-        if metrics
-            .contains("sekisho_gateway_caller_waits_total{caller=\"other\",limit=\"in_flight\"} 1")
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(
-        metrics.contains("sekisho_gateway_caller_waits_total"),
-        "{metrics}"
-    );
+    wait_for_metric(
+        &gw,
+        "sekisho_gateway_caller_waits_total{caller=\"other\",limit=\"in_flight\"} 1",
+    )
+    .await;
     let exited = tokio::spawn(gw.terminate());
     let first = out.message().await.unwrap().expect("the first is answered");
     assert_eq!(first.request_id, "req-0");
@@ -203,18 +208,7 @@ async fn at_the_gateways_limit_a_streams_requests_wait_and_unary_calls_are_shed(
             tokio::spawn(async move { gw.moderate_text("slow", "hi").await })
         })
         .collect();
-    let mut metrics = String::new();
-    for _ in 0..200 {
-        metrics = gw.metrics().await;
-        if metrics.contains("sekisho_gateway_requests_in_flight 2") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(
-        metrics.contains("sekisho_gateway_requests_in_flight 2"),
-        "{metrics}"
-    );
+    wait_for_metric(&gw, "sekisho_gateway_requests_in_flight 2").await;
     let reqs: Vec<_> = (0..3)
         .map(|i| {
             let mut r = request("c", "text/plain", Payload::Text(format!("item {i}")));
@@ -223,17 +217,7 @@ async fn at_the_gateways_limit_a_streams_requests_wait_and_unary_calls_are_shed(
         })
         .collect();
     let mut out = stream_as(&gw, "s", futures::stream::iter(reqs)).await;
-    for _ in 0..200 {
-        metrics = gw.metrics().await;
-        if metrics.contains("sekisho_gateway_stream_waits_total") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(
-        metrics.contains("sekisho_gateway_stream_waits_total"),
-        "{metrics}"
-    );
+    wait_for_metric(&gw, "sekisho_gateway_stream_waits_total").await;
     let shed = gw.moderate_text("c", "hi").await.unwrap_err();
     assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
     assert!(
@@ -282,18 +266,7 @@ async fn one_caller_over_its_limits_is_shed_and_the_others_are_served() {
         })
         .collect();
     // Both of `a`'s calls are in flight (waiting at the barrier) before the third.
-    let mut in_flight = String::new();
-    for _ in 0..200 {
-        in_flight = gw.metrics().await;
-        if in_flight.contains("sekisho_gateway_requests_in_flight 2") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(
-        in_flight.contains("sekisho_gateway_requests_in_flight 2"),
-        "{in_flight}"
-    );
+    wait_for_metric(&gw, "sekisho_gateway_requests_in_flight 2").await;
     let shed = moderate_as(&gw, "a", "held").await.unwrap_err();
     assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
     assert!(
