@@ -122,10 +122,10 @@ impl CallerState {
         (b.tokens < 0.0).then(|| std::time::Duration::from_secs_f64(-b.tokens / rate))
     }
 
-    /// Takes a token, if the bucket holds one.
-    fn take_token(&self) -> bool {
+    /// Takes a token, if the bucket holds one; else how long until it will.
+    fn take_token(&self) -> Result<(), std::time::Duration> {
         let Some((rate, burst)) = self.limits.rate else {
-            return true;
+            return Ok(());
         };
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -133,9 +133,9 @@ impl CallerState {
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(std::time::Duration::from_secs_f64((1.0 - b.tokens) / rate))
         }
     }
 }
@@ -235,13 +235,17 @@ impl Callers {
             })?),
             _ => None,
         };
-        if !state.take_token() {
+        if let Err(retry_after) = state.take_token() {
             metrics::counter!(m::CALLER_SHED_TOTAL, "caller" => label.to_owned(), "limit" => "rate")
                 .increment(1);
             let (rate, burst) = limits.rate.unwrap_or_default();
-            return Err(GatewayError::Overloaded(format!(
-                "caller `{caller}` is over its rate of {rate} requests a second (burst {burst}); retry with backoff"
-            )));
+            return Err(GatewayError::OverRate {
+                message: format!(
+                    "caller `{caller}` is over its rate of {rate} requests a second (burst {burst}); retry in {:.1} s",
+                    retry_after.as_secs_f64()
+                ),
+                retry_after,
+            });
         }
         Ok(CallerPermit {
             _in_flight: in_flight,

@@ -3,6 +3,10 @@
 
 use tonic::{Code, Status};
 
+/// The metadata key of gRPC's server retry pushback (gRPC proposal A6): milliseconds
+/// until a retry may succeed.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("configuration: {0}")]
@@ -13,6 +17,13 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Overloaded(String),
+    /// Over a caller's rate: its next token comes in `retry_after`, which the status
+    /// carries as `grpc-retry-pushback-ms` (gRPC's retry pushback; HTTP `Retry-After`).
+    #[error("{message}")]
+    OverRate {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// The gateway is shutting down.
     #[error("{0}")]
     Unavailable(String),
@@ -39,6 +50,14 @@ impl From<GatewayError> for Status {
             GatewayError::InvalidArgument(_) => Status::invalid_argument(message),
             GatewayError::NotFound(_) => Status::not_found(message),
             GatewayError::Overloaded(_) => Status::resource_exhausted(message),
+            GatewayError::OverRate { retry_after, .. } => {
+                let mut status = Status::resource_exhausted(message);
+                let ms = retry_after.as_millis().max(1).to_string();
+                if let Ok(v) = ms.parse() {
+                    status.metadata_mut().insert(RETRY_PUSHBACK, v);
+                }
+                status
+            }
             GatewayError::Unavailable(_) => Status::unavailable(message),
             GatewayError::FilterFailed { status, .. } => {
                 // Keep the filter's code (UNAVAILABLE, DEADLINE_EXCEEDED, ...) so callers

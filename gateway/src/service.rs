@@ -180,7 +180,9 @@ impl GatewayService {
             Ok(_) => "ok",
             Err(GatewayError::InvalidArgument(_)) => "invalid_argument",
             Err(GatewayError::NotFound(_)) => "not_found",
-            Err(GatewayError::Overloaded(_)) => "resource_exhausted",
+            Err(GatewayError::Overloaded(_) | GatewayError::OverRate { .. }) => {
+                "resource_exhausted"
+            }
             Err(GatewayError::Unavailable(_)) => "unavailable",
             Err(GatewayError::FilterFailed { status, .. }) => {
                 sekisho_proto::code_label(status.code())

@@ -13,6 +13,9 @@ pub struct ApiError {
     pub http: StatusCode,
     pub status: Code,
     pub message: String,
+    /// When a retry may succeed (from a status's `grpc-retry-pushback-ms`): sent as
+    /// `Retry-After`, in whole seconds rounded up.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -21,6 +24,7 @@ impl ApiError {
             http: http_status(status),
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -29,13 +33,20 @@ impl ApiError {
             http: StatusCode::PAYLOAD_TOO_LARGE,
             status: Code::ResourceExhausted,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
 
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> Self {
-        ApiError::new(s.code(), s.message())
+        let mut e = ApiError::new(s.code(), s.message());
+        e.retry_after = s
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .map(std::time::Duration::from_millis);
+        e
     }
 }
 
@@ -49,6 +60,13 @@ impl IntoResponse for ApiError {
             }
         });
         let mut response = (self.http, Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_millis().div_ceil(1000).max(1);
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(secs as u64),
+            );
+        }
         if self.http == StatusCode::PAYLOAD_TOO_LARGE {
             close_connection(&mut response);
         }

@@ -247,6 +247,7 @@ pub fn method_not_allowed(method: &http::Method, path: &str, allow: &str) -> Res
         http: StatusCode::METHOD_NOT_ALLOWED,
         status: Code::Unimplemented,
         message: format!("{method} is not allowed on {path} (allowed: {allow})"),
+        retry_after: None,
     }
     .into_response();
     if let Ok(v) = http::HeaderValue::from_str(allow) {

@@ -290,6 +290,16 @@ async fn one_caller_over_its_limits_is_shed_and_the_others_are_served() {
     let shed = moderate_as(&gw, "batch", "c").await.unwrap_err();
     assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
     assert!(shed.message().contains("over its rate"), "{shed:?}");
+    // When its next token comes (1,000 s at 0.001 a second): gRPC's retry pushback.
+    let pushback: u64 = shed
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("a pushback")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((900_000..=1_000_000).contains(&pushback), "{pushback}");
     // Over JSON too, the header naming the caller: 429.
     let r = reqwest::Client::new()
         .post(format!("{}/v1/chains/c:moderate", gw.url))
@@ -299,6 +309,12 @@ async fn one_caller_over_its_limits_is_shed_and_the_others_are_served() {
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((900..=1_000).contains(&retry_after), "{retry_after}");
     // Others, and a call naming no caller, are not held back by `batch`.
     moderate_as(&gw, "a", "c").await.unwrap();
     gw.moderate_text("c", "hi").await.unwrap();
