@@ -22,19 +22,17 @@ if [ ! -x "$st/bin/schemathesis" ]; then
     schemathesis==4.32.5 hypothesis==6.130.12
 fi
 data=$(mktemp -d)
-base=$((20000 + RANDOM % 20000))
 password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-SEKISHO_DEV_PASSWORD=$password target/debug/sekisho dev --data-dir "$data" --listen "127.0.0.1:$base" \
-  --chainstore-listen "127.0.0.1:$((base + 1))" --ui-listen "127.0.0.1:$((base + 2))" \
-  >"$data/dev.log" 2>&1 &
+# Port 0 for all three: dev prints where each listens, the gateway's line last, so no
+# other process can take a port between choosing it and binding it.
+SEKISHO_DEV_PASSWORD=$password target/debug/sekisho dev --data-dir "$data" --listen 127.0.0.1:0 \
+  --chainstore-listen 127.0.0.1:0 --ui-listen 127.0.0.1:0 >"$data/dev.log" 2>&1 &
 dev=$!
 trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$data"' EXIT
-ready() {
-  curl -sf "http://127.0.0.1:$((base + 1))/openapi.json" >/dev/null &&
-    curl -sf "http://127.0.0.1:$base/openapi.json" >/dev/null
-}
-for _ in $(seq 120); do ready && break; sleep 0.5; done
-if ! ready; then
+url() { sed -n "s/^sekisho $1 listening on \(http:[^ ]*\)\$/\1/p" "$data/dev.log"; }
+for _ in $(seq 120); do [ -n "$(url gateway)" ] && break; kill -0 $dev 2>/dev/null || break; sleep 0.5; done
+gateway=$(url gateway) chainstore=$(url chainstore) ui=$(url ui)
+if [ -z "$gateway" ] || [ -z "$chainstore" ] || [ -z "$ui" ]; then
   echo "sekisho dev did not start:" >&2
   cat "$data/dev.log" >&2
   exit 1
@@ -45,21 +43,20 @@ check() {
     --checks all \
     --seed 1 --workers 2 --no-color
 }
-for port in "$base" "$((base + 1))"; do
-  check "http://127.0.0.1:$port/openapi.json" --max-examples 100
+for api in "$gateway" "$chainstore"; do
+  check "$api/openapi.json" --max-examples 100
 done
-ui=http://127.0.0.1:$((base + 2))
 cookie=$(curl -sf -D - -o /dev/null "$ui/api/session" -H 'x-sekisho-csrf: 1' \
   -H 'content-type: application/json' -d "{\"name\":\"operator\",\"password\":\"$password\"}" |
   tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p')
 [ -n "$cookie" ] || { echo "cannot sign in to the edge" >&2; exit 1; }
-for api in "gateway:$base" "chainstore:$((base + 1))"; do
-  check "http://127.0.0.1:${api#*:}/openapi.json" --url "$ui/api/${api%%:*}" \
+for api in "gateway=$gateway" "chainstore=$chainstore"; do
+  check "${api#*=}/openapi.json" --url "$ui/api/${api%%=*}" \
     -H "Cookie: $cookie" -H "x-sekisho-csrf: 1" --max-examples 50
 done
 # Callers' made-up chain names never become series: every chain label is one of dev's
 # chains or `unknown`.
-labels=$(curl -sf "http://127.0.0.1:$base/metrics" |
+labels=$(curl -sf "$gateway/metrics" |
   sed -n 's/^sekisho_gateway_[a-z_]*{.*chain="\([^"]*\)".*/\1/p' | sort -u)
 strays=$(grep -vxE 'comment-text|profile-photo|unknown' <<<"$labels" || true)
 if [ -n "$strays" ]; then
@@ -67,7 +64,7 @@ if [ -n "$strays" ]; then
   exit 1
 fi
 # Still serving after all of it.
-curl -sf "http://127.0.0.1:$base/v1/chains/comment-text:moderate" \
+curl -sf "$gateway/v1/chains/comment-text:moderate" \
   -d '{"content":{"contentType":"text/plain","text":"click here for free money"}}' |
   grep -q '"decision": *"REJECT"'
 echo "API checks passed"

@@ -18,6 +18,15 @@ pub async fn serve(
     listen: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    serve_on(service, TcpListener::bind(listen).await?, shutdown).await
+}
+
+/// Serves on a listener already bound until `shutdown`; returns its address and the task.
+pub async fn serve_on(
+    service: ChainStoreService,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ChainStoreServer<ChainStoreService>>()
@@ -46,7 +55,6 @@ pub async fn serve(
         MAX_REQUEST_BYTES,
     )
     .map_err(std::io::Error::other)?;
-    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(sekisho_jsonproxy::serve(listener, app, shutdown));
     Ok((addr, task))

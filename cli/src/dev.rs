@@ -68,6 +68,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // One recorder for everything below, installed before the filters start so that the
     // series they set at start (`sekisho_filter_info`) reach the gateway's `/metrics`.
     sekisho_jsonproxy::metrics::install();
+    // The three ports are bound first, before the filters take ports of their own: a port
+    // asked for is then never lost to one of them, and port 0 (any free port) works,
+    // each bound address printed below (`sekisho … listening on http://ADDR`).
+    let bind = |what: &str, listen: &str| {
+        let listen = listen.to_owned();
+        let what = what.to_owned();
+        async move {
+            TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("{what}: cannot listen on {listen}"))
+        }
+    };
+    let gateway_listener = bind("the gateway", &args.listen).await?;
+    let store_listener = match args.chains {
+        None => Some(bind("the chainstore", &args.chainstore_listen).await?),
+        Some(_) => None,
+    };
+    let ui_listener = bind("the web UI", &args.ui_listen).await?;
+    let gateway_addr = gateway_listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut store_task = None;
     let mut filters = BTreeMap::new();
@@ -126,15 +145,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             seed(store.as_ref()).await?;
             let mut rx = stop_rx.clone();
             // The gateway started below reports what discovery found.
-            let catalog = GatewayCatalog::new(&format!("http://{}", args.listen))
+            let catalog = GatewayCatalog::new(&format!("http://{gateway_addr}"))
                 .map_err(anyhow::Error::msg)?;
             let service = ChainStoreService::new(store).with_catalog(Arc::new(catalog));
+            let listener = store_listener.context("the chainstore's port is bound")?;
             let (addr, task) =
-                sekisho_chainstore::server::serve(service, &args.chainstore_listen, async move {
+                sekisho_chainstore::server::serve_on(service, listener, async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
-                .await
-                .with_context(|| format!("cannot listen on {}", args.chainstore_listen))?;
+                .await?;
             store_task = Some(task);
             let url = format!("http://{addr}");
             (
@@ -153,7 +172,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let mut rx = stop_rx.clone();
     let running = GatewayServer::new(config)
-        .start(async move {
+        .start_on(gateway_listener, async move {
             let _ = rx.wait_for(|s| *s).await;
         })
         .await?;
@@ -182,7 +201,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ..sekisho_edge::EdgeConfig::default()
     };
     let mut rx = stop_rx.clone();
-    let edge = sekisho_edge::start(edge_cfg, async move {
+    let edge = sekisho_edge::start_on(edge_cfg, ui_listener, async move {
         let _ = rx.wait_for(|s| *s).await;
     })
     .await?;
@@ -211,6 +230,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "  try: curl -s http://{addr}/v1/chains/comment-text:moderate -d '{{\"content\":{{\"contentType\":\"text/plain\",\"text\":\"click here for free money\"}}}}'"
     );
+    // What scripts and tests read, the gateway's line last: dev is ready once it is out.
+    println!("sekisho ui listening on http://{}", edge.addr);
+    if let Some(url) = &chainstore {
+        println!("sekisho chainstore listening on {url}");
+    }
     println!("sekisho gateway listening on http://{addr}");
 
     crate::shutdown_signal().await;

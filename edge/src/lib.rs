@@ -87,6 +87,22 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningEdge, EdgeError> {
     cfg.validate()?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|source| EdgeError::Listen {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
+    start_on(cfg, listener, shutdown).await
+}
+
+/// As [`start`], on a listener already bound (`cfg.listen` is not used).
+pub async fn start_on(
+    cfg: EdgeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningEdge, EdgeError> {
+    cfg.validate()?;
     let url = |what: &str, u: &str| {
         u.parse::<http::Uri>()
             .map_err(|e| config::ConfigError(format!("{what}: {e}")))
@@ -115,9 +131,6 @@ pub async fn start(
         addr: cfg.listen.clone(),
         source,
     };
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(listen_error)?;
     let addr = listener.local_addr().map_err(listen_error)?;
     if !assets::built() {
         tracing::warn!("the web UI is not built (scripts/build-ui.sh); /api/ works without it");

@@ -71,6 +71,23 @@ impl GatewayServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<RunningGateway, GatewayError> {
+        self.config.validate()?;
+        let listen = self.config.listen.clone();
+        let listener = TcpListener::bind(&listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: listen,
+                source,
+            })?;
+        self.start_on(listener, shutdown).await
+    }
+
+    /// As [`GatewayServer::start`], on a listener already bound (`listen` is not used).
+    pub async fn start_on(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RunningGateway, GatewayError> {
         let cfg = self.config;
         cfg.validate()?;
         let metrics = crate::metrics::install();
@@ -156,13 +173,6 @@ impl GatewayServer {
             std::future::ready(limit_grpc_frames(req, limit))
         }));
 
-        let listener =
-            TcpListener::bind(&cfg.listen)
-                .await
-                .map_err(|source| GatewayError::Bind {
-                    addr: cfg.listen.clone(),
-                    source,
-                })?;
         let addr = listener
             .local_addr()
             .map_err(|e| GatewayError::Internal(e.to_string()))?;

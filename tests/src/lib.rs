@@ -7,6 +7,7 @@
 pub mod filters;
 pub mod kube_fake;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -49,27 +50,8 @@ pub fn sekisho_bin() -> PathBuf {
 
 /// Reads a child's stdout until it prints `listening on http://ADDR`; returns the URL.
 pub async fn wait_for_listen_line(child: &mut Child, what: &str) -> anyhow::Result<String> {
-    let stdout = child.stdout.take().context("stdout is piped")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let found = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(i) = line.find("listening on http://") {
-                return Ok::<_, std::io::Error>(Some(
-                    line[i + "listening on ".len()..].trim().to_owned(),
-                ));
-            }
-        }
-        Ok(None)
-    })
-    .await;
-    // Keep draining so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    match found {
-        Ok(Ok(Some(url))) => Ok(url),
-        Ok(Ok(None)) => bail!("{what} exited before listening"),
-        Ok(Err(e)) => bail!("{what}: {e}"),
-        Err(_) => bail!("{what} did not start within 60s"),
-    }
+    let urls = read_listen_lines(child, what, None).await?;
+    Ok(urls.into_values().next().expect("one line read"))
 }
 
 /// A gateway process with a config and chains written to a temporary directory.
@@ -504,30 +486,15 @@ pub struct DevProcess {
 impl DevProcess {
     /// Starts it with `args` added and `env` set, and waits until it says it runs.
     ///
-    /// Its three ports are picked free and released before it binds them, and a process
-    /// of a test running alongside can take one in between: dev then exits at once
-    /// ("address already in use"), and is started again on three other ports, up to
-    /// three times in all.
+    /// It binds port 0 for all three and the addresses are read from what it prints
+    /// (`sekisho ui|chainstore|gateway listening on http://ADDR`), so no other process
+    /// can take a port between its choice and its use.
     pub async fn start(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match Self::start_once(args, env).await {
-                Err(e) if tries < 3 && e.to_string().ends_with("exited before listening") => {
-                    eprintln!("sekisho dev did not start ({e}); again on other ports");
-                }
-                started => return started,
-            }
-        }
-    }
-
-    async fn start_once(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let (gw, cs, ui) = (free_port(), free_port(), free_port());
         let mut child = Command::new(sekisho_bin())
-            .args(["dev", "--listen", &format!("127.0.0.1:{gw}")])
-            .args(["--chainstore-listen", &format!("127.0.0.1:{cs}")])
-            .args(["--ui-listen", &format!("127.0.0.1:{ui}")])
+            .args(["dev", "--listen", "127.0.0.1:0"])
+            .args(["--chainstore-listen", "127.0.0.1:0"])
+            .args(["--ui-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.path())
             .args(args)
@@ -536,14 +503,53 @@ impl DevProcess {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()?;
-        wait_for_listen_line(&mut child, "sekisho dev").await?;
+        let mut urls = read_listen_lines(&mut child, "sekisho dev", Some("gateway")).await?;
+        let mut take = |what: &str| {
+            urls.remove(what)
+                .with_context(|| format!("sekisho dev did not say where its {what} listens"))
+        };
         Ok(DevProcess {
-            ui: format!("http://127.0.0.1:{ui}"),
-            gateway: format!("http://127.0.0.1:{gw}"),
-            chainstore: format!("http://127.0.0.1:{cs}"),
+            ui: take("ui")?,
+            chainstore: take("chainstore")?,
+            gateway: take("gateway")?,
             _dir: dir,
             _child: child,
         })
+    }
+}
+
+/// Reads a child's stdout for `sekisho PART listening on http://ADDR` lines until the one
+/// for `last` (the first of them when `None`); returns the URLs by PART. The child's
+/// stdout is drained afterwards so that it never blocks on a full pipe.
+async fn read_listen_lines(
+    child: &mut Child,
+    what: &str,
+    last: Option<&str>,
+) -> anyhow::Result<HashMap<String, String>> {
+    let stdout = child.stdout.take().context("stdout is piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut urls = HashMap::new();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(i) = line.find(" listening on http://") {
+                let part = line[..i].trim_start_matches("sekisho ").to_owned();
+                let url = line[i + " listening on ".len()..].trim().to_owned();
+                let done = last.is_none_or(|l| l == part);
+                urls.insert(part, url);
+                if done {
+                    return Ok::<_, std::io::Error>(true);
+                }
+            }
+        }
+        Ok(false)
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    match found {
+        Ok(Ok(true)) => Ok(urls),
+        Ok(Ok(false)) => bail!("{what} exited before listening"),
+        Ok(Err(e)) => bail!("{what}: {e}"),
+        Err(_) => bail!("{what} did not start within 60s"),
     }
 }
 

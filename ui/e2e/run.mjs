@@ -5,7 +5,6 @@
 //   node e2e/run.mjs            (SEKISHO_BIN and CHROMIUM override the defaults)
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -34,21 +33,12 @@ const astronaut = execFileSync("python3", [
   .toString()
   .trim();
 
-const freePort = () =>
-  new Promise((ok, fail) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-    s.on("error", fail);
-  });
-
-const [gw, cs, ui] = [await freePort(), await freePort(), await freePort()];
 const data = mkdtempSync(join(tmpdir(), "sekisho-e2e-"));
+// Port 0 for all three: dev prints where each listens (`sekisho ui listening on URL`),
+// the gateway's line last, and no other process can take a port in between.
 const dev = spawn(
   bin,
-  ["dev", "--listen", `127.0.0.1:${gw}`, "--chainstore-listen", `127.0.0.1:${cs}`, "--ui-listen", `127.0.0.1:${ui}`, "--data-dir", data],
+  ["dev", "--listen", "127.0.0.1:0", "--chainstore-listen", "127.0.0.1:0", "--ui-listen", "127.0.0.1:0", "--data-dir", data],
   {
     env: { SEKISHO_LOG: "warn,ort=error", ...process.env, SEKISHO_CACHE: cache, SEKISHO_DEV_PASSWORD: PASSWORD, SEKISHO_DEV_TOKEN: "e2e-token" },
     stdio: ["ignore", "pipe", "inherit"],
@@ -56,18 +46,19 @@ const dev = spawn(
 );
 let out = "";
 process.on("exit", () => dev.kill("SIGKILL"));
-await new Promise((ok, fail) => {
+const listening = await new Promise((ok, fail) => {
   const t = setTimeout(() => fail(new Error(`sekisho dev did not start:\n${out}`)), 60_000);
   dev.stdout.on("data", (d) => {
     out += d;
-    if (out.includes("sekisho gateway listening")) {
+    // Whole lines only: a chunk can end inside one.
+    if (/^sekisho gateway listening on \S+\n/m.test(out)) {
       clearTimeout(t);
-      ok();
+      ok(Object.fromEntries([...out.matchAll(/^sekisho (\w+) listening on (\S+)\n/gm)].map((m) => [m[1], m[2]])));
     }
   });
   dev.on("exit", (code) => fail(new Error(`sekisho dev exited with ${code}:\n${out}`)));
 });
-const base = `http://127.0.0.1:${ui}`;
+const base = listening.ui;
 
 const consoleErrors = [];
 let failed = false;
@@ -205,7 +196,7 @@ default_decision: APPROVE
   await page.getByLabel("Comment").fill("e2e: rename the reason");
   await page.keyboard.press("Control+s");
   await page.getByRole("status").filter({ hasText: "Saved version 2" }).waitFor();
-  const v2 = await (await fetch(`http://127.0.0.1:${cs}/v1/chains/e2e-qr`)).json();
+  const v2 = await (await fetch(`${listening.chainstore}/v1/chains/e2e-qr`)).json();
   assert.equal(v2.version, "2");
   assert.equal(v2.author, "operator", "the edge writes the signed-in name as the author");
   assert.match(v2.document, /use: noop, as: extra/);
@@ -213,7 +204,7 @@ default_decision: APPROVE
   step("a stale save shows the conflict and keeps both");
   await yaml.fill(v2.document.replace("reason: has_qr", "reason: mine"));
   const theirs = v2.document.replace("reason: has_qr", "reason: theirs");
-  const put = await fetch(`http://127.0.0.1:${cs}/v1/chains/e2e-qr`, {
+  const put = await fetch(`${listening.chainstore}/v1/chains/e2e-qr`, {
     method: "PUT",
     body: JSON.stringify({ document: theirs, expectedVersion: "2", author: "someone-else", comment: "saved first" }),
   });
@@ -239,7 +230,7 @@ default_decision: APPROVE
   await page.getByRole("button", { name: "Confirm roll back to v1" }).click();
   await page.getByRole("status").filter({ hasText: "version 4 has the document of version 1" }).waitFor();
   await page.screenshot({ path: join(shots, "history.png"), fullPage: true });
-  const v4 = await (await fetch(`http://127.0.0.1:${cs}/v1/chains/e2e-qr`)).json();
+  const v4 = await (await fetch(`${listening.chainstore}/v1/chains/e2e-qr`)).json();
   assert.equal(v4.version, "4");
   assert.match(v4.document, /reason: qr_code/);
 
