@@ -553,12 +553,25 @@ async fn read_listen_lines(
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 (bound, then released), for a process that cannot be
+/// told port 0 and say which it took (etcd, dnsmasq, a second address on one port).
+///
+/// Picked at random below Linux's ephemeral range (32768–60999): a port from that range,
+/// which port 0 would give, can go to any process's next outgoing connection or port-0
+/// bind before the one it was picked for binds it; a port below it goes only to whoever
+/// names it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1_000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 12_000 + (random % 20_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 12000 and 32000 on 127.0.0.1")
 }
 
 /// A real DNS server (Debian's `dnsmasq`) on a free port, authoritative for

@@ -384,10 +384,7 @@ async fn writes_are_checked_against_discovery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_gateway_filters_are_not_checked_and_validate_says_so() {
     // A port that was free a moment ago: nothing answers there.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    let dead = format!("http://127.0.0.1:{}", sekisho_tests::free_port());
     let dir = tempfile::tempdir().unwrap();
     let cs = TestChainstore::start_checking(&dir.path().join("chains.db"), &dead)
         .await
