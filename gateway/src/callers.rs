@@ -229,7 +229,7 @@ impl Callers {
             (Some(s), Some(n)) => Some(s.clone().try_acquire_owned().map_err(|_| {
                 metrics::counter!(m::CALLER_SHED_TOTAL, "caller" => label.to_owned(), "limit" => "in_flight")
                     .increment(1);
-                GatewayError::Overloaded(format!(
+                GatewayError::overloaded(format!(
                     "caller `{caller}` has {n} requests in flight, its limit; retry with backoff"
                 ))
             })?),
@@ -239,12 +239,12 @@ impl Callers {
             metrics::counter!(m::CALLER_SHED_TOTAL, "caller" => label.to_owned(), "limit" => "rate")
                 .increment(1);
             let (rate, burst) = limits.rate.unwrap_or_default();
-            return Err(GatewayError::OverRate {
+            return Err(GatewayError::Overloaded {
                 message: format!(
                     "caller `{caller}` is over its rate of {rate} requests a second (burst {burst}); retry in {:.1} s",
                     retry_after.as_secs_f64()
                 ),
-                retry_after,
+                retry_after: Some(retry_after),
             });
         }
         Ok(CallerPermit {

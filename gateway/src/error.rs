@@ -1,11 +1,10 @@
 //! The gateway's errors, and their one mapping to `tonic::Status` (the JSON proxy maps
 //! statuses to HTTP in its own single place).
 
-use tonic::{Code, Status};
+use std::time::Duration;
 
-/// The metadata key of gRPC's server retry pushback (gRPC proposal A6): milliseconds
-/// until a retry may succeed.
-pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+use sekisho_jsonproxy::RETRY_PUSHBACK;
+use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -15,14 +14,13 @@ pub enum GatewayError {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    Overloaded(String),
-    /// Over a caller's rate: its next token comes in `retry_after`, which the status
-    /// carries as `grpc-retry-pushback-ms` (gRPC's retry pushback; HTTP `Retry-After`).
+    /// Shed: over a limit. When it is known when a retry may succeed (a caller's next
+    /// token), the status carries it as `grpc-retry-pushback-ms` (gRPC's retry pushback;
+    /// HTTP `Retry-After`).
     #[error("{message}")]
-    OverRate {
+    Overloaded {
         message: String,
-        retry_after: std::time::Duration,
+        retry_after: Option<Duration>,
     },
     /// The gateway is shutting down.
     #[error("{0}")]
@@ -43,18 +41,28 @@ pub enum GatewayError {
     },
 }
 
+impl GatewayError {
+    /// Shed, with no word on when a retry may succeed.
+    pub fn overloaded(message: String) -> Self {
+        GatewayError::Overloaded {
+            message,
+            retry_after: None,
+        }
+    }
+}
+
 impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Status {
         let message = e.to_string();
         match e {
             GatewayError::InvalidArgument(_) => Status::invalid_argument(message),
             GatewayError::NotFound(_) => Status::not_found(message),
-            GatewayError::Overloaded(_) => Status::resource_exhausted(message),
-            GatewayError::OverRate { retry_after, .. } => {
+            GatewayError::Overloaded { retry_after, .. } => {
                 let mut status = Status::resource_exhausted(message);
-                let ms = retry_after.as_millis().max(1).to_string();
-                if let Ok(v) = ms.parse() {
-                    status.metadata_mut().insert(RETRY_PUSHBACK, v);
+                if let Some(after) = retry_after
+                    && let Ok(ms) = after.as_millis().max(1).to_string().parse()
+                {
+                    status.metadata_mut().insert(RETRY_PUSHBACK, ms);
                 }
                 status
             }

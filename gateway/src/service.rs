@@ -180,9 +180,7 @@ impl GatewayService {
             Ok(_) => "ok",
             Err(GatewayError::InvalidArgument(_)) => "invalid_argument",
             Err(GatewayError::NotFound(_)) => "not_found",
-            Err(GatewayError::Overloaded(_) | GatewayError::OverRate { .. }) => {
-                "resource_exhausted"
-            }
+            Err(GatewayError::Overloaded { .. }) => "resource_exhausted",
             Err(GatewayError::Unavailable(_)) => "unavailable",
             Err(GatewayError::FilterFailed { status, .. }) => {
                 sekisho_proto::code_label(status.code())
@@ -303,7 +301,7 @@ impl GatewayService {
         };
         let _place = match admission {
             Admission::Shed => self.places.take().ok_or_else(|| {
-                GatewayError::Overloaded(format!(
+                GatewayError::overloaded(format!(
                     "the gateway is serving its limit of {} requests; retry with backoff",
                     self.max_in_flight
                 ))

@@ -6,6 +6,10 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use tonic::Code;
 
+/// The metadata key of gRPC's server retry pushback (gRPC proposal A6): milliseconds
+/// until a retry may succeed. A status that carries it reaches HTTP as `Retry-After`.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 /// An error on its way to an HTTP client.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status:?}: {message}")]
@@ -43,7 +47,7 @@ impl From<tonic::Status> for ApiError {
         let mut e = ApiError::new(s.code(), s.message());
         e.retry_after = s
             .metadata()
-            .get("grpc-retry-pushback-ms")
+            .get(RETRY_PUSHBACK)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .map(std::time::Duration::from_millis);
         e

@@ -16,7 +16,7 @@ mod template;
 
 pub use app::{app, is_grpc, serve};
 pub use codec::RawCodec;
-pub use error::{ApiError, close_connection, http_status};
+pub use error::{ApiError, RETRY_PUSHBACK, close_connection, http_status};
 pub use openapi::openapi;
 pub use proxy::{JsonProxy, Upstream, method_not_allowed, route_for, upstream};
 pub use routes::{Route, RouteError, routes};
