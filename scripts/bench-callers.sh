@@ -12,19 +12,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-5}
 rounds=${2:-3}
 conc=${3:-32}
-cargo build --release --locked -p sekisho-cli --bin sekisho
-bin=target/release/sekisho
-tmp=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-export SEKISHO_LOG=warn
-start() { # logfile args...
-  local log=$1; shift
-  "$bin" "$@" > "$tmp/$log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q "listening on" "$tmp/$log" && return; sleep 0.1; done
-  echo "$log did not start" >&2; cat "$tmp/$log" >&2; exit 1
-}
+. scripts/bench-lib.sh
 start f.log filter noop --listen 127.0.0.1:19071
 for mode in off on; do
   port=$([ $mode = off ] && echo 18191 || echo 18192)
