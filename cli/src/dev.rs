@@ -32,7 +32,8 @@ const SAMPLE_CHAINS: &[(&str, &str)] = &[
 
 #[derive(clap::Args)]
 pub struct DevArgs {
-    /// Where the gateway listens (gRPC, JSON, /openapi.json, /metrics).
+    /// Where the gateway listens (gRPC, JSON, /openapi.json, /metrics). Port 0 for each
+    /// of the three: any free port, printed at start (`sekisho gateway listening on …`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
     /// A directory of chains to serve instead of the chainstore (read at start-up).
