@@ -11,6 +11,26 @@ use tonic::Code;
 
 const GOOD: &str = "name: good\ncontent_types: [text/plain]\nstages:\n  - id: s\n    filters: [{use: noop}]\ndefault_decision: APPROVE\n";
 
+/// The gateway under test and the two filters it calls (kept alive as long as it).
+struct Served {
+    gw: TestGateway,
+    _filters: [TestFilter; 2],
+}
+
+/// Starts a noop and an echo filter and a gateway with the chains above, good and bad.
+async fn serve() -> Served {
+    let noop = TestFilter::start(Noop::default()).await;
+    let echo = TestFilter::start(Echo {
+        name: "echo".into(),
+    })
+    .await;
+    let gw = gateway(&noop, &echo).await;
+    Served {
+        gw,
+        _filters: [noop, echo],
+    }
+}
+
 async fn gateway(noop: &TestFilter, echo: &TestFilter) -> TestGateway {
     let mut setup = TestGateway::setup()
         .filter("noop", &noop.url)
@@ -49,12 +69,7 @@ async fn still_serving(gw: &mut TestGateway) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_bad_requests_get_clear_statuses() {
-    let noop = TestFilter::start(Noop::default()).await;
-    let echo = TestFilter::start(Echo {
-        name: "echo".into(),
-    })
-    .await;
-    let mut gw = gateway(&noop, &echo).await;
+    let Served { mut gw, _filters } = serve().await;
 
     let e = gw.moderate_text("nope", "x").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -155,12 +170,7 @@ async fn grpc_bad_requests_get_clear_statuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_protobuf_is_invalid_argument() {
-    let noop = TestFilter::start(Noop::default()).await;
-    let echo = TestFilter::start(Echo {
-        name: "echo".into(),
-    })
-    .await;
-    let mut gw = gateway(&noop, &echo).await;
+    let Served { mut gw, _filters } = serve().await;
     let channel = tonic::transport::Channel::from_shared(gw.url.clone())
         .unwrap()
         .connect()
@@ -189,12 +199,7 @@ async fn malformed_protobuf_is_invalid_argument() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_bad_requests_get_json_errors() {
-    let noop = TestFilter::start(Noop::default()).await;
-    let echo = TestFilter::start(Echo {
-        name: "echo".into(),
-    })
-    .await;
-    let mut gw = gateway(&noop, &echo).await;
+    let Served { mut gw, _filters } = serve().await;
     let http = reqwest::Client::new();
     let post = |path: &str, body: Vec<u8>| {
         http.post(format!("{}{path}", gw.url))
@@ -334,12 +339,7 @@ async fn http_bad_requests_get_json_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_chain_files_are_reported_with_path_and_line_and_skipped() {
-    let noop = TestFilter::start(Noop::default()).await;
-    let echo = TestFilter::start(Echo {
-        name: "echo".into(),
-    })
-    .await;
-    let mut gw = gateway(&noop, &echo).await;
+    let Served { mut gw, _filters } = serve().await;
     let list = gw
         .client()
         .await
