@@ -332,6 +332,13 @@ def main() -> int:
           and all(re.fullmatch(pods[0], f"{n}-7c9d8b6f5-x2x4q") for n in filter_deploys)
           and not re.fullmatch(pods[0], "other-release-ng-image-7c9d8b6f5-x2x4q"),
           f"gpu-postgres: the queue-full alert's pod pattern {pods} matches the filter pods {filter_deploys}")
+    # The CPU-fallback alert names exactly the filters that run on a GPU.
+    on_cpu = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]
+              if r.get("alert") == "SekishoFilterOnCpu"]
+    gpu_filters = sorted(n for n, f in gpu_values["filters"].items() if f.get("gpu", {}).get("enabled"))
+    named = re.findall(r'filter=~"([^"]+)"', on_cpu[0]) if on_cpu else []
+    check(bool(gpu_filters) and named == ["|".join(gpu_filters)] and 'execution_provider="cpu"' in on_cpu[0],
+          f"gpu-postgres: the CPU-fallback alert {on_cpu} names the GPU filters {gpu_filters}")
     dash = kinds(docs, "ConfigMap")[f"{RELEASE}-dashboard"]
     panels = json.loads(dash["data"]["sekisho.json"])["panels"]
     check(len(panels) >= 8, "gpu-postgres: the Grafana dashboard parses and has its panels")

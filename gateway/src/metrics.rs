@@ -17,6 +17,7 @@ pub const FILTER_SCORE: &str = "sekisho_gateway_filter_score";
 pub const DECISIONS_TOTAL: &str = "sekisho_gateway_decisions_total";
 pub const FILTER_INFO: &str = "sekisho_gateway_filter_info";
 pub const FILTER_ENDPOINTS: &str = "sekisho_gateway_filter_endpoints";
+pub const FILTER_ENDPOINTS_BY_PROVIDER: &str = "sekisho_gateway_filter_endpoints_by_provider";
 pub const ENDPOINT_EJECTIONS_TOTAL: &str = "sekisho_gateway_endpoint_ejections_total";
 pub const RETRIES_REFUSED_TOTAL: &str = "sekisho_gateway_filter_retries_refused_total";
 pub const CALLER_SHED_TOTAL: &str = "sekisho_gateway_caller_shed_total";
@@ -75,6 +76,10 @@ fn describe() {
     describe_gauge!(
         FILTER_ENDPOINTS,
         "Endpoints of each filter by state (ready, pending, refused, not_serving, unreachable, ejected)."
+    );
+    describe_gauge!(
+        FILTER_ENDPOINTS_BY_PROVIDER,
+        "Endpoints serving each filter (ready or ejected for a while) by the execution provider each said in Describe (cpu, cuda, or none): a replica that fell back to the CPU shows as cpu."
     );
     describe_counter!(
         ENDPOINT_EJECTIONS_TOTAL,

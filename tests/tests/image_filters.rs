@@ -138,6 +138,16 @@ async fn the_profile_photo_chain_runs_on_the_builtin_filters() {
         .unwrap();
     let info = &face.descriptor.as_ref().unwrap().info;
     assert_eq!(info["execution_provider"], "cpu", "{info:?}");
+    // And per endpoint, as each replica answered (replicas may differ here).
+    let [endpoint] = face.endpoints.as_slice() else {
+        panic!("one endpoint: {:?}", face.endpoints)
+    };
+    assert_eq!(
+        endpoint.info.get("execution_provider").map(String::as_str),
+        Some("cpu"),
+        "{endpoint:?}"
+    );
+    assert!(endpoint.info.contains_key("model"), "{endpoint:?}");
     let metrics = gw.metrics().await;
     let line = metrics
         .lines()
@@ -146,6 +156,12 @@ async fn the_profile_photo_chain_runs_on_the_builtin_filters() {
         })
         .unwrap_or_else(|| panic!("no filter_info for face-detect in\n{metrics}"));
     assert!(line.contains("execution_provider=\"cpu\""), "{line}");
+    // Counted per endpoint by provider, so that a fallback to the CPU can be alerted on.
+    assert!(
+        metrics.lines().any(|l| l
+            == "sekisho_gateway_filter_endpoints_by_provider{filter=\"face-detect\",execution_provider=\"cpu\"} 1"),
+        "no cpu endpoint of face-detect counted in\n{metrics}"
+    );
 }
 
 fn crc32(data: &[u8]) -> u32 {

@@ -281,6 +281,18 @@ default_decision: APPROVE
   step("filters and sign out");
   await page.getByRole("link", { name: "Filters" }).click();
   await page.getByRole("heading", { name: /qr-code/ }).waitFor();
+  // Where each model runs, per endpoint (dev runs the ONNX filters on the CPU); filters
+  // without a model have no such column.
+  for (const [filter, column] of [["face-detect", ["cpu"]], ["ng-image", ["cpu"]], ["qr-code", []]]) {
+    const article = page.locator("article.filter", { has: page.getByRole("heading", { name: new RegExp(`^${filter}`) }) });
+    const runsOn = await article.locator("thead th").allTextContents();
+    assert.equal(runsOn.includes("Runs on"), column.length > 0, `${filter}: ${runsOn}`);
+    if (column.length) {
+      const i = runsOn.indexOf("Runs on");
+      assert.deepEqual(await article.locator(`tbody td:nth-child(${i + 1})`).allTextContents(), column, filter);
+      assert.match((await article.locator(`tbody td:nth-child(${i + 1})`).getAttribute("title")) ?? "", /^execution_provider: cpu\n(.+\n)*model: .+$/m);
+    }
+  }
   await page.screenshot({ path: join(shots, "filters.png"), fullPage: true });
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByLabel("Password").waitFor();

@@ -285,6 +285,11 @@ impl Endpoint {
             ejections: s.ejections,
             calls: self.calls.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            info: s
+                .described
+                .as_ref()
+                .map(|d| d.info.clone())
+                .unwrap_or_default(),
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct FilterPool {
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
     /// The descriptor the pool serves: the one most described endpoints share.
     reference: Mutex<Option<Arc<FilterDescriptor>>>,
+    /// Every execution provider an endpoint has served with, so that one no longer in
+    /// use reads 0 rather than its last count.
+    providers: Mutex<BTreeSet<String>>,
     /// Bumped whenever an endpoint's standing changes, for calls waiting on one.
     changed: tokio::sync::watch::Sender<u64>,
     budget: TpsBudget,
@@ -114,6 +117,7 @@ impl FilterPool {
             settings,
             endpoints: RwLock::new(Vec::new()),
             reference: Mutex::new(None),
+            providers: Mutex::new(BTreeSet::new()),
             changed: tokio::sync::watch::Sender::new(0),
             budget,
             turn: AtomicUsize::new(0),
@@ -225,6 +229,7 @@ impl FilterPool {
             *reference = Some(c.clone());
         }
         let mut counts: BTreeMap<&'static str, f64> = BTreeMap::new();
+        let mut by_provider: BTreeMap<String, f64> = BTreeMap::new();
         let now = Instant::now();
         for e in &eps {
             let mut s = e.lock();
@@ -265,9 +270,24 @@ impl FilterPool {
                 phase.label()
             };
             *counts.entry(label).or_default() += 1.0;
+            if phase == Phase::Ready
+                && let Some(d) = &s.described
+            {
+                *by_provider
+                    .entry(sekisho_proto::execution_provider(d))
+                    .or_default() += 1.0;
+            }
             s.phase = phase;
         }
         drop(reference);
+        let mut providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
+        providers.extend(by_provider.keys().cloned());
+        for provider in providers.iter() {
+            metrics::gauge!(m::FILTER_ENDPOINTS_BY_PROVIDER, "filter" => self.name.clone(),
+                "execution_provider" => provider.clone())
+            .set(by_provider.get(provider).copied().unwrap_or(0.0));
+        }
+        drop(providers);
         for state in [
             "pending",
             "ready",

@@ -243,3 +243,42 @@ async fn the_retry_budget_allows_a_share_of_calls_and_then_refuses() {
     let allowed = (0..100).take_while(|_| pool.withdraw_retry()).count();
     assert_eq!(allowed, 20);
 }
+
+#[tokio::test]
+async fn endpoints_are_counted_by_the_provider_they_said_and_a_provider_gone_reads_zero() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let on = |d: &Arc<FilterDescriptor>, provider: &str| {
+        let mut d = (**d).clone();
+        d.info
+            .insert("execution_provider".into(), provider.to_owned());
+        Arc::new(d)
+    };
+    let gauge = |provider: &str| -> Option<f64> {
+        let text = handle.render();
+        let series = format!(
+            "{}{{filter=\"noop\",execution_provider=\"{provider}\"}} ",
+            m::FILTER_ENDPOINTS_BY_PROVIDER
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map(|v| v.parse().unwrap())
+    };
+    metrics::with_local_recorder(&recorder, || {
+        let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
+        let d = descriptor("1.0");
+        let a = add(&pool, 1, on(&d, "cuda"));
+        add(&pool, 2, on(&d, "cuda"));
+        let c = add(&pool, 3, on(&d, "cpu"));
+        // A replica of another version is refused: not counted.
+        add(&pool, 4, on(&descriptor("2.0"), "cuda"));
+        assert_eq!((gauge("cuda"), gauge("cpu")), (Some(2.0), Some(1.0)));
+
+        // The CPU replica comes back on its GPU; one GPU replica goes unreachable.
+        c.lock().described = Some(on(&d, "cuda"));
+        a.lock().unreachable = "Describe failed".into();
+        pool.recompute();
+        assert_eq!((gauge("cuda"), gauge("cpu")), (Some(2.0), Some(0.0)));
+        assert_eq!(gauge("none"), None);
+    });
+}
