@@ -71,7 +71,7 @@ fn describe() {
     describe_counter!(DECISIONS_TOTAL, "Decisions by chain, decision and reason.");
     describe_gauge!(
         FILTER_INFO,
-        "1 per described filter, labelled with its version and execution provider (cpu, cuda, or none for filters without a model)."
+        "1 for each version and execution provider (cpu, cuda, or none for filters without a model) that an endpoint serving the filter has; 0 once none has."
     );
     describe_gauge!(
         FILTER_ENDPOINTS,

@@ -50,9 +50,9 @@ pub struct FilterPool {
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
     /// The descriptor the pool serves: the one most described endpoints share.
     reference: Mutex<Option<Arc<FilterDescriptor>>>,
-    /// Every execution provider an endpoint has served with, so that one no longer in
-    /// use reads 0 rather than its last count.
-    providers: Mutex<BTreeSet<String>>,
+    /// Every (version, execution provider) an endpoint has served with, so that one no
+    /// longer served reads 0 rather than its last value.
+    served: Mutex<BTreeSet<(String, String)>>,
     /// Bumped whenever an endpoint's standing changes, for calls waiting on one.
     changed: tokio::sync::watch::Sender<u64>,
     budget: TpsBudget,
@@ -117,7 +117,7 @@ impl FilterPool {
             settings,
             endpoints: RwLock::new(Vec::new()),
             reference: Mutex::new(None),
-            providers: Mutex::new(BTreeSet::new()),
+            served: Mutex::new(BTreeSet::new()),
             changed: tokio::sync::watch::Sender::new(0),
             budget,
             turn: AtomicUsize::new(0),
@@ -229,7 +229,7 @@ impl FilterPool {
             *reference = Some(c.clone());
         }
         let mut counts: BTreeMap<&'static str, f64> = BTreeMap::new();
-        let mut by_provider: BTreeMap<String, f64> = BTreeMap::new();
+        let mut serving: BTreeMap<(String, String), f64> = BTreeMap::new();
         let now = Instant::now();
         for e in &eps {
             let mut s = e.lock();
@@ -273,21 +273,14 @@ impl FilterPool {
             if phase == Phase::Ready
                 && let Some(d) = &s.described
             {
-                *by_provider
-                    .entry(sekisho_proto::execution_provider(d))
+                *serving
+                    .entry((d.version.clone(), sekisho_proto::execution_provider(d)))
                     .or_default() += 1.0;
             }
             s.phase = phase;
         }
         drop(reference);
-        let mut providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
-        providers.extend(by_provider.keys().cloned());
-        for provider in providers.iter() {
-            metrics::gauge!(m::FILTER_ENDPOINTS_BY_PROVIDER, "filter" => self.name.clone(),
-                "execution_provider" => provider.clone())
-            .set(by_provider.get(provider).copied().unwrap_or(0.0));
-        }
-        drop(providers);
+        self.publish_served(&serving);
         for state in [
             "pending",
             "ready",
@@ -300,6 +293,26 @@ impl FilterPool {
                 .set(counts.get(state).copied().unwrap_or(0.0));
         }
         self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// What the serving endpoints run: `filter_info` 1 for each (version, provider)
+    /// served, endpoints counted by provider; what is no longer served reads 0.
+    fn publish_served(&self, serving: &BTreeMap<(String, String), f64>) {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        served.extend(serving.keys().cloned());
+        let mut by_provider: BTreeMap<&str, f64> = BTreeMap::new();
+        for key @ (version, provider) in served.iter() {
+            let n = serving.get(key).copied().unwrap_or(0.0);
+            *by_provider.entry(provider).or_default() += n;
+            metrics::gauge!(m::FILTER_INFO, "filter" => self.name.clone(),
+                "version" => version.clone(), "execution_provider" => provider.clone())
+            .set(if n > 0.0 { 1.0 } else { 0.0 });
+        }
+        for (provider, n) in by_provider {
+            metrics::gauge!(m::FILTER_ENDPOINTS_BY_PROVIDER, "filter" => self.name.clone(),
+                "execution_provider" => provider.to_owned())
+            .set(n);
+        }
     }
 
     /// An endpoint for one attempt of a call, avoiding those in `tried` when another

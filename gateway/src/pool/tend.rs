@@ -30,7 +30,6 @@ pub(super) async fn tend(pool: Arc<FilterPool>, ep: Arc<Endpoint>) {
     loop {
         match describe(&ep).await {
             Ok(d) => {
-                publish_info(&pool.name, &d);
                 {
                     let mut s = ep.lock();
                     s.described = Some(d);
@@ -72,13 +71,6 @@ async fn describe(ep: &Endpoint) -> Result<Arc<fproto::FilterDescriptor>, String
         Ok(Err(s)) => Err(format!("Describe failed: {}: {}", s.code(), s.message())),
         Ok(Ok(r)) => Ok(Arc::new(r.into_inner())),
     }
-}
-
-fn publish_info(filter: &str, d: &fproto::FilterDescriptor) {
-    let provider = sekisho_proto::execution_provider(d);
-    metrics::gauge!(crate::metrics::FILTER_INFO, "filter" => filter.to_owned(),
-        "version" => d.version.clone(), "execution_provider" => provider)
-    .set(1.0);
 }
 
 /// Follows the endpoint's health until the watch breaks or it is time to describe again.

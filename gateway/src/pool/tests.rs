@@ -245,7 +245,7 @@ async fn the_retry_budget_allows_a_share_of_calls_and_then_refuses() {
 }
 
 #[tokio::test]
-async fn endpoints_are_counted_by_the_provider_they_said_and_a_provider_gone_reads_zero() {
+async fn endpoints_are_counted_by_the_provider_they_said_and_what_is_no_longer_served_reads_zero() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let on = |d: &Arc<FilterDescriptor>, provider: &str| {
@@ -254,15 +254,23 @@ async fn endpoints_are_counted_by_the_provider_they_said_and_a_provider_gone_rea
             .insert("execution_provider".into(), provider.to_owned());
         Arc::new(d)
     };
-    let gauge = |provider: &str| -> Option<f64> {
+    let value = |series: String| -> Option<f64> {
         let text = handle.render();
-        let series = format!(
-            "{}{{filter=\"noop\",execution_provider=\"{provider}\"}} ",
-            m::FILTER_ENDPOINTS_BY_PROVIDER
-        );
         text.lines()
-            .find_map(|l| l.strip_prefix(&series))
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
             .map(|v| v.parse().unwrap())
+    };
+    let gauge = |provider: &str| {
+        value(format!(
+            "{}{{filter=\"noop\",execution_provider=\"{provider}\"}}",
+            m::FILTER_ENDPOINTS_BY_PROVIDER
+        ))
+    };
+    let info = |version: &str, provider: &str| {
+        value(format!(
+            "{}{{filter=\"noop\",version=\"{version}\",execution_provider=\"{provider}\"}}",
+            m::FILTER_INFO
+        ))
     };
     metrics::with_local_recorder(&recorder, || {
         let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
@@ -273,12 +281,25 @@ async fn endpoints_are_counted_by_the_provider_they_said_and_a_provider_gone_rea
         // A replica of another version is refused: not counted.
         add(&pool, 4, on(&descriptor("2.0"), "cuda"));
         assert_eq!((gauge("cuda"), gauge("cpu")), (Some(2.0), Some(1.0)));
+        assert_eq!(
+            (info("1.0", "cuda"), info("1.0", "cpu")),
+            (Some(1.0), Some(1.0))
+        );
+        assert_eq!(
+            info("2.0", "cuda"),
+            None,
+            "a refused replica is not what the filter runs"
+        );
 
         // The CPU replica comes back on its GPU; one GPU replica goes unreachable.
         c.lock().described = Some(on(&d, "cuda"));
         a.lock().unreachable = "Describe failed".into();
         pool.recompute();
         assert_eq!((gauge("cuda"), gauge("cpu")), (Some(2.0), Some(0.0)));
+        assert_eq!(
+            (info("1.0", "cuda"), info("1.0", "cpu")),
+            (Some(1.0), Some(0.0))
+        );
         assert_eq!(gauge("none"), None);
     });
 }
