@@ -128,7 +128,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     ) {
         (Ok(face), Ok(ng)) => {
             start_filter!("face-detect", face.with_intake(intake.clone()));
-            start_filter!("ng-image", ng.with_intake(intake));
+            start_filter!(
+                "ng-image",
+                ng.with_intake(intake)
+                    .with_jpeg_min_side(args.onnx.jpeg_min_side)
+            );
         }
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("WARNING: face-detect and ng-image are not running: {e}");

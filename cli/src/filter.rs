@@ -118,6 +118,12 @@ pub struct OnnxArgs {
     /// (0s: a free worker runs what is queued at once, so batches grow with the load).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     max_wait: Duration,
+    /// ng-image only: decode JPEGs at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT
+    /// scaling) while no side goes below this: several times faster on large photos,
+    /// but scores move a little (open_nsfw: up to 0.0033 at 1024 on the sample photos;
+    /// BENCHMARKS.md (d)). Default: decoded whole, as the reference pipeline does.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jpeg_min_side: Option<u32>,
     /// The ONNX Runtime library (default: ORT_DYLIB_PATH, else the cache's copy).
     #[arg(long)]
     onnxruntime: Option<PathBuf>,
@@ -248,7 +254,8 @@ pub async fn run(args: FilterArgs) -> anyhow::Result<()> {
         }
         BuiltinFilter::NgImage => {
             let f = NgImage::load(args.onnx.spec()?, &args.onnx.options())?
-                .with_intake(args.onnx.intake());
+                .with_intake(args.onnx.intake())
+                .with_jpeg_min_side(args.onnx.jpeg_min_side);
             announce("ng-image");
             serve!(f)
         }

@@ -233,6 +233,22 @@ pub struct NgImage {
     ok: usize,
     served: Served,
     intake: Intake,
+    /// Decode JPEGs smaller (libjpeg's DCT scaling), no side below this; off: as Pillow.
+    jpeg_min_side: Option<u32>,
+}
+
+/// The size a JPEG of `w × h` needs to be decoded at for a classifier that resizes to
+/// `target` a side, when no side may go below `min_side` (`None`: the whole size, as
+/// Pillow decodes it). The intake then decodes at 1/2, 1/4 or 1/8 where both sides stay
+/// at least this large ([`crate::intake::decode_to_fit`]).
+pub fn jpeg_decode_need(min_side: Option<u32>, target: u32, (w, h): (u32, u32)) -> (u32, u32) {
+    match min_side {
+        Some(m) => {
+            let need = m.max(target);
+            (need.min(w), need.min(h))
+        }
+        None => (w, h),
+    }
 }
 
 impl NgImage {
@@ -257,7 +273,19 @@ impl NgImage {
             ok,
             served,
             intake: Intake::default(),
+            jpeg_min_side: None,
         })
+    }
+
+    /// Decodes JPEGs at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT scaling) as long as
+    /// neither side goes below `min_side` (nor below the model's resize target): several
+    /// times faster on large photos, but the pixels are no longer Pillow's, and scores
+    /// move (open_nsfw: by up to 0.012 at 512, 0.0033 at 1,024 on the sample photos;
+    /// BENCHMARKS.md (d)). Not for crops of regions, which are always decoded whole.
+    /// `None` (the default) decodes at full size, as the reference pipeline does.
+    pub fn with_jpeg_min_side(mut self, min_side: Option<u32>) -> Self {
+        self.jpeg_min_side = min_side;
+        self
     }
 
     /// Class probabilities for one preprocessed input.
@@ -364,7 +392,11 @@ impl Filter for NgImage {
     }
 
     fn info(&self) -> BTreeMap<String, String> {
-        self.served.info(&self.spec.name)
+        let mut info = self.served.info(&self.spec.name);
+        if let Some(m) = self.jpeg_min_side {
+            info.insert("jpeg_min_side".into(), m.to_string());
+        }
+        info
     }
 
     async fn apply(&self, input: Input, cfg: NgConfig) -> Result<Verdict, FilterError> {
@@ -376,22 +408,31 @@ impl Filter for NgImage {
             None => (None, 0),
         };
         let spec = self.spec.clone();
+        let min_side = self.jpeg_min_side.filter(|_| regions.is_none());
+        let target = match spec.resize_to {
+            0 => spec.size[0].max(spec.size[1]),
+            r => r,
+        };
         // Decoding and preprocessing are CPU work: off the async threads.
         let tensors = self
             .intake
-            .with_image(input, move |img| {
-                let crops: Vec<RgbImage> = match &regions {
-                    Some((rs, margin)) if !rs.is_empty() => rs
+            .with_image_to_fit(
+                input,
+                move |w, h| jpeg_decode_need(min_side, target, (w, h)),
+                move |img, _| {
+                    let crops: Vec<RgbImage> = match &regions {
+                        Some((rs, margin)) if !rs.is_empty() => rs
+                            .iter()
+                            .filter_map(|r| crop_region(&img, r, *margin))
+                            .collect(),
+                        _ => vec![img],
+                    };
+                    crops
                         .iter()
-                        .filter_map(|r| crop_region(&img, r, *margin))
-                        .collect(),
-                    _ => vec![img],
-                };
-                crops
-                    .iter()
-                    .map(|c| spec.preprocess(c).map_err(FilterError::Internal))
-                    .collect::<Result<Vec<_>, _>>()
-            })
+                        .map(|c| spec.preprocess(c).map_err(FilterError::Internal))
+                        .collect::<Result<Vec<_>, _>>()
+                },
+            )
             .await?;
         let n = tensors.len();
         // Together, so that the crops can share a batch.
@@ -452,6 +493,19 @@ mod tests {
             t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
             "{t:?}"
         );
+    }
+
+    #[test]
+    fn jpegs_are_decoded_whole_unless_a_min_side_is_set() {
+        // Off: the whole size, whatever the target.
+        assert_eq!(jpeg_decode_need(None, 256, (4000, 3000)), (4000, 3000));
+        // On: the larger of the min side and the resize target, never above the size.
+        assert_eq!(
+            jpeg_decode_need(Some(1024), 256, (4000, 3000)),
+            (1024, 1024)
+        );
+        assert_eq!(jpeg_decode_need(Some(100), 256, (4000, 3000)), (256, 256));
+        assert_eq!(jpeg_decode_need(Some(1024), 256, (800, 3000)), (800, 1024));
     }
 
     #[test]

