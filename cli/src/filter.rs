@@ -120,7 +120,7 @@ pub struct OnnxArgs {
     max_wait: Duration,
     /// ng-image only: decode JPEGs at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT
     /// scaling) while no side goes below this: several times faster on large photos,
-    /// but scores move a little (open_nsfw: up to 0.0033 at 1024 on the sample photos;
+    /// but scores move a little (open_nsfw: up to 0.0033 at 1024 on the phone-sized test photos;
     /// BENCHMARKS.md (d)). Default: decoded whole, as the reference pipeline does.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub jpeg_min_side: Option<u32>,

@@ -280,7 +280,7 @@ impl NgImage {
     /// Decodes JPEGs at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT scaling) as long as
     /// neither side goes below `min_side` (nor below the model's resize target): several
     /// times faster on large photos, but the pixels are no longer Pillow's, and scores
-    /// move (open_nsfw: by up to 0.012 at 512, 0.0033 at 1,024 on the sample photos;
+    /// move (open_nsfw on the phone-sized test photos: by up to 0.012 at 512, 0.0033 at 1,024;
     /// BENCHMARKS.md (d)). Not for crops of regions, which are always decoded whole.
     /// `None` (the default) decodes at full size, as the reference pipeline does.
     pub fn with_jpeg_min_side(mut self, min_side: Option<u32>) -> Self {
