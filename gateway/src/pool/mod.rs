@@ -50,8 +50,8 @@ pub struct FilterPool {
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
     /// The descriptor the pool serves: the one most described endpoints share.
     reference: Mutex<Option<Arc<FilterDescriptor>>>,
-    /// Every (version, execution provider) an endpoint has served with, so that one no
-    /// longer served reads 0 rather than its last value.
+    /// The (version, execution provider) pairs published as served, so that one no
+    /// longer served is set to 0 (once) rather than keeping its last value.
     served: Mutex<BTreeSet<(String, String)>>,
     /// Bumped whenever an endpoint's standing changes, for calls waiting on one.
     changed: tokio::sync::watch::Sender<u64>,
@@ -313,6 +313,9 @@ impl FilterPool {
                 "execution_provider" => provider.to_owned())
             .set(n);
         }
+        // Zeroed above; they keep that value, so the set does not grow with every
+        // version a rolling upgrade passes through.
+        served.retain(|key| serving.contains_key(key));
     }
 
     /// An endpoint for one attempt of a call, avoiding those in `tried` when another

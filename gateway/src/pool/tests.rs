@@ -301,5 +301,12 @@ async fn endpoints_are_counted_by_the_provider_they_said_and_what_is_no_longer_s
             (Some(1.0), Some(0.0))
         );
         assert_eq!(gauge("none"), None);
+        // What reads 0 is no longer tracked, and stays 0.
+        pool.recompute();
+        assert_eq!((gauge("cuda"), gauge("cpu")), (Some(2.0), Some(0.0)));
+        assert_eq!(
+            *pool.served.lock().unwrap(),
+            BTreeSet::from([("1.0".to_owned(), "cuda".to_owned())])
+        );
     });
 }

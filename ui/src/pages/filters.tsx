@@ -74,7 +74,7 @@ export function Filters() {
 const PROVIDER = "execution_provider";
 
 /** Every fact an endpoint gave in `Describe`, one `key: value` a line. */
-export function describeInfo(info: Record<string, string> | undefined): string {
+function describeInfo(info: Record<string, string> | undefined): string {
   return Object.entries(info ?? {})
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([k, v]) => `${k}: ${v}`)
