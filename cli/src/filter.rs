@@ -8,7 +8,9 @@ use clap::ValueEnum;
 use sekisho_filter_sdk::{EtcdRegistration, FilterServer};
 use sekisho_filters_images::intake::ImageLimits;
 use sekisho_filters_images::runtime::{OnMissingCuda, Provider};
-use sekisho_filters_images::{ClassifierSpec, FaceDetect, Intake, ModelOptions, NgImage, QrCode};
+use sekisho_filters_images::{
+    ClassifierSpec, FaceDetect, Intake, ModelOptions, NgImage, QrCode, WarmUp,
+};
 use sekisho_filters_samples::{Keywords, Noop};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,6 +120,14 @@ pub struct OnnxArgs {
     /// (0s: a free worker runs what is queued at once, so batches grow with the load).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     max_wait: Duration,
+    /// What the model runs before the filter serves. Every model is checked (a batch of
+    /// one item and one of --max-batch; a model that cannot take what the filter gives
+    /// it is refused with the reason); `all` then runs every batch size from 1 to
+    /// --max-batch on every worker (ng-image: so that no call pays for the first run of
+    /// its batch size; on CUDA, cuDNN's algorithm search). `auto`: `all` on CUDA,
+    /// `check` on the CPU.
+    #[arg(long, value_enum, default_value = "auto")]
+    warm_up: WarmUpArg,
     /// ng-image only: decode JPEGs at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT
     /// scaling) while no side goes below this: several times faster on large photos,
     /// but scores move a little (open_nsfw: up to 0.0033 at 1024 on the phone-sized test photos;
@@ -138,6 +148,13 @@ pub struct OnnxArgs {
 enum ProviderArg {
     Cpu,
     Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WarmUpArg {
+    Auto,
+    Check,
+    All,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,6 +186,11 @@ impl OnnxArgs {
         o.runtime.spin = self.spin;
         o.batch.max_batch = self.max_batch.max(1);
         o.batch.max_wait = self.max_wait;
+        o.warm_up = match self.warm_up {
+            WarmUpArg::Auto => WarmUp::Auto,
+            WarmUpArg::Check => WarmUp::Check,
+            WarmUpArg::All => WarmUp::All,
+        };
         o
     }
 

@@ -415,6 +415,49 @@ async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
     assert_eq!(d.info["execution_provider"], "cpu", "{:?}", d.info);
 }
 
+/// A classifier spec that does not match its model (open_nsfw described as NCHW, a
+/// common slip) stops `sekisho filter ng-image` at start with both shapes in the
+/// message, instead of a filter that says SERVING and fails every call. `--warm-up all`
+/// shows in `Describe`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_that_does_not_fit_its_model_stops_the_filter_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("nchw.yaml");
+    std::fs::write(
+        &spec,
+        "name: open_nsfw as NCHW\nmodel: open-nsfw.onnx\nlayout: nchw\nsize: [224, 224]\n\
+         resize_to: 256\ncolor: bgr\nmean: [104, 117, 123]\nclasses: [sfw, nsfw]\n\
+         ok_class: sfw\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(sekisho_tests::sekisho_bin())
+        .args(["filter", "ng-image", "--listen", "127.0.0.1:0", "--spec"])
+        .arg(&spec)
+        .env("SEKISHO_CACHE", sekisho_tests::cache_dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("input `input:0` is [?, 224, 224, 3], the filter gives it [?, 3, 224, 224]"),
+        "{err}"
+    );
+
+    let f = FilterProcess::start("ng-image", &["--warm-up", "all", "--max-batch", "2"])
+        .await
+        .unwrap();
+    let d = FilterClient::connect(f.url.clone())
+        .await
+        .unwrap()
+        .describe(fproto::DescribeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.info["warm_up"], "all", "{:?}", d.info);
+    assert_eq!(d.max_batch_size, 2);
+}
+
 /// The text of a filter process's `/metrics`, served at `at`.
 async fn scrape(at: impl std::fmt::Display) -> String {
     let r = reqwest::get(format!("http://{at}/metrics")).await.unwrap();

@@ -15,7 +15,9 @@
                                       calibrated on scikit-image photos that the int8
                                       tests never compare on
   reference.py tiny-model PATH        a 4-class (e3/g3/id/ok) NCHW 8×8 classifier for tests:
-                                      mean colour → linear → softmax
+                                      mean colour → linear → softmax; --variant
+                                      batch-1|batch-4|reshape-batch-1|argmax: broken
+                                      in ways a filter must refuse or adapt to
   reference.py null-nsfw PATH        a model shaped like open_nsfw (NHWC 224×224×3 in,
                                       [sfw, nsfw] out) that does next to nothing: for
                                       measuring everything but the model
@@ -306,22 +308,40 @@ def bench(what, paths, seconds, threads, model=None, callers=None):
                       "callers": callers}))
 
 
-def tiny_model(path):
+TINY_VARIANTS = ["good", "batch-1", "batch-4", "reshape-batch-1", "argmax"]
+
+
+def tiny_model(path, variant="good"):
     """Channel means (of pixels scaled to 0–1) times W plus b, then softmax. Red leans
-    to e3, green to g3, blue to id; grey to ok."""
+    to e3, green to g3, blue to id; grey to ok. Variants that a filter must refuse or
+    adapt to: `batch-1` and `batch-4` declare a fixed batch size; `reshape-batch-1`
+    declares a symbolic one but its graph reshapes to a batch of 1 (as many exported
+    models do); `argmax` gives the index of the top class (int64) instead of the
+    probabilities."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     w = np.array([[4, -2, -2, 0], [-2, 4, -2, 0], [-2, -2, 4, 0]], dtype=np.float32)
     b = np.array([0, 0, 0, 1], dtype=np.float32)
+    batch = {"batch-1": 1, "batch-4": 4}.get(variant, "B")
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    if variant == "reshape-batch-1":
+        inits.append(numpy_helper.from_array(np.array([1, 3], dtype=np.int64), "flat_shape"))
+        flatten = helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"])
+    else:
+        flatten = helper.make_node("Flatten", ["pooled"], ["flat"])
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+             flatten,
+             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])]
+    if variant == "argmax":
+        nodes.append(helper.make_node("ArgMax", ["logits"], ["probs"], axis=1))
+        out = helper.make_tensor_value_info("probs", TensorProto.INT64, [batch, 1])
+    else:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
+        out = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 4])
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 8, 8])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["B", 4])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [out], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -594,6 +614,7 @@ def main():
     px = sub.add_parser("nsfw-pixels"); px.add_argument("images", nargs="+")
     q = sub.add_parser("quantize-nsfw"); q.add_argument("src"); q.add_argument("dst")
     t = sub.add_parser("tiny-model"); t.add_argument("path")
+    t.add_argument("--variant", choices=TINY_VARIANTS, default="good")
     z = sub.add_parser("null-nsfw"); z.add_argument("path")
     qs = sub.add_parser("qr-samples"); qs.add_argument("dir"); qs.add_argument("n", type=int); qs.add_argument("kinds", nargs="*")
     la = sub.add_parser("look-alikes"); la.add_argument("dir")
@@ -620,7 +641,7 @@ def main():
     elif a.cmd == "quantize-nsfw":
         quantize_nsfw(a.src, a.dst)
     elif a.cmd == "tiny-model":
-        tiny_model(a.path)
+        tiny_model(a.path, a.variant)
     elif a.cmd == "null-nsfw":
         null_nsfw(a.path)
     elif a.cmd == "qr-samples":

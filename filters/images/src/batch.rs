@@ -292,9 +292,6 @@ impl Worker {
     /// the batch is a single item.
     fn infer(&mut self, batch: &mut [Job]) -> Result<Vec<Vec<Output>>, BatchError> {
         let n = batch.len();
-        let mut shape = Vec::with_capacity(batch[0].shape.len() + 1);
-        shape.push(n as i64);
-        shape.extend_from_slice(&batch[0].shape);
         let data: Vec<f32> = if n == 1 {
             std::mem::take(&mut batch[0].data)
         } else {
@@ -304,32 +301,53 @@ impl Worker {
             }
             d
         };
-        let failed = |e: ort::Error| BatchError::Failed(e.to_string());
-        let tensor = Tensor::from_array((shape, data)).map_err(failed)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input.as_str() => tensor])
-            .map_err(failed)?;
-        let mut per_item: Vec<Vec<Output>> = (0..n).map(|_| Vec::new()).collect();
-        for name in &self.outputs {
-            let value = outputs
-                .get(name)
-                .ok_or_else(|| BatchError::Failed(format!("the model has no output `{name}`")))?;
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(failed)?;
-            if shape.first().copied() != Some(n as i64) {
-                return Err(BatchError::Failed(format!(
-                    "output `{name}` has shape {shape:?}, not a batch of {n}"
-                )));
-            }
-            let per = data.len() / n;
-            let item_shape = shape[1..].to_vec();
-            for (i, slot) in per_item.iter_mut().enumerate() {
-                slot.push(Output {
-                    shape: item_shape.clone(),
-                    data: data[i * per..(i + 1) * per].to_vec(),
-                });
-            }
-        }
-        Ok(per_item)
+        let outputs: Vec<&str> = self.outputs.iter().map(String::as_str).collect();
+        run_batch(
+            &mut self.session,
+            &self.input,
+            &outputs,
+            &batch[0].shape,
+            n,
+            data,
+        )
     }
+}
+
+/// Runs `n` items of shape `item` (their values one after the other in `data`) as one
+/// batch and splits every output into the items' own rows.
+pub(crate) fn run_batch(
+    session: &mut Session,
+    input: &str,
+    outputs: &[&str],
+    item: &[i64],
+    n: usize,
+    data: Vec<f32>,
+) -> Result<Vec<Vec<Output>>, BatchError> {
+    let mut shape = Vec::with_capacity(item.len() + 1);
+    shape.push(n as i64);
+    shape.extend_from_slice(item);
+    let failed = |e: ort::Error| BatchError::Failed(e.to_string());
+    let tensor = Tensor::from_array((shape, data)).map_err(failed)?;
+    let ran = session.run(ort::inputs![input => tensor]).map_err(failed)?;
+    let mut per_item: Vec<Vec<Output>> = (0..n).map(|_| Vec::new()).collect();
+    for name in outputs {
+        let value = ran
+            .get(name)
+            .ok_or_else(|| BatchError::Failed(format!("the model has no output `{name}`")))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(failed)?;
+        if shape.first().copied() != Some(n as i64) {
+            return Err(BatchError::Failed(format!(
+                "output `{name}` has shape {shape:?}, not a batch of {n}"
+            )));
+        }
+        let per = data.len() / n;
+        let item_shape = shape[1..].to_vec();
+        for (i, slot) in per_item.iter_mut().enumerate() {
+            slot.push(Output {
+                shape: item_shape.clone(),
+                data: data[i * per..(i + 1) * per].to_vec(),
+            });
+        }
+    }
+    Ok(per_item)
 }

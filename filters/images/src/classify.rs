@@ -267,7 +267,13 @@ impl NgImage {
         });
         let input = spec.input.clone().unwrap_or_default();
         let output = spec.output.clone().unwrap_or_default();
-        let served = model::serve(path, Ok, &input, &[output.as_str()], opts)?;
+        let probe = model::Probe {
+            item: spec.input_shape(),
+            values: vec![Some(spec.classes.len())],
+            values_are: format!("one per class of the spec: {}", spec.classes.join(", ")),
+            fixed_shape: true,
+        };
+        let served = model::serve(path, Ok, &input, &[output.as_str()], &probe, opts)?;
         Ok(NgImage {
             spec,
             ok,

@@ -115,7 +115,15 @@ impl FaceDetect {
         let mut opts = opts.clone();
         let side = max_side.div_ceil(32) as usize * 32;
         opts.batch.max_batch_elements = opts.batch.max_batch_elements.min(3 * side * side);
-        let served = model::serve(path, dynamic_dims, INPUT, &OUTPUTS, &opts)?;
+        // A 32 × 32 input gives an 8 × 8 map of each output (stride 4): 1 heatmap, 2
+        // scales, 2 offsets, 10 landmark coordinates per cell.
+        let probe = model::Probe {
+            item: vec![3, 32, 32],
+            values: [1, 2, 2, 10].map(|c| Some(c * 64)).to_vec(),
+            values_are: "CenterFace's heatmap, scale, offset and landmarks at stride 4".into(),
+            fixed_shape: false,
+        };
+        let served = model::serve(path, dynamic_dims, INPUT, &OUTPUTS, &probe, &opts)?;
         Ok(FaceDetect {
             served,
             intake: Intake::default(),

@@ -24,5 +24,5 @@ pub mod runtime;
 pub use classify::{ClassifierSpec, NgConfig, NgImage};
 pub use face::{FaceConfig, FaceDetect};
 pub use intake::Intake;
-pub use model::ModelOptions;
+pub use model::{ModelOptions, WarmUp};
 pub use qr::{QrCode, QrConfig};

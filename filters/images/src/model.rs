@@ -2,9 +2,63 @@
 //! requests are batched. Shared by the ONNX filters.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
-use crate::batch::{BatchOptions, Batcher};
+use ort::session::Session;
+use ort::value::{TensorElementType, ValueType};
+
+use crate::batch::{BatchOptions, Batcher, run_batch};
 use crate::runtime::{self, Provider, RuntimeError, RuntimeOptions};
+
+/// What the sessions run before the filter serves (`--warm-up`). A model is always
+/// checked: one that cannot take what the filter gives it does not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmUp {
+    /// `All` on CUDA, `Check` on the CPU.
+    #[default]
+    Auto,
+    /// The first session runs a batch of one item and a batch of the most items: a
+    /// model whose graph fixes its batch, takes another input or gives other outputs is
+    /// refused with the reason before the filter serves.
+    Check,
+    /// The check, then every session runs every batch size from 1 to the most once, so
+    /// that no call pays for a first run of its shape (on CUDA, cuDNN searches for its
+    /// convolution algorithms once per input shape).
+    All,
+}
+
+impl WarmUp {
+    fn resolve(self, provider: Provider) -> WarmUp {
+        match (self, provider) {
+            (WarmUp::Auto, Provider::Cuda) => WarmUp::All,
+            (WarmUp::Auto, Provider::Cpu) => WarmUp::Check,
+            (w, _) => w,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarmUp::Auto => "auto",
+            WarmUp::Check => "check",
+            WarmUp::All => "all",
+        }
+    }
+}
+
+/// What a filter gives its model, for the check before it serves.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// One item's input, without the batch dimension, as the filter gives it.
+    pub item: Vec<i64>,
+    /// For each output, how many values one such item must get back (`None`: any).
+    pub values: Vec<Option<usize>>,
+    /// What those values are, for the message when they are not.
+    pub values_are: String,
+    /// Whether every item has the probe's shape (a classifier), so that `WarmUp::All`
+    /// has the shapes to run; face-detect's follow each photo's aspect ratio.
+    pub fixed_shape: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct ModelOptions {
@@ -14,6 +68,7 @@ pub struct ModelOptions {
     pub batch: BatchOptions,
     /// Sessions, each on its own worker thread.
     pub workers: usize,
+    pub warm_up: WarmUp,
 }
 
 impl Default for ModelOptions {
@@ -23,6 +78,7 @@ impl Default for ModelOptions {
             runtime: RuntimeOptions::default(),
             batch: BatchOptions::default(),
             workers: 1,
+            warm_up: WarmUp::default(),
         }
     }
 }
@@ -34,6 +90,7 @@ pub struct Served {
     pub path: PathBuf,
     max_batch: usize,
     workers: usize,
+    warmed: WarmUp,
 }
 
 impl Served {
@@ -48,6 +105,7 @@ impl Served {
             ("model", model.to_owned()),
             ("model_path", self.path.display().to_string()),
             ("workers", self.workers.to_string()),
+            ("warm_up", self.warmed.as_str().to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -55,12 +113,15 @@ impl Served {
     }
 }
 
-/// Loads `path` (after `edit`, e.g. making dims symbolic) into `opts.workers` sessions.
+/// Loads `path` (after `edit`, e.g. making dims symbolic) into `opts.workers` sessions,
+/// checks that the model takes what the filter gives it (`probe`) and warms it up as
+/// `opts.warm_up` says, then starts the batching workers.
 pub fn serve(
     path: PathBuf,
     edit: impl Fn(Vec<u8>) -> Result<Vec<u8>, String>,
     input: &str,
     outputs: &[&str],
+    probe: &Probe,
     opts: &ModelOptions,
 ) -> Result<Served, RuntimeError> {
     let bytes = runtime::read_model(&path)?;
@@ -99,6 +160,27 @@ pub fn serve(
     let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
     let input = input.as_str();
     let workers = sessions.len();
+    let refuse = |reason: String| RuntimeError::Unfit {
+        path: path.clone(),
+        reason,
+    };
+    let declared = check_declared(&sessions[0], input, &outputs, &probe.item).map_err(refuse)?;
+    let mut batch = opts.batch.clone();
+    if declared == Some(1) && batch.max_batch > 1 {
+        tracing::warn!(model = %path.display(), max_batch = batch.max_batch, "the model's input takes batches of exactly one item: serving one item at a time");
+        batch.max_batch = 1;
+    }
+    let started = Instant::now();
+    let most = most_in_batch(&batch, &probe.item);
+    check_runs(&mut sessions[0], input, &outputs, probe, most).map_err(refuse)?;
+    let warmed = match opts.warm_up.resolve(provider) {
+        WarmUp::All if probe.fixed_shape => {
+            warm_all(&mut sessions, input, &outputs, &probe.item, most).map_err(refuse)?;
+            WarmUp::All
+        }
+        _ => WarmUp::Check,
+    };
+    tracing::info!(model = %path.display(), warm_up = warmed.as_str(), max_batch = most, seconds = started.elapsed().as_secs_f64(), "model checked");
     Ok(Served {
         batcher: Batcher::start(
             &path
@@ -108,11 +190,181 @@ pub fn serve(
             sessions,
             input,
             &outputs,
-            opts.batch.clone(),
+            batch.clone(),
         ),
         provider,
         path,
-        max_batch: opts.batch.max_batch,
+        max_batch: batch.max_batch,
         workers,
+        warmed,
+    })
+}
+
+/// The most items of `item`'s shape one batch holds.
+fn most_in_batch(batch: &BatchOptions, item: &[i64]) -> usize {
+    let values = item.iter().product::<i64>().max(1) as usize;
+    (batch.max_batch_elements / values).clamp(1, batch.max_batch.max(1))
+}
+
+fn shape_text(dims: &[i64]) -> String {
+    let dims: Vec<String> = dims
+        .iter()
+        .map(|d| {
+            if *d < 0 {
+                "?".to_owned()
+            } else {
+                d.to_string()
+            }
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// What the model declares against what the filter gives it: its input by that name, of
+/// 32-bit floats, with the item's dimensions where it fixes one, and the outputs by name,
+/// of 32-bit floats. Returns the batch size the input fixes, if it fixes one.
+fn check_declared(
+    session: &Session,
+    input: &str,
+    outputs: &[&str],
+    item: &[i64],
+) -> Result<Option<i64>, String> {
+    let names = |outlets: &[ort::value::Outlet]| -> String {
+        outlets
+            .iter()
+            .map(|o| format!("`{}`", o.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(inlet) = session.inputs().iter().find(|i| i.name() == input) else {
+        return Err(format!(
+            "the model has no input `{input}` (its inputs: {})",
+            names(session.inputs())
+        ));
+    };
+    let float = |name: &str, ty: &ValueType| -> Result<(), String> {
+        match ty.tensor_type() {
+            Some(TensorElementType::Float32) => Ok(()),
+            Some(t) => Err(format!(
+                "`{name}` is a tensor of {t}; the filter works with 32-bit floats"
+            )),
+            None => Err(format!(
+                "`{name}` is not a tensor ({ty:?}); the filter works with tensors of 32-bit floats"
+            )),
+        }
+    };
+    float(input, inlet.dtype())?;
+    let shape = inlet
+        .dtype()
+        .tensor_shape()
+        .map(|s| s.to_vec())
+        .unwrap_or_default();
+    let mut given = vec![-1];
+    given.extend_from_slice(item);
+    let fits = shape.len() == given.len()
+        && shape[1..]
+            .iter()
+            .zip(item)
+            .all(|(d, want)| *d <= 0 || d == want);
+    if !fits {
+        return Err(format!(
+            "the model's input `{input}` is {}, the filter gives it {} (batch first): check \
+             the layout and size it is configured with",
+            shape_text(&shape),
+            shape_text(&given)
+        ));
+    }
+    for name in outputs {
+        let Some(outlet) = session.outputs().iter().find(|o| o.name() == *name) else {
+            return Err(format!(
+                "the model has no output `{name}` (its outputs: {})",
+                names(session.outputs())
+            ));
+        };
+        float(name, outlet.dtype())?;
+    }
+    match shape[0] {
+        d if d <= 0 || d == 1 => Ok((d == 1).then_some(1)),
+        d => Err(format!(
+            "the model's input `{input}` takes batches of exactly {d} items; the filter \
+             runs 1 to --max-batch (give the model a symbolic batch dimension)"
+        )),
+    }
+}
+
+/// Runs a batch of one item of zeros, and one of `most` items: what the model gives back
+/// has the shape the filter reads.
+fn check_runs(
+    session: &mut Session,
+    input: &str,
+    outputs: &[&str],
+    probe: &Probe,
+    most: usize,
+) -> Result<(), String> {
+    let one = probe.item.iter().product::<i64>().max(0) as usize;
+    let got = run_batch(session, input, outputs, &probe.item, 1, vec![0.0; one]).map_err(|e| {
+        format!(
+            "the model cannot run one input of {}: {e}",
+            shape_text(&probe.item)
+        )
+    })?;
+    for ((name, out), want) in outputs.iter().zip(&got[0]).zip(&probe.values) {
+        if let Some(want) = want
+            && out.data.len() != *want
+        {
+            return Err(format!(
+                "the model's output `{name}` gives {} values for an input of {}; the filter \
+                 reads {want} ({})",
+                out.data.len(),
+                shape_text(&probe.item),
+                probe.values_are
+            ));
+        }
+    }
+    if most > 1 {
+        run_batch(
+            session,
+            input,
+            outputs,
+            &probe.item,
+            most,
+            vec![0.0; one * most],
+        )
+        .map_err(|e| {
+            format!(
+                "the model runs one item but not a batch of {most}: {e} (start the filter \
+                 with a smaller --max-batch; 1 if the model's graph fixes its batch size)"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Every session runs every batch size from 1 to `most`, side by side.
+fn warm_all(
+    sessions: &mut [Session],
+    input: &str,
+    outputs: &[&str],
+    item: &[i64],
+    most: usize,
+) -> Result<(), String> {
+    let one = item.iter().product::<i64>().max(0) as usize;
+    std::thread::scope(|s| {
+        let runs: Vec<_> = sessions
+            .iter_mut()
+            .map(|session| {
+                s.spawn(move || -> Result<(), String> {
+                    for n in 1..=most {
+                        run_batch(session, input, outputs, item, n, vec![0.0; one * n])
+                            .map_err(|e| format!("warming up a batch of {n}: {e}"))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        runs.into_iter().try_for_each(|r| {
+            r.join()
+                .unwrap_or_else(|_| Err("a warm-up run panicked".into()))
+        })
     })
 }

@@ -82,6 +82,8 @@ pub enum RuntimeError {
     Library { path: PathBuf, reason: String },
     #[error("cannot read the model {path}: {reason}")]
     Model { path: PathBuf, reason: String },
+    #[error("the model {path} does not fit this filter: {reason}")]
+    Unfit { path: PathBuf, reason: String },
     #[error("CUDA was asked for (device {device}) but cannot be used: {reason}")]
     CudaMissing { device: i32, reason: String },
     #[error("ONNX Runtime: {0}")]

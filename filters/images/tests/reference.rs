@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sekisho_filter_sdk::{Filter, Input, Payload};
 use sekisho_filters_images::nms::{Method, NmsConfig};
@@ -15,48 +14,8 @@ use sekisho_filters_images::{
     ClassifierSpec, FaceConfig, FaceDetect, ModelOptions, NgImage, intake,
 };
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The setup's cache: `SEKISHO_CACHE`, else the workspace's `.sekisho/cache`.
-fn cache() -> PathBuf {
-    let cache = std::env::var_os("SEKISHO_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".sekisho/cache"));
-    assert!(
-        cache.join("models/centerface.onnx").is_file(),
-        "{} has no models: run scripts/setup.sh (it runs scripts/fetch-models.sh)",
-        cache.display()
-    );
-    cache
-}
-
-fn options() -> ModelOptions {
-    let c = cache();
-    let mut o = ModelOptions::default();
-    o.runtime.library = c.join("onnxruntime/libonnxruntime.so.1.31.1");
-    o.model = Some(c.join("models/centerface.onnx"));
-    o
-}
-
-fn reference(args: &[&str]) -> Vec<serde_json::Value> {
-    let out = Command::new("python3")
-        .arg(workspace().join("filters/images/reference/reference.py"))
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "reference.py {args:?} failed (run scripts/setup.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+mod common;
+use common::{cache, options, reference, tiny_spec};
 
 /// A reference pipeline (`faces` or `nsfw`) on each of `paths`, one answer each.
 fn reference_on(pipeline: &str, paths: &[PathBuf]) -> Vec<serde_json::Value> {
@@ -379,21 +338,6 @@ async fn a_four_class_model_drops_in_by_configuration() {
     }
 }
 
-fn tiny_spec(model: &Path) -> ClassifierSpec {
-    serde_json::from_value(serde_json::json!({
-        "name": "tiny 4-class",
-        "model": model,
-        "layout": "nchw",
-        "size": [8, 8],
-        "color": "rgb",
-        "scale": 1.0 / 255.0,
-        "mean": [0.0, 0.0, 0.0],
-        "classes": ["e3", "g3", "id", "ok"],
-        "ok_class": "ok",
-    }))
-    .unwrap()
-}
-
 /// 64 requests at once through batches of up to 8: batches really form, and every
 /// caller gets exactly the probabilities of its own image (as computed alone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,12 +381,29 @@ async fn dynamic_batching_never_mixes_up_results() {
     eprintln!("64 concurrent items ran in {batches} batches");
 }
 
+/// What open_nsfw is given and gives back, for serving it without `NgImage`.
+fn nsfw_probe() -> sekisho_filters_images::model::Probe {
+    sekisho_filters_images::model::Probe {
+        item: vec![224, 224, 3],
+        values: vec![Some(2)],
+        values_are: "sfw, nsfw".into(),
+        fixed_shape: true,
+    }
+}
+
 /// Sixteen flat grey open_nsfw inputs, one shade each (answered differently), run one
 /// at a time through one worker (one batch each), then sent together: the batches and
 /// items the second run took, each item checked to get its own answer.
 async fn sixteen_alone_then_together(o: &ModelOptions) -> (u64, u64) {
-    let served =
-        sekisho_filters_images::model::serve(o.model.clone().unwrap(), Ok, "", &[""], o).unwrap();
+    let served = sekisho_filters_images::model::serve(
+        o.model.clone().unwrap(),
+        Ok,
+        "",
+        &[""],
+        &nsfw_probe(),
+        o,
+    )
+    .unwrap();
     let batcher = &served.batcher;
     let count = || {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -524,8 +485,15 @@ async fn items_arriving_together_go_to_idle_workers_first() {
     let mut o = ng_options();
     o.workers = 2;
     o.batch.max_batch = 8;
-    let served =
-        sekisho_filters_images::model::serve(o.model.clone().unwrap(), Ok, "", &[""], &o).unwrap();
+    let served = sekisho_filters_images::model::serve(
+        o.model.clone().unwrap(),
+        Ok,
+        "",
+        &[""],
+        &nsfw_probe(),
+        &o,
+    )
+    .unwrap();
     let batcher = &served.batcher;
     let item = |i: usize| vec![i as f32 * 8.0 - 64.0; 224 * 224 * 3];
     let shape = vec![224i64, 224, 3];
