@@ -12,6 +12,9 @@
 #   scripts/bench-gpu.sh pack
 # On the GPU machine, after unpacking into /tmp/g as DEVELOPERS.md says:
 #   bash /tmp/g/bundle/bench-gpu.sh run /tmp/g/bundle [provider] [seconds] [rounds] [batch]
+# and what the first calls after a start cost, by --warm-up (check, all):
+#   SEKISHO_BIN=/tmp/g/bundle/sekisho MODEL=/tmp/g/bundle/open-nsfw.onnx \
+#     PHOTO=/tmp/g/bundle/photos/chelsea.png MAX_BATCH=32 bash /tmp/g/bundle/bench-cold.sh cuda 3
 # Anywhere, against a local build (CPU): scripts/bench-gpu.sh run <dir> cpu 5 1 8
 set -euo pipefail
 what=${1:?usage: bench-gpu.sh pack | run <dir> [provider] [seconds] [rounds] [max-batch]}
@@ -29,7 +32,7 @@ if [ "$what" = pack ]; then
   # Without its debug info the binary is a sixth of the size: fewer parts to carry, each a
   # call of the GPU machine's limited time.
   strip -o "$stage/sekisho" "$bin" 2>/dev/null || cp "$bin" "$stage/sekisho"
-  cp scripts/bench-gpu.sh "$stage/"
+  cp scripts/bench-gpu.sh scripts/bench-cold.sh "$stage/"
   cp "${SEKISHO_CACHE:-.sekisho/cache}/models/open-nsfw.onnx" "$stage/"
   python3 filters/images/reference/reference.py null-nsfw "$stage/null-nsfw.onnx"
   python3 filters/images/reference/reference.py samples "$stage/photos" > /dev/null

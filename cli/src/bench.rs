@@ -104,6 +104,10 @@ enum Mode {
         warmup: Duration,
         #[arg(long)]
         json: bool,
+        /// Send exactly this many requests (no warm-up) instead of running for
+        /// `--duration`: e.g. a filter's first calls after it starts.
+        #[arg(long)]
+        requests: Option<u64>,
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
@@ -285,6 +289,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             duration,
             warmup,
             json,
+            requests,
             images,
         } => {
             let reqs = images
@@ -292,9 +297,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .map(|p| image_request(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let ch = channels(&filter, 1).await?.remove(0);
-            let run = |d: Duration| images_run(ch.clone(), reqs.clone(), concurrency, d);
-            run(warmup).await?;
-            let r = run(duration).await?;
+            let run = |d: Duration, n: Option<u64>| {
+                images_run(ch.clone(), reqs.clone(), concurrency, d, n)
+            };
+            if requests.is_none() {
+                run(warmup, None).await?;
+            }
+            let r = run(duration, requests).await?;
             if json {
                 println!("{}", r.json());
             } else {
@@ -637,20 +646,27 @@ async fn images_run(
     reqs: Vec<fproto::ApplyRequest>,
     concurrency: usize,
     duration: Duration,
+    requests: Option<u64>,
 ) -> anyhow::Result<Report> {
     let reqs = Arc::new(reqs);
     let deadline = Instant::now() + duration;
     let start = Instant::now();
     let mut tasks = Vec::new();
+    // With `requests`, each request takes a ticket; the duration no longer ends it.
+    let tickets = Arc::new(AtomicU64::new(0));
     for w in 0..concurrency.max(1) {
-        let (ch, reqs) = (ch.clone(), reqs.clone());
+        let (ch, reqs, tickets) = (ch.clone(), reqs.clone(), tickets.clone());
         tasks.push(tokio::spawn(async move {
             let mut r = Report::default();
             let mut client = FilterClient::new(ch)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
             let mut k = w;
-            while Instant::now() < deadline {
+            let more = || match requests {
+                Some(n) => tickets.fetch_add(1, Ordering::Relaxed) < n,
+                None => Instant::now() < deadline,
+            };
+            while more() {
                 let t = Instant::now();
                 match client.apply(reqs[k % reqs.len()].clone()).await {
                     Ok(_) => {
