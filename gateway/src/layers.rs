@@ -152,33 +152,6 @@ impl tower::retry::Policy<ApplyRequest, ApplyResponse, Status> for RetryPolicy {
     }
 }
 
-/// The caller's deadline from its `grpc-timeout` header (`<up to 8 digits><H|M|S|m|u|n>`),
-/// or None when it gave none or a malformed one.
-pub fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
-    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
-    parse_grpc_timeout(v).map(|d| Instant::now() + d)
-}
-
-fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 /// A backstop past the deadline: each attempt carries the deadline itself (`grpc-timeout`,
 /// enforced by the client too), so that its failure is counted against the endpoint.
 const BACKSTOP: Duration = Duration::from_millis(50);
@@ -303,24 +276,5 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_read_in_every_unit_and_malformed_ones_are_ignored() {
-        let d = |v: &str| parse_grpc_timeout(v);
-        assert_eq!(d("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(d("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(d("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(d("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(d("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(d("99999999n"), Some(Duration::from_nanos(99_999_999)));
-        for bad in ["", "m", "100", "123456789m", "-1m", "1x", "1.5S"] {
-            assert_eq!(d(bad), None, "{bad}");
-        }
     }
 }

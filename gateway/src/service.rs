@@ -359,7 +359,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<ModerateRequest>,
     ) -> Result<Response<ModerateResponse>, Status> {
-        let deadline = crate::layers::grpc_deadline(request.metadata());
+        let deadline = sekisho_proto::grpc_deadline(request.metadata());
         let caller = self.callers.caller_of(request.metadata()).to_owned();
         self.moderate_one(request.into_inner(), deadline, &caller, Admission::Shed)
             .await

@@ -10,6 +10,15 @@
 //! other worker's core idles.
 //! Only items of the same shape share a batch; each caller gets back exactly its own
 //! rows of every output.
+//!
+//! Deadlines (the caller's `grpc-timeout`, [`sekisho_filter_sdk::deadline`]): under
+//! overload a queue otherwise fills with work that is answered after its caller has
+//! given up, and then every answer comes too late. So an item is refused at once when
+//! the queue ahead of it would keep it past its deadline (an estimate: the items queued,
+//! the workers, and a moving average of the time one item takes), is answered at once
+//! with the same error when its deadline would pass before it could run alone, and is
+//! dropped unrun when its caller has gone; and a batch grows only while it would still
+//! end before the earliest deadline in it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -59,14 +68,19 @@ pub enum BatchError {
     Failed(String),
     #[error("the model's workers have stopped")]
     Stopped,
+    #[error("the model cannot answer before this call's deadline: {0}")]
+    TooLate(String),
 }
 
-/// A full queue or stopped workers are worth retrying elsewhere (UNAVAILABLE); a model
+/// A full queue, stopped workers or a queue too long for the deadline are worth retrying
+/// elsewhere (UNAVAILABLE: the gateway tries another replica while time is left); a model
 /// failure is not (INTERNAL).
 impl From<BatchError> for sekisho_filter_sdk::FilterError {
     fn from(e: BatchError) -> Self {
         match e {
-            BatchError::Busy(_) | BatchError::Stopped => Self::Unavailable(e.to_string()),
+            BatchError::Busy(_) | BatchError::Stopped | BatchError::TooLate(_) => {
+                Self::Unavailable(e.to_string())
+            }
             BatchError::Failed(m) => Self::Internal(m),
         }
     }
@@ -76,14 +90,43 @@ struct Job {
     shape: Vec<i64>,
     data: Vec<f32>,
     queued: Instant,
+    deadline: Option<Instant>,
     reply: tokio::sync::oneshot::Sender<Result<Vec<Output>, BatchError>>,
 }
 
-/// Batches per worker and items, for the mean batch size.
+/// Batches and items run, for the mean batch size; items dropped unrun because their
+/// caller had gone, or answered unrun because their deadline would pass first; items
+/// refused on arrival for their deadline; and the moving average of one item's time.
 #[derive(Debug, Default)]
 pub struct BatchStats {
     pub batches: AtomicU64,
     pub items: AtomicU64,
+    pub abandoned: AtomicU64,
+    pub expired: AtomicU64,
+    pub refused_late: AtomicU64,
+    /// Nanoseconds one item takes in a batch (its batch's time over its items), averaged
+    /// with a weight of 1/5 for each new batch; 0 until the first.
+    per_item_nanos: AtomicU64,
+}
+
+impl BatchStats {
+    /// The time one item takes, as recent batches went (zero: not known yet).
+    pub fn per_item(&self) -> Duration {
+        Duration::from_nanos(self.per_item_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Sets the estimate (from a model's check before serving; tests).
+    pub fn seed_per_item(&self, d: Duration) {
+        self.per_item_nanos
+            .store(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn record_per_item(&self, d: Duration) {
+        let new = d.as_nanos() as u64;
+        let old = self.per_item_nanos.load(Ordering::Relaxed);
+        let avg = if old == 0 { new } else { (old * 4 + new) / 5 };
+        self.per_item_nanos.store(avg, Ordering::Relaxed);
+    }
 }
 
 pub struct Batcher {
@@ -91,6 +134,7 @@ pub struct Batcher {
     queue: usize,
     model: String,
     idle: Arc<AtomicUsize>,
+    workers: usize,
     pub stats: Arc<BatchStats>,
 }
 
@@ -102,6 +146,13 @@ pub const QUEUE_WAIT: &str = "sekisho_filter_queue_wait_seconds";
 pub const INFERENCE: &str = "sekisho_filter_inference_seconds";
 /// Items refused because the queue was full, by model.
 pub const QUEUE_FULL_TOTAL: &str = "sekisho_filter_queue_full_total";
+/// Items queued but not run, by model and reason: `caller_gone` (the call had ended: its
+/// deadline passed, or it was cancelled), `deadline` (it would have ended before the item
+/// could run; answered UNAVAILABLE at once).
+pub const ABANDONED_TOTAL: &str = "sekisho_filter_abandoned_total";
+/// Items refused on arrival (UNAVAILABLE) because the queue ahead would keep them past
+/// their deadline, by model.
+pub const DEADLINE_REFUSED_TOTAL: &str = "sekisho_filter_deadline_refused_total";
 
 /// Help texts for the batcher's metrics.
 pub fn describe_metrics() {
@@ -119,6 +170,14 @@ pub fn describe_metrics() {
         QUEUE_FULL_TOTAL,
         "Items refused with RESOURCE_EXHAUSTED because the model's queue was full, by model."
     );
+    describe_counter!(
+        ABANDONED_TOTAL,
+        "Items queued but not run, by model and reason: caller_gone (the call had ended), deadline (it would end before the item could run)."
+    );
+    describe_counter!(
+        DEADLINE_REFUSED_TOTAL,
+        "Items refused with UNAVAILABLE on arrival because the queue ahead would keep them past their deadline, by model."
+    );
 }
 
 impl Batcher {
@@ -135,6 +194,7 @@ impl Batcher {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(opts.queue.max(1));
         let stats = Arc::new(BatchStats::default());
         let idle = Arc::new(AtomicUsize::new(0));
+        let workers = sessions.len().max(1);
         for (i, session) in sessions.into_iter().enumerate() {
             let w = Worker {
                 model: model.to_owned(),
@@ -157,17 +217,22 @@ impl Batcher {
             queue: opts.queue,
             model: model.to_owned(),
             idle,
+            workers,
             stats,
         }
     }
 
-    /// Runs one item (`shape` without the batch dimension, row-major `data`).
+    /// Runs one item (`shape` without the batch dimension, row-major `data`), within the
+    /// deadline of the call being served, if it has one.
     pub async fn run(&self, shape: Vec<i64>, data: Vec<f32>) -> Result<Vec<Output>, BatchError> {
+        let deadline = sekisho_filter_sdk::deadline();
+        self.admit(deadline)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
             shape,
             data,
             queued: Instant::now(),
+            deadline,
             reply,
         };
         match self.tx.try_send(job) {
@@ -181,6 +246,33 @@ impl Batcher {
         rx.await.map_err(|_| BatchError::Stopped)?
     }
 
+    /// Refuses an item that the queue ahead of it would keep past `deadline`: the items
+    /// queued, shared among the workers, then the item itself, at the recent time per
+    /// item. Filters call it before decoding too, so as not to decode for nothing.
+    pub fn admit(&self, deadline: Option<Instant>) -> Result<(), BatchError> {
+        let per = self.stats.per_item();
+        let Some(deadline) = deadline else {
+            return Ok(());
+        };
+        if per.is_zero() {
+            return Ok(());
+        }
+        let queued = self.tx.len();
+        let wait = per.mul_f64((queued + self.workers) as f64 / self.workers as f64);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if wait <= left {
+            return Ok(());
+        }
+        self.stats.refused_late.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(DEADLINE_REFUSED_TOTAL, "model" => self.model.clone()).increment(1);
+        Err(BatchError::TooLate(format!(
+            "{queued} items queued ahead on {} worker(s) at ~{:.1} ms an item, {:.1} ms left",
+            self.workers,
+            per.as_secs_f64() * 1e3,
+            left.as_secs_f64() * 1e3
+        )))
+    }
+
     /// Workers waiting for an item now.
     pub fn idle_workers(&self) -> usize {
         self.idle.load(Ordering::SeqCst)
@@ -192,6 +284,16 @@ impl Batcher {
         let i = self.stats.items.load(Ordering::Relaxed);
         if b == 0 { 0.0 } else { i as f64 / b as f64 }
     }
+}
+
+/// Reasons an item is not run (`sekisho_filter_abandoned_total`).
+const GONE: &str = "caller_gone";
+const EXPIRED: &str = "deadline";
+
+/// A batch being collected, and the earliest deadline among its jobs.
+struct Batch {
+    jobs: Vec<Job>,
+    slack: Option<Instant>,
 }
 
 struct Worker {
@@ -223,16 +325,31 @@ impl Worker {
                     }
                 }
             };
+            if first.reply.is_closed() {
+                self.abandon(1, GONE);
+                continue;
+            }
+            if self.too_late(&first, 1) {
+                self.expire(first);
+                continue;
+            }
             // Items of one shape have as many values each: the batch holds at most this
             // many of them (and at least one).
             let most = (self.opts.max_batch_elements / first.data.len().max(1))
                 .clamp(1, self.opts.max_batch.max(1));
-            let mut batch = vec![first];
+            let mut batch = Batch {
+                slack: first.deadline,
+                jobs: vec![first],
+            };
             // Held jobs of the same shape join first.
             let mut i = 0;
-            while i < self.held.len() && batch.len() < most {
-                if self.held[i].shape == batch[0].shape {
-                    batch.push(self.held.remove(i).expect("index is in range"));
+            while i < self.held.len() && batch.jobs.len() < most {
+                if self.held[i].shape == batch.jobs[0].shape {
+                    let j = self.held.remove(i).expect("index is in range");
+                    if let Some(j) = self.offer(&mut batch, j) {
+                        self.held.insert(i, j);
+                        break;
+                    }
                 } else {
                     i += 1;
                 }
@@ -241,7 +358,7 @@ impl Worker {
             // which runs it now, alongside; only with a `max_wait` does the batch then
             // wait for more.
             let deadline = Instant::now() + self.opts.max_wait;
-            while batch.len() < most {
+            while batch.jobs.len() < most {
                 let queued = self.rx.len();
                 if queued > 0 && queued <= self.idle.load(Ordering::SeqCst) {
                     break;
@@ -254,10 +371,24 @@ impl Worker {
                     Err(_) => None,
                 };
                 match next {
-                    Some(j) if j.shape == batch[0].shape => batch.push(j),
+                    Some(j) if j.shape == batch.jobs[0].shape => {
+                        if let Some(j) = self.offer(&mut batch, j) {
+                            // It would make the batch end past a deadline: it starts the next.
+                            self.held.push_back(j);
+                            break;
+                        }
+                    }
                     Some(j) => self.held.push_back(j),
                     None => break,
                 }
+            }
+            let mut batch = batch.jobs;
+            // Callers that went while the batch was being collected get nothing either.
+            let before = batch.len();
+            batch.retain(|j| !j.reply.is_closed());
+            self.abandon(before - batch.len(), GONE);
+            if batch.is_empty() {
+                continue;
             }
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -271,6 +402,8 @@ impl Worker {
             metrics::histogram!(BATCH_SIZE, "model" => self.model.clone())
                 .record(batch.len() as f64);
             let result = self.infer(&mut batch);
+            self.stats
+                .record_per_item(started.elapsed() / batch.len() as u32);
             metrics::histogram!(INFERENCE, "model" => self.model.clone())
                 .record(started.elapsed().as_secs_f64());
             match result {
@@ -286,6 +419,68 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Counts `n` items not run, for `reason`.
+    fn abandon(&self, n: usize, reason: &'static str) {
+        if n > 0 {
+            let count = match reason {
+                GONE => &self.stats.abandoned,
+                _ => &self.stats.expired,
+            };
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            metrics::counter!(ABANDONED_TOTAL, "model" => self.model.clone(), "reason" => reason)
+                .increment(n as u64);
+        }
+    }
+
+    /// Whether `job`'s deadline would pass before a batch of `n` items could end.
+    fn too_late(&self, job: &Job, n: usize) -> bool {
+        let per = self.stats.per_item();
+        match job.deadline {
+            Some(d) if !per.is_zero() => {
+                d.saturating_duration_since(Instant::now()) < per * n as u32
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers `job` at once: its deadline would pass before it could run.
+    fn expire(&self, job: Job) {
+        self.abandon(1, EXPIRED);
+        let _ = job.reply.send(Err(BatchError::TooLate(format!(
+            "it waited {:.1} ms in the queue; an item takes ~{:.1} ms",
+            job.queued.elapsed().as_secs_f64() * 1e3,
+            self.stats.per_item().as_secs_f64() * 1e3
+        ))));
+    }
+
+    /// Adds `job` (of the batch's shape) to `batch` when the batch with it would still end
+    /// before the earliest deadline in it; returns it otherwise. A job whose caller has
+    /// gone, or whose deadline would pass before it could run alone, is settled here.
+    fn offer(&self, batch: &mut Batch, job: Job) -> Option<Job> {
+        if job.reply.is_closed() {
+            self.abandon(1, GONE);
+            return None;
+        }
+        if self.too_late(&job, 1) {
+            self.expire(job);
+            return None;
+        }
+        let earliest = match (batch.slack, job.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let n = batch.jobs.len() + 1;
+        let per = self.stats.per_item();
+        if let Some(d) = earliest
+            && d.saturating_duration_since(Instant::now()) < per * n as u32
+        {
+            return Some(job);
+        }
+        batch.slack = earliest;
+        batch.jobs.push(job);
+        None
     }
 
     /// Runs the batch; the jobs' input data is moved into the tensor, not copied, when

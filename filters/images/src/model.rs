@@ -172,7 +172,7 @@ pub fn serve(
     }
     let started = Instant::now();
     let most = most_in_batch(&batch, &probe.item);
-    check_runs(&mut sessions[0], input, &outputs, probe, most).map_err(refuse)?;
+    let one_item = check_runs(&mut sessions[0], input, &outputs, probe, most).map_err(refuse)?;
     let warmed = match opts.warm_up.resolve(provider) {
         WarmUp::All if probe.fixed_shape => {
             warm_all(&mut sessions, input, &outputs, &probe.item, most).map_err(refuse)?;
@@ -181,17 +181,20 @@ pub fn serve(
         _ => WarmUp::Check,
     };
     tracing::info!(model = %path.display(), warm_up = warmed.as_str(), max_batch = most, seconds = started.elapsed().as_secs_f64(), "model checked");
+    let batcher = Batcher::start(
+        &path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sessions,
+        input,
+        &outputs,
+        batch.clone(),
+    );
+    // Face-detect's probe is a small input: a lower bound, until real batches run.
+    batcher.stats.seed_per_item(one_item);
     Ok(Served {
-        batcher: Batcher::start(
-            &path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            sessions,
-            input,
-            &outputs,
-            batch.clone(),
-        ),
+        batcher,
         provider,
         path,
         max_batch: batch.max_batch,
@@ -293,14 +296,15 @@ fn check_declared(
 }
 
 /// Runs a batch of one item of zeros, and one of `most` items: what the model gives back
-/// has the shape the filter reads.
+/// has the shape the filter reads. Returns the time of the second run (of a batch of
+/// `most`) per item: the batcher's first estimate, before any call.
 fn check_runs(
     session: &mut Session,
     input: &str,
     outputs: &[&str],
     probe: &Probe,
     most: usize,
-) -> Result<(), String> {
+) -> Result<std::time::Duration, String> {
     let one = probe.item.iter().product::<i64>().max(0) as usize;
     let got = run_batch(session, input, outputs, &probe.item, 1, vec![0.0; one]).map_err(|e| {
         format!(
@@ -321,23 +325,22 @@ fn check_runs(
             ));
         }
     }
-    if most > 1 {
-        run_batch(
-            session,
-            input,
-            outputs,
-            &probe.item,
-            most,
-            vec![0.0; one * most],
+    let started = Instant::now();
+    run_batch(
+        session,
+        input,
+        outputs,
+        &probe.item,
+        most,
+        vec![0.0; one * most],
+    )
+    .map_err(|e| {
+        format!(
+            "the model runs one item but not a batch of {most}: {e} (start the filter \
+             with a smaller --max-batch; 1 if the model's graph fixes its batch size)"
         )
-        .map_err(|e| {
-            format!(
-                "the model runs one item but not a batch of {most}: {e} (start the filter \
-                 with a smaller --max-batch; 1 if the model's graph fixes its batch size)"
-            )
-        })?;
-    }
-    Ok(())
+    })?;
+    Ok(started.elapsed() / most as u32)
 }
 
 /// Every session runs every batch size from 1 to `most`, side by side.

@@ -476,6 +476,128 @@ async fn a_batch_holds_at_most_its_input_values() {
     );
 }
 
+/// An item whose caller has gone before its batch runs (its deadline passed; here its
+/// future is dropped) is not run: one live open_nsfw item and ten abandoned ones queued
+/// behind it, the worker waiting up to 1 s for a batch of 16 to fill, run as one batch
+/// of one item, with the ten counted as abandoned; the live one gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_whose_callers_have_gone_are_not_run() {
+    let mut o = ng_options();
+    o.workers = 1;
+    o.batch.max_batch = 16;
+    o.batch.max_wait = std::time::Duration::from_secs(1);
+    let served = sekisho_filters_images::model::serve(
+        o.model.clone().unwrap(),
+        Ok,
+        "",
+        &[""],
+        &nsfw_probe(),
+        &o,
+    )
+    .unwrap();
+    let batcher = &served.batcher;
+    let shape = vec![224i64, 224, 3];
+    let item = |i: usize| vec![i as f32 * 8.0 - 64.0; 224 * 224 * 3];
+    let alone = batcher.run(shape.clone(), item(3)).await.unwrap();
+    let stats = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (b0, i0) = (stats(&batcher.stats.batches), stats(&batcher.stats.items));
+
+    let mut live = Box::pin(batcher.run(shape.clone(), item(3)));
+    assert!(
+        futures::poll!(&mut live).is_pending(),
+        "queued, not answered"
+    );
+    for i in 0..10 {
+        // Polled once (queued), then dropped, as a call whose deadline passes is.
+        let mut gone = Box::pin(batcher.run(shape.clone(), item(i)));
+        assert!(futures::poll!(&mut gone).is_pending());
+    }
+    let got = live.await.unwrap();
+    assert_eq!(got, alone, "the live item gets its own answer");
+    assert_eq!(stats(&batcher.stats.abandoned), 10);
+    assert_eq!(
+        stats(&batcher.stats.items) - i0,
+        1,
+        "only the live item ran"
+    );
+    assert_eq!(stats(&batcher.stats.batches) - b0, 1);
+}
+
+/// With a deadline (the call's `grpc-timeout`, as the SDK passes it on): an item that the
+/// queue would keep past it is refused at once, before it is queued; one admitted but
+/// whose deadline passes while it waits is answered at once with the same error, not
+/// run; one with time to spare runs. open_nsfw, one worker, batches of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_that_would_miss_their_deadline_are_refused_or_expire_unrun() {
+    use sekisho_filter_sdk::with_deadline;
+    use std::time::{Duration, Instant};
+    let mut o = ng_options();
+    o.workers = 1;
+    o.runtime.intra_threads = 1; // an item takes well over the 3 ms below on any CPU
+    o.batch.max_batch = 1;
+    let served = sekisho_filters_images::model::serve(
+        o.model.clone().unwrap(),
+        Ok,
+        "",
+        &[""],
+        &nsfw_probe(),
+        &o,
+    )
+    .unwrap();
+    let batcher = &served.batcher;
+    let per = batcher.stats.per_item();
+    assert!(
+        !per.is_zero(),
+        "the check before serving gave a first estimate"
+    );
+    let shape = vec![224i64, 224, 3];
+    let item = || vec![0.5f32; 224 * 224 * 3];
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+
+    // Less time left than one item takes: refused on arrival, nothing queued or run.
+    let items = load(&batcher.stats.items);
+    let soon = Instant::now() + per / 4;
+    let err = with_deadline(Some(soon), batcher.run(shape.clone(), item()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("before this call's deadline"),
+        "{err}"
+    );
+    assert_eq!(load(&batcher.stats.refused_late), 1);
+    assert_eq!(load(&batcher.stats.items), items);
+
+    // Ample time: it runs.
+    let later = Instant::now() + Duration::from_secs(30);
+    with_deadline(Some(later), batcher.run(shape.clone(), item()))
+        .await
+        .unwrap();
+
+    // Admitted (the estimate says an item takes a microsecond), then stuck behind an
+    // item that takes the model's real time: ten items whose deadlines pass meanwhile are
+    // answered unrun.
+    batcher.stats.seed_per_item(Duration::from_micros(1));
+    let items = load(&batcher.stats.items);
+    let mut first = Box::pin(batcher.run(shape.clone(), item()));
+    assert!(futures::poll!(&mut first).is_pending());
+    let short = Instant::now() + Duration::from_millis(3);
+    let doomed = futures::future::join_all(
+        (0..10).map(|_| with_deadline(Some(short), batcher.run(shape.clone(), item()))),
+    );
+    let (first, doomed) = futures::join!(first, doomed);
+    first.unwrap();
+    for d in doomed {
+        let err = d.unwrap_err();
+        assert!(err.to_string().contains("waited"), "{err}");
+    }
+    assert_eq!(load(&batcher.stats.expired), 10);
+    assert_eq!(
+        load(&batcher.stats.items) - items,
+        1,
+        "only the first item ran"
+    );
+}
+
 /// Items that arrive together at idle workers run side by side, one on each, instead of
 /// as one batch on the first worker to wake while the other worker's core idles: two
 /// open_nsfw items sent at once to two idle workers, twenty times, run in two batches

@@ -23,6 +23,27 @@ pub use register::EtcdRegistration;
 pub use sekisho_proto::filter::v1 as proto;
 pub use server::{FilterServer, ServeError};
 
+tokio::task_local! {
+    static DEADLINE: Option<std::time::Instant>;
+}
+
+/// The deadline of the `Apply` call being served, from its caller's `grpc-timeout` (the
+/// gateway sends what is left of its own), when it gave one. Read inside
+/// [`Filter::apply`] (in its task, not in tasks it spawns); `None` elsewhere. A filter
+/// with a queue can refuse work it would finish too late, rather than do it for nobody.
+pub fn deadline() -> Option<std::time::Instant> {
+    DEADLINE.try_with(|d| *d).ok().flatten()
+}
+
+/// Runs `f` with `deadline` as what [`deadline`] returns (the server does this for each
+/// `Apply` call; tests and in-process callers may too).
+pub async fn with_deadline<T>(
+    deadline: Option<std::time::Instant>,
+    f: impl std::future::Future<Output = T>,
+) -> T {
+    DEADLINE.scope(deadline, f).await
+}
+
 /// The item a filter scores.
 #[derive(Debug, Clone)]
 pub enum Payload {

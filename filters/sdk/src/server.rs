@@ -97,7 +97,8 @@ impl<F: Filter> filter_server::Filter for FilterService<F> {
         let in_flight = metrics::gauge!(crate::metrics::IN_FLIGHT, "filter" => filter.clone());
         in_flight.increment(1.0);
         let started = std::time::Instant::now();
-        let result = self.apply_one(request.into_inner()).await;
+        let deadline = sekisho_proto::grpc_deadline(request.metadata());
+        let result = crate::with_deadline(deadline, self.apply_one(request.into_inner())).await;
         in_flight.decrement(1.0);
         metrics::histogram!(crate::metrics::DURATION, "filter" => filter.clone())
             .record(started.elapsed().as_secs_f64());
