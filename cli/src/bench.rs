@@ -108,6 +108,15 @@ enum Mode {
         /// `--duration`: e.g. a filter's first calls after it starts.
         #[arg(long)]
         requests: Option<u64>,
+        /// Each call's deadline (sent as `grpc-timeout`); calls past it count as errors,
+        /// so the rate is what was answered in time.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Open loop: start this many calls a second, whatever the answers (as callers
+        /// arriving on their own do), instead of `--concurrency` calls each sent when the
+        /// last ended; needs `--timeout`, which bounds the calls in flight.
+        #[arg(long, requires = "timeout", conflicts_with = "requests")]
+        rate: Option<f64>,
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
@@ -290,6 +299,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             warmup,
             json,
             requests,
+            timeout,
+            rate,
             images,
         } => {
             let reqs = images
@@ -298,7 +309,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let ch = channels(&filter, 1).await?.remove(0);
             let run = |d: Duration, n: Option<u64>| {
-                images_run(ch.clone(), reqs.clone(), concurrency, d, n)
+                let how = match rate {
+                    Some(r) => Pace::Rate(r),
+                    None => Pace::Closed(concurrency, n),
+                };
+                images_run(ch.clone(), reqs.clone(), how, d, timeout)
             };
             if requests.is_none() {
                 run(warmup, None).await?;
@@ -640,48 +655,89 @@ impl Target {
     }
 }
 
-/// Calls `Apply` back to back from `concurrency` tasks, each cycling through `reqs`.
+/// How `bench images` sends: a fixed number of calls in flight, each sent when the last
+/// ended (optionally exactly N calls in all), or calls started at a fixed rate.
+#[derive(Clone, Copy)]
+enum Pace {
+    Closed(usize, Option<u64>),
+    Rate(f64),
+}
+
+/// One `Apply` call, recorded into `r`.
+async fn apply_once(
+    client: &mut FilterClient<Channel>,
+    req: fproto::ApplyRequest,
+    timeout: Option<Duration>,
+    r: &mut Report,
+) {
+    let t = Instant::now();
+    let mut req = tonic::Request::new(req);
+    if let Some(t) = timeout {
+        req.set_timeout(t);
+    }
+    match client.apply(req).await {
+        Ok(_) => {
+            let _ = r.hist.record(t.elapsed().as_micros().max(1) as u64);
+            r.ok += 1;
+        }
+        Err(e) => {
+            r.errors += 1;
+            r.first_error.get_or_insert(e);
+        }
+    }
+}
+
+/// Calls `Apply` as `pace` says, cycling through `reqs`.
 async fn images_run(
     ch: Channel,
     reqs: Vec<fproto::ApplyRequest>,
-    concurrency: usize,
+    pace: Pace,
     duration: Duration,
-    requests: Option<u64>,
+    timeout: Option<Duration>,
 ) -> anyhow::Result<Report> {
     let reqs = Arc::new(reqs);
     let deadline = Instant::now() + duration;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    // With `requests`, each request takes a ticket; the duration no longer ends it.
-    let tickets = Arc::new(AtomicU64::new(0));
-    for w in 0..concurrency.max(1) {
-        let (ch, reqs, tickets) = (ch.clone(), reqs.clone(), tickets.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut r = Report::default();
-            let mut client = FilterClient::new(ch)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20);
-            let mut k = w;
-            let more = || match requests {
-                Some(n) => tickets.fetch_add(1, Ordering::Relaxed) < n,
-                None => Instant::now() < deadline,
-            };
-            while more() {
-                let t = Instant::now();
-                match client.apply(reqs[k % reqs.len()].clone()).await {
-                    Ok(_) => {
-                        let _ = r.hist.record(t.elapsed().as_micros().max(1) as u64);
-                        r.ok += 1;
-                    }
-                    Err(e) => {
-                        r.errors += 1;
-                        r.first_error.get_or_insert(e);
-                    }
-                }
+    let client = FilterClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    match pace {
+        Pace::Rate(rate) => {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+            let mut k = 0;
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let (mut client, req) = (client.clone(), reqs[k % reqs.len()].clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut r = Report::default();
+                    apply_once(&mut client, req, timeout, &mut r).await;
+                    r
+                }));
                 k += 1;
             }
-            r
-        }));
+        }
+        Pace::Closed(concurrency, requests) => {
+            // With `requests`, each request takes a ticket; the duration no longer ends it.
+            let tickets = Arc::new(AtomicU64::new(0));
+            for w in 0..concurrency.max(1) {
+                let (mut client, reqs, tickets) = (client.clone(), reqs.clone(), tickets.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut r = Report::default();
+                    let mut k = w;
+                    let more = || match requests {
+                        Some(n) => tickets.fetch_add(1, Ordering::Relaxed) < n,
+                        None => Instant::now() < deadline,
+                    };
+                    while more() {
+                        apply_once(&mut client, reqs[k % reqs.len()].clone(), timeout, &mut r)
+                            .await;
+                        k += 1;
+                    }
+                    r
+                }));
+            }
+        }
     }
     let mut report = Report::default();
     for t in tasks {
