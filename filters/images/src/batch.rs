@@ -168,7 +168,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         QUEUE_FULL_TOTAL,
-        "Items refused with RESOURCE_EXHAUSTED because the model's queue was full, by model."
+        "Items refused with UNAVAILABLE because the model's queue was full, by model."
     );
     describe_counter!(
         ABANDONED_TOTAL,
