@@ -86,7 +86,8 @@ pub struct EchoConfig {
     pub tag: String,
 }
 
-/// Reports what reached it: its config, the content type and earlier stages' regions.
+/// Reports what reached it: its config, the content type, earlier stages' regions and
+/// what was left of the call's deadline.
 pub struct Echo {
     pub name: String,
 }
@@ -115,6 +116,13 @@ impl Filter for Echo {
             "earlier_stages".to_owned(),
             input.context.stages.len() as f64,
         );
+        // What the SDK says is left of the call's deadline (its grpc-timeout); -1: none.
+        let left = sekisho_filter_sdk::deadline().map_or(-1.0, |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+                .as_secs_f64()
+                * 1e3
+        });
+        labels.insert("deadline_left_ms".to_owned(), left);
         let mut v = Verdict::score(0.0)
             .details(serde_json::json!({ "tag": c.tag, "alias": input.context.alias }));
         v.labels = labels;

@@ -381,6 +381,10 @@ default_decision: APPROVE
         "no override: the filter's default"
     );
     assert_eq!(plain.labels["earlier_stages"], 0.0);
+    // The gateway's deadline for the call (the chain's default timeout, 800 ms) reaches
+    // the filter through the SDK.
+    let left = plain.labels["deadline_left_ms"];
+    assert!(left > 0.0 && left <= 800.0, "{left}");
     let low = &r.stages[1].filters[0];
     let high = &r.stages[1].filters[1];
     assert_eq!(
