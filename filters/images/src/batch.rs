@@ -72,15 +72,15 @@ pub enum BatchError {
     TooLate(String),
 }
 
-/// A full queue, stopped workers or a queue too long for the deadline are worth retrying
-/// elsewhere (UNAVAILABLE: the gateway tries another replica while time is left); a model
-/// failure is not (INTERNAL).
+/// A full queue or one too long for the deadline is load being shed (RESOURCE_EXHAUSTED:
+/// the gateway tries another replica while time is left, and does not eject this one for
+/// it); stopped workers are worth retrying elsewhere too (UNAVAILABLE); a model failure is
+/// not (INTERNAL).
 impl From<BatchError> for sekisho_filter_sdk::FilterError {
     fn from(e: BatchError) -> Self {
         match e {
-            BatchError::Busy(_) | BatchError::Stopped | BatchError::TooLate(_) => {
-                Self::Unavailable(e.to_string())
-            }
+            BatchError::Busy(_) | BatchError::TooLate(_) => Self::Overloaded(e.to_string()),
+            BatchError::Stopped => Self::Unavailable(e.to_string()),
             BatchError::Failed(m) => Self::Internal(m),
         }
     }
@@ -148,9 +148,9 @@ pub const INFERENCE: &str = "sekisho_filter_inference_seconds";
 pub const QUEUE_FULL_TOTAL: &str = "sekisho_filter_queue_full_total";
 /// Items queued but not run, by model and reason: `caller_gone` (the call had ended: its
 /// deadline passed, or it was cancelled), `deadline` (it would have ended before the item
-/// could run; answered UNAVAILABLE at once).
+/// could run; answered RESOURCE_EXHAUSTED at once).
 pub const ABANDONED_TOTAL: &str = "sekisho_filter_abandoned_total";
-/// Items refused on arrival (UNAVAILABLE) because the queue ahead would keep them past
+/// Items refused on arrival (RESOURCE_EXHAUSTED) because the queue ahead would keep them past
 /// their deadline, by model.
 pub const DEADLINE_REFUSED_TOTAL: &str = "sekisho_filter_deadline_refused_total";
 
@@ -168,7 +168,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         QUEUE_FULL_TOTAL,
-        "Items refused with UNAVAILABLE because the model's queue was full, by model."
+        "Items refused with RESOURCE_EXHAUSTED because the model's queue was full, by model."
     );
     describe_counter!(
         ABANDONED_TOTAL,
@@ -176,7 +176,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         DEADLINE_REFUSED_TOTAL,
-        "Items refused with UNAVAILABLE on arrival because the queue ahead would keep them past their deadline, by model."
+        "Items refused with RESOURCE_EXHAUSTED on arrival because the queue ahead would keep them past their deadline, by model."
     );
 }
 

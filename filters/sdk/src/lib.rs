@@ -115,9 +115,14 @@ pub enum FilterError {
     /// The item or config is wrong: retrying will not help.
     #[error("{0}")]
     InvalidInput(String),
-    /// The filter cannot serve now (overloaded, a dependency away): retry may help.
+    /// The filter cannot serve now (a dependency away, stopping): retry may help.
     #[error("{0}")]
     Unavailable(String),
+    /// The filter is shedding load (its queue is full, or too long for the call's
+    /// deadline): RESOURCE_EXHAUSTED. Retrying another replica may help; the gateway does
+    /// not count it against the endpoint's health, since it is busy, not broken.
+    #[error("{0}")]
+    Overloaded(String),
     /// A bug or a broken model.
     #[error("{0}")]
     Internal(String),
@@ -128,6 +133,7 @@ impl FilterError {
         match self {
             FilterError::InvalidInput(m) => tonic::Status::invalid_argument(m),
             FilterError::Unavailable(m) => tonic::Status::unavailable(m),
+            FilterError::Overloaded(m) => tonic::Status::resource_exhausted(m),
             FilterError::Internal(m) => tonic::Status::internal(m),
         }
     }

@@ -94,7 +94,8 @@ fn difference(d: &FilterDescriptor, reference: &FilterDescriptor) -> String {
     )
 }
 
-/// Failures that say the endpoint is unwell, as opposed to the item being bad.
+/// Failures that say the endpoint is unwell or busy, as opposed to the item being bad: the
+/// endpoint's load estimate pays for them.
 fn endpoint_failure(code: Code) -> bool {
     matches!(
         code,
@@ -106,6 +107,13 @@ fn endpoint_failure(code: Code) -> bool {
             | Code::DataLoss
             | Code::Unimplemented
     )
+}
+
+/// Of those, the ones that count toward ejecting the endpoint. RESOURCE_EXHAUSTED is an
+/// endpoint shedding load: busy, not broken. Ejecting it would move its load onto its
+/// siblings, under the same load, and take its capacity away while it lasts.
+fn ejecting_failure(code: Code) -> bool {
+    endpoint_failure(code) && code != Code::ResourceExhausted
 }
 
 impl FilterPool {
@@ -419,7 +427,12 @@ impl FilterPool {
                 s.consecutive_failures = 0;
                 return;
             }
-            Err(st) if endpoint_failure(st.code()) => st,
+            Err(st) if ejecting_failure(st.code()) => st,
+            // Shedding load: neither a failure toward ejection nor a sign of health.
+            Err(st) if endpoint_failure(st.code()) => {
+                s.last_call_error = format!("{}: {}", st.code(), st.message());
+                return;
+            }
             Err(_) => {
                 // The item's fault, not the endpoint's.
                 s.consecutive_failures = 0;

@@ -209,6 +209,40 @@ async fn five_failures_in_a_row_eject_for_longer_each_time_but_never_the_last() 
     assert_eq!(state(&pool, &good), "ready");
 }
 
+/// An endpoint shedding load (RESOURCE_EXHAUSTED: its queue is full, or too long for the
+/// deadline) is busy, not broken: however many sheds in a row, it is not ejected, and a
+/// shed neither counts toward a later ejection nor clears one that is building. Its load
+/// estimate pays for each shed, so p2c sends it less.
+#[tokio::test]
+async fn an_endpoint_shedding_load_is_not_ejected_but_costs_more() {
+    let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
+    let busy = add(&pool, 1, descriptor("1.0"));
+    let calm = add(&pool, 2, descriptor("1.0"));
+    pool.record(&busy, Ok(()), MS);
+    pool.record(&calm, Ok(()), MS);
+    let shed = Status::resource_exhausted("the model cannot answer before this call's deadline");
+    for _ in 0..20 {
+        pool.record(&busy, Err(&shed), MS);
+    }
+    let p = busy.to_proto(Instant::now());
+    assert_eq!((p.state.as_str(), p.ejections), ("ready", 0), "{p:?}");
+    assert!(p.last_error.contains("deadline"), "{p:?}");
+    let now = Instant::now();
+    assert!(
+        busy.cost(now) > calm.cost(now) * 100.0,
+        "sheds raise the load estimate"
+    );
+    // Four real failures, sheds in between, then a fifth: ejected (sheds did not reset).
+    let unavailable = Status::unavailable("connection refused");
+    for _ in 0..4 {
+        pool.record(&busy, Err(&unavailable), MS);
+        pool.record(&busy, Err(&shed), MS);
+    }
+    assert_eq!(state(&pool, &busy), "ready");
+    pool.record(&busy, Err(&unavailable), MS);
+    assert_eq!(state(&pool, &busy), "ejected");
+}
+
 #[tokio::test]
 async fn with_nothing_ready_the_error_says_why_each_endpoint_is_out() {
     let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
