@@ -14,11 +14,12 @@
 //! Deadlines (the caller's `grpc-timeout`, [`sekisho_filter_sdk::deadline`]): under
 //! overload a queue otherwise fills with work that is answered after its caller has
 //! given up, and then every answer comes too late. So an item is refused at once when
-//! the queue ahead of it would keep it past its deadline (an estimate: the items queued,
-//! the workers, and a moving average of the time one item takes), is answered at once
-//! with the same error when its deadline would pass before it could run alone, and is
-//! dropped unrun when its caller has gone; and a batch grows only while it would still
-//! end before the earliest deadline in it.
+//! the queue ahead of it would keep it past its deadline (an estimate: the input values
+//! queued, shared among the workers, at a moving average of the time one input value
+//! takes: by values, not items, since face-detect's inputs differ in size a hundredfold),
+//! is answered at once with the same error when its deadline would pass before it could
+//! run alone, and is dropped unrun when its caller has gone; and a batch grows only while
+//! it would still end before the earliest deadline in it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -104,28 +105,38 @@ pub struct BatchStats {
     pub abandoned: AtomicU64,
     pub expired: AtomicU64,
     pub refused_late: AtomicU64,
-    /// Nanoseconds one item takes in a batch (its batch's time over its items), averaged
-    /// with a weight of 1/5 for each new batch; 0 until the first.
-    per_item_nanos: AtomicU64,
+    /// Seconds one input value takes in a batch (its batch's time over its values), as
+    /// f64 bits, averaged with a weight of 1/5 for each new batch; 0 until the first.
+    per_value_bits: AtomicU64,
 }
 
 impl BatchStats {
-    /// The time one item takes, as recent batches went (zero: not known yet).
-    pub fn per_item(&self) -> Duration {
-        Duration::from_nanos(self.per_item_nanos.load(Ordering::Relaxed))
+    /// The time one input value takes, as recent batches went (zero: not known yet).
+    pub fn per_value(&self) -> f64 {
+        f64::from_bits(self.per_value_bits.load(Ordering::Relaxed))
     }
 
-    /// Sets the estimate (from a model's check before serving; tests).
-    pub fn seed_per_item(&self, d: Duration) {
-        self.per_item_nanos
-            .store(d.as_nanos() as u64, Ordering::Relaxed);
+    /// What `values` input values take at that rate.
+    pub fn time_for(&self, values: usize) -> Duration {
+        Duration::from_secs_f64(self.per_value() * values as f64)
     }
 
-    fn record_per_item(&self, d: Duration) {
-        let new = d.as_nanos() as u64;
-        let old = self.per_item_nanos.load(Ordering::Relaxed);
-        let avg = if old == 0 { new } else { (old * 4 + new) / 5 };
-        self.per_item_nanos.store(avg, Ordering::Relaxed);
+    /// Sets the estimate: `d` for `values` input values (from a model's check before
+    /// serving; tests).
+    pub fn seed(&self, d: Duration, values: usize) {
+        let v = d.as_secs_f64() / values.max(1) as f64;
+        self.per_value_bits.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    fn record(&self, d: Duration, values: usize) {
+        let new = d.as_secs_f64() / values.max(1) as f64;
+        let old = self.per_value();
+        let avg = if old == 0.0 {
+            new
+        } else {
+            (old * 4.0 + new) / 5.0
+        };
+        self.per_value_bits.store(avg.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -135,6 +146,9 @@ pub struct Batcher {
     model: String,
     idle: Arc<AtomicUsize>,
     workers: usize,
+    /// Input values of the items in the queue (taken off it by a worker, they no longer
+    /// count).
+    queued_values: Arc<AtomicU64>,
     pub stats: Arc<BatchStats>,
 }
 
@@ -195,6 +209,7 @@ impl Batcher {
         let stats = Arc::new(BatchStats::default());
         let idle = Arc::new(AtomicUsize::new(0));
         let workers = sessions.len().max(1);
+        let queued_values = Arc::new(AtomicU64::new(0));
         for (i, session) in sessions.into_iter().enumerate() {
             let w = Worker {
                 model: model.to_owned(),
@@ -205,6 +220,7 @@ impl Batcher {
                 opts: opts.clone(),
                 stats: stats.clone(),
                 idle: idle.clone(),
+                queued_values: queued_values.clone(),
                 held: VecDeque::new(),
             };
             std::thread::Builder::new()
@@ -218,6 +234,7 @@ impl Batcher {
             model: model.to_owned(),
             idle,
             workers,
+            queued_values,
             stats,
         }
     }
@@ -226,7 +243,8 @@ impl Batcher {
     /// deadline of the call being served, if it has one.
     pub async fn run(&self, shape: Vec<i64>, data: Vec<f32>) -> Result<Vec<Output>, BatchError> {
         let deadline = sekisho_filter_sdk::deadline();
-        self.admit(deadline)?;
+        self.admit(deadline, data.len())?;
+        let values = data.len() as u64;
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
             shape,
@@ -235,30 +253,37 @@ impl Batcher {
             deadline,
             reply,
         };
+        // Counted before it can be taken off the queue (and uncounted then).
+        self.queued_values.fetch_add(values, Ordering::Relaxed);
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                self.queued_values.fetch_sub(values, Ordering::Relaxed);
                 metrics::counter!(QUEUE_FULL_TOTAL, "model" => self.model.clone()).increment(1);
                 return Err(BatchError::Busy(self.queue));
             }
-            Err(TrySendError::Disconnected(_)) => return Err(BatchError::Stopped),
+            Err(TrySendError::Disconnected(_)) => {
+                self.queued_values.fetch_sub(values, Ordering::Relaxed);
+                return Err(BatchError::Stopped);
+            }
         }
         rx.await.map_err(|_| BatchError::Stopped)?
     }
 
-    /// Refuses an item that the queue ahead of it would keep past `deadline`: the items
-    /// queued, shared among the workers, then the item itself, at the recent time per
-    /// item. Filters call it before decoding too, so as not to decode for nothing.
-    pub fn admit(&self, deadline: Option<Instant>) -> Result<(), BatchError> {
-        let per = self.stats.per_item();
+    /// Refuses an item of `values` input values that the queue ahead of it would keep
+    /// past `deadline`: the values queued, shared among the workers, then its own, at the
+    /// recent time per value. Filters call it before decoding too (with 0 values, not yet
+    /// known), so as not to decode for nothing.
+    pub fn admit(&self, deadline: Option<Instant>, values: usize) -> Result<(), BatchError> {
         let Some(deadline) = deadline else {
             return Ok(());
         };
-        if per.is_zero() {
+        if self.stats.per_value() == 0.0 {
             return Ok(());
         }
-        let queued = self.tx.len();
-        let wait = per.mul_f64((queued + self.workers) as f64 / self.workers as f64);
+        let queued = self.queued_values.load(Ordering::Relaxed) as usize;
+        let ahead = self.stats.time_for(queued) / self.workers as u32;
+        let wait = ahead + self.stats.time_for(values);
         let left = deadline.saturating_duration_since(Instant::now());
         if wait <= left {
             return Ok(());
@@ -266,9 +291,12 @@ impl Batcher {
         self.stats.refused_late.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(DEADLINE_REFUSED_TOTAL, "model" => self.model.clone()).increment(1);
         Err(BatchError::TooLate(format!(
-            "{queued} items queued ahead on {} worker(s) at ~{:.1} ms an item, {:.1} ms left",
+            "{} items queued ahead, ~{:.1} ms of work on {} worker(s), then ~{:.1} ms for \
+             this one; {:.1} ms left",
+            self.tx.len(),
+            ahead.as_secs_f64() * 1e3,
             self.workers,
-            per.as_secs_f64() * 1e3,
+            self.stats.time_for(values).as_secs_f64() * 1e3,
             left.as_secs_f64() * 1e3
         )))
     }
@@ -290,10 +318,11 @@ impl Batcher {
 const GONE: &str = "caller_gone";
 const EXPIRED: &str = "deadline";
 
-/// A batch being collected, and the earliest deadline among its jobs.
+/// A batch being collected, the earliest deadline among its jobs and their input values.
 struct Batch {
     jobs: Vec<Job>,
     slack: Option<Instant>,
+    values: usize,
 }
 
 struct Worker {
@@ -306,6 +335,7 @@ struct Worker {
     stats: Arc<BatchStats>,
     /// Workers waiting for a job, this one included while it waits.
     idle: Arc<AtomicUsize>,
+    queued_values: Arc<AtomicU64>,
     /// Jobs taken while collecting a batch of another shape: they start the next one.
     held: VecDeque<Job>,
 }
@@ -320,7 +350,7 @@ impl Worker {
                     let job = self.rx.recv();
                     self.idle.fetch_sub(1, Ordering::SeqCst);
                     match job {
-                        Ok(j) => j,
+                        Ok(j) => self.taken(j),
                         Err(_) => return, // every sender is gone
                     }
                 }
@@ -329,7 +359,7 @@ impl Worker {
                 self.abandon(1, GONE);
                 continue;
             }
-            if self.too_late(&first, 1) {
+            if self.too_late(&first, first.data.len()) {
                 self.expire(first);
                 continue;
             }
@@ -339,6 +369,7 @@ impl Worker {
                 .clamp(1, self.opts.max_batch.max(1));
             let mut batch = Batch {
                 slack: first.deadline,
+                values: first.data.len(),
                 jobs: vec![first],
             };
             // Held jobs of the same shape join first.
@@ -364,9 +395,9 @@ impl Worker {
                     break;
                 }
                 let next = match self.rx.try_recv() {
-                    Ok(j) => Some(j),
+                    Ok(j) => Some(self.taken(j)),
                     Err(TryRecvError::Empty) if !self.opts.max_wait.is_zero() => {
-                        self.rx.recv_deadline(deadline).ok()
+                        self.rx.recv_deadline(deadline).ok().map(|j| self.taken(j))
                     }
                     Err(_) => None,
                 };
@@ -401,9 +432,9 @@ impl Worker {
             }
             metrics::histogram!(BATCH_SIZE, "model" => self.model.clone())
                 .record(batch.len() as f64);
+            let values: usize = batch.iter().map(|j| j.data.len()).sum();
             let result = self.infer(&mut batch);
-            self.stats
-                .record_per_item(started.elapsed() / batch.len() as u32);
+            self.stats.record(started.elapsed(), values);
             metrics::histogram!(INFERENCE, "model" => self.model.clone())
                 .record(started.elapsed().as_secs_f64());
             match result {
@@ -434,12 +465,19 @@ impl Worker {
         }
     }
 
-    /// Whether `job`'s deadline would pass before a batch of `n` items could end.
-    fn too_late(&self, job: &Job, n: usize) -> bool {
-        let per = self.stats.per_item();
+    /// A job just taken off the queue: its values no longer count as queued.
+    fn taken(&self, job: Job) -> Job {
+        self.queued_values
+            .fetch_sub(job.data.len() as u64, Ordering::Relaxed);
+        job
+    }
+
+    /// Whether `job`'s deadline would pass before a batch of `values` input values could
+    /// end.
+    fn too_late(&self, job: &Job, values: usize) -> bool {
         match job.deadline {
-            Some(d) if !per.is_zero() => {
-                d.saturating_duration_since(Instant::now()) < per * n as u32
+            Some(d) if self.stats.per_value() > 0.0 => {
+                d.saturating_duration_since(Instant::now()) < self.stats.time_for(values)
             }
             _ => false,
         }
@@ -449,9 +487,9 @@ impl Worker {
     fn expire(&self, job: Job) {
         self.abandon(1, EXPIRED);
         let _ = job.reply.send(Err(BatchError::TooLate(format!(
-            "it waited {:.1} ms in the queue; an item takes ~{:.1} ms",
+            "it waited {:.1} ms in the queue, and running it takes ~{:.1} ms",
             job.queued.elapsed().as_secs_f64() * 1e3,
-            self.stats.per_item().as_secs_f64() * 1e3
+            self.stats.time_for(job.data.len()).as_secs_f64() * 1e3
         ))));
     }
 
@@ -463,7 +501,7 @@ impl Worker {
             self.abandon(1, GONE);
             return None;
         }
-        if self.too_late(&job, 1) {
+        if self.too_late(&job, job.data.len()) {
             self.expire(job);
             return None;
         }
@@ -471,14 +509,14 @@ impl Worker {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let n = batch.jobs.len() + 1;
-        let per = self.stats.per_item();
+        let values = batch.values + job.data.len();
         if let Some(d) = earliest
-            && d.saturating_duration_since(Instant::now()) < per * n as u32
+            && d.saturating_duration_since(Instant::now()) < self.stats.time_for(values)
         {
             return Some(job);
         }
         batch.slack = earliest;
+        batch.values = values;
         batch.jobs.push(job);
         None
     }

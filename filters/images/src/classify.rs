@@ -407,7 +407,9 @@ impl Filter for NgImage {
 
     async fn apply(&self, input: Input, cfg: NgConfig) -> Result<Verdict, FilterError> {
         // A call the queue would keep past its deadline is refused before decoding.
-        self.served.batcher.admit(sekisho_filter_sdk::deadline())?;
+        self.served
+            .batcher
+            .admit(sekisho_filter_sdk::deadline(), 0)?;
         let (regions, left_out) = match &cfg.crop {
             Some(c) => {
                 let (regions, left_out) = regions_from(&input, c);

@@ -389,7 +389,9 @@ impl Filter for FaceDetect {
 
     async fn apply(&self, input: Input, cfg: FaceConfig) -> Result<Verdict, FilterError> {
         // A call the queue would keep past its deadline is refused before decoding.
-        self.served.batcher.admit(sekisho_filter_sdk::deadline())?;
+        self.served
+            .batcher
+            .admit(sekisho_filter_sdk::deadline(), 0)?;
         // Decoding and resizing are CPU work: off the async threads. A large JPEG is
         // decoded only as large as the model input needs (at 1/2, 1/4 or 1/8).
         let side = self.side(&cfg)?;

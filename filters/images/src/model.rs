@@ -191,8 +191,11 @@ pub fn serve(
         &outputs,
         batch.clone(),
     );
-    // Face-detect's probe is a small input: a lower bound, until real batches run.
-    batcher.stats.seed_per_item(one_item);
+    // Until real batches run (face-detect's probe is a small input, whose fixed costs
+    // make its time per value an overestimate).
+    batcher
+        .stats
+        .seed(one_item, probe.item.iter().product::<i64>().max(1) as usize);
     Ok(Served {
         batcher,
         provider,

@@ -524,7 +524,8 @@ async fn items_whose_callers_have_gone_are_not_run() {
 }
 
 /// With a deadline (the call's `grpc-timeout`, as the SDK passes it on): an item that the
-/// queue would keep past it is refused at once, before it is queued; one admitted but
+/// queue (the work ahead, then its own) would keep past it is refused at once, before it
+/// is queued; one admitted but
 /// whose deadline passes while it waits is answered at once with the same error, not
 /// run; one with time to spare runs. open_nsfw, one worker, batches of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,7 +546,7 @@ async fn items_that_would_miss_their_deadline_are_refused_or_expire_unrun() {
     )
     .unwrap();
     let batcher = &served.batcher;
-    let per = batcher.stats.per_item();
+    let per = batcher.stats.time_for(224 * 224 * 3);
     assert!(
         !per.is_zero(),
         "the check before serving gave a first estimate"
@@ -573,10 +574,32 @@ async fn items_that_would_miss_their_deadline_are_refused_or_expire_unrun() {
         .await
         .unwrap();
 
+    // Work queued ahead counts: with four items waiting behind a running one, a call
+    // with time for two items is refused (with the queue empty it would run).
+    let mut running = Box::pin(batcher.run(shape.clone(), item()));
+    assert!(futures::poll!(&mut running).is_pending());
+    let mut waiting: Vec<_> = (0..4)
+        .map(|_| Box::pin(batcher.run(shape.clone(), item())))
+        .collect();
+    for w in &mut waiting {
+        assert!(futures::poll!(w).is_pending());
+    }
+    let refused = load(&batcher.stats.refused_late);
+    let two = Instant::now() + per * 2;
+    let err = with_deadline(Some(two), batcher.run(shape.clone(), item()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("items queued ahead"), "{err}");
+    assert_eq!(load(&batcher.stats.refused_late), refused + 1);
+    running.await.unwrap();
+    for w in waiting {
+        w.await.unwrap();
+    }
+
     // Admitted (the estimate says an item takes a microsecond), then stuck behind an
     // item that takes the model's real time: ten items whose deadlines pass meanwhile are
     // answered unrun.
-    batcher.stats.seed_per_item(Duration::from_micros(1));
+    batcher.stats.seed(Duration::from_micros(1), 224 * 224 * 3);
     let items = load(&batcher.stats.items);
     let mut first = Box::pin(batcher.run(shape.clone(), item()));
     assert!(futures::poll!(&mut first).is_pending());
