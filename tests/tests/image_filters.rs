@@ -405,13 +405,7 @@ async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
     let f = FilterProcess::start("face-detect", &["--provider", "cuda"])
         .await
         .unwrap();
-    let d = FilterClient::connect(f.url.clone())
-        .await
-        .unwrap()
-        .describe(fproto::DescribeRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let d = describe(&f).await;
     assert_eq!(d.info["execution_provider"], "cpu", "{:?}", d.info);
 }
 
@@ -447,15 +441,20 @@ async fn a_spec_that_does_not_fit_its_model_stops_the_filter_at_start() {
     let f = FilterProcess::start("ng-image", &["--warm-up", "all", "--max-batch", "2"])
         .await
         .unwrap();
-    let d = FilterClient::connect(f.url.clone())
+    let d = describe(&f).await;
+    assert_eq!(d.info["warm_up"], "all", "{:?}", d.info);
+    assert_eq!(d.max_batch_size, 2);
+}
+
+/// What a filter process answers to `Describe`.
+async fn describe(f: &FilterProcess) -> fproto::FilterDescriptor {
+    FilterClient::connect(f.url.clone())
         .await
         .unwrap()
         .describe(fproto::DescribeRequest {})
         .await
         .unwrap()
-        .into_inner();
-    assert_eq!(d.info["warm_up"], "all", "{:?}", d.info);
-    assert_eq!(d.max_batch_size, 2);
+        .into_inner()
 }
 
 /// The text of a filter process's `/metrics`, served at `at`.

@@ -381,29 +381,24 @@ async fn dynamic_batching_never_mixes_up_results() {
     eprintln!("64 concurrent items ran in {batches} batches");
 }
 
-/// What open_nsfw is given and gives back, for serving it without `NgImage`.
-fn nsfw_probe() -> sekisho_filters_images::model::Probe {
-    sekisho_filters_images::model::Probe {
+/// open_nsfw (`o.model`) served by batching workers without `NgImage`: its raw input,
+/// [224, 224, 3], and its two outputs.
+fn serve_nsfw(o: &ModelOptions) -> sekisho_filters_images::model::Served {
+    let probe = sekisho_filters_images::model::Probe {
         item: vec![224, 224, 3],
         values: vec![Some(2)],
         values_are: "sfw, nsfw".into(),
         fixed_shape: true,
-    }
+    };
+    sekisho_filters_images::model::serve(o.model.clone().unwrap(), Ok, "", &[""], &probe, o)
+        .unwrap()
 }
 
 /// Sixteen flat grey open_nsfw inputs, one shade each (answered differently), run one
 /// at a time through one worker (one batch each), then sent together: the batches and
 /// items the second run took, each item checked to get its own answer.
 async fn sixteen_alone_then_together(o: &ModelOptions) -> (u64, u64) {
-    let served = sekisho_filters_images::model::serve(
-        o.model.clone().unwrap(),
-        Ok,
-        "",
-        &[""],
-        &nsfw_probe(),
-        o,
-    )
-    .unwrap();
+    let served = serve_nsfw(o);
     let batcher = &served.batcher;
     let count = || {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -486,15 +481,7 @@ async fn items_whose_callers_have_gone_are_not_run() {
     o.workers = 1;
     o.batch.max_batch = 16;
     o.batch.max_wait = std::time::Duration::from_secs(1);
-    let served = sekisho_filters_images::model::serve(
-        o.model.clone().unwrap(),
-        Ok,
-        "",
-        &[""],
-        &nsfw_probe(),
-        &o,
-    )
-    .unwrap();
+    let served = serve_nsfw(&o);
     let batcher = &served.batcher;
     let shape = vec![224i64, 224, 3];
     let item = |i: usize| vec![i as f32 * 8.0 - 64.0; 224 * 224 * 3];
@@ -536,15 +523,7 @@ async fn items_that_would_miss_their_deadline_are_refused_or_expire_unrun() {
     o.workers = 1;
     o.runtime.intra_threads = 1; // an item takes well over the 3 ms below on any CPU
     o.batch.max_batch = 1;
-    let served = sekisho_filters_images::model::serve(
-        o.model.clone().unwrap(),
-        Ok,
-        "",
-        &[""],
-        &nsfw_probe(),
-        &o,
-    )
-    .unwrap();
+    let served = serve_nsfw(&o);
     let batcher = &served.batcher;
     let per = batcher.stats.time_for(224 * 224 * 3);
     assert!(
@@ -630,15 +609,7 @@ async fn items_arriving_together_go_to_idle_workers_first() {
     let mut o = ng_options();
     o.workers = 2;
     o.batch.max_batch = 8;
-    let served = sekisho_filters_images::model::serve(
-        o.model.clone().unwrap(),
-        Ok,
-        "",
-        &[""],
-        &nsfw_probe(),
-        &o,
-    )
-    .unwrap();
+    let served = serve_nsfw(&o);
     let batcher = &served.batcher;
     let item = |i: usize| vec![i as f32 * 8.0 - 64.0; 224 * 224 * 3];
     let shape = vec![224i64, 224, 3];
