@@ -380,23 +380,14 @@ async fn bad_images_are_refused_with_the_reason_and_the_filter_keeps_serving() {
 /// or falls back to CPU, as configured, and says so; never silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
-    let out = tokio::process::Command::new(sekisho_tests::sekisho_bin())
-        .args([
-            "filter",
-            "face-detect",
-            "--listen",
-            "127.0.0.1:0",
-            "--provider",
-            "cuda",
-            "--on-missing-cuda",
-            "refuse",
-        ])
-        .env("SEKISHO_CACHE", sekisho_tests::cache_dir())
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_at_start(&[
+        "face-detect",
+        "--provider",
+        "cuda",
+        "--on-missing-cuda",
+        "refuse",
+    ])
+    .await;
     assert!(
         err.contains("CUDA was asked for (device 0) but cannot be used"),
         "{err}"
@@ -424,15 +415,7 @@ async fn a_spec_that_does_not_fit_its_model_stops_the_filter_at_start() {
          ok_class: sfw\n",
     )
     .unwrap();
-    let out = tokio::process::Command::new(sekisho_tests::sekisho_bin())
-        .args(["filter", "ng-image", "--listen", "127.0.0.1:0", "--spec"])
-        .arg(&spec)
-        .env("SEKISHO_CACHE", sekisho_tests::cache_dir())
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_at_start(&["ng-image", "--spec", spec.to_str().unwrap()]).await;
     assert!(
         err.contains("input `input:0` is [?, 224, 224, 3], the filter gives it [?, 3, 224, 224]"),
         "{err}"
@@ -444,6 +427,20 @@ async fn a_spec_that_does_not_fit_its_model_stops_the_filter_at_start() {
     let d = describe(&f).await;
     assert_eq!(d.info["warm_up"], "all", "{:?}", d.info);
     assert_eq!(d.max_batch_size, 2);
+}
+
+/// `sekisho filter ARGS… --listen 127.0.0.1:0`, which must exit with an error: its stderr.
+async fn refused_at_start(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(sekisho_tests::sekisho_bin())
+        .arg("filter")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("SEKISHO_CACHE", sekisho_tests::cache_dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// What a filter process answers to `Describe`.
