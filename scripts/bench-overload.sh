@@ -5,12 +5,13 @@
 # away; a filter that still runs its queued item spends its cores on answers nobody
 # reads, and every later item waits behind those.
 #   scripts/bench-overload.sh OLD_BINARY NEW_BINARY [rounds]
-# Environment: FILTER (ng-image), RATE (calls started a second, whatever the answers:
-# callers arriving on their own, 120; RATE=closed for CONCURRENCY (64) calls in flight,
+# Environment: FILTER (ng-image; face-detect, qr-code), RATE (calls started a second,
+# whatever the answers: callers arriving on their own, 120; RATE=closed for CONCURRENCY (64) calls in flight,
 # each sent when the last ended), TIMEOUT (each call's deadline, 300ms), SECS per round
 # (10), PHOTO (default: chelsea.png of the samples).
-# The filter runs `--workers 2 --intra-threads 1`, as in scripts/bench-images.sh; the
-# load generator is NEW_BINARY's `bench images --timeout` on both sides.
+# The filter runs `--workers 2 --intra-threads 1`, as in scripts/bench-images.sh (qr-code:
+# its default slots, two per core); the load generator is NEW_BINARY's `bench images --timeout` on
+# both sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n 2,12p "$0" >&2; exit 2; }
@@ -27,8 +28,10 @@ fi
 
 one() { # binary -> "answered-in-time/s late/s abandoned"
   local bin=$1
+  local layout=(--workers 2 --intra-threads 1)
+  [ "$filter" = qr-code ] && layout=()
   "$bin" filter "$filter" --listen 127.0.0.1:51097 --metrics-listen 127.0.0.1:51098 \
-    --workers 2 --intra-threads 1 > "$tmp/filter.log" 2>&1 &
+    "${layout[@]}" > "$tmp/filter.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do grep -q "listening on" "$tmp/filter.log" && break; sleep 0.2; done
   local pace=(--rate "$rate")

@@ -98,9 +98,11 @@ pub struct OnnxArgs {
     /// refuse to start.
     #[arg(long, value_enum, default_value = "fallback")]
     on_missing_cuda: OnMissingArg,
-    /// Sessions, each on its own worker thread.
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    /// face-detect, ng-image: sessions, each on its own worker thread (default 1).
+    /// qr-code: searches run at once, the other calls waiting their turn (default: two
+    /// per core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..1025))]
+    workers: Option<u64>,
     /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default).
     #[arg(long, default_value_t = 0)]
     intra_threads: usize,
@@ -167,7 +169,7 @@ impl OnnxArgs {
     pub fn options(&self) -> ModelOptions {
         let mut o = ModelOptions {
             model: self.model.clone(),
-            workers: self.workers,
+            workers: self.workers.unwrap_or(1) as usize,
             ..ModelOptions::default()
         };
         if let Some(l) = &self.onnxruntime {
@@ -192,6 +194,14 @@ impl OnnxArgs {
             WarmUpArg::All => WarmUp::All,
         };
         o
+    }
+
+    /// qr-code's searches at once: `--workers`, else two per core.
+    pub fn qr_workers(&self) -> usize {
+        self.workers
+            .map_or_else(sekisho_filters_images::work::default_workers, |n| {
+                n as usize
+            })
     }
 
     /// The image filters' intake: default limits and this process's decoding budget.
@@ -283,7 +293,11 @@ pub async fn run(args: FilterArgs) -> anyhow::Result<()> {
         }
         BuiltinFilter::QrCode => {
             announce("qr-code");
-            serve!(QrCode::default().with_intake(args.onnx.intake()))
+            serve!(
+                QrCode::default()
+                    .with_intake(args.onnx.intake())
+                    .with_workers(args.onnx.qr_workers())
+            )
         }
     }
     Ok(())

@@ -234,6 +234,78 @@ async fn large_images_arriving_together_wait_for_the_decoding_budget() {
     );
 }
 
+/// qr-code under more calls than it can serve, each with a deadline: with one search at
+/// a time (`--workers 1`), twelve calls sent together whose deadline leaves room for
+/// about three searches are not all started at once (each then taking twelve times as
+/// long, and all answered too late): the calls the queue cannot serve in time are
+/// refused at once with RESOURCE_EXHAUSTED (counted in
+/// `sekisho_filter_deadline_refused_total`), and the ones it can are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_code_refuses_at_once_what_it_cannot_answer_before_the_deadline() {
+    let metrics_at = format!("127.0.0.1:{}", sekisho_tests::free_port());
+    let args = ["--workers", "1", "--metrics-listen", &metrics_at];
+    let f = FilterProcess::start("qr-code", &args).await.unwrap();
+    assert_eq!(describe(&f).await.info["workers"], "1");
+    let client = FilterClient::connect(f.url.clone()).await.unwrap();
+    // A 1600×1600 image searched at full size: long enough a search that
+    // the scheduler's noise is small beside it.
+    let img = image::RgbImage::from_fn(1600, 1600, |x, y| {
+        let v = ((x * 7 + y * 13) % 251) as u8 / 2 + ((x / 40 + y / 40) % 2) as u8 * 100;
+        image::Rgb([v, v / 2 + 60, 255 - v])
+    });
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode_image(&img)
+        .unwrap();
+    let call = |timeout: Option<std::time::Duration>| {
+        let mut client = client.clone();
+        let mut request = tonic::Request::new(fproto::ApplyRequest {
+            content: Some(fproto::Content {
+                content_type: "image/jpeg".into(),
+                payload: Some(image_payload(bytes.clone())),
+            }),
+            config: sekisho_proto::json_to_struct(&serde_json::json!({"max_side": 2048})),
+            ..Default::default()
+        });
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
+        async move { client.apply(request).await }
+    };
+    // What one search takes here, alone (the filter learns it too).
+    let mut one = std::time::Duration::ZERO;
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        call(None).await.unwrap();
+        one = t.elapsed();
+    }
+    let deadline = one * 3;
+    let results = futures::future::join_all((0..12).map(|_| call(Some(deadline)))).await;
+    let codes: Vec<Code> = results
+        .iter()
+        .map(|r| r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok))
+        .collect();
+    let count = |c: Code| codes.iter().filter(|x| **x == c).count();
+    eprintln!("one search {one:?}, deadline {deadline:?}: {codes:?}");
+    assert!(count(Code::Ok) >= 1, "{codes:?}");
+    assert!(count(Code::ResourceExhausted) >= 6, "{codes:?}");
+    let refused = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .find(|s| s.code() == Code::ResourceExhausted)
+        .unwrap();
+    assert!(
+        refused.message().contains("deadline"),
+        "{}",
+        refused.message()
+    );
+    let metrics = scrape(&metrics_at).await;
+    let series = r#"sekisho_filter_deadline_refused_total{model="qr-code"}"#;
+    assert!(metric(&metrics, series) >= 1.0, "{metrics}");
+    // And it still serves, at its own pace, a call with time for it.
+    call(Some(one * 20)).await.unwrap();
+}
+
 /// A 1280×960 JPEG holding a slightly blurred QR code of 3 px modules at (700, 500):
 /// qr-code with `max_side` 640 decodes it at 1/2, where the code's modules are 1.5 px
 /// and cannot be read (so found for eight texts like this one; a blur of 1.2 px left

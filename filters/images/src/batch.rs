@@ -30,6 +30,8 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ort::session::Session;
 use ort::value::Tensor;
 
+use crate::work::PerValue;
+
 #[derive(Debug, Clone)]
 pub struct BatchOptions {
     pub max_batch: usize,
@@ -63,13 +65,13 @@ pub struct Output {
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum BatchError {
-    #[error("the model is busy ({0} items queued); retry")]
+    #[error("the filter is busy ({0} calls queued); retry")]
     Busy(usize),
     #[error("the model failed: {0}")]
     Failed(String),
     #[error("the model's workers have stopped")]
     Stopped,
-    #[error("the model cannot answer before this call's deadline: {0}")]
+    #[error("the filter cannot answer before this call's deadline: {0}")]
     TooLate(String),
 }
 
@@ -105,38 +107,30 @@ pub struct BatchStats {
     pub abandoned: AtomicU64,
     pub expired: AtomicU64,
     pub refused_late: AtomicU64,
-    /// Seconds one input value takes in a batch (its batch's time over its values), as
-    /// f64 bits, averaged with a weight of 1/5 for each new batch; 0 until the first.
-    per_value_bits: AtomicU64,
+    /// Seconds one input value takes in a batch (its batch's time over its values),
+    /// averaged with a weight of 1/5 for each new batch; 0 until the first.
+    pub rate: PerValue,
 }
 
 impl BatchStats {
     /// The time one input value takes, as recent batches went (zero: not known yet).
     pub fn per_value(&self) -> f64 {
-        f64::from_bits(self.per_value_bits.load(Ordering::Relaxed))
+        self.rate.get()
     }
 
     /// What `values` input values take at that rate.
     pub fn time_for(&self, values: usize) -> Duration {
-        Duration::from_secs_f64(self.per_value() * values as f64)
+        self.rate.time_for(values)
     }
 
     /// Sets the estimate: `d` for `values` input values (from a model's check before
     /// serving; tests).
     pub fn seed(&self, d: Duration, values: usize) {
-        let v = d.as_secs_f64() / values.max(1) as f64;
-        self.per_value_bits.store(v.to_bits(), Ordering::Relaxed);
+        self.rate.seed(d, values);
     }
 
     fn record(&self, d: Duration, values: usize) {
-        let new = d.as_secs_f64() / values.max(1) as f64;
-        let old = self.per_value();
-        let avg = if old == 0.0 {
-            new
-        } else {
-            (old * 4.0 + new) / 5.0
-        };
-        self.per_value_bits.store(avg.to_bits(), Ordering::Relaxed);
+        self.rate.record(d, values);
     }
 }
 

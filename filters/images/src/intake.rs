@@ -412,6 +412,17 @@ impl Intake {
         self.units as u64 * UNIT
     }
 
+    /// The pixels decoding the item's image for a filter that resizes it to `fit` would
+    /// give ([`decoded_size`]: read from its header, within the limits; nothing decoded).
+    pub fn pixels_to_fit(
+        &self,
+        input: &Input,
+        fit: impl Fn(u32, u32) -> (u32, u32),
+    ) -> Result<u64, FilterError> {
+        let (w, h) = decoded_size(image_bytes(input)?, &self.limits, fit)?;
+        Ok(u64::from(w) * u64::from(h))
+    }
+
     /// Decodes the item's image once its pixels fit in the budget, and runs `work` on
     /// it; both off the async threads. The pixels count until `work` returns.
     pub async fn with_image<R, F>(&self, input: Input, work: F) -> Result<R, FilterError>

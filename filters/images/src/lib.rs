@@ -20,6 +20,7 @@ pub mod qr;
 pub mod resize;
 pub mod rmqr;
 pub mod runtime;
+pub mod work;
 
 pub use classify::{ClassifierSpec, NgConfig, NgImage};
 pub use face::{FaceConfig, FaceDetect};

@@ -32,9 +32,15 @@
 //! and decoded (an rMQR strip sampled by [`crate::rmqr`], which reads turned and slanted
 //! strips that the port's sampler does not). These count only when read: one pattern whose
 //! neighbourhood samples to a grid is too little to call a code.
+//!
+//! Each call's decoding and search take a core: they run on one of `--workers` slots (two
+//! per core by default) and the other calls wait their turn, refused at once
+//! (RESOURCE_EXHAUSTED) when that turn would come too late for their deadline
+//! ([`crate::work`]).
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use image::{GrayImage, RgbImage};
@@ -47,6 +53,7 @@ use sekisho_filter_sdk::{Filter, FilterError, Input, Verdict, proto};
 use serde::{Deserialize, Serialize};
 
 use crate::intake::{self, Intake};
+use crate::work::{self, WorkQueue};
 use crate::{binarize, finder};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -600,12 +607,39 @@ fn bounds(points: &[rxing::Point]) -> [f32; 4] {
     )
 }
 
-#[derive(Default)]
+/// The QR-code filter: each call's search runs on one of `workers` slots ([`WorkQueue`]:
+/// two per core by default), with the calls that wait refused or dropped by their
+/// deadlines.
 pub struct QrCode {
     intake: Intake,
+    work: Arc<WorkQueue>,
+}
+
+impl Default for QrCode {
+    fn default() -> Self {
+        QrCode {
+            intake: Intake::default(),
+            work: Arc::new(WorkQueue::new(
+                "qr-code",
+                work::default_workers(),
+                work::DEFAULT_QUEUE,
+            )),
+        }
+    }
 }
 
 impl QrCode {
+    /// Runs at most `workers` searches at once (the rest wait their turn).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.work = Arc::new(WorkQueue::new("qr-code", workers, work::DEFAULT_QUEUE));
+        self
+    }
+
+    /// The slots and their queue (stats, tests).
+    pub fn work(&self) -> &Arc<WorkQueue> {
+        &self.work
+    }
+
     /// Takes images through `intake` (its limits and decoding budget, which several
     /// filters in one process may share).
     pub fn with_intake(mut self, intake: Intake) -> Self {
@@ -631,13 +665,25 @@ impl Filter for QrCode {
     }
 
     fn info(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([(
-            "decoder".into(),
-            "rxing 0.9 (zxing-cpp's QR, Micro QR and rMQR reader, ported)".into(),
-        )])
+        BTreeMap::from([
+            (
+                "decoder".into(),
+                "rxing 0.9 (zxing-cpp's QR, Micro QR and rMQR reader, ported)".into(),
+            ),
+            ("workers".into(), self.work.workers().to_string()),
+        ])
     }
 
     async fn apply(&self, input: Input, cfg: QrConfig) -> Result<Verdict, FilterError> {
+        // The pixels decoded measure the work: a call waits its turn for a slot, or is
+        // refused when the turn would come too late for its deadline, before decoding.
+        let pixels = self
+            .intake
+            .pixels_to_fit(&input, |w, h| search_size(w, h, &cfg))?;
+        let slot = self
+            .work
+            .enter(sekisho_filter_sdk::deadline(), pixels as usize)
+            .await?;
         let fit = cfg.clone();
         let found = self
             .intake
@@ -645,6 +691,9 @@ impl Filter for QrCode {
                 input,
                 move |w, h| search_size(w, h, &fit),
                 move |img, size, original| {
+                    // Held until the search ends, in its thread: a caller that goes
+                    // does not free the core its search still takes.
+                    let _slot = slot;
                     // A region that cannot be decoded now is not looked at again; the
                     // grid found still counts as unreadable.
                     find(&img, size, &cfg, |rect| {
