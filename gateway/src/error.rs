@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use sekisho_jsonproxy::RETRY_PUSHBACK;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +57,11 @@ impl From<GatewayError> for Status {
             GatewayError::InvalidArgument(_) => Status::invalid_argument(message),
             GatewayError::NotFound(_) => Status::not_found(message),
             GatewayError::Overloaded { retry_after, .. } => {
-                let mut status = Status::resource_exhausted(message);
-                if let Some(after) = retry_after
-                    && let Ok(ms) = after.as_millis().max(1).to_string().parse()
-                {
-                    status.metadata_mut().insert(RETRY_PUSHBACK, ms);
+                let status = Status::resource_exhausted(message);
+                match retry_after {
+                    Some(after) => sekisho_proto::with_retry_pushback(status, after),
+                    None => status,
                 }
-                status
             }
             GatewayError::Unavailable(_) => Status::unavailable(message),
             GatewayError::FilterFailed { status, .. } => {

@@ -19,6 +19,7 @@ pub const FILTER_INFO: &str = "sekisho_gateway_filter_info";
 pub const FILTER_ENDPOINTS: &str = "sekisho_gateway_filter_endpoints";
 pub const FILTER_ENDPOINTS_BY_PROVIDER: &str = "sekisho_gateway_filter_endpoints_by_provider";
 pub const ENDPOINT_EJECTIONS_TOTAL: &str = "sekisho_gateway_endpoint_ejections_total";
+pub const ENDPOINT_PUSHBACKS_TOTAL: &str = "sekisho_gateway_endpoint_pushbacks_total";
 pub const RETRIES_REFUSED_TOTAL: &str = "sekisho_gateway_filter_retries_refused_total";
 pub const CALLER_SHED_TOTAL: &str = "sekisho_gateway_caller_shed_total";
 pub const CALLER_WAITS_TOTAL: &str = "sekisho_gateway_caller_waits_total";
@@ -84,6 +85,10 @@ fn describe() {
     describe_counter!(
         ENDPOINT_EJECTIONS_TOTAL,
         "Endpoints ejected after consecutive failed calls, by filter."
+    );
+    describe_counter!(
+        ENDPOINT_PUSHBACKS_TOTAL,
+        "Calls an endpoint refused with RESOURCE_EXHAUSTED and a retry pushback, after which calls went to its siblings for that long (at most 1 s), by filter."
     );
     describe_counter!(
         RETRIES_REFUSED_TOTAL,

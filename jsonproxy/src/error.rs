@@ -6,9 +6,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use tonic::Code;
 
-/// The metadata key of gRPC's server retry pushback (gRPC proposal A6): milliseconds
-/// until a retry may succeed. A status that carries it reaches HTTP as `Retry-After`.
-pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+pub use sekisho_proto::RETRY_PUSHBACK;
 
 /// An error on its way to an HTTP client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,11 +43,7 @@ impl ApiError {
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> Self {
         let mut e = ApiError::new(s.code(), s.message());
-        e.retry_after = s
-            .metadata()
-            .get(RETRY_PUSHBACK)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .map(std::time::Duration::from_millis);
+        e.retry_after = sekisho_proto::retry_pushback(&s);
         e
     }
 }

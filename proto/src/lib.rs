@@ -108,6 +108,25 @@ fn parse_grpc_timeout(v: &str) -> Option<std::time::Duration> {
     })
 }
 
+/// The metadata key of gRPC's server retry pushback (gRPC proposal A6): milliseconds
+/// until a retry may succeed. A status that carries it reaches HTTP as `Retry-After`.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// `status` with a retry pushback of `after` (at least 1 ms).
+pub fn with_retry_pushback(mut status: tonic::Status, after: std::time::Duration) -> tonic::Status {
+    let ms = after.as_millis().clamp(1, u64::MAX as u128).to_string();
+    if let Ok(v) = ms.parse() {
+        status.metadata_mut().insert(RETRY_PUSHBACK, v);
+    }
+    status
+}
+
+/// The retry pushback a status carries, if any (a malformed or negative one: none).
+pub fn retry_pushback(status: &tonic::Status) -> Option<std::time::Duration> {
+    let v = status.metadata().get(RETRY_PUSHBACK)?.to_str().ok()?;
+    v.parse().ok().map(std::time::Duration::from_millis)
+}
+
 /// A gRPC code as a metric label: the spec's name in lower case (`invalid_argument`).
 pub fn code_label(c: tonic::Code) -> &'static str {
     use tonic::Code::*;
@@ -135,6 +154,32 @@ pub fn code_label(c: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pushback goes on a status in whole milliseconds (at least one) and reads back;
+    /// a malformed or negative one (gRPC's "do not retry") reads as none.
+    #[test]
+    fn retry_pushbacks_round_trip_and_malformed_ones_are_ignored() {
+        use std::time::Duration;
+        let s = |d| with_retry_pushback(tonic::Status::resource_exhausted("busy"), d);
+        assert_eq!(
+            retry_pushback(&s(Duration::from_micros(41_700))),
+            Some(Duration::from_millis(41))
+        );
+        assert_eq!(
+            retry_pushback(&s(Duration::ZERO)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            retry_pushback(&tonic::Status::resource_exhausted("x")),
+            None
+        );
+        for bad in ["-1", "soon", ""] {
+            let mut st = tonic::Status::resource_exhausted("x");
+            st.metadata_mut()
+                .insert(RETRY_PUSHBACK, bad.parse().unwrap());
+            assert_eq!(retry_pushback(&st), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn grpc_timeouts_read_in_every_unit_and_malformed_ones_are_ignored() {

@@ -299,6 +299,18 @@ async fn qr_code_refuses_at_once_what_it_cannot_answer_before_the_deadline() {
         "{}",
         refused.message()
     );
+    // Refused with the work queued ahead waiting, it says when that should be done
+    // (gRPC's retry pushback), which the gateway uses to send its calls elsewhere.
+    let pushbacks: Vec<_> = results
+        .iter()
+        .filter_map(|r| sekisho_proto::retry_pushback(r.as_ref().err()?))
+        .collect();
+    assert!(
+        pushbacks
+            .iter()
+            .any(|p| *p > std::time::Duration::ZERO && *p < one * 24),
+        "{pushbacks:?}"
+    );
     let metrics = scrape(&metrics_at).await;
     let series = r#"sekisho_filter_deadline_refused_total{model="qr-code"}"#;
     assert!(metric(&metrics, series) >= 1.0, "{metrics}");

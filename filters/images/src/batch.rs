@@ -65,24 +65,30 @@ pub struct Output {
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum BatchError {
+    /// A full queue (its length), and when the work in it should be done.
     #[error("the filter is busy ({0} calls queued); retry")]
-    Busy(usize),
+    Busy(usize, Duration),
     #[error("the model failed: {0}")]
     Failed(String),
     #[error("the model's workers have stopped")]
     Stopped,
+    /// Why, and when the work queued now should be done.
     #[error("the filter cannot answer before this call's deadline: {0}")]
-    TooLate(String),
+    TooLate(String, Duration),
 }
 
-/// A full queue or one too long for the deadline is load being shed (RESOURCE_EXHAUSTED:
-/// the gateway tries another replica while time is left, and does not eject this one for
-/// it); stopped workers are worth retrying elsewhere too (UNAVAILABLE); a model failure is
+/// A full queue or one too long for the deadline is load being shed (RESOURCE_EXHAUSTED,
+/// with the time the queued work should take as its retry pushback: the gateway tries
+/// another replica while time is left, sends this one nothing meanwhile, and does not
+/// eject it for it); stopped workers are worth retrying elsewhere too (UNAVAILABLE); a model failure is
 /// not (INTERNAL).
 impl From<BatchError> for sekisho_filter_sdk::FilterError {
     fn from(e: BatchError) -> Self {
         match e {
-            BatchError::Busy(_) | BatchError::TooLate(_) => Self::Overloaded(e.to_string()),
+            BatchError::Busy(_, drain) | BatchError::TooLate(_, drain) => Self::Overloaded {
+                message: e.to_string(),
+                retry_after: (!drain.is_zero()).then_some(drain),
+            },
             BatchError::Stopped => Self::Unavailable(e.to_string()),
             BatchError::Failed(m) => Self::Internal(m),
         }
@@ -215,6 +221,7 @@ impl Batcher {
                 stats: stats.clone(),
                 idle: idle.clone(),
                 queued_values: queued_values.clone(),
+                workers,
                 held: VecDeque::new(),
             };
             std::thread::Builder::new()
@@ -254,7 +261,7 @@ impl Batcher {
             Err(TrySendError::Full(_)) => {
                 self.queued_values.fetch_sub(values, Ordering::Relaxed);
                 metrics::counter!(QUEUE_FULL_TOTAL, "model" => self.model.clone()).increment(1);
-                return Err(BatchError::Busy(self.queue));
+                return Err(BatchError::Busy(self.queue, self.drain()));
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.queued_values.fetch_sub(values, Ordering::Relaxed);
@@ -284,15 +291,23 @@ impl Batcher {
         }
         self.stats.refused_late.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(DEADLINE_REFUSED_TOTAL, "model" => self.model.clone()).increment(1);
-        Err(BatchError::TooLate(format!(
-            "{} items queued ahead, ~{:.1} ms of work on {} worker(s), then ~{:.1} ms for \
+        Err(BatchError::TooLate(
+            format!(
+                "{} items queued ahead, ~{:.1} ms of work on {} worker(s), then ~{:.1} ms for \
              this one; {:.1} ms left",
-            self.tx.len(),
-            ahead.as_secs_f64() * 1e3,
-            self.workers,
-            self.stats.time_for(values).as_secs_f64() * 1e3,
-            left.as_secs_f64() * 1e3
-        )))
+                self.tx.len(),
+                ahead.as_secs_f64() * 1e3,
+                self.workers,
+                self.stats.time_for(values).as_secs_f64() * 1e3,
+                left.as_secs_f64() * 1e3
+            ),
+            ahead,
+        ))
+    }
+
+    /// When the work queued now should be done: its values, shared among the workers.
+    fn drain(&self) -> Duration {
+        drain(&self.stats, &self.queued_values, self.workers)
     }
 
     /// Workers waiting for an item now.
@@ -306,6 +321,11 @@ impl Batcher {
         let i = self.stats.items.load(Ordering::Relaxed);
         if b == 0 { 0.0 } else { i as f64 / b as f64 }
     }
+}
+
+/// When `queued` input values should be done on `workers` workers, at the recent rate.
+fn drain(stats: &BatchStats, queued: &AtomicU64, workers: usize) -> Duration {
+    stats.time_for(queued.load(Ordering::Relaxed) as usize) / workers.max(1) as u32
 }
 
 /// Reasons an item is not run (`sekisho_filter_abandoned_total`).
@@ -330,6 +350,7 @@ struct Worker {
     /// Workers waiting for a job, this one included while it waits.
     idle: Arc<AtomicUsize>,
     queued_values: Arc<AtomicU64>,
+    workers: usize,
     /// Jobs taken while collecting a batch of another shape: they start the next one.
     held: VecDeque<Job>,
 }
@@ -480,11 +501,14 @@ impl Worker {
     /// Answers `job` at once: its deadline would pass before it could run.
     fn expire(&self, job: Job) {
         self.abandon(1, EXPIRED);
-        let _ = job.reply.send(Err(BatchError::TooLate(format!(
-            "it waited {:.1} ms in the queue, and running it takes ~{:.1} ms",
-            job.queued.elapsed().as_secs_f64() * 1e3,
-            self.stats.time_for(job.data.len()).as_secs_f64() * 1e3
-        ))));
+        let _ = job.reply.send(Err(BatchError::TooLate(
+            format!(
+                "it waited {:.1} ms in the queue, and running it takes ~{:.1} ms",
+                job.queued.elapsed().as_secs_f64() * 1e3,
+                self.stats.time_for(job.data.len()).as_secs_f64() * 1e3
+            ),
+            drain(&self.stats, &self.queued_values, self.workers),
+        )));
     }
 
     /// Adds `job` (of the batch's shape) to `batch` when the batch with it would still end

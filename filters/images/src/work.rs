@@ -134,7 +134,7 @@ impl WorkQueue {
         {
             self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(QUEUE_FULL_TOTAL, "model" => self.name.clone()).increment(1);
-            return Err(BatchError::Busy(self.queue));
+            return Err(BatchError::Busy(self.queue, self.drain()));
         }
         self.admit(deadline, values)?;
         let queued = self.slots.available_permits() == 0;
@@ -149,6 +149,7 @@ impl WorkQueue {
             self.abandon(EXPIRED);
             return Err(BatchError::TooLate(
                 "its deadline passed while it waited for a slot".into(),
+                self.drain(),
             ));
         };
         let permit = permit.map_err(|_| BatchError::Stopped)?;
@@ -159,11 +160,14 @@ impl WorkQueue {
             && d.saturating_duration_since(Instant::now()) < need
         {
             self.abandon(EXPIRED);
-            return Err(BatchError::TooLate(format!(
-                "it waited {:.1} ms for a slot, and running it takes ~{:.1} ms",
-                waited.as_secs_f64() * 1e3,
-                need.as_secs_f64() * 1e3
-            )));
+            return Err(BatchError::TooLate(
+                format!(
+                    "it waited {:.1} ms for a slot, and running it takes ~{:.1} ms",
+                    waited.as_secs_f64() * 1e3,
+                    need.as_secs_f64() * 1e3
+                ),
+                self.drain(),
+            ));
         }
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
         // A call that waited has had its slot since the last one was given back: the
@@ -208,15 +212,25 @@ impl WorkQueue {
         }
         self.stats.refused_late.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(DEADLINE_REFUSED_TOTAL, "model" => self.name.clone()).increment(1);
-        Err(BatchError::TooLate(format!(
-            "{} calls waiting, ~{:.1} ms of work on {} slot(s), then ~{:.1} ms for this one; \
+        Err(BatchError::TooLate(
+            format!(
+                "{} calls waiting, ~{:.1} ms of work on {} slot(s), then ~{:.1} ms for this one; \
              {:.1} ms left",
-            self.waiting(),
-            ahead.as_secs_f64() * 1e3,
-            self.workers,
-            own.as_secs_f64() * 1e3,
-            left.as_secs_f64() * 1e3
-        )))
+                self.waiting(),
+                ahead.as_secs_f64() * 1e3,
+                self.workers,
+                own.as_secs_f64() * 1e3,
+                left.as_secs_f64() * 1e3
+            ),
+            ahead,
+        ))
+    }
+
+    /// When the calls waiting now should all have had their slot: their values, shared
+    /// among the slots.
+    fn drain(&self) -> Duration {
+        let queued = self.waiting_values.load(Ordering::Relaxed) as usize;
+        self.stats.per_value.time_for(queued) / self.workers as u32
     }
 
     fn abandon(&self, reason: &'static str) {
@@ -361,10 +375,17 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(120);
         let refused = q.enter(Some(soon), 10).await.err().expect("refused");
         assert!(
-            matches!(refused, BatchError::TooLate(ref m) if m.contains("2 calls waiting")),
+            matches!(refused, BatchError::TooLate(ref m, _) if m.contains("2 calls waiting")),
             "{refused}"
         );
         assert_eq!(q.stats.refused_late.load(Ordering::Relaxed), 1);
+        // Its status says when the work waiting now should be done: 100 ms.
+        let status = sekisho_filter_sdk::FilterError::from(refused).into_status();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            sekisho_proto::retry_pushback(&status),
+            Some(Duration::from_millis(100))
+        );
         // ... and it never waited: no abandoned call is counted for it.
         assert_eq!(q.stats.abandoned.load(Ordering::Relaxed), 0);
         // With no deadline, or a far one, a call waits its turn.
@@ -385,14 +406,14 @@ mod tests {
         let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(150));
         let d = Instant::now() + Duration::from_millis(100);
         let got = q.enter(Some(d), 10).await.err().expect("too late");
-        assert!(matches!(got, BatchError::TooLate(ref m) if m.contains("deadline passed")));
+        assert!(matches!(got, BatchError::TooLate(ref m, _) if m.contains("deadline passed")));
         assert_eq!(q.stats.expired.load(Ordering::Relaxed), 1);
         assert_eq!(q.stats.abandoned.load(Ordering::Relaxed), 0, "counted once");
         busy.await.unwrap();
         // Now ~150 ms for 10 values: a slot free with 60 ms left is not worth taking.
         let d = Instant::now() + Duration::from_millis(60);
         let got = q.enter(Some(d), 10).await.err().expect("refused");
-        assert!(matches!(got, BatchError::TooLate(_)), "{got}");
+        assert!(matches!(got, BatchError::TooLate(..)), "{got}");
         assert_eq!(q.stats.runs.load(Ordering::Relaxed), 1);
     }
 
@@ -428,7 +449,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let got = q.enter(None, 1).await.err().expect("full");
-        assert!(matches!(got, BatchError::Busy(2)), "{got}");
+        assert!(matches!(got, BatchError::Busy(2, _)), "{got}");
         busy.await.unwrap();
         for w in waiting {
             w.await.unwrap().unwrap();

@@ -120,9 +120,16 @@ pub enum FilterError {
     Unavailable(String),
     /// The filter is shedding load (its queue is full, or too long for the call's
     /// deadline): RESOURCE_EXHAUSTED. Retrying another replica may help; the gateway does
-    /// not count it against the endpoint's health, since it is busy, not broken.
-    #[error("{0}")]
-    Overloaded(String),
+    /// not count it against the endpoint's health, since it is busy, not broken. With
+    /// `retry_after` (when the work queued now should be done), the status carries it as
+    /// `grpc-retry-pushback-ms`: gRPC clients with a retry policy wait that long before
+    /// trying this server again, and the gateway sends its calls to other replicas
+    /// meanwhile.
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// A bug or a broken model.
     #[error("{0}")]
     Internal(String),
@@ -133,7 +140,16 @@ impl FilterError {
         match self {
             FilterError::InvalidInput(m) => tonic::Status::invalid_argument(m),
             FilterError::Unavailable(m) => tonic::Status::unavailable(m),
-            FilterError::Overloaded(m) => tonic::Status::resource_exhausted(m),
+            FilterError::Overloaded {
+                message,
+                retry_after,
+            } => {
+                let status = tonic::Status::resource_exhausted(message);
+                match retry_after {
+                    Some(after) => sekisho_proto::with_retry_pushback(status, after),
+                    None => status,
+                }
+            }
             FilterError::Internal(m) => tonic::Status::internal(m),
         }
     }

@@ -76,6 +76,9 @@ pub struct Endpoint {
     usable: AtomicBool,
     /// When its last ejection ends, as 1 + ms since `epoch`; 0 when never ejected.
     ejected_until_ms: AtomicU64,
+    /// Until when it asked for no calls (a retry pushback with RESOURCE_EXHAUSTED), as
+    /// 1 + ms since `epoch`; 0 when never.
+    resting_until_ms: AtomicU64,
     epoch: Instant,
     rtt: Mutex<Ewma>,
     pub(crate) status: Mutex<Status>,
@@ -153,6 +156,7 @@ impl Endpoint {
             failures: AtomicU64::new(0),
             usable: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
+            resting_until_ms: AtomicU64::new(0),
             epoch,
             rtt: Mutex::new(Ewma {
                 ns: FIRST_RTT_NS,
@@ -232,6 +236,19 @@ impl Endpoint {
     pub fn ejected_at(&self, now: Instant) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Acquire);
         until > self.ms_since_epoch(now) + 1
+    }
+
+    /// Whether it asked, with a retry pushback, to be sent nothing at `now`.
+    pub fn resting_at(&self, now: Instant) -> bool {
+        let until = self.resting_until_ms.load(Ordering::Acquire);
+        until > self.ms_since_epoch(now) + 1
+    }
+
+    /// Sends it nothing until `until` while a sibling can take the call (a later rest
+    /// only ever extends it).
+    pub(crate) fn rest_until(&self, until: Instant) {
+        self.resting_until_ms
+            .fetch_max(self.ms_since_epoch(until) + 1, Ordering::AcqRel);
     }
 
     fn ms_since_epoch(&self, t: Instant) -> u64 {

@@ -9,6 +9,10 @@
 //!   peak-EWMA latency × (calls in flight + 1), as in Finagle and tower, so a slow
 //!   replica gets few calls even when idle (`balance: p2c_in_flight` compares calls in
 //!   flight only; `round_robin` takes turns). A retry avoids the endpoints it has tried.
+//! - An endpoint that sheds a call (RESOURCE_EXHAUSTED) with a retry pushback
+//!   (`grpc-retry-pushback-ms`: when its queued work should be done) is sent no calls
+//!   for that long (at most [`MAX_REST`]) while a sibling can take them: without it, p2c
+//!   keeps drawing it and every call it draws costs a round trip and a retry.
 //! - Passive outlier ejection: after `consecutive_failures` failed calls in a row an
 //!   endpoint is out for `base_ejection` × (its ejections so far), up to `max_ejection`;
 //!   never the last endpoint that takes traffic.
@@ -40,6 +44,9 @@ pub struct PoolSettings {
     pub retry_budget: RetryBudgetConfig,
     pub describe_interval: Duration,
 }
+
+/// The longest an endpoint's retry pushback keeps calls away from it.
+pub const MAX_REST: Duration = Duration::from_secs(1);
 
 /// How long a call waits for an endpoint that is still being described, at most.
 const WAIT_FOR_FIRST_DESCRIBE: Duration = Duration::from_secs(2);
@@ -353,13 +360,22 @@ impl FilterPool {
     }
 
     fn choose(&self, eps: &[Arc<Endpoint>], tried: &[u64], now: Instant) -> Option<Arc<Endpoint>> {
-        // A retry goes elsewhere when it can, to the same endpoint when nothing else is up.
-        let mut candidates: Vec<&Arc<Endpoint>> = eps
-            .iter()
-            .filter(|e| e.usable(now) && !tried.contains(&e.id))
-            .collect();
-        if candidates.is_empty() && !tried.is_empty() {
-            candidates = eps.iter().filter(|e| e.usable(now)).collect();
+        // A retry goes elsewhere when it can, to the same endpoint when nothing else is
+        // up; an endpoint resting after a pushback only when every other is resting too.
+        let mut candidates: Vec<&Arc<Endpoint>> = Vec::new();
+        for (fresh_only, awake_only) in [(true, true), (true, false), (false, true), (false, false)]
+        {
+            candidates = eps
+                .iter()
+                .filter(|e| {
+                    e.usable(now)
+                        && (!fresh_only || !tried.contains(&e.id))
+                        && (!awake_only || !e.resting_at(now))
+                })
+                .collect();
+            if !candidates.is_empty() {
+                break;
+            }
         }
         match candidates.len() {
             0 => None,
@@ -428,9 +444,15 @@ impl FilterPool {
                 return;
             }
             Err(st) if ejecting_failure(st.code()) => st,
-            // Shedding load: neither a failure toward ejection nor a sign of health.
+            // Shedding load: neither a failure toward ejection nor a sign of health; with
+            // a pushback, it is sent nothing for that long while a sibling can take it.
             Err(st) if endpoint_failure(st.code()) => {
                 s.last_call_error = format!("{}: {}", st.code(), st.message());
+                if let Some(after) = sekisho_proto::retry_pushback(st) {
+                    e.rest_until(Instant::now() + after.min(MAX_REST));
+                    metrics::counter!(m::ENDPOINT_PUSHBACKS_TOTAL, "filter" => self.name.clone())
+                        .increment(1);
+                }
                 return;
             }
             Err(_) => {

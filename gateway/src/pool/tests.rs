@@ -243,6 +243,63 @@ async fn an_endpoint_shedding_load_is_not_ejected_but_costs_more() {
     assert_eq!(state(&pool, &busy), "ejected");
 }
 
+/// An endpoint that sheds a call with a retry pushback is sent nothing for that long
+/// (at most `MAX_REST`) while a sibling can take the calls, under every balance; when
+/// every endpoint is resting, calls still go out; and a shed without a pushback rests
+/// nothing.
+#[tokio::test]
+async fn an_endpoint_that_pushes_back_rests_while_a_sibling_takes_its_calls() {
+    for balance in [Balance::P2c, Balance::P2cInFlight, Balance::RoundRobin] {
+        let pool = FilterPool::new("noop".into(), settings(balance));
+        let busy = add(&pool, 1, descriptor("1.0"));
+        let calm = add(&pool, 2, descriptor("1.0"));
+        let far = Instant::now() + Duration::from_secs(5);
+        let picks = |n: usize| {
+            let (pool, busy) = (pool.clone(), busy.id);
+            async move {
+                let mut to_busy = 0;
+                for _ in 0..n {
+                    let c = pool.pick(&[], far).await.unwrap();
+                    to_busy += usize::from(c.endpoint().id == busy);
+                }
+                to_busy
+            }
+        };
+        // A shed without a pushback rests nothing: round robin still takes turns.
+        pool.record(&busy, Err(&Status::resource_exhausted("full")), MS);
+        if balance == Balance::RoundRobin {
+            assert_eq!(picks(10).await, 5);
+        }
+        let pushback = |ms| {
+            sekisho_proto::with_retry_pushback(
+                Status::resource_exhausted("queue too long"),
+                Duration::from_millis(ms),
+            )
+        };
+        pool.record(&busy, Err(&pushback(300)), MS);
+        assert!(busy.resting_at(Instant::now()));
+        assert_eq!(
+            picks(50).await,
+            0,
+            "{balance:?}: calls went to the resting one"
+        );
+        // A retry that tried the calm one goes to the resting one: an endpoint it has
+        // not tried comes first.
+        let c = pool.pick(&[calm.id], far).await.unwrap();
+        assert_eq!(c.endpoint().id, busy.id);
+        // Everyone resting: calls still go out.
+        pool.record(&calm, Err(&pushback(300)), MS);
+        assert!(pool.pick(&[], far).await.is_ok());
+        // A pushback of a minute rests it for MAX_REST.
+        pool.record(&busy, Err(&pushback(60_000)), MS);
+        let later = Instant::now() + MAX_REST + Duration::from_millis(10);
+        assert!(!busy.resting_at(later));
+        assert!(busy.resting_at(Instant::now() + MAX_REST - Duration::from_millis(50)));
+        // It takes calls again once the rest is over.
+        assert!(!calm.resting_at(Instant::now() + Duration::from_millis(400)));
+    }
+}
+
 #[tokio::test]
 async fn with_nothing_ready_the_error_says_why_each_endpoint_is_out() {
     let pool = FilterPool::new("noop".into(), settings(Balance::P2c));
