@@ -90,11 +90,17 @@ enum Mode {
         updates: u32,
     },
     /// Images/s of one image filter called directly over gRPC (`Apply`), cycling
-    /// through the given images (each request carries the encoded file).
+    /// through the given images (each request carries the encoded file); or, with
+    /// `--chain`, of a chain through a gateway (`Moderate`).
     Images {
-        /// The filter's address, e.g. http://127.0.0.1:50051.
+        /// The filter's address, e.g. http://127.0.0.1:50051 (with `--chain`: the
+        /// gateway's).
         #[arg(long)]
         filter: String,
+        /// Send each image to the gateway at `--filter` as a `Moderate` call of this
+        /// chain; the report counts each decision and reason.
+        #[arg(long)]
+        chain: Option<String>,
         /// Requests in flight at once.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
@@ -294,6 +300,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         } => reload(&gateway, &chainstore, &chain, updates).await?,
         Mode::Images {
             filter,
+            chain,
             concurrency,
             duration,
             warmup,
@@ -308,12 +315,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .map(|p| image_request(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let ch = channels(&filter, 1).await?.remove(0);
+            let to = match &chain {
+                Some(c) => ImageTarget::Chain(
+                    GatewayClient::new(ch)
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20),
+                    c.clone(),
+                ),
+                None => ImageTarget::Filter(
+                    FilterClient::new(ch)
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20),
+                ),
+            };
             let run = |d: Duration, n: Option<u64>| {
                 let how = match rate {
                     Some(r) => Pace::Rate(r),
                     None => Pace::Closed(concurrency, n),
                 };
-                images_run(ch.clone(), reqs.clone(), how, d, timeout)
+                images_run(to.clone(), reqs.clone(), how, d, timeout)
             };
             if requests.is_none() {
                 run(warmup, None).await?;
@@ -663,22 +683,52 @@ enum Pace {
     Rate(f64),
 }
 
-/// One `Apply` call, recorded into `r`.
+/// A request with `timeout` as its deadline, if given.
+fn with_timeout<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Some(t) = timeout {
+        req.set_timeout(t);
+    }
+    req
+}
+
+/// Where `bench images` sends its images: a filter's `Apply`, or a chain's `Moderate`.
+#[derive(Clone)]
+enum ImageTarget {
+    Filter(FilterClient<Channel>),
+    Chain(GatewayClient<Channel>, String),
+}
+
+/// One call, recorded into `r` (a gateway's decision and reason among the outcomes).
 async fn apply_once(
-    client: &mut FilterClient<Channel>,
+    to: &mut ImageTarget,
     req: fproto::ApplyRequest,
     timeout: Option<Duration>,
     r: &mut Report,
 ) {
     let t = Instant::now();
-    let mut req = tonic::Request::new(req);
-    if let Some(t) = timeout {
-        req.set_timeout(t);
-    }
-    match client.apply(req).await {
-        Ok(_) => {
+    let outcome = match to {
+        ImageTarget::Filter(client) => client.apply(with_timeout(req, timeout)).await.map(|_| None),
+        ImageTarget::Chain(client, chain) => {
+            let m = gproto::ModerateRequest {
+                chain: chain.clone(),
+                content: req.content,
+                ..Default::default()
+            };
+            client.moderate(with_timeout(m, timeout)).await.map(|resp| {
+                let resp = resp.into_inner();
+                let decision = resp.decision().as_str_name().to_owned();
+                Some((resp.chain_version, decision, resp.reason))
+            })
+        }
+    };
+    match outcome {
+        Ok(o) => {
             let _ = r.hist.record(t.elapsed().as_micros().max(1) as u64);
             r.ok += 1;
+            if let Some(key) = o {
+                *r.outcomes.entry(key).or_default() += 1;
+            }
         }
         Err(e) => {
             r.errors += 1;
@@ -687,9 +737,9 @@ async fn apply_once(
     }
 }
 
-/// Calls `Apply` as `pace` says, cycling through `reqs`.
+/// Calls `to` as `pace` says, cycling through `reqs`.
 async fn images_run(
-    ch: Channel,
+    client: ImageTarget,
     reqs: Vec<fproto::ApplyRequest>,
     pace: Pace,
     duration: Duration,
@@ -699,9 +749,6 @@ async fn images_run(
     let deadline = Instant::now() + duration;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    let client = FilterClient::new(ch)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
     match pace {
         Pace::Rate(rate) => {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));

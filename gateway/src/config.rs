@@ -316,6 +316,11 @@ pub struct OutlierConfig {
     /// The longest ejection. Default 5m.
     #[serde(with = "humantime_serde")]
     pub max_ejection: Duration,
+    /// The longest an endpoint that shed a call with a retry pushback
+    /// (`grpc-retry-pushback-ms`) is passed over while a sibling can take its calls.
+    /// Default 1s; 0s: pushbacks are ignored.
+    #[serde(with = "humantime_serde")]
+    pub max_rest: Duration,
 }
 
 impl Default for OutlierConfig {
@@ -324,6 +329,7 @@ impl Default for OutlierConfig {
             consecutive_failures: 5,
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
+            max_rest: crate::pool::MAX_REST,
         }
     }
 }

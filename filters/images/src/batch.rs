@@ -65,29 +65,30 @@ pub struct Output {
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum BatchError {
-    /// A full queue (its length), and when the work in it should be done.
+    /// A full queue (its length), and when it should have room again.
     #[error("the filter is busy ({0} calls queued); retry")]
     Busy(usize, Duration),
     #[error("the model failed: {0}")]
     Failed(String),
     #[error("the model's workers have stopped")]
     Stopped,
-    /// Why, and when the work queued now should be done.
+    /// Why, and when a call with the same time left should fit (zero: not known, or
+    /// never, when the call alone takes longer than it had).
     #[error("the filter cannot answer before this call's deadline: {0}")]
     TooLate(String, Duration),
 }
 
 /// A full queue or one too long for the deadline is load being shed (RESOURCE_EXHAUSTED,
-/// with the time the queued work should take as its retry pushback: the gateway tries
-/// another replica while time is left, sends this one nothing meanwhile, and does not
-/// eject it for it); stopped workers are worth retrying elsewhere too (UNAVAILABLE); a model failure is
+/// with, as its retry pushback, the time until the queue should have room for a call
+/// like it: the gateway tries another replica while time is left, sends this one nothing
+/// meanwhile, and does not eject it for it); stopped workers are worth retrying elsewhere too (UNAVAILABLE); a model failure is
 /// not (INTERNAL).
 impl From<BatchError> for sekisho_filter_sdk::FilterError {
     fn from(e: BatchError) -> Self {
         match e {
-            BatchError::Busy(_, drain) | BatchError::TooLate(_, drain) => Self::Overloaded {
+            BatchError::Busy(_, after) | BatchError::TooLate(_, after) => Self::Overloaded {
                 message: e.to_string(),
-                retry_after: (!drain.is_zero()).then_some(drain),
+                retry_after: (!after.is_zero()).then_some(after),
             },
             BatchError::Stopped => Self::Unavailable(e.to_string()),
             BatchError::Failed(m) => Self::Internal(m),
@@ -221,7 +222,6 @@ impl Batcher {
                 stats: stats.clone(),
                 idle: idle.clone(),
                 queued_values: queued_values.clone(),
-                workers,
                 held: VecDeque::new(),
             };
             std::thread::Builder::new()
@@ -261,7 +261,9 @@ impl Batcher {
             Err(TrySendError::Full(_)) => {
                 self.queued_values.fetch_sub(values, Ordering::Relaxed);
                 metrics::counter!(QUEUE_FULL_TOTAL, "model" => self.model.clone()).increment(1);
-                return Err(BatchError::Busy(self.queue, self.drain()));
+                // Room for one more once one place's share of the queue has run.
+                let room = self.drain() / self.queue.max(1) as u32;
+                return Err(BatchError::Busy(self.queue, room));
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.queued_values.fetch_sub(values, Ordering::Relaxed);
@@ -301,7 +303,7 @@ impl Batcher {
                 self.stats.time_for(values).as_secs_f64() * 1e3,
                 left.as_secs_f64() * 1e3
             ),
-            ahead,
+            fits_after(ahead, self.stats.time_for(values), left),
         ))
     }
 
@@ -321,6 +323,16 @@ impl Batcher {
         let i = self.stats.items.load(Ordering::Relaxed);
         if b == 0 { 0.0 } else { i as f64 / b as f64 }
     }
+}
+
+/// When a call refused for its deadline would fit, had it the same time `left`: once
+/// the queue `ahead` of it has run down by what it lacked. Zero (no pushback) when
+/// nothing is ahead or it alone takes longer than it has: waiting would not help.
+pub(crate) fn fits_after(ahead: Duration, own: Duration, left: Duration) -> Duration {
+    if ahead.is_zero() || own >= left {
+        return Duration::ZERO;
+    }
+    (ahead + own).saturating_sub(left)
 }
 
 /// When `queued` input values should be done on `workers` workers, at the recent rate.
@@ -350,7 +362,6 @@ struct Worker {
     /// Workers waiting for a job, this one included while it waits.
     idle: Arc<AtomicUsize>,
     queued_values: Arc<AtomicU64>,
-    workers: usize,
     /// Jobs taken while collecting a batch of another shape: they start the next one.
     held: VecDeque<Job>,
 }
@@ -507,7 +518,8 @@ impl Worker {
                 job.queued.elapsed().as_secs_f64() * 1e3,
                 self.stats.time_for(job.data.len()).as_secs_f64() * 1e3
             ),
-            drain(&self.stats, &self.queued_values, self.workers),
+            // Its own deadline passed in the queue: nothing to say of another's.
+            Duration::ZERO,
         )));
     }
 

@@ -134,7 +134,8 @@ impl WorkQueue {
         {
             self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(QUEUE_FULL_TOTAL, "model" => self.name.clone()).increment(1);
-            return Err(BatchError::Busy(self.queue, self.drain()));
+            let room = self.drain() / self.queue as u32;
+            return Err(BatchError::Busy(self.queue, room));
         }
         self.admit(deadline, values)?;
         let queued = self.slots.available_permits() == 0;
@@ -149,7 +150,7 @@ impl WorkQueue {
             self.abandon(EXPIRED);
             return Err(BatchError::TooLate(
                 "its deadline passed while it waited for a slot".into(),
-                self.drain(),
+                Duration::ZERO,
             ));
         };
         let permit = permit.map_err(|_| BatchError::Stopped)?;
@@ -166,7 +167,7 @@ impl WorkQueue {
                     waited.as_secs_f64() * 1e3,
                     need.as_secs_f64() * 1e3
                 ),
-                self.drain(),
+                Duration::ZERO,
             ));
         }
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
@@ -222,7 +223,7 @@ impl WorkQueue {
                 own.as_secs_f64() * 1e3,
                 left.as_secs_f64() * 1e3
             ),
-            ahead,
+            crate::batch::fits_after(ahead, own, left),
         ))
     }
 
@@ -379,12 +380,14 @@ mod tests {
             "{refused}"
         );
         assert_eq!(q.stats.refused_late.load(Ordering::Relaxed), 1);
-        // Its status says when the work waiting now should be done: 100 ms.
+        // Its status says when a call with as long left should fit: when the 100 ms
+        // queued have run down by the 30 it lacked.
         let status = sekisho_filter_sdk::FilterError::from(refused).into_status();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(
-            sekisho_proto::retry_pushback(&status),
-            Some(Duration::from_millis(100))
+        let after = sekisho_proto::retry_pushback(&status).expect("a pushback");
+        assert!(
+            (Duration::from_millis(30)..=Duration::from_millis(32)).contains(&after),
+            "{after:?}"
         );
         // ... and it never waited: no abandoned call is counted for it.
         assert_eq!(q.stats.abandoned.load(Ordering::Relaxed), 0);
@@ -433,6 +436,18 @@ mod tests {
         assert_eq!(q.stats.abandoned.load(Ordering::Relaxed), 1);
         busy.await.unwrap();
         assert_eq!(q.stats.runs.load(Ordering::Relaxed), 1);
+    }
+
+    /// A refused call's pushback: when the queue ahead has run down by what it lacked;
+    /// none when nothing is ahead or it alone takes longer than it had.
+    #[test]
+    fn a_pushback_is_what_the_call_lacked_if_waiting_can_help() {
+        use crate::batch::fits_after;
+        let ms = Duration::from_millis;
+        assert_eq!(fits_after(ms(100), ms(50), ms(120)), ms(30));
+        assert_eq!(fits_after(ms(100), ms(5), ms(10)), ms(95));
+        assert_eq!(fits_after(ms(0), ms(50), ms(10)), ms(0));
+        assert_eq!(fits_after(ms(100), ms(50), ms(50)), ms(0));
     }
 
     #[tokio::test]

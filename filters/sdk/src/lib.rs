@@ -121,7 +121,8 @@ pub enum FilterError {
     /// The filter is shedding load (its queue is full, or too long for the call's
     /// deadline): RESOURCE_EXHAUSTED. Retrying another replica may help; the gateway does
     /// not count it against the endpoint's health, since it is busy, not broken. With
-    /// `retry_after` (when the work queued now should be done), the status carries it as
+    /// `retry_after` (when a call like it should be taken: not when the whole queue is
+    /// done, or callers that wait that long leave the filter idle), the status carries it as
     /// `grpc-retry-pushback-ms`: gRPC clients with a retry policy wait that long before
     /// trying this server again, and the gateway sends its calls to other replicas
     /// meanwhile.

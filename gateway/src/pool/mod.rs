@@ -10,9 +10,10 @@
 //!   replica gets few calls even when idle (`balance: p2c_in_flight` compares calls in
 //!   flight only; `round_robin` takes turns). A retry avoids the endpoints it has tried.
 //! - An endpoint that sheds a call (RESOURCE_EXHAUSTED) with a retry pushback
-//!   (`grpc-retry-pushback-ms`: when its queued work should be done) is sent no calls
-//!   for that long (at most [`MAX_REST`]) while a sibling can take them: without it, p2c
-//!   keeps drawing it and every call it draws costs a round trip and a retry.
+//!   (`grpc-retry-pushback-ms`: when a call like it should fit) is sent no calls for
+//!   that long (at most `outlier.max_rest`, 1 s by default) while a sibling can take
+//!   them: without it, p2c keeps drawing it and every call it draws costs a round trip
+//!   and a retry (BENCHMARKS.md (e'')).
 //! - Passive outlier ejection: after `consecutive_failures` failed calls in a row an
 //!   endpoint is out for `base_ejection` × (its ejections so far), up to `max_ejection`;
 //!   never the last endpoint that takes traffic.
@@ -45,7 +46,8 @@ pub struct PoolSettings {
     pub describe_interval: Duration,
 }
 
-/// The longest an endpoint's retry pushback keeps calls away from it.
+/// The longest an endpoint's retry pushback keeps calls away from it, by default
+/// (`outlier.max_rest`).
 pub const MAX_REST: Duration = Duration::from_secs(1);
 
 /// How long a call waits for an endpoint that is still being described, at most.
@@ -448,8 +450,10 @@ impl FilterPool {
             // a pushback, it is sent nothing for that long while a sibling can take it.
             Err(st) if endpoint_failure(st.code()) => {
                 s.last_call_error = format!("{}: {}", st.code(), st.message());
-                if let Some(after) = sekisho_proto::retry_pushback(st) {
-                    e.rest_until(Instant::now() + after.min(MAX_REST));
+                if let Some(after) = sekisho_proto::retry_pushback(st)
+                    && !o.max_rest.is_zero()
+                {
+                    e.rest_until(Instant::now() + after.min(o.max_rest));
                     metrics::counter!(m::ENDPOINT_PUSHBACKS_TOTAL, "filter" => self.name.clone())
                         .increment(1);
                 }

@@ -13,6 +13,7 @@ fn settings(balance: Balance) -> Arc<PoolSettings> {
             consecutive_failures: 5,
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(75),
+            max_rest: MAX_REST,
         },
         retry_budget: RetryBudgetConfig::default(),
         describe_interval: Duration::from_secs(30),
@@ -298,6 +299,17 @@ async fn an_endpoint_that_pushes_back_rests_while_a_sibling_takes_its_calls() {
         // It takes calls again once the rest is over.
         assert!(!calm.resting_at(Instant::now() + Duration::from_millis(400)));
     }
+    // `outlier.max_rest: 0s`: pushbacks are ignored.
+    let mut s = (*settings(Balance::RoundRobin)).clone();
+    s.outlier.max_rest = Duration::ZERO;
+    let pool = FilterPool::new("noop".into(), Arc::new(s));
+    let e = add(&pool, 1, descriptor("1.0"));
+    let st = sekisho_proto::with_retry_pushback(
+        Status::resource_exhausted("queue too long"),
+        Duration::from_millis(300),
+    );
+    pool.record(&e, Err(&st), MS);
+    assert!(!e.resting_at(Instant::now()));
 }
 
 #[tokio::test]
