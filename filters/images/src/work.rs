@@ -321,6 +321,25 @@ mod tests {
         })
     }
 
+    /// `n` calls of `values` without deadlines, each taking its slot in turn and giving it
+    /// back at once; returns when all of them are waiting.
+    async fn queue_behind(
+        q: &Arc<WorkQueue>,
+        n: usize,
+        values: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), BatchError>>> {
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let q = q.clone();
+                tokio::spawn(async move { q.enter(None, values).await.map(drop) })
+            })
+            .collect();
+        while q.waiting() < n {
+            tokio::task::yield_now().await;
+        }
+        calls
+    }
+
     #[tokio::test]
     async fn calls_beyond_the_slots_wait_their_turn() {
         let q = Arc::new(WorkQueue::new("t", 2, 16));
@@ -335,7 +354,7 @@ mod tests {
                     let _slot = slot;
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(50));
                     running.fetch_sub(1, Ordering::SeqCst);
                 })
                 .await
@@ -352,9 +371,9 @@ mod tests {
         );
         assert_eq!(q.stats.runs.load(Ordering::Relaxed), 8);
         assert_eq!(q.waiting(), 0);
-        // 20 ms for 10 values, give or take the scheduler.
+        // 50 ms for 10 values, give or take the scheduler.
         let per = q.stats.per_value.time_for(10);
-        assert!(per >= Duration::from_millis(20), "{per:?}");
+        assert!(per >= Duration::from_millis(50), "{per:?}");
     }
 
     #[tokio::test]
@@ -363,15 +382,7 @@ mod tests {
         q.stats.per_value.seed(Duration::from_millis(50), 10);
         let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(300));
         // Two calls of 50 ms each wait for the one slot.
-        let waiting: Vec<_> = (0..2)
-            .map(|_| {
-                let q = q.clone();
-                tokio::spawn(async move { q.enter(None, 10).await.map(drop) })
-            })
-            .collect();
-        while q.waiting() < 2 {
-            tokio::task::yield_now().await;
-        }
+        let waiting = queue_behind(&q, 2, 10).await;
         // 100 ms queued ahead and 50 of its own do not fit in 120 ms...
         let soon = Instant::now() + Duration::from_millis(120);
         let refused = q.enter(Some(soon), 10).await.err().expect("refused");
@@ -454,15 +465,7 @@ mod tests {
     async fn a_full_queue_refuses() {
         let q = Arc::new(WorkQueue::new("t", 1, 2));
         let busy = slow(q.enter(None, 1).await.unwrap(), Duration::from_millis(100));
-        let waiting: Vec<_> = (0..2)
-            .map(|_| {
-                let q = q.clone();
-                tokio::spawn(async move { q.enter(None, 1).await.map(drop) })
-            })
-            .collect();
-        while q.waiting() < 2 {
-            tokio::task::yield_now().await;
-        }
+        let waiting = queue_behind(&q, 2, 1).await;
         let got = q.enter(None, 1).await.err().expect("full");
         assert!(matches!(got, BatchError::Busy(2, _)), "{got}");
         busy.await.unwrap();
