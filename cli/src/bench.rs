@@ -532,7 +532,35 @@ impl Default for Report {
     }
 }
 
+/// A gateway response as the report counts it: (chain version, decision, reason).
+fn outcome_key(resp: gproto::ModerateResponse) -> (u64, String, String) {
+    let decision = resp.decision().as_str_name().to_owned();
+    (resp.chain_version, decision, resp.reason)
+}
+
 impl Report {
+    /// One call started at `t`: its latency when answered (and a gateway's outcome), or
+    /// its error.
+    fn record(
+        &mut self,
+        t: Instant,
+        outcome: Result<Option<(u64, String, String)>, tonic::Status>,
+    ) {
+        match outcome {
+            Ok(o) => {
+                let _ = self.hist.record(t.elapsed().as_micros().max(1) as u64);
+                self.ok += 1;
+                if let Some(key) = o {
+                    *self.outcomes.entry(key).or_default() += 1;
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
     fn merge(&mut self, o: Report) {
         let _ = self.hist.add(&o.hist);
         self.ok += o.ok;
@@ -636,29 +664,13 @@ impl Target {
                                 r
                             })
                             .await
-                            .map(|resp| {
-                                let resp = resp.into_inner();
-                                let decision = resp.decision().as_str_name().to_owned();
-                                Some((resp.chain_version, decision, resp.reason))
-                            }),
+                            .map(|resp| Some(outcome_key(resp.into_inner()))),
                         Target::Direct(ch, req) => FilterClient::new(ch[w % ch.len()].clone())
                             .apply(req.clone())
                             .await
                             .map(|_| None),
                     };
-                    match outcome {
-                        Ok(o) => {
-                            let _ = r.hist.record(t.elapsed().as_micros().max(1) as u64);
-                            r.ok += 1;
-                            if let Some(key) = o {
-                                *r.outcomes.entry(key).or_default() += 1;
-                            }
-                        }
-                        Err(e) => {
-                            r.errors += 1;
-                            r.first_error.get_or_insert(e);
-                        }
-                    }
+                    r.record(t, outcome);
                 }
                 r
             }));
@@ -715,26 +727,13 @@ async fn apply_once(
                 content: req.content,
                 ..Default::default()
             };
-            client.moderate(with_timeout(m, timeout)).await.map(|resp| {
-                let resp = resp.into_inner();
-                let decision = resp.decision().as_str_name().to_owned();
-                Some((resp.chain_version, decision, resp.reason))
-            })
+            client
+                .moderate(with_timeout(m, timeout))
+                .await
+                .map(|resp| Some(outcome_key(resp.into_inner())))
         }
     };
-    match outcome {
-        Ok(o) => {
-            let _ = r.hist.record(t.elapsed().as_micros().max(1) as u64);
-            r.ok += 1;
-            if let Some(key) = o {
-                *r.outcomes.entry(key).or_default() += 1;
-            }
-        }
-        Err(e) => {
-            r.errors += 1;
-            r.first_error.get_or_insert(e);
-        }
-    }
+    r.record(t, outcome);
 }
 
 /// Calls `to` as `pace` says, cycling through `reqs`.
