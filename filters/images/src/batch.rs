@@ -81,8 +81,8 @@ pub enum BatchError {
 /// A full queue or one too long for the deadline is load being shed (RESOURCE_EXHAUSTED,
 /// with, as its retry pushback, the time until the queue should have room for a call
 /// like it: the gateway tries another replica while time is left, sends this one nothing
-/// meanwhile, and does not eject it for it); stopped workers are worth retrying elsewhere too (UNAVAILABLE); a model failure is
-/// not (INTERNAL).
+/// meanwhile, and does not eject it for it); stopped workers are worth retrying elsewhere
+/// too (UNAVAILABLE); a model failure is not (INTERNAL).
 impl From<BatchError> for sekisho_filter_sdk::FilterError {
     fn from(e: BatchError) -> Self {
         match e {

@@ -122,8 +122,8 @@ pub enum FilterError {
     /// deadline): RESOURCE_EXHAUSTED. Retrying another replica may help; the gateway does
     /// not count it against the endpoint's health, since it is busy, not broken. With
     /// `retry_after` (when a call like it should be taken: not when the whole queue is
-    /// done, or callers that wait that long leave the filter idle), the status carries it as
-    /// `grpc-retry-pushback-ms`: gRPC clients with a retry policy wait that long before
+    /// done, or callers that wait that long leave the filter idle), the status carries
+    /// it as `grpc-retry-pushback-ms`: gRPC clients with a retry policy wait that long before
     /// trying this server again, and the gateway sends its calls to other replicas
     /// meanwhile.
     #[error("{message}")]
