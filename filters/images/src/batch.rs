@@ -309,7 +309,8 @@ impl Batcher {
 
     /// When the work queued now should be done: its values, shared among the workers.
     fn drain(&self) -> Duration {
-        drain(&self.stats, &self.queued_values, self.workers)
+        let queued = self.queued_values.load(Ordering::Relaxed) as usize;
+        self.stats.time_for(queued) / self.workers.max(1) as u32
     }
 
     /// Workers waiting for an item now.
@@ -333,11 +334,6 @@ pub(crate) fn fits_after(ahead: Duration, own: Duration, left: Duration) -> Dura
         return Duration::ZERO;
     }
     (ahead + own).saturating_sub(left)
-}
-
-/// When `queued` input values should be done on `workers` workers, at the recent rate.
-fn drain(stats: &BatchStats, queued: &AtomicU64, workers: usize) -> Duration {
-    stats.time_for(queued.load(Ordering::Relaxed) as usize) / workers.max(1) as u32
 }
 
 /// Reasons an item is not run (`sekisho_filter_abandoned_total`).

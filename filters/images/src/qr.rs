@@ -635,11 +635,6 @@ impl QrCode {
         self
     }
 
-    /// The slots and their queue (stats, tests).
-    pub fn work(&self) -> &Arc<WorkQueue> {
-        &self.work
-    }
-
     /// Takes images through `intake` (its limits and decoding budget, which several
     /// filters in one process may share).
     pub fn with_intake(mut self, intake: Intake) -> Self {

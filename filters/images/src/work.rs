@@ -468,6 +468,7 @@ mod tests {
         let waiting = queue_behind(&q, 2, 1).await;
         let got = q.enter(None, 1).await.err().expect("full");
         assert!(matches!(got, BatchError::Busy(2, _)), "{got}");
+        assert_eq!(q.stats.refused_full.load(Ordering::Relaxed), 1);
         busy.await.unwrap();
         for w in waiting {
             w.await.unwrap().unwrap();
