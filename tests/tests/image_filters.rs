@@ -4,6 +4,7 @@
 
 use std::io::Cursor;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sekisho_proto::filter::v1::{self as fproto, filter_client::FilterClient};
 use sekisho_proto::gateway::v1::{Decision, ModerateResponse};
@@ -240,16 +241,10 @@ async fn large_images_arriving_together_wait_for_the_decoding_budget() {
 /// long, and all answered too late): the calls the queue cannot serve in time are
 /// refused at once with RESOURCE_EXHAUSTED (counted in
 /// `sekisho_filter_deadline_refused_total`), and the ones it can are answered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qr_code_refuses_at_once_what_it_cannot_answer_before_the_deadline() {
-    let metrics_at = format!("127.0.0.1:{}", sekisho_tests::free_port());
-    let args = ["--workers", "1", "--metrics-listen", &metrics_at];
-    let f = FilterProcess::start("qr-code", &args).await.unwrap();
-    assert_eq!(describe(&f).await.info["workers"], "1");
-    let client = FilterClient::connect(f.url.clone()).await.unwrap();
-    // A 1600×1600 image searched at full size: long enough a search that
-    // the scheduler's noise is small beside it.
-    let img = image::RgbImage::from_fn(1600, 1600, |x, y| {
+/// A JPEG `side` pixels square without a code, busy (stripes and squares) enough that
+/// searching it at full size takes long beside the scheduler's noise.
+fn jpeg_without_a_code(side: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
         let v = ((x * 7 + y * 13) % 251) as u8 / 2 + ((x / 40 + y / 40) % 2) as u8 * 100;
         image::Rgb([v, v / 2 + 60, 255 - v])
     });
@@ -257,25 +252,45 @@ async fn qr_code_refuses_at_once_what_it_cannot_answer_before_the_deadline() {
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
         .encode_image(&img)
         .unwrap();
-    let call = |timeout: Option<std::time::Duration>| {
-        let mut client = client.clone();
-        let mut request = tonic::Request::new(fproto::ApplyRequest {
-            content: Some(fproto::Content {
-                content_type: "image/jpeg".into(),
-                payload: Some(image_payload(bytes.clone())),
-            }),
-            config: sekisho_proto::json_to_struct(&serde_json::json!({"max_side": 2048})),
-            ..Default::default()
-        });
-        if let Some(t) = timeout {
-            request.set_timeout(t);
-        }
-        async move { client.apply(request).await }
-    };
+    bytes
+}
+
+/// qr-code's `Apply` on a JPEG searched at up to 2048 px a side, with `timeout` when
+/// given.
+fn qr_call(
+    client: &FilterClient<tonic::transport::Channel>,
+    bytes: &[u8],
+    timeout: Option<Duration>,
+) -> impl std::future::Future<Output = Result<tonic::Response<fproto::ApplyResponse>, tonic::Status>>
++ use<> {
+    let mut client = client.clone();
+    let mut request = tonic::Request::new(fproto::ApplyRequest {
+        content: Some(fproto::Content {
+            content_type: "image/jpeg".into(),
+            payload: Some(image_payload(bytes.to_vec())),
+        }),
+        config: sekisho_proto::json_to_struct(&serde_json::json!({"max_side": 2048})),
+        ..Default::default()
+    });
+    if let Some(t) = timeout {
+        request.set_timeout(t);
+    }
+    async move { client.apply(request).await }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_code_refuses_at_once_what_it_cannot_answer_before_the_deadline() {
+    let metrics_at = format!("127.0.0.1:{}", sekisho_tests::free_port());
+    let args = ["--workers", "1", "--metrics-listen", &metrics_at];
+    let f = FilterProcess::start("qr-code", &args).await.unwrap();
+    assert_eq!(describe(&f).await.info["workers"], "1");
+    let client = FilterClient::connect(f.url.clone()).await.unwrap();
+    let bytes = jpeg_without_a_code(1600);
+    let call = |timeout| qr_call(&client, &bytes, timeout);
     // What one search takes here, alone (the filter learns it too).
-    let mut one = std::time::Duration::ZERO;
+    let mut one = Duration::ZERO;
     for _ in 0..2 {
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         call(None).await.unwrap();
         one = t.elapsed();
     }
@@ -308,7 +323,7 @@ async fn qr_code_refuses_at_once_what_it_cannot_answer_before_the_deadline() {
     assert!(
         pushbacks
             .iter()
-            .any(|p| *p > std::time::Duration::ZERO && *p < one * 24),
+            .any(|p| *p > Duration::ZERO && *p < one * 24),
         "{pushbacks:?}"
     );
     let metrics = scrape(&metrics_at).await;
@@ -316,6 +331,114 @@ async fn qr_code_refuses_at_once_what_it_cannot_answer_before_the_deadline() {
     assert!(metric(&metrics, series) >= 1.0, "{metrics}");
     // And it still serves, at its own pace, a call with time for it.
     call(Some(one * 20)).await.unwrap();
+}
+
+/// The gateway and two real qr-code replicas: one with a queue of searches sheds a call
+/// it cannot answer in time with a retry pushback; the gateway retries it on the other,
+/// lists the shedding one as resting (still `ready`, not ejected) and sends it none of
+/// the next calls while it rests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_rests_a_replica_that_pushes_back_while_its_sibling_takes_the_calls() {
+    let metrics_at = format!("127.0.0.1:{}", sekisho_tests::free_port());
+    let args = ["--workers", "1", "--metrics-listen", &metrics_at];
+    let busy = FilterProcess::start("qr-code", &args).await.unwrap();
+    let calm = FilterProcess::start("qr-code", &["--workers", "1"])
+        .await
+        .unwrap();
+    let to_busy = FilterClient::connect(busy.url.clone()).await.unwrap();
+    let to_calm = FilterClient::connect(calm.url.clone()).await.unwrap();
+    let bytes = jpeg_without_a_code(1600);
+    // What one search takes, the longest seen; both replicas learn it too.
+    let mut one = Duration::ZERO;
+    for client in [&to_busy, &to_calm] {
+        for _ in 0..2 {
+            let t = Instant::now();
+            qr_call(client, &bytes, None).await.unwrap();
+            one = one.max(t.elapsed());
+        }
+    }
+    // Time for the calm replica's search five times over, not for a queue of 24.
+    let timeout = one * 6;
+    let chain = format!(
+        "name: codes\ncontent_types: [image/jpeg]\n\
+         defaults: {{timeout: {}ms, retries: 1, on_error: review}}\nstages:\n  - id: s\n    \
+         filters: [{{use: qr-code, config: {{max_side: 2048}}}}]\n    branches:\n      \
+         - when: \"score > 0.5\"\n        decide: {{decision: REJECT, reason: code}}\n\
+         default_decision: APPROVE\n",
+        timeout.as_millis()
+    );
+    let gw = TestGateway::setup()
+        .filter_replicas("qr-code", &[&busy.url, &calm.url])
+        .config("balance", serde_json::json!("round_robin"))
+        .config("outlier", serde_json::json!({"max_rest": "60s"}))
+        .chain(&chain)
+        .start()
+        .await
+        .unwrap();
+    gw.wait_endpoints("qr-code", Duration::from_secs(10), |eps| {
+        sekisho_tests::ready_addresses(eps).len() == 2
+    })
+    .await
+    .unwrap();
+    // 24 searches queued at the busy replica, with no deadline: they all wait their turn.
+    let queue: Vec<_> = (0..24)
+        .map(|_| tokio::spawn(qr_call(&to_busy, &bytes, None)))
+        .collect();
+    let in_flight = r#"sekisho_filter_requests_in_flight{filter="qr-code"}"#;
+    while metric(&scrape(&metrics_at).await, in_flight) < 24.0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let moderate = async || {
+        let r = gw
+            .moderate(request("codes", "image/jpeg", image_payload(bytes.clone())))
+            .await
+            .unwrap();
+        // Decided on a search, not for want of one.
+        assert_eq!(
+            (r.decision(), r.reason.as_str()),
+            (Decision::Approve, "default"),
+            "{r:?}"
+        );
+    };
+    let busy_now = async || gw.endpoint("qr-code", &busy.url).await.unwrap();
+    // Round robin sends one of the first two calls to the busy replica, which sheds it.
+    let mut rested = None;
+    for _ in 0..2 {
+        moderate().await;
+        let b = busy_now().await;
+        if b.resting_for_ms > 0 {
+            rested = Some(b);
+            break;
+        }
+    }
+    let rested = rested.expect("the busy replica never rested");
+    assert_eq!(
+        (rested.state.as_str(), rested.ejections),
+        ("ready", 0),
+        "{rested:?}"
+    );
+    assert!(rested.last_error.contains("deadline"), "{rested:?}");
+    let refused = r#"sekisho_filter_deadline_refused_total{model="qr-code"}"#;
+    assert_eq!(metric(&scrape(&metrics_at).await, refused), 1.0);
+    let pushbacks = r#"sekisho_gateway_endpoint_pushbacks_total{filter="qr-code"}"#;
+    assert_eq!(metric(&gw.metrics().await, pushbacks), 1.0);
+    let calm_before = gw.endpoint("qr-code", &calm.url).await.unwrap();
+    assert_eq!(calm_before.resting_for_ms, 0, "{calm_before:?}");
+    // While it rests, round robin's turns pass it over.
+    for _ in 0..3 {
+        moderate().await;
+    }
+    let after = busy_now().await;
+    assert!(
+        after.resting_for_ms > 0,
+        "the rest ran out too soon to tell: {after:?}"
+    );
+    assert_eq!(after.calls, rested.calls, "{after:?}");
+    let calm_after = gw.endpoint("qr-code", &calm.url).await.unwrap();
+    assert_eq!(calm_after.calls, calm_before.calls + 3, "{calm_after:?}");
+    for q in queue {
+        q.abort();
+    }
 }
 
 /// A 1280×960 JPEG holding a slightly blurred QR code of 3 px modules at (700, 500):

@@ -234,14 +234,12 @@ impl Endpoint {
     }
 
     pub fn ejected_at(&self, now: Instant) -> bool {
-        let until = self.ejected_until_ms.load(Ordering::Acquire);
-        until > self.ms_since_epoch(now) + 1
+        !self.ejected_left(now).is_zero()
     }
 
     /// Whether it asked, with a retry pushback, to be sent nothing at `now`.
     pub fn resting_at(&self, now: Instant) -> bool {
-        let until = self.resting_until_ms.load(Ordering::Acquire);
-        until > self.ms_since_epoch(now) + 1
+        !self.resting_left(now).is_zero()
     }
 
     /// Sends it nothing until `until` while a sibling can take the call (a later rest
@@ -261,7 +259,17 @@ impl Endpoint {
     }
 
     fn ejected_left(&self, now: Instant) -> Duration {
-        let until = self.ejected_until_ms.load(Ordering::Acquire);
+        self.left_until(&self.ejected_until_ms, now)
+    }
+
+    fn resting_left(&self, now: Instant) -> Duration {
+        self.left_until(&self.resting_until_ms, now)
+    }
+
+    /// The time from `now` to an instant kept as milliseconds since `epoch`, plus one
+    /// (0: never set).
+    fn left_until(&self, until_ms: &AtomicU64, now: Instant) -> Duration {
+        let until = until_ms.load(Ordering::Acquire);
         Duration::from_millis(until.saturating_sub(self.ms_since_epoch(now) + 1))
     }
 
@@ -300,6 +308,7 @@ impl Endpoint {
                 0
             },
             ejections: s.ejections,
+            resting_for_ms: self.resting_left(now).as_millis() as u64,
             calls: self.calls.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             info: s

@@ -279,6 +279,11 @@ async fn an_endpoint_that_pushes_back_rests_while_a_sibling_takes_its_calls() {
         };
         pool.record(&busy, Err(&pushback(300)), MS);
         assert!(busy.resting_at(Instant::now()));
+        // Listed as resting, still `ready`; its sibling not.
+        let listed = busy.to_proto(Instant::now());
+        assert!((1..=300).contains(&listed.resting_for_ms), "{listed:?}");
+        assert_eq!(listed.state, "ready");
+        assert_eq!(calm.to_proto(Instant::now()).resting_for_ms, 0);
         assert_eq!(
             picks(50).await,
             0,
@@ -293,6 +298,7 @@ async fn an_endpoint_that_pushes_back_rests_while_a_sibling_takes_its_calls() {
         assert!(pool.pick(&[], far).await.is_ok());
         // A pushback of a minute rests it for MAX_REST.
         pool.record(&busy, Err(&pushback(60_000)), MS);
+        assert!(busy.to_proto(Instant::now()).resting_for_ms <= MAX_REST.as_millis() as u64);
         let later = Instant::now() + MAX_REST + Duration::from_millis(10);
         assert!(!busy.resting_at(later));
         assert!(busy.resting_at(Instant::now() + MAX_REST - Duration::from_millis(50)));

@@ -53,6 +53,13 @@ export function Filters() {
                     </td>
                     <td class={`state ${e.state}`}>
                       {e.state}
+                      {Number(e.ejectedForMs ?? 0) > 0 ? <span class="muted"> for {e.ejectedForMs} ms</span> : null}
+                      {Number(e.restingForMs ?? 0) > 0 ? (
+                        <span class="muted" title="it shed a call and asked for time (a retry pushback): sent nothing while a sibling can take its calls">
+                          {" "}
+                          · resting {e.restingForMs} ms
+                        </span>
+                      ) : null}
                       {e.lastError ? <span class="muted"> {e.lastError}</span> : null}
                     </td>
                     <td>{e.source}</td>
