@@ -15,8 +15,9 @@
 //! overload a queue otherwise fills with work that is answered after its caller has
 //! given up, and then every answer comes too late. So an item is refused at once when
 //! the queue ahead of it would keep it past its deadline (an estimate: the input values
-//! queued, shared among the workers, at a moving average of the time one input value
-//! takes: by values, not items, since face-detect's inputs differ in size a hundredfold),
+//! queued and what is left of the batches running, shared among the workers, at a moving
+//! average of the time one input value takes: by values, not items, since face-detect's
+//! inputs differ in size a hundredfold),
 //! is answered at once with the same error when its deadline would pass before it could
 //! run alone, and is dropped unrun when its caller has gone; and a batch grows only while
 //! it would still end before the earliest deadline in it.
@@ -30,7 +31,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ort::session::Session;
 use ort::value::Tensor;
 
-use crate::work::PerValue;
+use crate::work::{PerValue, Running};
 
 #[derive(Debug, Clone)]
 pub struct BatchOptions {
@@ -117,6 +118,8 @@ pub struct BatchStats {
     /// Seconds one input value takes in a batch (its batch's time over its values),
     /// averaged with a weight of 1/5 for each new batch; 0 until the first.
     pub rate: PerValue,
+    /// The batches running now.
+    pub running: Running,
 }
 
 impl BatchStats {
@@ -274,8 +277,9 @@ impl Batcher {
     }
 
     /// Refuses an item of `values` input values that the queue ahead of it would keep
-    /// past `deadline`: the values queued, shared among the workers, then its own, at the
-    /// recent time per value. Filters call it before decoding too (with 0 values, not yet
+    /// past `deadline`: the values queued and what is left of the batches running, shared
+    /// among the workers (nothing, with the queue empty and a worker idle), then its own,
+    /// at the recent time per value. Filters call it before decoding too (with 0 values, not yet
     /// known), so as not to decode for nothing.
     pub fn admit(&self, deadline: Option<Instant>, values: usize) -> Result<(), BatchError> {
         let Some(deadline) = deadline else {
@@ -284,8 +288,11 @@ impl Batcher {
         if self.stats.per_value() == 0.0 {
             return Ok(());
         }
-        let queued = self.queued_values.load(Ordering::Relaxed) as usize;
-        let ahead = self.stats.time_for(queued) / self.workers as u32;
+        let ahead = if self.queued_values.load(Ordering::Relaxed) == 0 && self.idle_workers() > 0 {
+            Duration::ZERO
+        } else {
+            self.drain()
+        };
         let wait = ahead + self.stats.time_for(values);
         let left = deadline.saturating_duration_since(Instant::now());
         if wait <= left {
@@ -307,10 +314,12 @@ impl Batcher {
         ))
     }
 
-    /// When the work queued now should be done: its values, shared among the workers.
+    /// When the work queued now should be done: its values and what is left of the
+    /// batches running, shared among the workers.
     fn drain(&self) -> Duration {
         let queued = self.queued_values.load(Ordering::Relaxed) as usize;
-        self.stats.time_for(queued) / self.workers.max(1) as u32
+        let running = self.stats.running.left(&self.stats.rate, Instant::now());
+        (self.stats.time_for(queued) + running) / self.workers.max(1) as u32
     }
 
     /// Workers waiting for an item now.
@@ -455,7 +464,9 @@ impl Worker {
             metrics::histogram!(BATCH_SIZE, "model" => self.model.clone())
                 .record(batch.len() as f64);
             let values: usize = batch.iter().map(|j| j.data.len()).sum();
+            self.stats.running.begin(values, started);
             let result = self.infer(&mut batch);
+            self.stats.running.end(values, started);
             self.stats.record(started.elapsed(), values);
             metrics::histogram!(INFERENCE, "model" => self.model.clone())
                 .record(started.elapsed().as_secs_f64());

@@ -5,13 +5,14 @@
 //! every call at once, on more threads than cores, and answers each one too late.
 //!
 //! A call is refused at once (RESOURCE_EXHAUSTED) when the queue is full, or when the
-//! work waiting ahead of it, shared among the slots, and then its own would keep it past
-//! its deadline; the estimate is the input values (pixels) waiting, at a moving average
-//! of the time one value took. A call whose slot comes too late to finish before its
-//! deadline is answered then, unrun, and one whose caller goes while it waits is dropped.
+//! work ahead of it (what waits, and what is left of the calls running), shared among
+//! the slots, and then its own would keep it past its deadline; the estimate is the
+//! input values (pixels), at a moving average of the time one value took. A call waits
+//! only while a slot could still come in time for its own work, and is answered unrun
+//! once it cannot; one whose caller goes while it waits is dropped.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -55,6 +56,65 @@ impl PerValue {
     }
 }
 
+/// The work running now, so that a new call's wait counts what is left of it: the
+/// running calls' (or batches') input values at the moving average, less the time they
+/// have run.
+#[derive(Debug, Default)]
+pub struct Running(Mutex<Sums>);
+
+/// Sums over the running work: its input values, how many runs, and their start times
+/// (nanoseconds after the `Running`'s epoch).
+#[derive(Debug)]
+struct Sums {
+    values: u64,
+    count: u64,
+    started_ns: u128,
+    epoch: Instant,
+}
+
+impl Default for Sums {
+    fn default() -> Self {
+        Sums {
+            values: 0,
+            count: 0,
+            started_ns: 0,
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Running {
+    /// Work of `values` input values started at `started`.
+    pub fn begin(&self, values: usize, started: Instant) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.started_ns += started.saturating_duration_since(s.epoch).as_nanos();
+        s.values += values as u64;
+        s.count += 1;
+    }
+
+    /// That work ended (the same `values` and `started` as its `begin`).
+    pub fn end(&self, values: usize, started: Instant) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.started_ns -= started.saturating_duration_since(s.epoch).as_nanos();
+        s.values -= values as u64;
+        s.count -= 1;
+    }
+
+    /// What is left of the running work at `now`, at `rate`: all of it less the time it
+    /// has run, summed over the runs (one past its estimate takes from the others': an
+    /// estimate, not a schedule).
+    pub fn left(&self, rate: &PerValue, now: Instant) -> Duration {
+        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.count == 0 {
+            return Duration::ZERO;
+        }
+        let now_ns = now.saturating_duration_since(s.epoch).as_nanos();
+        let ran = (u128::from(s.count) * now_ns).saturating_sub(s.started_ns);
+        let all = rate.time_for(s.values as usize);
+        all.saturating_sub(Duration::from_nanos(ran.min(u64::MAX as u128) as u64))
+    }
+}
+
 /// Calls run, and calls not run: dropped because their caller had gone, answered unrun
 /// because their deadline would pass first, refused on arrival for their deadline or a
 /// full queue.
@@ -80,6 +140,8 @@ pub struct WorkQueue {
     waiting_values: AtomicU64,
     /// When a slot was last given back (nanoseconds after `epoch`).
     last_release: AtomicU64,
+    /// The calls holding a slot.
+    running: Running,
     epoch: Instant,
     pub stats: WorkStats,
 }
@@ -107,6 +169,7 @@ impl WorkQueue {
             waiting: AtomicUsize::new(0),
             waiting_values: AtomicU64::new(0),
             last_release: AtomicU64::new(0),
+            running: Running::default(),
             epoch: Instant::now(),
             stats: WorkStats::default(),
         }
@@ -141,15 +204,25 @@ impl WorkQueue {
         let queued = self.slots.available_permits() == 0;
         let wait = Waiting::new(self, values);
         let acquire = self.slots.clone().acquire_owned();
+        // It waits only while a slot could still come in time for its work.
+        let need = self.stats.per_value.time_for(values);
         let acquired = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), acquire).await.ok(),
+            Some(d) => {
+                let last = d.checked_sub(need).unwrap_or(d);
+                tokio::time::timeout_at(last.into(), acquire).await.ok()
+            }
             None => Some(acquire.await),
         };
         let waited = wait.done();
         let Some(permit) = acquired else {
             self.abandon(EXPIRED);
             return Err(BatchError::TooLate(
-                "its deadline passed while it waited for a slot".into(),
+                format!(
+                    "it waited {:.1} ms for a slot, and no slot came in time for the ~{:.1} ms \
+                     it takes",
+                    waited.as_secs_f64() * 1e3,
+                    need.as_secs_f64() * 1e3
+                ),
                 Duration::ZERO,
             ));
         };
@@ -182,6 +255,7 @@ impl WorkQueue {
                 self.epoch + Duration::from_nanos(self.last_release.load(Ordering::Relaxed));
             released.clamp(now - waited, now)
         };
+        self.running.begin(values, started);
         Ok(Slot {
             _permit: permit,
             queue: self.clone(),
@@ -199,12 +273,11 @@ impl WorkQueue {
         if self.stats.per_value.get() == 0.0 {
             return Ok(());
         }
-        let queued = self.waiting_values.load(Ordering::Relaxed) as usize;
         // With a slot free nothing waits ahead of it.
         let ahead = if self.slots.available_permits() > 0 {
             Duration::ZERO
         } else {
-            self.stats.per_value.time_for(queued) / self.workers as u32
+            self.drain()
         };
         let own = self.stats.per_value.time_for(values);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -227,11 +300,12 @@ impl WorkQueue {
         ))
     }
 
-    /// When the calls waiting now should all have had their slot: their values, shared
-    /// among the slots.
+    /// When the calls waiting now should all have had their slot: their values and what
+    /// is left of the running calls, shared among the slots.
     fn drain(&self) -> Duration {
         let queued = self.waiting_values.load(Ordering::Relaxed) as usize;
-        self.stats.per_value.time_for(queued) / self.workers as u32
+        let pv = &self.stats.per_value;
+        (pv.time_for(queued) + self.running.left(pv, Instant::now())) / self.workers as u32
     }
 
     fn abandon(&self, reason: &'static str) {
@@ -302,6 +376,7 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let q = &self.queue;
+        q.running.end(self.values, self.started);
         q.stats
             .per_value
             .record(self.started.elapsed(), self.values);
@@ -383,7 +458,8 @@ mod tests {
         let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(300));
         // Two calls of 50 ms each wait for the one slot.
         let waiting = queue_behind(&q, 2, 10).await;
-        // 100 ms queued ahead and 50 of its own do not fit in 120 ms...
+        // 100 ms queued ahead, what is left of the 50 ms running, and 50 of its own do not
+        // fit in 120 ms...
         let soon = Instant::now() + Duration::from_millis(120);
         let refused = q.enter(Some(soon), 10).await.err().expect("refused");
         assert!(
@@ -391,13 +467,13 @@ mod tests {
             "{refused}"
         );
         assert_eq!(q.stats.refused_late.load(Ordering::Relaxed), 1);
-        // Its status says when a call with as long left should fit: when the 100 ms
-        // queued have run down by the 30 it lacked.
+        // Its status says when a call with as long left should fit: when the work ahead
+        // has run down by the ~80 ms it lacked (less what the running call has run).
         let status = sekisho_filter_sdk::FilterError::from(refused).into_status();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         let after = sekisho_proto::retry_pushback(&status).expect("a pushback");
         assert!(
-            (Duration::from_millis(30)..=Duration::from_millis(32)).contains(&after),
+            (Duration::from_millis(60)..=Duration::from_millis(80)).contains(&after),
             "{after:?}"
         );
         // ... and it never waited: no abandoned call is counted for it.
@@ -420,7 +496,7 @@ mod tests {
         let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(150));
         let d = Instant::now() + Duration::from_millis(100);
         let got = q.enter(Some(d), 10).await.err().expect("too late");
-        assert!(matches!(got, BatchError::TooLate(ref m, _) if m.contains("deadline passed")));
+        assert!(matches!(got, BatchError::TooLate(ref m, _) if m.contains("no slot came")));
         assert_eq!(q.stats.expired.load(Ordering::Relaxed), 1);
         assert_eq!(q.stats.abandoned.load(Ordering::Relaxed), 0, "counted once");
         busy.await.unwrap();
@@ -429,6 +505,66 @@ mod tests {
         let got = q.enter(Some(d), 10).await.err().expect("refused");
         assert!(matches!(got, BatchError::TooLate(..)), "{got}");
         assert_eq!(q.stats.runs.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn what_is_left_of_running_work_is_its_estimate_less_the_time_it_ran() {
+        let rate = PerValue::default();
+        rate.seed(Duration::from_millis(1), 1);
+        let r = Running::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(r.left(&rate, t0), ms(0));
+        r.begin(100, t0);
+        r.begin(50, t0 + ms(20));
+        // 150 ms of work, of which 30 and 10 have run.
+        assert_eq!(r.left(&rate, t0 + ms(30)), ms(110));
+        r.end(100, t0);
+        assert_eq!(r.left(&rate, t0 + ms(30)), ms(40));
+        // Past its estimate, nothing is left of it.
+        assert_eq!(r.left(&rate, t0 + ms(500)), ms(0));
+        r.end(50, t0 + ms(20));
+        assert_eq!(r.left(&rate, t0 + ms(30)), ms(0));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_running_work_would_keep_past_its_deadline_is_refused_at_once() {
+        let q = Arc::new(WorkQueue::new("t", 1, 16));
+        q.stats.per_value.seed(Duration::from_millis(5), 1);
+        // Nothing waits, but the one slot holds ~100 ms of work.
+        let busy = slow(q.enter(None, 20).await.unwrap(), Duration::from_millis(300));
+        let soon = Instant::now() + Duration::from_millis(60);
+        let refused = q.enter(Some(soon), 2).await.err().expect("refused");
+        assert!(matches!(refused, BatchError::TooLate(..)), "{refused}");
+        assert_eq!(q.stats.refused_late.load(Ordering::Relaxed), 1);
+        // It would fit once the running work has run down by the ~50 ms it lacked.
+        let status = sekisho_filter_sdk::FilterError::from(refused).into_status();
+        let after = sekisho_proto::retry_pushback(&status).expect("a pushback");
+        assert!(
+            (Duration::from_millis(30)..=Duration::from_millis(50)).contains(&after),
+            "{after:?}"
+        );
+        busy.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_is_answered_while_its_caller_can_still_go_elsewhere() {
+        let q = Arc::new(WorkQueue::new("t", 1, 16));
+        q.stats.per_value.seed(Duration::from_millis(1), 1);
+        // The running call is thought to take 10 ms and holds its slot 400.
+        let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(400));
+        // Admitted (~10 ms ahead, 50 its own, 300 left), it waits; once a slot could no
+        // longer come with 50 ms to spare, it is answered, before its deadline.
+        let d = Instant::now() + Duration::from_millis(300);
+        let got = q.enter(Some(d), 50).await.err().expect("too late");
+        assert!(Instant::now() < d, "answered only at its deadline");
+        assert!(
+            matches!(got, BatchError::TooLate(ref m, _) if m.contains("no slot came")),
+            "{got}"
+        );
+        assert_eq!(q.stats.expired.load(Ordering::Relaxed), 1);
+        assert_eq!(q.stats.refused_late.load(Ordering::Relaxed), 0);
+        busy.await.unwrap();
     }
 
     #[tokio::test]

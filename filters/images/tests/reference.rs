@@ -575,6 +575,21 @@ async fn items_that_would_miss_their_deadline_are_refused_or_expire_unrun() {
         w.await.unwrap();
     }
 
+    // So does what is left of the work running: with nothing queued and the one worker
+    // busy, a call with time for one and a half items is refused. (The estimate made ten
+    // times the model's time, so that the test's own pauses cannot use up the margin.)
+    batcher.stats.seed(per * 10, 224 * 224 * 3);
+    let mut running = Box::pin(batcher.run(shape.clone(), item()));
+    assert!(futures::poll!(&mut running).is_pending());
+    let refused = load(&batcher.stats.refused_late);
+    let one_and_a_half = Instant::now() + per * 15;
+    let err = with_deadline(Some(one_and_a_half), batcher.run(shape.clone(), item()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("items queued ahead"), "{err}");
+    assert_eq!(load(&batcher.stats.refused_late), refused + 1);
+    running.await.unwrap();
+
     // Admitted (the estimate says an item takes a microsecond), then stuck behind an
     // item that takes the model's real time: ten items whose deadlines pass meanwhile are
     // answered unrun.
