@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md (e''): what a filter's retry pushback saves at the gateway. Two qr-code
 # replicas of unequal capacity on the same cores (`--workers 1` and the default, two
-# slots per core), two gateways on them that differ only in `outlier.max_rest` (0s:
-# pushbacks ignored; 1s: the default), the same open-loop load of images through each
+# slots per core), two gateways on them that differ only in `outlier.max_rest` (0s, the
+# default: pushbacks ignored; 1s: honoured), the same open-loop load of images through each
 # (`bench images --chain`, RATE calls a second, each with TIMEOUT), alternating rounds.
 # Each call's outcome: APPROVE (qr-code answered), REVIEW filter_error (it did not, even
 # after the retry), or no answer in time; and the calls each replica refused.
 #   scripts/bench-pushback.sh [rounds] [seconds]
 # Environment: BALANCE (round_robin; p2c, p2c_in_flight), RATE (300), TIMEOUT (300ms),
-# PHOTO (default: chelsea.png of the samples).
+# PHOTO (default: chelsea.png of the samples), PIN (1: replicas on the last core, the
+# rest on the others), SEKISHO_BIN (a build to run instead of building this tree's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -20,8 +21,16 @@ if [ -z "$photo" ]; then
   python3 filters/images/reference/reference.py samples "$tmp/photos" > /dev/null
   photo=$tmp/photos/chelsea.png
 fi
+# PIN=1: the replicas on the last core, the gateways and the load generator on the
+# others, so that the searches cannot starve the gateways whose choices are measured.
+pin_rest=()
+if [ "${PIN:-0}" = 1 ]; then
+  last=$(($(nproc) - 1))
+  pin=(taskset -c "$last") pin_rest=(taskset -c "0-$((last - 1))")
+fi
 start small.log filter qr-code --listen 127.0.0.1:19071 --metrics-listen 127.0.0.1:19081 --workers 1
 start large.log filter qr-code --listen 127.0.0.1:19072 --metrics-listen 127.0.0.1:19082
+pin=("${pin_rest[@]}")
 for rest in 0s 1s; do
   port=$([ "$rest" = 0s ] && echo 18191 || echo 18192)
   cat > "$tmp/gw-$rest.yaml" <<YAML
@@ -43,7 +52,7 @@ for r in $(seq "$rounds"); do
   for rest in 0s 1s; do
     port=$([ "$rest" = 0s ] && echo 18191 || echo 18192)
     a0=$(refused 19081) b0=$(refused 19082)
-    $bin bench images --filter "http://127.0.0.1:$port" --chain bench-qr-replicas \
+    "${pin[@]}" "$bin" bench images --filter "http://127.0.0.1:$port" --chain bench-qr-replicas \
       --rate "$rate" --timeout "$timeout" --duration "${secs}s" --warmup 1s --json "$photo" \
       2> /dev/null | tail -1 > "$tmp/r.json"
     a1=$(refused 19081) b1=$(refused 19082)

@@ -318,7 +318,8 @@ pub struct OutlierConfig {
     pub max_ejection: Duration,
     /// The longest an endpoint that shed a call with a retry pushback
     /// (`grpc-retry-pushback-ms`) is passed over while a sibling can take its calls.
-    /// Default 1s; 0s: pushbacks are ignored.
+    /// Default 0s: pushbacks are ignored (resting did not pay where measured: see
+    /// BENCHMARKS.md (e'')).
     #[serde(with = "humantime_serde")]
     pub max_rest: Duration,
 }
@@ -329,7 +330,7 @@ impl Default for OutlierConfig {
             consecutive_failures: 5,
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
-            max_rest: crate::pool::MAX_REST,
+            max_rest: Duration::ZERO,
         }
     }
 }

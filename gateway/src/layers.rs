@@ -39,6 +39,9 @@ struct ApplyCall {
     pool: Arc<FilterPool>,
     attempts: Arc<AtomicU32>,
     tried: Arc<Mutex<Vec<u64>>>,
+    /// When the call's first attempt began: a later attempt's pushback is for a call
+    /// with that much less time than a new one.
+    began: Instant,
     deadline: Instant,
 }
 
@@ -77,6 +80,10 @@ impl Service<ApplyRequest> for ApplyCall {
                 .map_err(|s| broken_as_unavailable(deadline_as_deadline(s), &endpoint.address));
             this.pool
                 .record(&endpoint, result.as_ref().map(|_| ()), started.elapsed());
+            if let Err(st) = &result {
+                this.pool
+                    .heed_pushback(&endpoint, st, started.duration_since(this.began));
+            }
             drop(call);
             result
         })
@@ -191,6 +198,7 @@ pub fn filter_stack(
             pool,
             attempts,
             tried: Arc::default(),
+            began: Instant::now(),
             deadline,
         })
         .boxed()

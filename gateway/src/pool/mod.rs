@@ -9,11 +9,13 @@
 //!   peak-EWMA latency × (calls in flight + 1), as in Finagle and tower, so a slow
 //!   replica gets few calls even when idle (`balance: p2c_in_flight` compares calls in
 //!   flight only; `round_robin` takes turns). A retry avoids the endpoints it has tried.
-//! - An endpoint that sheds a call (RESOURCE_EXHAUSTED) with a retry pushback
-//!   (`grpc-retry-pushback-ms`: when a call like it should fit) is sent no calls for
-//!   that long (at most `outlier.max_rest`, 1 s by default) while a sibling can take
-//!   them: without it, p2c keeps drawing it and every call it draws costs a round trip
-//!   and a retry (BENCHMARKS.md (e'')).
+//! - With `outlier.max_rest` set (off by default), an endpoint that sheds a call
+//!   (RESOURCE_EXHAUSTED) with a retry pushback (`grpc-retry-pushback-ms`: when a call
+//!   like it should fit) is sent no new calls for as long as one would wait there, at
+//!   most `max_rest`, while a sibling can take them. Off by default because it did not
+//!   pay where measured (BENCHMARKS.md (e'')): under p2c, which already steers by load,
+//!   it swung calls onto the sibling (0.90–0.96× as many answered), and under round robin
+//!   it changed nothing beyond the noise.
 //! - Passive outlier ejection: after `consecutive_failures` failed calls in a row an
 //!   endpoint is out for `base_ejection` × (its ejections so far), up to `max_ejection`;
 //!   never the last endpoint that takes traffic.
@@ -45,10 +47,6 @@ pub struct PoolSettings {
     pub retry_budget: RetryBudgetConfig,
     pub describe_interval: Duration,
 }
-
-/// The longest an endpoint's retry pushback keeps calls away from it, by default
-/// (`outlier.max_rest`).
-pub const MAX_REST: Duration = Duration::from_secs(1);
 
 /// How long a call waits for an endpoint that is still being described, at most.
 const WAIT_FOR_FIRST_DESCRIBE: Duration = Duration::from_secs(2);
@@ -429,6 +427,25 @@ impl FilterPool {
         ))
     }
 
+    /// A call on `e` was refused with a retry pushback (`st`) after the call had spent
+    /// `spent` on earlier attempts: `e` is sent nothing while a sibling can take its
+    /// calls, for as long as a new call would have to wait to fit there, at most
+    /// `outlier.max_rest`. The filter's pushback is for a call with as little time left as
+    /// the refused attempt had; a new call has `spent` more, and fits that much sooner (a
+    /// retry's pushback, taken whole, rested a replica until its queue had run dry).
+    pub fn heed_pushback(&self, e: &Endpoint, st: &Status, spent: Duration) {
+        let max = self.settings.outlier.max_rest;
+        let Some(after) = sekisho_proto::retry_pushback(st) else {
+            return;
+        };
+        let rest = after.saturating_sub(spent).min(max);
+        if st.code() != Code::ResourceExhausted || rest.is_zero() {
+            return;
+        }
+        e.rest_until(Instant::now() + rest);
+        metrics::counter!(m::ENDPOINT_PUSHBACKS_TOTAL, "filter" => self.name.clone()).increment(1);
+    }
+
     /// Notes how a call on `e` went and how long it took, for balancing and outlier
     /// ejection.
     pub fn record(self: &Arc<Self>, e: &Endpoint, result: Result<(), &Status>, latency: Duration) {
@@ -446,17 +463,10 @@ impl FilterPool {
                 return;
             }
             Err(st) if ejecting_failure(st.code()) => st,
-            // Shedding load: neither a failure toward ejection nor a sign of health; with
-            // a pushback, it is sent nothing for that long while a sibling can take it.
+            // Shedding load: neither a failure toward ejection nor a sign of health (a
+            // pushback with it rests the endpoint: `heed_pushback`).
             Err(st) if endpoint_failure(st.code()) => {
                 s.last_call_error = format!("{}: {}", st.code(), st.message());
-                if let Some(after) = sekisho_proto::retry_pushback(st)
-                    && !o.max_rest.is_zero()
-                {
-                    e.rest_until(Instant::now() + after.min(o.max_rest));
-                    metrics::counter!(m::ENDPOINT_PUSHBACKS_TOTAL, "filter" => self.name.clone())
-                        .increment(1);
-                }
                 return;
             }
             Err(_) => {

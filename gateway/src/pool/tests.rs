@@ -5,6 +5,9 @@ use super::*;
 
 const MS: Duration = Duration::from_millis(1);
 
+/// `outlier.max_rest` in these tests (off by default).
+const MAX_REST: Duration = Duration::from_secs(1);
+
 fn settings(balance: Balance) -> Arc<PoolSettings> {
     Arc::new(PoolSettings {
         connections: 1,
@@ -266,8 +269,13 @@ async fn an_endpoint_that_pushes_back_rests_while_a_sibling_takes_its_calls() {
                 to_busy
             }
         };
+        // A refused attempt, as the call's stack reports it, `spent` into the call.
+        let shed = |e: &Arc<Endpoint>, st: &Status, spent: u64| {
+            pool.record(e, Err(st), MS);
+            pool.heed_pushback(e, st, Duration::from_millis(spent));
+        };
         // A shed without a pushback rests nothing: round robin still takes turns.
-        pool.record(&busy, Err(&Status::resource_exhausted("full")), MS);
+        shed(&busy, &Status::resource_exhausted("full"), 0);
         if balance == Balance::RoundRobin {
             assert_eq!(picks(10).await, 5);
         }
@@ -277,7 +285,14 @@ async fn an_endpoint_that_pushes_back_rests_while_a_sibling_takes_its_calls() {
                 Duration::from_millis(ms),
             )
         };
-        pool.record(&busy, Err(&pushback(300)), MS);
+        // A retry's pushback is for a call with as little time left as it had: a new
+        // call, with the `spent` more, fits that much sooner.
+        shed(&busy, &pushback(300), 300);
+        assert!(!busy.resting_at(Instant::now()));
+        shed(&busy, &pushback(300), 250);
+        let listed = busy.to_proto(Instant::now());
+        assert!((1..=50).contains(&listed.resting_for_ms), "{listed:?}");
+        shed(&busy, &pushback(300), 0);
         assert!(busy.resting_at(Instant::now()));
         // Listed as resting, still `ready`; its sibling not.
         let listed = busy.to_proto(Instant::now());
@@ -294,10 +309,10 @@ async fn an_endpoint_that_pushes_back_rests_while_a_sibling_takes_its_calls() {
         let c = pool.pick(&[calm.id], far).await.unwrap();
         assert_eq!(c.endpoint().id, busy.id);
         // Everyone resting: calls still go out.
-        pool.record(&calm, Err(&pushback(300)), MS);
+        shed(&calm, &pushback(300), 0);
         assert!(pool.pick(&[], far).await.is_ok());
         // A pushback of a minute rests it for MAX_REST.
-        pool.record(&busy, Err(&pushback(60_000)), MS);
+        shed(&busy, &pushback(60_000), 0);
         assert!(busy.to_proto(Instant::now()).resting_for_ms <= MAX_REST.as_millis() as u64);
         let later = Instant::now() + MAX_REST + Duration::from_millis(10);
         assert!(!busy.resting_at(later));
@@ -305,9 +320,9 @@ async fn an_endpoint_that_pushes_back_rests_while_a_sibling_takes_its_calls() {
         // It takes calls again once the rest is over.
         assert!(!calm.resting_at(Instant::now() + Duration::from_millis(400)));
     }
-    // `outlier.max_rest: 0s`: pushbacks are ignored.
+    // By default (`outlier.max_rest: 0s`) pushbacks are ignored.
     let mut s = (*settings(Balance::RoundRobin)).clone();
-    s.outlier.max_rest = Duration::ZERO;
+    s.outlier = OutlierConfig::default();
     let pool = FilterPool::new("noop".into(), Arc::new(s));
     let e = add(&pool, 1, descriptor("1.0"));
     let st = sekisho_proto::with_retry_pushback(
@@ -315,6 +330,7 @@ async fn an_endpoint_that_pushes_back_rests_while_a_sibling_takes_its_calls() {
         Duration::from_millis(300),
     );
     pool.record(&e, Err(&st), MS);
+    pool.heed_pushback(&e, &st, Duration::ZERO);
     assert!(!e.resting_at(Instant::now()));
 }
 
