@@ -124,8 +124,8 @@ pub enum FilterError {
     /// `retry_after` (when a call like it should be taken: not when the whole queue is
     /// done, or callers that wait that long leave the filter idle), the status carries
     /// it as `grpc-retry-pushback-ms`: gRPC clients with a retry policy wait that long before
-    /// trying this server again, and the gateway sends its calls to other replicas
-    /// meanwhile.
+    /// trying this server again, and a gateway with `outlier.max_rest` set sends its new
+    /// calls to other replicas meanwhile.
     #[error("{message}")]
     Overloaded {
         message: String,
