@@ -8,7 +8,8 @@
 # Environment: FILTER (ng-image; face-detect, qr-code), RATE (calls started a second,
 # whatever the answers: callers arriving on their own, 120; RATE=closed for CONCURRENCY (64) calls in flight,
 # each sent when the last ended), TIMEOUT (each call's deadline, 300ms), SECS per round
-# (10), PHOTO (default: chelsea.png of the samples).
+# (10), PHOTO (default: chelsea.png of the samples), PIN (1: the filter on the last core,
+# the load generator on the others, so that they do not share cores).
 # The filter runs `--workers 2 --intra-threads 1`, as in scripts/bench-images.sh (qr-code:
 # its default slots, two per core); the load generator is NEW_BINARY's `bench images --timeout` on
 # both sides.
@@ -21,6 +22,11 @@ export SEKISHO_LOG=warn,ort=error RUST_BACKTRACE=0
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 photo=${PHOTO:-}
+pin_filter=() pin_load=()
+if [ "${PIN:-0}" = 1 ]; then
+  last=$(($(nproc) - 1))
+  pin_filter=(taskset -c "$last") pin_load=(taskset -c "0-$((last - 1))")
+fi
 if [ -z "$photo" ]; then
   python3 filters/images/reference/reference.py samples "$tmp/photos" > /dev/null
   photo=$tmp/photos/chelsea.png
@@ -30,13 +36,13 @@ one() { # binary -> "answered-in-time/s late/s abandoned"
   local bin=$1
   local layout=(--workers 2 --intra-threads 1)
   [ "$filter" = qr-code ] && layout=()
-  "$bin" filter "$filter" --listen 127.0.0.1:51097 --metrics-listen 127.0.0.1:51098 \
+  "${pin_filter[@]}" "$bin" filter "$filter" --listen 127.0.0.1:51097 --metrics-listen 127.0.0.1:51098 \
     "${layout[@]}" > "$tmp/filter.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do grep -q "listening on" "$tmp/filter.log" && break; sleep 0.2; done
   local pace=(--rate "$rate")
   [ "$rate" = closed ] && pace=(--concurrency "$c")
-  "$new" bench images --filter http://127.0.0.1:51097 "${pace[@]}" --timeout "$timeout" \
+  "${pin_load[@]}" "$new" bench images --filter http://127.0.0.1:51097 "${pace[@]}" --timeout "$timeout" \
     --duration "${secs}s" --warmup 2s --json "$photo" 2> /dev/null | tail -1 > "$tmp/r.json"
   local abandoned
   abandoned=$(curl -s http://127.0.0.1:51098/metrics \
