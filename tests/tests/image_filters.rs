@@ -385,7 +385,12 @@ async fn the_gateway_rests_a_replica_that_pushes_back_while_its_sibling_takes_th
         .map(|_| tokio::spawn(qr_call(&to_busy, &bytes, None)))
         .collect();
     let in_flight = r#"sekisho_filter_requests_in_flight{filter="qr-code"}"#;
+    let queued_by = Instant::now() + Duration::from_secs(30);
     while metric(&scrape(&metrics_at).await, in_flight) < 24.0 {
+        assert!(
+            Instant::now() < queued_by,
+            "the 24 calls never all reached the replica"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let moderate = async || {
