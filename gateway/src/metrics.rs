@@ -88,7 +88,7 @@ fn describe() {
     );
     describe_counter!(
         ENDPOINT_PUSHBACKS_TOTAL,
-        "Calls an endpoint refused with RESOURCE_EXHAUSTED and a retry pushback, after which calls went to its siblings for that long (at most 1 s), by filter."
+        "Calls an endpoint refused with RESOURCE_EXHAUSTED and a retry pushback after which it rested (new calls went to its siblings for as long as one would have waited there, at most outlier.max_rest; none counted with max_rest 0s, the default), by filter."
     );
     describe_counter!(
         RETRIES_REFUSED_TOTAL,

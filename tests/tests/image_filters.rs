@@ -315,7 +315,8 @@ async fn qr_code_refuses_at_once_what_it_cannot_answer_before_the_deadline() {
         refused.message()
     );
     // Refused with the work queued ahead waiting, it says when that should be done
-    // (gRPC's retry pushback), which the gateway uses to send its calls elsewhere.
+    // (gRPC's retry pushback), which a gateway with `outlier.max_rest` set uses to send
+    // its new calls elsewhere meanwhile.
     let pushbacks: Vec<_> = results
         .iter()
         .filter_map(|r| sekisho_proto::retry_pushback(r.as_ref().err()?))
