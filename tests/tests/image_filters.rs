@@ -682,7 +682,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 /// `sekisho filter --metrics-listen` serves the filter's own metrics: calls by code,
 /// the execution provider, the wait for the decoding budget, and the batcher's batch
-/// sizes, queue wait and inference time.
+/// sizes, queue wait, inference time and time estimate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_process_serves_its_metrics() {
     let photos = sample_photos().unwrap();
@@ -765,6 +765,11 @@ async fn a_filter_process_serves_its_metrics() {
         ),
         batches
     );
+    // The estimate admission uses, fitted to the batches run: both parts published.
+    let per_value = r#"sekisho_filter_run_cost_seconds{model="open-nsfw",part="per_value"}"#;
+    let fixed = r#"sekisho_filter_run_cost_seconds{model="open-nsfw",part="fixed"}"#;
+    assert!(metric(&text, per_value) > 0.0, "{text}");
+    assert!(text.contains(fixed), "{text}");
     assert_eq!(
         metric(
             &text,

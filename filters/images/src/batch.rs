@@ -14,10 +14,12 @@
 //! Deadlines (the caller's `grpc-timeout`, [`sekisho_filter_sdk::deadline`]): under
 //! overload a queue otherwise fills with work that is answered after its caller has
 //! given up, and then every answer comes too late. So an item is refused at once when
-//! the queue ahead of it would keep it past its deadline (an estimate: the input values
-//! queued and what is left of the batches running, shared among the workers, at a moving
-//! average of the time one input value takes: by values, not items, since face-detect's
-//! inputs differ in size a hundredfold),
+//! the queue ahead of it would keep it past its deadline (an estimate: the batches the
+//! queued items make and what is left of the batches running, shared among the workers,
+//! each batch taking a fixed time and one for each input value, fitted to the recent
+//! batches ([`RunCost`]): by values, not items, since face-detect's inputs differ in size
+//! a hundredfold, and not by values alone, since a GPU runs 32 items in little more time
+//! than one),
 //! is answered at once with the same error when its deadline would pass before it could
 //! run alone, and is dropped unrun when its caller has gone; and a batch grows only while
 //! it would still end before the earliest deadline in it.
@@ -31,7 +33,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ort::session::Session;
 use ort::value::Tensor;
 
-use crate::work::{PerValue, Running};
+use crate::work::{PROBE_AFTER, RunCost, Running};
 
 #[derive(Debug, Clone)]
 pub struct BatchOptions {
@@ -102,12 +104,15 @@ struct Job {
     data: Vec<f32>,
     queued: Instant,
     deadline: Option<Instant>,
+    /// Let through although the estimate said it would be late, to measure again
+    /// ([`crate::work::PROBE_AFTER`]): it runs whatever its deadline.
+    probe: bool,
     reply: tokio::sync::oneshot::Sender<Result<Vec<Output>, BatchError>>,
 }
 
 /// Batches and items run, for the mean batch size; items dropped unrun because their
 /// caller had gone, or answered unrun because their deadline would pass first; items
-/// refused on arrival for their deadline; and the moving average of one item's time.
+/// refused on arrival for their deadline; and the estimate of a batch's time.
 #[derive(Debug, Default)]
 pub struct BatchStats {
     pub batches: AtomicU64,
@@ -115,32 +120,26 @@ pub struct BatchStats {
     pub abandoned: AtomicU64,
     pub expired: AtomicU64,
     pub refused_late: AtomicU64,
-    /// Seconds one input value takes in a batch (its batch's time over its values),
-    /// averaged with a weight of 1/5 for each new batch; 0 until the first.
-    pub rate: PerValue,
+    /// Items let through although the estimate would have refused them, the filter
+    /// being idle and the estimate not measured for a while.
+    pub probes: AtomicU64,
+    /// What a batch takes: a fixed time and one for each input value, fitted to recent
+    /// batches; zero until the first (or the model's check before serving).
+    pub cost: RunCost,
     /// The batches running now.
     pub running: Running,
 }
 
 impl BatchStats {
-    /// The time one input value takes, as recent batches went (zero: not known yet).
-    pub fn per_value(&self) -> f64 {
-        self.rate.get()
-    }
-
-    /// What `values` input values take at that rate.
+    /// What one batch of `values` input values takes, as recent batches went (zero: not
+    /// known yet).
     pub fn time_for(&self, values: usize) -> Duration {
-        self.rate.time_for(values)
+        self.cost.time_for(values)
     }
 
-    /// Sets the estimate: `d` for `values` input values (from a model's check before
-    /// serving; tests).
+    /// Sets the estimate: `d` for `values` input values, all of it per value (tests).
     pub fn seed(&self, d: Duration, values: usize) {
-        self.rate.seed(d, values);
-    }
-
-    fn record(&self, d: Duration, values: usize) {
-        self.rate.record(d, values);
+        self.cost.seed(d, values);
     }
 }
 
@@ -153,6 +152,9 @@ pub struct Batcher {
     /// Input values of the items in the queue (taken off it by a worker, they no longer
     /// count).
     queued_values: Arc<AtomicU64>,
+    /// Items, and input values, one batch holds at most.
+    max_batch: usize,
+    max_batch_elements: usize,
     pub stats: Arc<BatchStats>,
 }
 
@@ -171,10 +173,14 @@ pub const ABANDONED_TOTAL: &str = "sekisho_filter_abandoned_total";
 /// Items refused on arrival (RESOURCE_EXHAUSTED) because the queue ahead would keep them past
 /// their deadline, by model.
 pub const DEADLINE_REFUSED_TOTAL: &str = "sekisho_filter_deadline_refused_total";
+/// The estimate of one run's time that admission uses, by model and part: `fixed`
+/// (seconds each run takes whatever its size) and `per_value` (seconds each input value
+/// adds).
+pub const RUN_COST: &str = "sekisho_filter_run_cost_seconds";
 
 /// Help texts for the batcher's metrics.
 pub fn describe_metrics() {
-    use metrics::{describe_counter, describe_histogram};
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(BATCH_SIZE, "Items per model run, by model.");
     describe_histogram!(
         QUEUE_WAIT,
@@ -195,6 +201,10 @@ pub fn describe_metrics() {
     describe_counter!(
         DEADLINE_REFUSED_TOTAL,
         "Items refused with RESOURCE_EXHAUSTED on arrival because the queue ahead would keep them past their deadline, by model."
+    );
+    describe_gauge!(
+        RUN_COST,
+        "The estimate of one run's (a batch's, or a call's) time that admission uses, fitted to recent runs, by model and part: fixed (seconds per run), per_value (seconds per input value)."
     );
 }
 
@@ -239,6 +249,8 @@ impl Batcher {
             idle,
             workers,
             queued_values,
+            max_batch: opts.max_batch.max(1),
+            max_batch_elements: opts.max_batch_elements.max(1),
             stats,
         }
     }
@@ -247,7 +259,7 @@ impl Batcher {
     /// deadline of the call being served, if it has one.
     pub async fn run(&self, shape: Vec<i64>, data: Vec<f32>) -> Result<Vec<Output>, BatchError> {
         let deadline = sekisho_filter_sdk::deadline();
-        self.admit(deadline, data.len())?;
+        let probe = self.admit(deadline, data.len())?;
         let values = data.len() as u64;
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
@@ -255,6 +267,7 @@ impl Batcher {
             data,
             queued: Instant::now(),
             deadline,
+            probe,
             reply,
         };
         // Counted before it can be taken off the queue (and uncounted then).
@@ -277,16 +290,18 @@ impl Batcher {
     }
 
     /// Refuses an item of `values` input values that the queue ahead of it would keep
-    /// past `deadline`: the values queued and what is left of the batches running, shared
-    /// among the workers (nothing, with the queue empty and a worker idle), then its own,
-    /// at the recent time per value. Filters call it before decoding too (with 0 values, not yet
-    /// known), so as not to decode for nothing.
-    pub fn admit(&self, deadline: Option<Instant>, values: usize) -> Result<(), BatchError> {
+    /// past `deadline`: the batches queued and what is left of the batches running, shared
+    /// among the workers (nothing, with the queue empty and a worker idle), then a batch
+    /// of its own, as recent batches went. Filters call it before decoding too (with 0
+    /// values, not yet known), so as not to decode for nothing. With nothing ahead and no
+    /// batch measured for [`PROBE_AFTER`], an item it would refuse is let through
+    /// instead, to measure again (`Ok(true)`): only runs correct an estimate.
+    pub fn admit(&self, deadline: Option<Instant>, values: usize) -> Result<bool, BatchError> {
         let Some(deadline) = deadline else {
-            return Ok(());
+            return Ok(false);
         };
-        if self.stats.per_value() == 0.0 {
-            return Ok(());
+        if !self.stats.cost.known() {
+            return Ok(false);
         }
         let ahead = if self.queued_values.load(Ordering::Relaxed) == 0 && self.idle_workers() > 0 {
             Duration::ZERO
@@ -296,7 +311,19 @@ impl Batcher {
         let wait = ahead + self.stats.time_for(values);
         let left = deadline.saturating_duration_since(Instant::now());
         if wait <= left {
-            return Ok(());
+            return Ok(false);
+        }
+        // Before decoding (no values yet) it only looks: the same call's check with its
+        // values takes the chance.
+        let probe = || match values {
+            0 => self.stats.cost.would_probe(PROBE_AFTER),
+            _ => self.stats.cost.probe(PROBE_AFTER),
+        };
+        if ahead.is_zero() && probe() {
+            if values > 0 {
+                self.stats.probes.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(true);
         }
         self.stats.refused_late.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(DEADLINE_REFUSED_TOTAL, "model" => self.model.clone()).increment(1);
@@ -314,12 +341,26 @@ impl Batcher {
         ))
     }
 
-    /// When the work queued now should be done: its values and what is left of the
-    /// batches running, shared among the workers.
+    /// When the work queued now should be done: the batches its items make (full ones:
+    /// a queue that long is taken a batch at a time) and what is left of the batches
+    /// running, shared among the workers.
     fn drain(&self) -> Duration {
-        let queued = self.queued_values.load(Ordering::Relaxed) as usize;
-        let running = self.stats.running.left(&self.stats.rate, Instant::now());
-        (self.stats.time_for(queued) + running) / self.workers.max(1) as u32
+        let values = self.queued_values.load(Ordering::Relaxed) as usize;
+        let batches = self
+            .tx
+            .len()
+            .div_ceil(self.max_batch)
+            .max(values.div_ceil(self.max_batch_elements));
+        let cost = &self.stats.cost;
+        let running = self.stats.running.left(cost, Instant::now());
+        (cost.time_for_runs(batches, values) + running) / self.workers.max(1) as u32
+    }
+
+    /// Sets the estimate of a batch's time from two runs (the model's check before
+    /// serving: one item, and a full batch), and publishes it.
+    pub fn seed_cost(&self, one: (Duration, usize), full: (Duration, usize)) {
+        self.stats.cost.seed_two(one, full);
+        self.stats.cost.publish(&self.model);
     }
 
     /// Workers waiting for an item now.
@@ -390,7 +431,7 @@ impl Worker {
                 self.abandon(1, GONE);
                 continue;
             }
-            if self.too_late(&first, first.data.len()) {
+            if !first.probe && self.too_late(&first, first.data.len()) {
                 self.expire(first);
                 continue;
             }
@@ -467,7 +508,8 @@ impl Worker {
             self.stats.running.begin(values, started);
             let result = self.infer(&mut batch);
             self.stats.running.end(values, started);
-            self.stats.record(started.elapsed(), values);
+            self.stats.cost.record(started.elapsed(), values);
+            self.stats.cost.publish(&self.model);
             metrics::histogram!(INFERENCE, "model" => self.model.clone())
                 .record(started.elapsed().as_secs_f64());
             match result {
@@ -509,7 +551,7 @@ impl Worker {
     /// end.
     fn too_late(&self, job: &Job, values: usize) -> bool {
         match job.deadline {
-            Some(d) if self.stats.per_value() > 0.0 => {
+            Some(d) if self.stats.cost.known() => {
                 d.saturating_duration_since(Instant::now()) < self.stats.time_for(values)
             }
             _ => false,
@@ -538,7 +580,7 @@ impl Worker {
             self.abandon(1, GONE);
             return None;
         }
-        if self.too_late(&job, job.data.len()) {
+        if !job.probe && self.too_late(&job, job.data.len()) {
             self.expire(job);
             return None;
         }

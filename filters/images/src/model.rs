@@ -172,7 +172,7 @@ pub fn serve(
     }
     let started = Instant::now();
     let most = most_in_batch(&batch, &probe.item);
-    let one_item = check_runs(&mut sessions[0], input, &outputs, probe, most).map_err(refuse)?;
+    let timed = check_runs(&mut sessions[0], input, &outputs, probe, most).map_err(refuse)?;
     let warmed = match opts.warm_up.resolve(provider) {
         WarmUp::All if probe.fixed_shape => {
             warm_all(&mut sessions, input, &outputs, &probe.item, most).map_err(refuse)?;
@@ -191,11 +191,8 @@ pub fn serve(
         &outputs,
         batch.clone(),
     );
-    // Until real batches run (face-detect's probe is a small input, whose fixed costs
-    // make its time per value an overestimate).
-    batcher
-        .stats
-        .seed(one_item, probe.item.iter().product::<i64>().max(1) as usize);
+    // Until real batches run: the line through one item's time and a full batch's.
+    batcher.seed_cost(timed.0, timed.1);
     Ok(Served {
         batcher,
         provider,
@@ -299,15 +296,16 @@ fn check_declared(
 }
 
 /// Runs a batch of one item of zeros, and one of `most` items: what the model gives back
-/// has the shape the filter reads. Returns the time of the second run (of a batch of
-/// `most`) per item: the batcher's first estimate, before any call.
+/// has the shape the filter reads. Returns the time of one item (run again, past the
+/// first run's set-up) and of the batch of `most`, each with its input values: the
+/// batcher's first estimate, before any call.
 fn check_runs(
     session: &mut Session,
     input: &str,
     outputs: &[&str],
     probe: &Probe,
     most: usize,
-) -> Result<std::time::Duration, String> {
+) -> Result<(Timed, Timed), String> {
     let one = probe.item.iter().product::<i64>().max(0) as usize;
     let got = run_batch(session, input, outputs, &probe.item, 1, vec![0.0; one]).map_err(|e| {
         format!(
@@ -329,6 +327,13 @@ fn check_runs(
         }
     }
     let started = Instant::now();
+    run_batch(session, input, outputs, &probe.item, 1, vec![0.0; one])
+        .map_err(|e| format!("the model ran one input of zeros once, not twice: {e}"))?;
+    let alone = (started.elapsed(), one);
+    if most == 1 {
+        return Ok((alone, alone));
+    }
+    let started = Instant::now();
     run_batch(
         session,
         input,
@@ -343,8 +348,11 @@ fn check_runs(
              with a smaller --max-batch; 1 if the model's graph fixes its batch size)"
         )
     })?;
-    Ok(started.elapsed() / most as u32)
+    Ok((alone, (started.elapsed(), one * most)))
 }
+
+/// A run's time and its input values.
+type Timed = (std::time::Duration, usize);
 
 /// Every session runs every batch size from 1 to `most`, side by side.
 fn warm_all(

@@ -6,8 +6,9 @@
 //!
 //! A call is refused at once (RESOURCE_EXHAUSTED) when the queue is full, or when the
 //! work ahead of it (what waits, and what is left of the calls running), shared among
-//! the slots, and then its own would keep it past its deadline; the estimate is the
-//! input values (pixels), at a moving average of the time one value took. A call waits
+//! the slots, and then its own would keep it past its deadline; the estimate is a time
+//! for each call and one for each input value (pixel), fitted to the recent calls
+//! ([`RunCost`]). A call waits
 //! only while a slot could still come in time for its own work, and is answered unrun
 //! once it cannot; one whose caller goes while it waits is dropped.
 
@@ -21,44 +22,269 @@ use crate::batch::{
     ABANDONED_TOTAL, BatchError, DEADLINE_REFUSED_TOTAL, QUEUE_FULL_TOTAL, QUEUE_WAIT,
 };
 
-/// The time one input value takes, as recent work went: a moving average with a weight
-/// of 1/5 for each new measure, kept as f64 bits; zero until the first.
+/// The time one run takes (one batch, or one call), as recent runs went: a fixed part
+/// for each run and a part for each input value, `fixed + per_value × values`. A GPU
+/// runs a batch of 32 in little more time than a batch of one, and a small image has
+/// costs a large one shares, so one time per value would misjudge every size but the
+/// last runs': refuse a queue of single items that one batch will clear, or let a batch
+/// grow past a deadline.
+///
+/// Two fits: the line's shape (how the time grows with the values: its fixed part and
+/// slope) by least squares over the last ~10 runs (each older one weighing 9/10 of
+/// what it did), refitted only while their sizes spread enough to tell the two parts
+/// apart and the slope comes out at least zero; and its level by the last ~5 runs (each
+/// older one 4/5), as the moving average before it did: the shape is scaled to go
+/// through their mean, so that the estimate follows a model grown slower (another
+/// process on its cores) as fast as before. Until the runs fit a shape it is the one
+/// from the check before serving ([`RunCost::seed_two`]), or all per value. Zero until
+/// the first run or seed.
 #[derive(Debug, Default)]
-pub struct PerValue(AtomicU64);
+pub struct RunCost {
+    /// Seconds, as f64 bits, read without a lock.
+    fixed: AtomicU64,
+    per_value: AtomicU64,
+    fit: Mutex<Fit>,
+}
 
-impl PerValue {
-    /// Seconds per input value (zero: not known yet).
-    pub fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
+#[derive(Debug, Default)]
+struct Fit {
+    /// For the level.
+    recent: RunSums,
+    /// For the shape.
+    longer: RunSums,
+    /// The last shape fitted: seconds per run, and per value.
+    shape: Option<(f64, f64)>,
+    /// When the last run (or seed) was folded in.
+    last: Option<Instant>,
+}
+
+/// Weighted sums over runs: weight, values, seconds, values², values × seconds.
+#[derive(Debug, Default, Clone, Copy)]
+struct RunSums {
+    w: f64,
+    v: f64,
+    t: f64,
+    vv: f64,
+    vt: f64,
+}
+
+/// How long an idle filter whose estimate refuses every call goes without a run before
+/// it lets one through, however short its deadline, to measure again: an estimate once
+/// too high (a slow moment, a cold start) would otherwise refuse calls for good, since
+/// only runs correct it. At most one such call a second, on a worker or slot that would
+/// otherwise idle.
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// What the older runs keep of their weight at each new one, in the level's fit and
+/// the shape's.
+const KEEP_LEVEL: f64 = 0.8;
+const KEEP_SHAPE: f64 = 0.9;
+/// The runs' sizes must spread by this much (their standard deviation over their mean)
+/// before the shape is refitted: below it, noise in the times would set it.
+const SPREAD: f64 = 0.1;
+
+impl RunSums {
+    fn add(&mut self, keep: f64, v: f64, t: f64) {
+        for s in [
+            &mut self.w,
+            &mut self.v,
+            &mut self.t,
+            &mut self.vv,
+            &mut self.vt,
+        ] {
+            *s *= keep;
+        }
+        self.w += 1.0;
+        self.v += v;
+        self.t += t;
+        self.vv += v * v;
+        self.vt += v * t;
     }
 
-    /// What `values` input values take at that rate.
-    pub fn time_for(&self, values: usize) -> Duration {
-        Duration::from_secs_f64(self.get() * values as f64)
+    /// The mean run: its values and seconds.
+    fn mean(&self) -> (f64, f64) {
+        (self.v / self.w, self.t / self.w)
     }
 
-    /// Sets the estimate: `d` for `values` input values.
-    pub fn seed(&self, d: Duration, values: usize) {
-        let v = d.as_secs_f64() / values.max(1) as f64;
-        self.0.store(v.to_bits(), Ordering::Relaxed);
-    }
-
-    /// Folds in a measure: `d` for `values` input values.
-    pub fn record(&self, d: Duration, values: usize) {
-        let new = d.as_secs_f64() / values.max(1) as f64;
-        let old = self.get();
-        let avg = if old == 0.0 {
-            new
+    /// The least-squares line (seconds per run, per value), if the sizes spread enough
+    /// and the slope is not negative (a larger run never takes less: such a fit is
+    /// noise, or older runs at another level); a fixed part below zero is taken as
+    /// none.
+    fn line(&self) -> Option<(f64, f64)> {
+        let (mv, mt) = self.mean();
+        let var = self.vv / self.w - mv * mv;
+        // NaN (an overflowing time) is no fit either.
+        if var.is_nan() || var <= (SPREAD * mv) * (SPREAD * mv) {
+            return None;
+        }
+        let slope = (self.vt / self.w - mv * mt) / var;
+        if slope.is_nan() || slope < 0.0 {
+            return None;
+        }
+        let fixed = mt - slope * mv;
+        Some(if fixed < 0.0 {
+            (0.0, mt / mv)
         } else {
-            (old * 4.0 + new) / 5.0
+            (fixed, slope)
+        })
+    }
+}
+
+impl Fit {
+    fn add(&mut self, v: f64, t: f64) {
+        self.last = Some(Instant::now());
+        self.recent.add(KEEP_LEVEL, v, t);
+        self.longer.add(KEEP_SHAPE, v, t);
+        if let Some(shape) = self.longer.line() {
+            self.shape = Some(shape);
+        }
+    }
+
+    /// Starts over from `runs` (a seed): they set the level, and two of different sizes
+    /// the shape, the line through both (all of it fixed if the larger run took less).
+    fn seeded(runs: &[(Duration, usize)]) -> Fit {
+        let mut fit = Fit {
+            last: Some(Instant::now()),
+            ..Fit::default()
         };
-        self.0.store(avg.to_bits(), Ordering::Relaxed);
+        for (d, values) in runs {
+            fit.recent
+                .add(1.0, (*values).max(1) as f64, d.as_secs_f64());
+        }
+        if let [(d1, v1), (d2, v2)] = runs
+            && v1 != v2
+        {
+            let (v1, t1, v2, t2) = (
+                (*v1).max(1) as f64,
+                d1.as_secs_f64(),
+                (*v2).max(1) as f64,
+                d2.as_secs_f64(),
+            );
+            let slope = ((t2 - t1) / (v2 - v1)).max(0.0);
+            let (mv, mt) = fit.recent.mean();
+            let fixed = mt - slope * mv;
+            fit.shape = Some(if fixed < 0.0 {
+                (0.0, mt / mv)
+            } else {
+                (fixed, slope)
+            });
+        }
+        fit
+    }
+
+    /// The shape, scaled to go through the recent runs' mean.
+    fn estimate(&mut self) -> (f64, f64) {
+        let (mv, mt) = self.recent.mean();
+        let (fixed, per_value) = *self.shape.get_or_insert((0.0, mt / mv));
+        let at = fixed + per_value * mv;
+        let k = if at > 0.0 { mt / at } else { 1.0 };
+        (fixed * k, per_value * k)
+    }
+}
+
+fn secs(bits: &AtomicU64) -> f64 {
+    f64::from_bits(bits.load(Ordering::Relaxed))
+}
+
+impl RunCost {
+    /// Whether there is an estimate yet.
+    pub fn known(&self) -> bool {
+        self.fixed() > 0.0 || self.per_value() > 0.0
+    }
+
+    /// Seconds each run takes whatever its size.
+    pub fn fixed(&self) -> f64 {
+        secs(&self.fixed)
+    }
+
+    /// Seconds each input value adds to a run.
+    pub fn per_value(&self) -> f64 {
+        secs(&self.per_value)
+    }
+
+    /// What one run of `values` input values takes.
+    pub fn time_for(&self, values: usize) -> Duration {
+        self.time_for_runs(1, values)
+    }
+
+    /// What `runs` runs of `values` input values in all take.
+    pub fn time_for_runs(&self, runs: usize, values: usize) -> Duration {
+        let s = runs as f64 * self.fixed() + values as f64 * self.per_value();
+        Duration::from_secs_f64(s.max(0.0))
+    }
+
+    /// Starts over from one measure, all of it per value: `d` for `values` input values
+    /// (tests).
+    pub fn seed(&self, d: Duration, values: usize) {
+        self.start(&[(d, values)]);
+    }
+
+    /// Starts over from two runs of different sizes (the check before serving: one item,
+    /// and a full batch): the line through both.
+    pub fn seed_two(&self, one: (Duration, usize), two: (Duration, usize)) {
+        self.start(&[one, two]);
+    }
+
+    fn start(&self, runs: &[(Duration, usize)]) {
+        let mut fit = self.fit.lock().unwrap_or_else(|e| e.into_inner());
+        *fit = Fit::seeded(runs);
+        let (fixed, per_value) = fit.estimate();
+        self.store(fixed, per_value);
+    }
+
+    /// Whether a call the estimate would refuse may run to measure again: true when no
+    /// run has been folded in (nor another such call let through) for `after`, and then
+    /// not again for `after`. An estimate that refuses every call gets no new runs to
+    /// correct it ([`PROBE_AFTER`]).
+    pub fn probe(&self, after: Duration) -> bool {
+        self.probe_or_look(after, true)
+    }
+
+    /// Whether [`RunCost::probe`] would let a call through now (without taking the
+    /// chance: for the check before decoding, which the same call's later one follows).
+    pub fn would_probe(&self, after: Duration) -> bool {
+        self.probe_or_look(after, false)
+    }
+
+    fn probe_or_look(&self, after: Duration, take: bool) -> bool {
+        let mut fit = self.fit.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if fit
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < after)
+        {
+            return false;
+        }
+        if take {
+            fit.last = Some(now);
+        }
+        true
+    }
+
+    /// Folds in a run: `d` for `values` input values.
+    pub fn record(&self, d: Duration, values: usize) {
+        let mut fit = self.fit.lock().unwrap_or_else(|e| e.into_inner());
+        fit.add(values.max(1) as f64, d.as_secs_f64());
+        let (fixed, per_value) = fit.estimate();
+        self.store(fixed, per_value);
+    }
+
+    fn store(&self, fixed: f64, per_value: f64) {
+        self.fixed.store(fixed.to_bits(), Ordering::Relaxed);
+        self.per_value.store(per_value.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Sets the gauges of the estimate (`sekisho_filter_run_cost_seconds`) for `model`.
+    pub fn publish(&self, model: &str) {
+        metrics::gauge!(crate::batch::RUN_COST, "model" => model.to_owned(), "part" => "fixed")
+            .set(self.fixed());
+        metrics::gauge!(crate::batch::RUN_COST, "model" => model.to_owned(), "part" => "per_value")
+            .set(self.per_value());
     }
 }
 
 /// The work running now, so that a new call's wait counts what is left of it: the
-/// running calls' (or batches') input values at the moving average, less the time they
-/// have run.
+/// running calls' (or batches') estimates, less the time they have run.
 #[derive(Debug, Default)]
 pub struct Running(Mutex<Sums>);
 
@@ -100,17 +326,17 @@ impl Running {
         s.count -= 1;
     }
 
-    /// What is left of the running work at `now`, at `rate`: all of it less the time it
+    /// What is left of the running work at `now`, at `cost`: all of it less the time it
     /// has run, summed over the runs (one past its estimate takes from the others': an
     /// estimate, not a schedule).
-    pub fn left(&self, rate: &PerValue, now: Instant) -> Duration {
+    pub fn left(&self, cost: &RunCost, now: Instant) -> Duration {
         let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if s.count == 0 {
             return Duration::ZERO;
         }
         let now_ns = now.saturating_duration_since(s.epoch).as_nanos();
         let ran = (u128::from(s.count) * now_ns).saturating_sub(s.started_ns);
-        let all = rate.time_for(s.values as usize);
+        let all = cost.time_for_runs(s.count as usize, s.values as usize);
         all.saturating_sub(Duration::from_nanos(ran.min(u64::MAX as u128) as u64))
     }
 }
@@ -125,7 +351,10 @@ pub struct WorkStats {
     pub expired: AtomicU64,
     pub refused_late: AtomicU64,
     pub refused_full: AtomicU64,
-    pub per_value: PerValue,
+    /// Calls let through although the estimate would have refused them
+    /// ([`PROBE_AFTER`]).
+    pub probes: AtomicU64,
+    pub cost: RunCost,
 }
 
 /// Slots for calls that each take a core, and the queue in front of them.
@@ -200,18 +429,18 @@ impl WorkQueue {
             let room = self.drain() / self.queue as u32;
             return Err(BatchError::Busy(self.queue, room));
         }
-        self.admit(deadline, values)?;
+        let probe = self.admit(deadline, values)?;
         let queued = self.slots.available_permits() == 0;
         let wait = Waiting::new(self, values);
         let acquire = self.slots.clone().acquire_owned();
         // It waits only while a slot could still come in time for its work.
-        let need = self.stats.per_value.time_for(values);
+        let need = self.stats.cost.time_for(values);
         let acquired = match deadline {
-            Some(d) => {
+            Some(d) if !probe => {
                 let last = d.checked_sub(need).unwrap_or(d);
                 tokio::time::timeout_at(last.into(), acquire).await.ok()
             }
-            None => Some(acquire.await),
+            _ => Some(acquire.await),
         };
         let waited = wait.done();
         let Some(permit) = acquired else {
@@ -228,9 +457,10 @@ impl WorkQueue {
         };
         let permit = permit.map_err(|_| BatchError::Stopped)?;
         metrics::histogram!(QUEUE_WAIT, "model" => self.name.clone()).record(waited.as_secs_f64());
-        let need = self.stats.per_value.time_for(values);
+        let need = self.stats.cost.time_for(values);
         if let Some(d) = deadline
-            && self.stats.per_value.get() > 0.0
+            && !probe
+            && self.stats.cost.known()
             && d.saturating_duration_since(Instant::now()) < need
         {
             self.abandon(EXPIRED);
@@ -265,13 +495,14 @@ impl WorkQueue {
     }
 
     /// Refuses a call of `values` input values that the work waiting ahead of it would
-    /// keep past `deadline`.
-    fn admit(&self, deadline: Option<Instant>, values: usize) -> Result<(), BatchError> {
+    /// keep past `deadline`; with a slot free and no call measured for [`PROBE_AFTER`],
+    /// lets it through instead, to measure again (`Ok(true)`).
+    fn admit(&self, deadline: Option<Instant>, values: usize) -> Result<bool, BatchError> {
         let Some(deadline) = deadline else {
-            return Ok(());
+            return Ok(false);
         };
-        if self.stats.per_value.get() == 0.0 {
-            return Ok(());
+        if !self.stats.cost.known() {
+            return Ok(false);
         }
         // With a slot free nothing waits ahead of it.
         let ahead = if self.slots.available_permits() > 0 {
@@ -279,10 +510,14 @@ impl WorkQueue {
         } else {
             self.drain()
         };
-        let own = self.stats.per_value.time_for(values);
+        let own = self.stats.cost.time_for(values);
         let left = deadline.saturating_duration_since(Instant::now());
         if ahead + own <= left {
-            return Ok(());
+            return Ok(false);
+        }
+        if ahead.is_zero() && self.stats.cost.probe(PROBE_AFTER) {
+            self.stats.probes.fetch_add(1, Ordering::Relaxed);
+            return Ok(true);
         }
         self.stats.refused_late.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(DEADLINE_REFUSED_TOTAL, "model" => self.name.clone()).increment(1);
@@ -300,12 +535,13 @@ impl WorkQueue {
         ))
     }
 
-    /// When the calls waiting now should all have had their slot: their values and what
+    /// When the calls waiting now should all have had their slot: their runs and what
     /// is left of the running calls, shared among the slots.
     fn drain(&self) -> Duration {
-        let queued = self.waiting_values.load(Ordering::Relaxed) as usize;
-        let pv = &self.stats.per_value;
-        (pv.time_for(queued) + self.running.left(pv, Instant::now())) / self.workers as u32
+        let values = self.waiting_values.load(Ordering::Relaxed) as usize;
+        let cost = &self.stats.cost;
+        (cost.time_for_runs(self.waiting(), values) + self.running.left(cost, Instant::now()))
+            / self.workers as u32
     }
 
     fn abandon(&self, reason: &'static str) {
@@ -377,9 +613,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let q = &self.queue;
         q.running.end(self.values, self.started);
-        q.stats
-            .per_value
-            .record(self.started.elapsed(), self.values);
+        q.stats.cost.record(self.started.elapsed(), self.values);
+        q.stats.cost.publish(&q.name);
         let at = q.epoch.elapsed().as_nanos() as u64;
         q.last_release.fetch_max(at, Ordering::Relaxed);
     }
@@ -447,14 +682,14 @@ mod tests {
         assert_eq!(q.stats.runs.load(Ordering::Relaxed), 8);
         assert_eq!(q.waiting(), 0);
         // 50 ms for 10 values, give or take the scheduler.
-        let per = q.stats.per_value.time_for(10);
+        let per = q.stats.cost.time_for(10);
         assert!(per >= Duration::from_millis(50), "{per:?}");
     }
 
     #[tokio::test]
     async fn a_call_the_queue_would_keep_past_its_deadline_is_refused_at_once() {
         let q = Arc::new(WorkQueue::new("t", 1, 16));
-        q.stats.per_value.seed(Duration::from_millis(50), 10);
+        q.stats.cost.seed(Duration::from_millis(50), 10);
         let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(300));
         // Two calls of 50 ms each wait for the one slot.
         let waiting = queue_behind(&q, 2, 10).await;
@@ -507,9 +742,97 @@ mod tests {
         assert_eq!(q.stats.runs.load(Ordering::Relaxed), 1);
     }
 
+    fn ms_f(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e3
+    }
+
+    /// Runs of 10 ms plus 1 µs a value, of sizes 1,000 to 32,000 values: the fit finds
+    /// both parts, so that three runs of 40,000 values in all take 70 ms, where one time
+    /// per value (the last run's, or an average's) would say anything from 42 to 440.
+    #[test]
+    fn a_run_cost_is_fitted_as_a_fixed_part_and_one_per_value() {
+        let cost = RunCost::default();
+        assert!(!cost.known());
+        assert_eq!(cost.time_for(1000), Duration::ZERO);
+        let run = |v: usize| Duration::from_micros(10_000 + v as u64);
+        for v in [1000, 8000, 32_000, 2000, 1000, 16_000, 4000] {
+            cost.record(run(v), v);
+        }
+        assert!((cost.fixed() - 0.010).abs() < 1e-9, "{}", cost.fixed());
+        assert!(
+            (cost.per_value() - 1e-6).abs() < 1e-12,
+            "{}",
+            cost.per_value()
+        );
+        assert!((ms_f(cost.time_for_runs(3, 40_000)) - 70.0).abs() < 1e-6);
+        assert!((ms_f(cost.time_for(1000)) - 11.0).abs() < 1e-6);
+    }
+
+    /// The shape holds while the runs are all one size (their times cannot tell the
+    /// parts apart) and the level follows their time: a model whose check found 10 ms a
+    /// batch and 1 µs a value, grown three times slower, on items of one size.
+    #[test]
+    fn runs_of_one_size_keep_the_shape_and_follow_their_time() {
+        let ms = Duration::from_millis;
+        let cost = RunCost::default();
+        cost.seed_two((ms(11), 1000), (ms(19), 9000));
+        assert!((cost.fixed() - 0.010).abs() < 1e-9, "{}", cost.fixed());
+        for _ in 0..30 {
+            cost.record(ms(33), 1000);
+        }
+        let one = ms_f(cost.time_for(1000));
+        assert!((one - 33.0).abs() < 0.1, "{one}");
+        // Both parts three times what they were.
+        assert!((cost.fixed() - 0.030).abs() < 1e-4, "{}", cost.fixed());
+        assert!((ms_f(cost.time_for(2000)) - 36.0).abs() < 0.1);
+    }
+
+    /// Older runs at another level do not turn the shape into all fixed: a larger run
+    /// never takes less, so a fit that says so keeps the shape it had.
+    #[test]
+    fn a_fit_with_larger_runs_taking_less_keeps_the_shape() {
+        let cost = RunCost::default();
+        let run = |v: usize| Duration::from_micros(10_000 + v as u64);
+        for v in [1000, 9000, 1000, 9000, 1000, 9000] {
+            cost.record(run(v), v);
+        }
+        assert!((cost.fixed() - 0.010).abs() < 1e-9);
+        // Runs of 1,000 values now take 40 ms, longer than those of 9,000 did.
+        for _ in 0..20 {
+            cost.record(Duration::from_millis(40), 1000);
+        }
+        let per = cost.per_value();
+        assert!(per > 0.0, "a slope of zero or less: {per}");
+        let one = ms_f(cost.time_for(1000));
+        assert!((one - 40.0).abs() < 1.0, "{one}");
+    }
+
+    /// Seeds: one measure is all per value; two of different sizes give the line
+    /// through both; a larger run that took less (noise) gives a fixed part only,
+    /// never a negative slope.
+    #[test]
+    fn a_run_cost_is_seeded_from_one_measure_or_the_line_through_two() {
+        let ms = Duration::from_millis;
+        let cost = RunCost::default();
+        cost.seed(ms(20), 10);
+        assert_eq!(cost.fixed(), 0.0);
+        assert!((ms_f(cost.time_for(30)) - 60.0).abs() < 1e-6);
+        // A batch of one item in 12 ms, of eight in 19: 11 ms, and 1 ms an item.
+        cost.seed_two((ms(12), 100), (ms(19), 800));
+        assert!((cost.fixed() - 0.011).abs() < 1e-9, "{}", cost.fixed());
+        assert!((ms_f(cost.time_for(400)) - 15.0).abs() < 1e-6);
+        cost.seed_two((ms(12), 100), (ms(10), 800));
+        assert!((cost.fixed() - 0.011).abs() < 1e-9, "{}", cost.fixed());
+        assert_eq!(cost.per_value(), 0.0);
+        // Equal sizes cannot be told apart: all per value.
+        cost.seed_two((ms(10), 100), (ms(14), 100));
+        assert_eq!(cost.fixed(), 0.0);
+        assert!((ms_f(cost.time_for(100)) - 12.0).abs() < 1e-6);
+    }
+
     #[test]
     fn what_is_left_of_running_work_is_its_estimate_less_the_time_it_ran() {
-        let rate = PerValue::default();
+        let rate = RunCost::default();
         rate.seed(Duration::from_millis(1), 1);
         let r = Running::default();
         let t0 = Instant::now();
@@ -525,12 +848,18 @@ mod tests {
         assert_eq!(r.left(&rate, t0 + ms(500)), ms(0));
         r.end(50, t0 + ms(20));
         assert_eq!(r.left(&rate, t0 + ms(30)), ms(0));
+        // Each run takes the fixed part once: 5 ms, and 1 ms a value.
+        let cost = RunCost::default();
+        cost.seed_two((ms(6), 1), (ms(15), 10));
+        r.begin(10, t0);
+        r.begin(10, t0);
+        assert_eq!(r.left(&cost, t0 + ms(5)), ms(20));
     }
 
     #[tokio::test]
     async fn a_call_that_running_work_would_keep_past_its_deadline_is_refused_at_once() {
         let q = Arc::new(WorkQueue::new("t", 1, 16));
-        q.stats.per_value.seed(Duration::from_millis(5), 1);
+        q.stats.cost.seed(Duration::from_millis(5), 1);
         // Nothing waits, but the one slot holds ~100 ms of work.
         let busy = slow(q.enter(None, 20).await.unwrap(), Duration::from_millis(300));
         let soon = Instant::now() + Duration::from_millis(60);
@@ -550,7 +879,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_call_is_answered_while_its_caller_can_still_go_elsewhere() {
         let q = Arc::new(WorkQueue::new("t", 1, 16));
-        q.stats.per_value.seed(Duration::from_millis(1), 1);
+        q.stats.cost.seed(Duration::from_millis(1), 1);
         // The running call is thought to take 10 ms and holds its slot 400.
         let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(400));
         // Admitted (~10 ms ahead, 50 its own, 300 left), it waits; once a slot could no
@@ -565,6 +894,29 @@ mod tests {
         assert_eq!(q.stats.expired.load(Ordering::Relaxed), 1);
         assert_eq!(q.stats.refused_late.load(Ordering::Relaxed), 0);
         busy.await.unwrap();
+    }
+
+    /// An estimate too high for every call would refuse them for good, since only runs
+    /// correct it: with a slot free and nothing measured for `PROBE_AFTER`, one call is
+    /// let through, runs, and brings the estimate down; the next is judged again.
+    #[tokio::test]
+    async fn an_idle_queue_whose_estimate_refuses_everything_lets_one_call_through() {
+        let q = Arc::new(WorkQueue::new("t", 1, 16));
+        q.stats.cost.seed(Duration::from_secs(2), 10);
+        let soon = || Some(Instant::now() + Duration::from_millis(200));
+        let refused = q.enter(soon(), 10).await.err().expect("refused");
+        assert!(matches!(refused, BatchError::TooLate(..)), "{refused}");
+        tokio::time::sleep(PROBE_AFTER).await;
+        let slot = q.enter(soon(), 10).await.expect("let through to measure");
+        assert_eq!(q.stats.probes.load(Ordering::Relaxed), 1);
+        drop(slot);
+        assert!(q.stats.cost.time_for(10) < Duration::from_secs(2));
+        // Not again within PROBE_AFTER: still ~1.1 s for 10 values, still refused.
+        let refused = q.enter(soon(), 10).await.err().expect("refused again");
+        assert!(matches!(refused, BatchError::TooLate(..)), "{refused}");
+        assert_eq!(q.stats.probes.load(Ordering::Relaxed), 1);
+        assert_eq!(q.stats.refused_late.load(Ordering::Relaxed), 2);
+        assert_eq!(q.stats.runs.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -615,6 +615,105 @@ async fn items_that_would_miss_their_deadline_are_refused_or_expire_unrun() {
     );
 }
 
+/// The queue ahead is counted in the batches it makes, each taking the model's fixed
+/// time once: with a model whose batch costs about the same at any size (as on a GPU),
+/// four items queued behind a running batch are one batch more, not four. A call with
+/// time for three and a half batches is admitted (counting the items one by one, six
+/// runs, it was refused); one with time for two and a half is still refused. open_nsfw,
+/// one worker, batches of up to eight, its estimate set to ten times its real time, all
+/// of it fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_ahead_is_counted_in_the_batches_it_makes() {
+    use sekisho_filter_sdk::with_deadline;
+    use std::time::Instant;
+    let mut o = ng_options();
+    o.workers = 1;
+    o.runtime.intra_threads = 1;
+    o.batch.max_batch = 8;
+    let served = serve_nsfw(&o);
+    let batcher = &served.batcher;
+    let one = 224 * 224 * 3;
+    let run = batcher.stats.time_for(one) * 10;
+    // The same time for one item and for eight.
+    batcher.stats.cost.seed_two((run, one), (run, 8 * one));
+    assert_eq!(batcher.stats.time_for(8 * one), run);
+    let shape = vec![224i64, 224, 3];
+    let item = || vec![0.5f32; one];
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+
+    let batches = load(&batcher.stats.batches);
+    let mut running = Box::pin(batcher.run(shape.clone(), item()));
+    assert!(futures::poll!(&mut running).is_pending());
+    // Its batch is running (collected, so that the four wait rather than join it).
+    while load(&batcher.stats.batches) == batches {
+        tokio::task::yield_now().await;
+    }
+    let mut waiting: Vec<_> = (0..4)
+        .map(|_| Box::pin(batcher.run(shape.clone(), item())))
+        .collect();
+    for w in &mut waiting {
+        assert!(futures::poll!(w).is_pending());
+    }
+    // What is left of the running batch, one batch of the four, then its own.
+    let refused = load(&batcher.stats.refused_late);
+    let short = Instant::now() + run * 5 / 2;
+    let err = with_deadline(Some(short), batcher.run(shape.clone(), item()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("4 items queued ahead"), "{err}");
+    assert_eq!(load(&batcher.stats.refused_late), refused + 1);
+    let enough = Instant::now() + run * 7 / 2;
+    let admitted = with_deadline(Some(enough), batcher.run(shape.clone(), item()));
+    let (first, admitted, rest) =
+        futures::join!(running, admitted, futures::future::join_all(waiting));
+    first.unwrap();
+    admitted.expect("admitted, and answered in time");
+    for r in rest {
+        r.unwrap();
+    }
+    assert_eq!(load(&batcher.stats.refused_late), refused + 1);
+}
+
+/// An estimate too high for every call (here a minute a batch) would refuse them all
+/// for good: only runs correct it. Idle, with no batch measured for `PROBE_AFTER`, the
+/// batcher lets one item through, whatever its deadline; it runs and brings the
+/// estimate down. open_nsfw, one worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_batcher_whose_estimate_refuses_everything_lets_one_item_through() {
+    use sekisho_filter_sdk::with_deadline;
+    use sekisho_filters_images::work::PROBE_AFTER;
+    use std::time::{Duration, Instant};
+    let mut o = ng_options();
+    o.workers = 1;
+    let served = serve_nsfw(&o);
+    let batcher = &served.batcher;
+    let one = 224 * 224 * 3;
+    let minute = Duration::from_secs(60);
+    batcher
+        .stats
+        .cost
+        .seed_two((minute, one), (minute, 8 * one));
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let call = || {
+        let soon = Instant::now() + Duration::from_secs(5);
+        with_deadline(Some(soon), batcher.run(vec![224, 224, 3], vec![0.5; one]))
+    };
+    call().await.unwrap_err();
+    assert_eq!(load(&batcher.stats.refused_late), 1);
+    // The check before decoding only looks: it lets the call on, without taking the
+    // chance its check with the values then takes.
+    tokio::time::sleep(PROBE_AFTER).await;
+    let before_decoding = with_deadline(Some(Instant::now() + Duration::from_secs(5)), async {
+        batcher.admit(sekisho_filter_sdk::deadline(), 0)
+    });
+    assert!(before_decoding.await.unwrap(), "let on");
+    call().await.expect("let through, and run");
+    assert_eq!(load(&batcher.stats.probes), 1);
+    assert!(batcher.stats.time_for(one) < Duration::from_secs(50));
+    call().await.unwrap_err();
+    assert_eq!(load(&batcher.stats.refused_late), 2);
+}
+
 /// Items that arrive together at idle workers run side by side, one on each, instead of
 /// as one batch on the first worker to wake while the other worker's core idles: two
 /// open_nsfw items sent at once to two idle workers, twenty times, run in two batches
