@@ -9,13 +9,15 @@
 # whatever the answers: callers arriving on their own, 120; RATE=closed for CONCURRENCY (64) calls in flight,
 # each sent when the last ended), TIMEOUT (each call's deadline, 300ms), SECS per round
 # (10), PHOTO (default: chelsea.png of the samples), PIN (1: the filter on the last core,
-# the load generator on the others, so that they do not share cores).
+# the load generator on the others, so that they do not share cores), POISSON (1: calls
+# started at random at RATE, the same sequence each round, not evenly spaced), MODEL
+# (the filter's --model), MAX_BATCH (its --max-batch).
 # The filter runs `--workers 2 --intra-threads 1`, as in scripts/bench-images.sh (qr-code:
 # its default slots, two per core); the load generator is NEW_BINARY's `bench images --timeout` on
 # both sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,12p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,17p "$0" >&2; exit 2; }
 old=$1 new=$2 rounds=${3:-3}
 filter=${FILTER:-ng-image} c=${CONCURRENCY:-64} rate=${RATE:-120} timeout=${TIMEOUT:-300ms} secs=${SECS:-10}
 export SEKISHO_LOG=warn,ort=error RUST_BACKTRACE=0
@@ -36,12 +38,15 @@ one() { # binary -> "answered-in-time/s late/s abandoned"
   local bin=$1
   local layout=(--workers 2 --intra-threads 1)
   [ "$filter" = qr-code ] && layout=()
+  [ -n "${MODEL:-}" ] && layout+=(--model "$MODEL")
+  [ -n "${MAX_BATCH:-}" ] && layout+=(--max-batch "$MAX_BATCH")
   "${pin_filter[@]}" "$bin" filter "$filter" --listen 127.0.0.1:51097 --metrics-listen 127.0.0.1:51098 \
     "${layout[@]}" > "$tmp/filter.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do grep -q "listening on" "$tmp/filter.log" && break; sleep 0.2; done
   local pace=(--rate "$rate")
   [ "$rate" = closed ] && pace=(--concurrency "$c")
+  [ "${POISSON:-0}" = 1 ] && pace+=(--poisson)
   "${pin_load[@]}" "$new" bench images --filter http://127.0.0.1:51097 "${pace[@]}" --timeout "$timeout" \
     --duration "${secs}s" --warmup 2s --json "$photo" 2> /dev/null | tail -1 > "$tmp/r.json"
   local abandoned
@@ -62,6 +67,7 @@ for r in $(seq "$rounds"); do
   echo "new $(one "$new")" >> "$tmp/rows"
 done
 how="$rate calls started a second"
+[ "${POISSON:-0}" = 1 ] && how="$how, at random"
 [ "$rate" = closed ] && how="$c calls in flight"
 python3 - "$tmp/rows" "$filter" "$c" "$timeout" "$secs" "$how" <<'PY'
 import sys

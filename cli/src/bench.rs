@@ -123,6 +123,10 @@ enum Mode {
         /// last ended; needs `--timeout`, which bounds the calls in flight.
         #[arg(long, requires = "timeout", conflicts_with = "requests")]
         rate: Option<f64>,
+        /// With `--rate`: start the calls at random, as independent callers do (a
+        /// Poisson process, the same sequence every run), rather than evenly spaced.
+        #[arg(long, requires = "rate")]
+        poisson: bool,
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
@@ -308,6 +312,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             requests,
             timeout,
             rate,
+            poisson,
             images,
         } => {
             let reqs = images
@@ -330,7 +335,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             };
             let run = |d: Duration, n: Option<u64>| {
                 let how = match rate {
-                    Some(r) => Pace::Rate(r),
+                    Some(r) => Pace::Rate(r, poisson),
                     None => Pace::Closed(concurrency, n),
                 };
                 images_run(to.clone(), reqs.clone(), how, d, timeout)
@@ -688,11 +693,39 @@ impl Target {
 }
 
 /// How `bench images` sends: a fixed number of calls in flight, each sent when the last
-/// ended (optionally exactly N calls in all), or calls started at a fixed rate.
+/// ended (optionally exactly N calls in all), or calls started at a rate, evenly spaced
+/// or at random (Poisson).
 #[derive(Clone, Copy)]
 enum Pace {
     Closed(usize, Option<u64>),
-    Rate(f64),
+    Rate(f64, bool),
+}
+
+/// The gaps between the starts of a Poisson process of `rate` a second: exponentially
+/// distributed, drawn from a fixed seed (splitmix64), so that two runs send alike.
+struct Arrivals {
+    rate: f64,
+    state: u64,
+}
+
+impl Arrivals {
+    fn new(rate: f64) -> Self {
+        Arrivals {
+            rate: rate.max(0.001),
+            state: 0x5e41_5e40,
+        }
+    }
+
+    fn next_gap(&mut self) -> Duration {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // Uniform in (0, 1]: never ln(0).
+        let u = ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        Duration::from_secs_f64(-u.ln() / self.rate)
+    }
 }
 
 /// A request with `timeout` as its deadline, if given.
@@ -749,11 +782,18 @@ async fn images_run(
     let start = Instant::now();
     let mut tasks = Vec::new();
     match pace {
-        Pace::Rate(rate) => {
+        Pace::Rate(rate, poisson) => {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+            let mut arrivals = Arrivals::new(rate);
+            let mut next = tokio::time::Instant::now();
             let mut k = 0;
             while Instant::now() < deadline {
-                tick.tick().await;
+                if poisson {
+                    next += arrivals.next_gap();
+                    tokio::time::sleep_until(next).await;
+                } else {
+                    tick.tick().await;
+                }
                 let (mut client, req) = (client.clone(), reqs[k % reqs.len()].clone());
                 tasks.push(tokio::spawn(async move {
                     let mut r = Report::default();
@@ -794,4 +834,23 @@ async fn images_run(
     }
     report.elapsed = start.elapsed();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gaps of `--poisson` average one over the rate and spread as an exponential
+    /// distribution's do (its standard deviation equals its mean), the same every run.
+    #[test]
+    fn poisson_arrivals_have_the_rate_asked_for() {
+        let mut a = Arrivals::new(200.0);
+        let gaps: Vec<f64> = (0..20_000).map(|_| a.next_gap().as_secs_f64()).collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+        assert!((mean - 0.005).abs() < 0.0002, "{mean}");
+        assert!((var.sqrt() / mean - 1.0).abs() < 0.05, "{var} {mean}");
+        let mut b = Arrivals::new(200.0);
+        assert_eq!(b.next_gap().as_secs_f64(), gaps[0]);
+    }
 }

@@ -21,6 +21,10 @@
   reference.py null-nsfw PATH        a model shaped like open_nsfw (NHWC 224×224×3 in,
                                       [sfw, nsfw] out) that does next to nothing: for
                                       measuring everything but the model
+  reference.py batch-bound-nsfw PATH [--channels C]  open_nsfw's shape again, its run
+                                      costing about the same at any batch size (two
+                                      convolutions over the batch's first image), as a
+                                      GPU's batches do: for measuring admission
   reference.py qr-samples DIR N [KIND...]  write photos with QR codes planted in them
                                       into DIR, N of each kind (plain, turned, perspective,
                                       small, blurred, jpeg-noisy, low-contrast, inverted,
@@ -369,6 +373,46 @@ def null_nsfw(path):
     onnx.save(model, path)
 
 
+def batch_bound_nsfw(path, channels):
+    """A model shaped like open_nsfw whose run costs about the same whatever the batch
+    size, as a GPU's batch does: two 3×3 convolutions of `channels` channels over the
+    batch's first image only (their mean nudges every answer by 1e-6, so that they are
+    not pruned), and per item only null-nsfw's mean over the pixels. For measuring how
+    admission estimates batches that cost more than their items' share."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(7)
+    w = np.array([[0.01, -0.01], [0.0, 0.0], [-0.01, 0.01]], dtype=np.float32)
+    w1 = (rng.standard_normal((channels, 3, 3, 3)) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((channels, channels, 3, 3)) * 0.1).astype(np.float32)
+    consts = [numpy_helper.from_array(np.array(v, dtype=np.int64), n) for n, v in
+              [("starts", [0]), ("ends", [1]), ("axes", [0])]]
+    nodes = [
+        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["first"]),
+        helper.make_node("Transpose", ["first"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["c2"], ["fixed"], keepdims=0),
+        helper.make_node("Mul", ["fixed", "tiny"], ["nudge"]),
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+        helper.make_node("Add", ["logits", "nudge"], ["nudged"]),
+        helper.make_node("Softmax", ["nudged"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "batch_bound_nsfw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 224, 224, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["B", 2])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w1, "w1"),
+         numpy_helper.from_array(w2, "w2"),
+         numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "tiny")] + consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
 QR_KINDS = ["plain", "turned", "perspective", "small", "blurred", "jpeg-noisy",
             "low-contrast", "inverted", "coloured", "large-photo", "two-codes", "none",
             "micro-qr", "rmqr", "rmqr-slanted", "tiny"]
@@ -616,6 +660,8 @@ def main():
     t = sub.add_parser("tiny-model"); t.add_argument("path")
     t.add_argument("--variant", choices=TINY_VARIANTS, default="good")
     z = sub.add_parser("null-nsfw"); z.add_argument("path")
+    bb = sub.add_parser("batch-bound-nsfw"); bb.add_argument("path")
+    bb.add_argument("--channels", type=int, default=16)
     qs = sub.add_parser("qr-samples"); qs.add_argument("dir"); qs.add_argument("n", type=int); qs.add_argument("kinds", nargs="*")
     la = sub.add_parser("look-alikes"); la.add_argument("dir")
     qr = sub.add_parser("qr-read"); qr.add_argument("--opencv", action="store_true"); qr.add_argument("images", nargs="+")
@@ -644,6 +690,8 @@ def main():
         tiny_model(a.path, a.variant)
     elif a.cmd == "null-nsfw":
         null_nsfw(a.path)
+    elif a.cmd == "batch-bound-nsfw":
+        batch_bound_nsfw(a.path, a.channels)
     elif a.cmd == "qr-samples":
         qr_samples(a.dir, a.n, a.kinds)
     elif a.cmd == "look-alikes":
