@@ -177,6 +177,9 @@ pub const DEADLINE_REFUSED_TOTAL: &str = "sekisho_filter_deadline_refused_total"
 /// (seconds each run takes whatever its size) and `per_value` (seconds each input value
 /// adds).
 pub const RUN_COST: &str = "sekisho_filter_run_cost_seconds";
+/// Items (or calls) let through although the estimate would have refused them, the filter
+/// idle and nothing measured for [`PROBE_AFTER`], by model.
+pub const PROBES_TOTAL: &str = "sekisho_filter_probes_total";
 
 /// Help texts for the batcher's metrics.
 pub fn describe_metrics() {
@@ -205,6 +208,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         RUN_COST,
         "The estimate of one run's (a batch's, or a call's) time that admission uses, fitted to recent runs, by model and part: fixed (seconds per run), per_value (seconds per input value)."
+    );
+    describe_counter!(
+        PROBES_TOTAL,
+        "Items let through although the estimate would have refused them for their deadline, the filter idle and nothing measured for a second: only runs correct the estimate, by model."
     );
 }
 
@@ -322,6 +329,7 @@ impl Batcher {
         if ahead.is_zero() && probe() {
             if values > 0 {
                 self.stats.probes.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(PROBES_TOTAL, "model" => self.model.clone()).increment(1);
             }
             return Ok(true);
         }

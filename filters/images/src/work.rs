@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::batch::{
-    ABANDONED_TOTAL, BatchError, DEADLINE_REFUSED_TOTAL, QUEUE_FULL_TOTAL, QUEUE_WAIT,
+    ABANDONED_TOTAL, BatchError, DEADLINE_REFUSED_TOTAL, PROBES_TOTAL, QUEUE_FULL_TOTAL, QUEUE_WAIT,
 };
 
 /// The time one run takes (one batch, or one call), as recent runs went: a fixed part
@@ -517,6 +517,7 @@ impl WorkQueue {
         }
         if ahead.is_zero() && self.stats.cost.probe(PROBE_AFTER) {
             self.stats.probes.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(PROBES_TOTAL, "model" => self.name.clone()).increment(1);
             return Ok(true);
         }
         self.stats.refused_late.fetch_add(1, Ordering::Relaxed);
