@@ -510,6 +510,46 @@ async fn items_whose_callers_have_gone_are_not_run() {
     assert_eq!(stats(&batcher.stats.batches) - b0, 1);
 }
 
+/// A batcher call, boxed so that a test can hold it pending.
+type Pending<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    Vec<sekisho_filters_images::batch::Output>,
+                    sekisho_filters_images::batch::BatchError,
+                >,
+            > + 'a,
+    >,
+>;
+
+/// One open_nsfw item running on a one-worker batcher (its batch collected and started)
+/// and `n` more waiting in the queue behind it, each polled once.
+async fn one_running_and_queued(
+    batcher: &sekisho_filters_images::batch::Batcher,
+    n: usize,
+) -> (Pending<'_>, Vec<Pending<'_>>) {
+    let batches = || {
+        batcher
+            .stats
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let call =
+        || -> Pending<'_> { Box::pin(batcher.run(vec![224, 224, 3], vec![0.5; 224 * 224 * 3])) };
+    let before = batches();
+    let mut running = call();
+    assert!(futures::poll!(&mut running).is_pending());
+    // Collected and started, so that the others wait rather than join it.
+    while batches() == before {
+        tokio::task::yield_now().await;
+    }
+    let mut waiting: Vec<_> = (0..n).map(|_| call()).collect();
+    for w in &mut waiting {
+        assert!(futures::poll!(w).is_pending());
+    }
+    (running, waiting)
+}
+
 /// With a deadline (the call's `grpc-timeout`, as the SDK passes it on): an item that the
 /// queue (the work ahead, then its own) would keep past it is refused at once, before it
 /// is queued; one admitted but
@@ -555,14 +595,7 @@ async fn items_that_would_miss_their_deadline_are_refused_or_expire_unrun() {
 
     // Work queued ahead counts: with four items waiting behind a running one, a call
     // with time for two items is refused (with the queue empty it would run).
-    let mut running = Box::pin(batcher.run(shape.clone(), item()));
-    assert!(futures::poll!(&mut running).is_pending());
-    let mut waiting: Vec<_> = (0..4)
-        .map(|_| Box::pin(batcher.run(shape.clone(), item())))
-        .collect();
-    for w in &mut waiting {
-        assert!(futures::poll!(w).is_pending());
-    }
+    let (running, waiting) = one_running_and_queued(batcher, 4).await;
     let refused = load(&batcher.stats.refused_late);
     let two = Instant::now() + per * 2;
     let err = with_deadline(Some(two), batcher.run(shape.clone(), item()))
@@ -641,19 +674,7 @@ async fn the_queue_ahead_is_counted_in_the_batches_it_makes() {
     let item = || vec![0.5f32; one];
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
 
-    let batches = load(&batcher.stats.batches);
-    let mut running = Box::pin(batcher.run(shape.clone(), item()));
-    assert!(futures::poll!(&mut running).is_pending());
-    // Its batch is running (collected, so that the four wait rather than join it).
-    while load(&batcher.stats.batches) == batches {
-        tokio::task::yield_now().await;
-    }
-    let mut waiting: Vec<_> = (0..4)
-        .map(|_| Box::pin(batcher.run(shape.clone(), item())))
-        .collect();
-    for w in &mut waiting {
-        assert!(futures::poll!(w).is_pending());
-    }
+    let (running, waiting) = one_running_and_queued(batcher, 4).await;
     // What is left of the running batch, one batch of the four, then its own.
     let refused = load(&batcher.stats.refused_late);
     let short = Instant::now() + run * 5 / 2;
