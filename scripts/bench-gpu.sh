@@ -74,7 +74,21 @@ print(round(v.get("sekisho_filter_batch_size_sum", 0.0) / n, 1) if n else 0)
 PY
 }
 
-declare -A got means
+# The filter's own estimate of a batch's time at the end of a round (what its admission
+# uses, sekisho_filter_run_cost_seconds): "fixed ms + ms an item" for 224x224x3 items.
+run_cost() {
+  python3 - "$1" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics").read().decode()
+part = {}
+for line in text.splitlines():
+    if line.startswith("sekisho_filter_run_cost_seconds{"):
+        part[line.split('part="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+print(f"{part.get('fixed', 0) * 1e3:.2f}+{part.get('per_value', 0) * 224 * 224 * 3 * 1e3:.3f}")
+PY
+}
+
+declare -A got means costs
 port=51200
 for r in $(seq "$rounds"); do
   for b in "$batch" 1 null; do
@@ -95,10 +109,11 @@ for r in $(seq "$rounds"); do
     got[$b]+="$($bin bench images --filter http://127.0.0.1:$port --concurrency "$concurrency" \
       --duration "${secs}s" --warmup 2s --json "$dir"/photos/* | rate) "
     means[$b]+="$(mean_batch 127.0.0.1:$((port + 1))) "
+    costs[$b]+="$(run_cost 127.0.0.1:$((port + 1))) "
     kill $pid; wait $pid 2>/dev/null || true
   done
 done
-python3 - "$provider" "$concurrency" "$batch" "${got[$batch]}" "${got[1]}" "${means[$batch]}" "${got[null]}" "$(nproc)" <<'PY'
+python3 - "$provider" "$concurrency" "$batch" "${got[$batch]}" "${got[1]}" "${means[$batch]}" "${got[null]}" "$(nproc)" "${costs[$batch]}" "${costs[1]}" <<'PY'
 import sys
 provider, conc, batch = sys.argv[1:4]
 many, one, null = ([float(x) for x in a.split()] for a in (sys.argv[4], sys.argv[5], sys.argv[7]))
@@ -108,4 +123,6 @@ print(f"ng-image on {provider}, concurrency {conc}: max-batch {batch} {m:.1f} im
       f"(mean batch {' '.join(mean)}); batch 1 {o:.1f} images/s {one}; ratio {m / o:.2f}x")
 print(f"the same photos through a model that does next to nothing, {sys.argv[8]} CPU sessions: "
       f"{z:.1f} images/s {null} (decoding, pre-processing and gRPC alone)")
+print(f"the filter's estimate of a batch at the end of each round, fixed ms + ms an item: "
+      f"max-batch {batch} {sys.argv[9].split()}; batch 1 {sys.argv[10].split()}")
 PY
