@@ -54,7 +54,8 @@ struct Fit {
     longer: RunSums,
     /// The last shape fitted: seconds per run, and per value.
     shape: Option<(f64, f64)>,
-    /// When the last run (or seed) was folded in.
+    /// When the last run (or seed) was folded in, or a call let through to measure
+    /// again ([`RunCost::probe`]).
     last: Option<Instant>,
 }
 
