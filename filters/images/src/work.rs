@@ -152,23 +152,12 @@ impl Fit {
             fit.recent
                 .add(1.0, (*values).max(1) as f64, d.as_secs_f64());
         }
-        if let [(d1, v1), (d2, v2)] = runs
+        // Two runs, with the weight of one each: the least-squares line is the line
+        // through both.
+        if let [(_, v1), (_, v2)] = runs
             && v1 != v2
         {
-            let (v1, t1, v2, t2) = (
-                (*v1).max(1) as f64,
-                d1.as_secs_f64(),
-                (*v2).max(1) as f64,
-                d2.as_secs_f64(),
-            );
-            let slope = ((t2 - t1) / (v2 - v1)).max(0.0);
-            let (mv, mt) = fit.recent.mean();
-            let fixed = mt - slope * mv;
-            fit.shape = Some(if fixed < 0.0 {
-                (0.0, mt / mv)
-            } else {
-                (fixed, slope)
-            });
+            fit.shape = fit.recent.line().or(Some((fit.recent.mean().1, 0.0)));
         }
         fit
     }
