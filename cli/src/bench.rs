@@ -702,28 +702,25 @@ enum Pace {
 }
 
 /// The gaps between the starts of a Poisson process of `rate` a second: exponentially
-/// distributed, drawn from a fixed seed (splitmix64), so that two runs send alike.
+/// distributed, drawn from a fixed seed, so that two runs send alike.
 struct Arrivals {
     rate: f64,
-    state: u64,
+    rng: rand::rngs::StdRng,
 }
 
 impl Arrivals {
     fn new(rate: f64) -> Self {
+        use rand::SeedableRng;
         Arrivals {
             rate: rate.max(0.001),
-            state: 0x5e41_5e40,
+            rng: rand::rngs::StdRng::seed_from_u64(0x5e41_5e40),
         }
     }
 
     fn next_gap(&mut self) -> Duration {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        use rand::Rng;
         // Uniform in (0, 1]: never ln(0).
-        let u = ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let u = 1.0 - self.rng.random::<f64>();
         Duration::from_secs_f64(-u.ln() / self.rate)
     }
 }
