@@ -172,7 +172,13 @@ pub fn serve(
     }
     let started = Instant::now();
     let most = most_in_batch(&batch, &probe.item);
-    let timed = check_runs(&mut sessions[0], input, &outputs, probe, most).map_err(refuse)?;
+    // On CUDA the first run of each input shape also searches for its convolution
+    // algorithms (cuDNN), far longer than a run: the full batch is timed at its second run
+    // there, so that admission does not start out pricing every batch at that search. On
+    // the CPU a first run costs ~10% more (BENCHMARKS.md (d)), not worth a second batch.
+    let retime = provider == Provider::Cuda;
+    let timed =
+        check_runs(&mut sessions[0], input, &outputs, probe, most, retime).map_err(refuse)?;
     let warmed = match opts.warm_up.resolve(provider) {
         WarmUp::All if probe.fixed_shape => {
             warm_all(&mut sessions, input, &outputs, &probe.item, most).map_err(refuse)?;
@@ -305,6 +311,7 @@ fn check_runs(
     outputs: &[&str],
     probe: &Probe,
     most: usize,
+    retime: bool,
 ) -> Result<(Timed, Timed), String> {
     let one = probe.item.iter().product::<i64>().max(0) as usize;
     let got = run_batch(session, input, outputs, &probe.item, 1, vec![0.0; one]).map_err(|e| {
@@ -333,22 +340,29 @@ fn check_runs(
     if most == 1 {
         return Ok((alone, alone));
     }
-    let started = Instant::now();
-    run_batch(
-        session,
-        input,
-        outputs,
-        &probe.item,
-        most,
-        vec![0.0; one * most],
-    )
-    .map_err(|e| {
-        format!(
-            "the model runs one item but not a batch of {most}: {e} (start the filter \
-             with a smaller --max-batch; 1 if the model's graph fixes its batch size)"
+    let full = |session: &mut Session| {
+        let started = Instant::now();
+        run_batch(
+            session,
+            input,
+            outputs,
+            &probe.item,
+            most,
+            vec![0.0; one * most],
         )
-    })?;
-    Ok((alone, (started.elapsed(), one * most)))
+        .map(|_| started.elapsed())
+        .map_err(|e| {
+            format!(
+                "the model runs one item but not a batch of {most}: {e} (start the filter \
+                 with a smaller --max-batch; 1 if the model's graph fixes its batch size)"
+            )
+        })
+    };
+    let mut took = full(session)?;
+    if retime {
+        took = full(session)?;
+    }
+    Ok((alone, (took, one * most)))
 }
 
 /// A run's time and its input values.
