@@ -106,6 +106,13 @@ impl FakeApiServer {
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
+        // TCP_NODELAY, as a real API server has (Go sets it on every TCP connection):
+        // without it, a watch event written soon after another waits for the client's
+        // delayed ACK (~40 ms here), which no real cluster adds.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
