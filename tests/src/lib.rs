@@ -29,10 +29,14 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// The `sekisho` binary, built once per test run (a no-op when it is up to date).
+/// The `sekisho` binary, built once per test run (a no-op when it is up to date); or the
+/// one `SEKISHO_BIN` names, as given (the benchmarks pass a release build).
 pub fn sekisho_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SEKISHO_BIN") {
+            return PathBuf::from(bin);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
             .args(["build", "--quiet", "-p", "sekisho-cli", "--bin", "sekisho"])
