@@ -293,6 +293,10 @@ def main() -> int:
         check(any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]), f"gpu-postgres: {f} tolerates GPU taints")
     ng = containers(deploys[f"{RELEASE}-ng-image"])[0]["args"]
     check(ng[ng.index("--max-batch") + 1] == "64", "gpu-postgres: ng-image batches up to 64")
+    check("--gpu-mem-limit" in ng and ng[ng.index("--gpu-mem-limit") + 1] == "20GiB",
+          "gpu-postgres: ng-image's GPU memory limit is passed")
+    fd = containers(deploys[f"{RELEASE}-face-detect"])[0]["args"]
+    check("--gpu-mem-limit" not in fd, "gpu-postgres: no GPU memory limit unless asked")
     qr = containers(deploys[f"{RELEASE}-qr-code"])[0]
     check("nvidia.com/gpu" not in qr["resources"]["limits"], "gpu-postgres: qr-code needs no GPU")
     check(f"{RELEASE}-keywords" not in deploys, "gpu-postgres: a disabled filter is not deployed")
@@ -380,6 +384,7 @@ def main() -> int:
     print(f"kubernetes-discovery: {len(docs)} manifests")
 
     refused({"gateway": {"balance": "random"}}, "balance")
+    refused({"filters": {"ng-image": {"gpu": {"memLimit": "lots"}}}}, "memLimit")
     refused({"filters": {"ocr": {"enabled": True}}}, "ocr")
     refused({"chainstore": {"replicas": 2}}, "SQLite serves one replica")
     refused({"chainstore": {"database": {"type": "postgres"}}}, "existingSecret")

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 use sekisho_filter_sdk::{EtcdRegistration, FilterServer};
 use sekisho_filters_images::intake::ImageLimits;
-use sekisho_filters_images::runtime::{OnMissingCuda, Provider};
+use sekisho_filters_images::runtime::{ConvSearch, OnMissingCuda, Provider};
 use sekisho_filters_images::{
     ClassifierSpec, FaceDetect, Intake, ModelOptions, NgImage, QrCode, WarmUp,
 };
@@ -98,6 +98,16 @@ pub struct OnnxArgs {
     /// refuse to start.
     #[arg(long, value_enum, default_value = "fallback")]
     on_missing_cuda: OnMissingArg,
+    /// CUDA: the most GPU memory the model's arenas may take in this process, shared
+    /// evenly by its --workers sessions, e.g. `6GiB` (or `6000MB`, or bytes); for pods
+    /// that share a GPU. Default: no limit (an arena keeps what it grew to).
+    #[arg(long, value_parser = parse_bytes)]
+    gpu_mem_limit: Option<u64>,
+    /// CUDA: how cuDNN picks each convolution's algorithm: `exhaustive` times them all at
+    /// the first run of each input shape (the warm-up `all` pays for it before serving),
+    /// `heuristic` takes cuDNN's ranking, `default` one fixed algorithm (least memory).
+    #[arg(long, value_enum, default_value = "exhaustive")]
+    cudnn_conv_search: ConvSearchArg,
     /// face-detect, ng-image: sessions, each on its own worker thread (default 1).
     /// qr-code: searches run at once, the other calls waiting their turn (default: two
     /// per core).
@@ -159,6 +169,41 @@ enum WarmUpArg {
     All,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ConvSearchArg {
+    Exhaustive,
+    Heuristic,
+    Default,
+}
+
+/// A size in bytes: a whole number, optionally followed by KiB, MiB, GiB (powers of
+/// 1024) or KB, MB, GB (powers of 1000).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}`: give a whole number of bytes, e.g. 6GiB or 6000MB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => {
+            return Err(format!(
+                "`{s}`: unknown unit `{u}` (KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("`{s}`: give a size above 0 that fits in 64 bits"))
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum OnMissingArg {
     Fallback,
@@ -186,6 +231,20 @@ impl OnnxArgs {
         };
         o.runtime.intra_threads = self.intra_threads;
         o.runtime.spin = self.spin;
+        // Each session has its own arena.
+        o.runtime.gpu_mem_limit = self.gpu_mem_limit.map(|l| (l / o.workers as u64).max(1));
+        o.runtime.conv_search = match self.cudnn_conv_search {
+            ConvSearchArg::Exhaustive => ConvSearch::Exhaustive,
+            ConvSearchArg::Heuristic => ConvSearch::Heuristic,
+            ConvSearchArg::Default => ConvSearch::Default,
+        };
+        if matches!(self.provider, ProviderArg::Cpu)
+            && (self.gpu_mem_limit.is_some() || self.cudnn_conv_search != ConvSearchArg::Exhaustive)
+        {
+            tracing::warn!(
+                "--gpu-mem-limit and --cudnn-conv-search apply to --provider cuda only; ignored on the CPU"
+            );
+        }
         o.batch.max_batch = self.max_batch.max(1);
         o.batch.max_wait = self.max_wait;
         o.warm_up = match self.warm_up {
@@ -301,4 +360,57 @@ pub async fn run(args: FilterArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        onnx: OnnxArgs,
+    }
+
+    fn options(args: &[&str]) -> ModelOptions {
+        Cli::try_parse_from(std::iter::once("filter").chain(args.iter().copied()))
+            .unwrap()
+            .onnx
+            .options()
+    }
+
+    #[test]
+    fn sizes_are_read_in_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("6GiB"), Ok(6 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("6000MB"), Ok(6_000_000_000));
+        assert_eq!(parse_bytes("2 GB"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "0", "0GiB", "-1", "1.5GiB", "GiB", "99999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} was read");
+        }
+        let e = parse_bytes("6TB").unwrap_err();
+        assert!(e.contains("unknown unit `TB`"), "{e}");
+    }
+
+    #[test]
+    fn the_gpu_memory_limit_is_shared_by_the_workers_sessions() {
+        let o = options(&[]);
+        assert_eq!(o.runtime.gpu_mem_limit, None);
+        assert_eq!(o.runtime.conv_search, ConvSearch::Exhaustive);
+        let o = options(&[
+            "--provider",
+            "cuda",
+            "--workers",
+            "3",
+            "--gpu-mem-limit",
+            "6GiB",
+            "--cudnn-conv-search",
+            "heuristic",
+        ]);
+        assert_eq!(o.runtime.gpu_mem_limit, Some(2 << 30));
+        assert_eq!(o.runtime.conv_search, ConvSearch::Heuristic);
+        assert!(Cli::try_parse_from(["filter", "--gpu-mem-limit", "lots"]).is_err());
+    }
 }

@@ -59,6 +59,36 @@ pub struct RuntimeOptions {
     pub intra_threads: usize,
     /// Whether idle intra-op threads spin-wait (fast hand-off, burns the cores).
     pub spin: bool,
+    /// CUDA: the most device memory each session's arena may take, in bytes (ONNX
+    /// Runtime's `gpu_mem_limit`; the arena then grows by what is asked, not by powers
+    /// of two). None: no limit.
+    pub gpu_mem_limit: Option<u64>,
+    /// CUDA: how cuDNN picks each convolution's algorithm.
+    pub conv_search: ConvSearch,
+}
+
+/// How cuDNN picks a convolution's algorithm on CUDA (ONNX Runtime's
+/// `cudnn_conv_algo_search`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConvSearch {
+    /// Time every algorithm at the first run of each input shape and keep the fastest
+    /// (ONNX Runtime's default; the warm-up `all` pays for it before serving).
+    #[default]
+    Exhaustive,
+    /// cuDNN's own ranking, without timing: a quicker first run, rarely a slower kernel.
+    Heuristic,
+    /// One fixed algorithm (implicit precomputed GEMM): the least memory.
+    Default,
+}
+
+impl ConvSearch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConvSearch::Exhaustive => "exhaustive",
+            ConvSearch::Heuristic => "heuristic",
+            ConvSearch::Default => "default",
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -70,6 +100,8 @@ impl Default for RuntimeOptions {
             on_missing_cuda: OnMissingCuda::Fallback,
             intra_threads: 0,
             spin: false,
+            gpu_mem_limit: None,
+            conv_search: ConvSearch::default(),
         }
     }
 }
@@ -144,10 +176,7 @@ pub fn session(model: &[u8], opts: &RuntimeOptions) -> Result<Built, RuntimeErro
         Ok(b)
     };
     if opts.provider == Provider::Cuda {
-        let cuda = ep::CUDA::default()
-            .with_device_id(opts.device_id)
-            .build()
-            .error_on_failure();
+        let cuda = cuda_provider(opts).build().error_on_failure();
         let attempt = base()?
             .with_execution_providers([cuda])
             .map_err(|e| e.to_string())
@@ -176,6 +205,27 @@ pub fn session(model: &[u8], opts: &RuntimeOptions) -> Result<Built, RuntimeErro
         session,
         provider: Provider::Cpu,
     })
+}
+
+/// The CUDA execution provider as `opts` asks for it.
+fn cuda_provider(opts: &RuntimeOptions) -> ep::CUDA {
+    use ort::ep::ArenaExtendStrategy;
+    use ort::ep::cuda::ConvAlgorithmSearch;
+    let mut cuda = ep::CUDA::default()
+        .with_device_id(opts.device_id)
+        .with_conv_algorithm_search(match opts.conv_search {
+            ConvSearch::Exhaustive => ConvAlgorithmSearch::Exhaustive,
+            ConvSearch::Heuristic => ConvAlgorithmSearch::Heuristic,
+            ConvSearch::Default => ConvAlgorithmSearch::Default,
+        });
+    if let Some(limit) = opts.gpu_mem_limit {
+        // Growing by powers of two, an arena near its limit would ask for more than it
+        // may have while what it needs would still fit.
+        cuda = cuda
+            .with_memory_limit(usize::try_from(limit).unwrap_or(usize::MAX))
+            .with_arena_extend_strategy(ArenaExtendStrategy::SameAsRequested);
+    }
+    cuda
 }
 
 /// Reads a model file.
