@@ -606,11 +606,21 @@ async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
         "{err}"
     );
 
-    let f = FilterProcess::start("face-detect", &["--provider", "cuda"])
-        .await
-        .unwrap();
+    let f = FilterProcess::start(
+        "face-detect",
+        &["--provider", "cuda", "--gpu-mem-limit", "1GiB"],
+    )
+    .await
+    .unwrap();
     let d = describe(&f).await;
     assert_eq!(d.info["execution_provider"], "cpu", "{:?}", d.info);
+    // The CUDA settings asked for are not said to be in force on the CPU it fell back to.
+    assert!(
+        !d.info.contains_key("gpu_mem_limit_per_session")
+            && !d.info.contains_key("cudnn_conv_search"),
+        "{:?}",
+        d.info
+    );
 }
 
 /// A classifier spec that does not match its model (open_nsfw described as NCHW, a

@@ -91,6 +91,8 @@ pub struct Served {
     max_batch: usize,
     workers: usize,
     warmed: WarmUp,
+    /// On CUDA: each session's arena limit and cuDNN's algorithm search.
+    cuda: Option<(Option<u64>, runtime::ConvSearch)>,
 }
 
 impl Served {
@@ -100,6 +102,15 @@ impl Served {
 
     /// What `Describe` says about the model: the provider in use among it.
     pub fn info(&self, model: &str) -> std::collections::BTreeMap<String, String> {
+        let cuda = self.cuda.iter().flat_map(|(limit, search)| {
+            [
+                (
+                    "gpu_mem_limit_per_session",
+                    limit.map_or("none".to_owned(), |l| l.to_string()),
+                ),
+                ("cudnn_conv_search", search.as_str().to_owned()),
+            ]
+        });
         [
             ("execution_provider", self.provider.as_str().to_owned()),
             ("model", model.to_owned()),
@@ -108,6 +119,7 @@ impl Served {
             ("warm_up", self.warmed.as_str().to_owned()),
         ]
         .into_iter()
+        .chain(cuda)
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
@@ -206,6 +218,8 @@ pub fn serve(
         max_batch: batch.max_batch,
         workers,
         warmed,
+        cuda: (provider == Provider::Cuda)
+            .then_some((opts.runtime.gpu_mem_limit, opts.runtime.conv_search)),
     })
 }
 
