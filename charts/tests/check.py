@@ -270,6 +270,10 @@ def main() -> int:
           "default: no Prometheus Operator objects unless asked")
     text = yaml.safe_dump_all(docs)
     check("nvidia.com/gpu" not in text, "default: no GPU requested")
+    for f in ["face-detect", "ng-image"]:
+        sp = containers(kinds(docs, "Deployment")[f"{RELEASE}-{f}"])[0]["startupProbe"]
+        check(sp["periodSeconds"] * sp["failureThreshold"] == 120,
+              f"default: {f} has 120 s to load its model on the CPU: {sp}")
     cs = kinds(docs, "Deployment")[f"{RELEASE}-chainstore"]
     check(cs["spec"]["strategy"]["type"] == "Recreate", "default: the SQLite chainstore is recreated, not rolled")
     print(f"default: {len(docs)} manifests")
@@ -288,6 +292,9 @@ def main() -> int:
               f"gpu-postgres: {f} runs on CUDA")
         check(c["args"][c["args"].index("--on-missing-cuda") + 1] == "refuse",
               f"gpu-postgres: {f} refuses to start without CUDA")
+        sp = c["startupProbe"]
+        check(sp["periodSeconds"] * sp["failureThreshold"] == 600,
+              f"gpu-postgres: {f} has 600 s to load and warm its model on the GPU: {sp}")
         pod = d["spec"]["template"]["spec"]
         check(pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, f"gpu-postgres: {f} on GPU nodes")
         check(any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]), f"gpu-postgres: {f} tolerates GPU taints")
