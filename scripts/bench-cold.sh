@@ -10,7 +10,8 @@
 # Environment: SEKISHO_BIN (default target/release/sekisho), OLD_BIN (a build from
 # before the model check and warm-up, compared as `none`; optional), MODEL (default:
 # the cache's open-nsfw.onnx), PHOTO (default: chelsea.png of the sample photos),
-# MAX_BATCH (8), WORKERS (1), MODES (default: `check all`).
+# MAX_BATCH (8), WORKERS (1), MODES (default: `check all`; a mode `all:heuristic` also
+# passes `--cudnn-conv-search heuristic`, which matters on CUDA only).
 set -euo pipefail
 provider=${1:-cpu}
 rounds=${2:-3}
@@ -67,6 +68,8 @@ for r in $(seq "$rounds"); do
   for mode in $modes; do
     if [ "$mode" = none ]; then
       cmd=("$OLD_BIN" filter ng-image)
+    elif [[ $mode == *:* ]]; then
+      cmd=("$bin" filter ng-image --warm-up "${mode%%:*}" --cudnn-conv-search "${mode#*:}")
     else
       cmd=("$bin" filter ng-image --warm-up "$mode")
     fi
@@ -75,7 +78,12 @@ for r in $(seq "$rounds"); do
       --provider "$provider" --on-missing-cuda $onmissing --workers "$workers" \
       --intra-threads 1 --max-batch "$batch" --max-wait 50ms > "$tmp/filter.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1200); do grep -q "listening on" "$tmp/filter.log" && break; sleep 0.05; done
+    # Up to 10 minutes: on CUDA, `all` runs cuDNN's search for every batch size (untimed).
+    for _ in $(seq 12000); do
+      grep -q "listening on" "$tmp/filter.log" && break
+      kill -0 $pid 2>/dev/null || break
+      sleep 0.05
+    done
     grep -q "listening on" "$tmp/filter.log" || { cat "$tmp/filter.log"; exit 1; }
     start_ms=$((($(date +%s%N) - t0) / 1000000))
     echo "$mode $start_ms $(step 1) $(step "$batch") $(step 1) $(step "$batch")" >> "$tmp/rows"
