@@ -147,8 +147,10 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
         let mut child = child;
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     }
-    times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let each: Vec<String> = times.iter().map(|&d| format!("{:.1}", ms(d))).collect();
+    println!("ms, in the order run: {}", each.join(" "));
+    times.sort();
     println!(
         "{} replicas: etcd registration -> first call served: p50 {:.1} ms, max {:.1} ms, min {:.1} ms (ListFilters polled every 1 ms)",
         times.len(),

@@ -3,8 +3,8 @@
 //! gateway sends it (the gateway's `ListFilters` polled every millisecond), while 4
 //! callers keep a one-filter chain busy.
 //!
-//! - **etcd** (Debian's `etcd-server`): from the replica's key appearing in our own etcd
-//!   watch (`sekisho filter noop --etcd`, registering itself);
+//! - **etcd** (Debian's `etcd-server`): `sekisho bench join`, from the replica's key
+//!   appearing in its own etcd watch (`sekisho filter noop --etcd`, registering itself);
 //! - **kubernetes** (the fake API server of `sekisho_tests::kube_fake`, real HTTP and the
 //!   list/watch protocol; no Kubernetes API server runs on these machines): from the
 //!   replica's pod turning Ready;
@@ -17,23 +17,20 @@
 //! `scripts/bench-discovery.sh` runs it on a release build; `REPLICAS` (default 20) and
 //! `DNS_INTERVALS` (default `1s,5s`; DNS rounds take two intervals each) change it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use etcd_client::{EventType, WatchOptions};
 use sekisho_proto::gateway::v1::{self as gproto, gateway_client::GatewayClient};
-use sekisho_proto::registration::Registration;
 use sekisho_tests::kube_fake::{FakeApiServer, filter_pod};
-use sekisho_tests::{FilterProcess, TestDns, TestEtcd, TestGateway, free_port, noop_chain};
+use sekisho_tests::{
+    FilterProcess, TestDns, TestEtcd, TestGateway, free_port, noop_chain, sekisho_bin,
+};
 use serde_json::json;
 use tonic::transport::Channel;
 
 const CHAIN: &str = "bench";
 const NS: &str = "moderation";
 const NAME: &str = "noop.sekisho.test";
-const PREFIX: &str = sekisho_proto::registration::DEFAULT_ETCD_PREFIX;
 /// Longest a replica may take to get a call before the run fails.
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -170,57 +167,33 @@ async fn until_unlisted(gw: &mut GatewayClient<Channel>, address: &str) -> anyho
     Ok(())
 }
 
+/// etcd's row is `sekisho bench join` (BENCHMARKS.md (f)), against a gateway of ours: it
+/// starts the replica that stays, the load and the replicas itself, and times each from
+/// its key appearing in a watch of its own.
 async fn etcd(replicas: usize) -> anyhow::Result<Vec<Duration>> {
     let etcd = TestEtcd::start().await?;
-    // Our own watch records when each registration appears.
-    let put_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let mut client = etcd.client().await?;
-    let mut watch = client
-        .watch(
-            format!("{PREFIX}/"),
-            Some(WatchOptions::new().with_prefix()),
-        )
+    let gw = TestGateway::setup()
+        .chain(&noop_chain(CHAIN))
+        .config("discovery", json!({"etcd": {"endpoints": [etcd.url]}}))
+        .start()
         .await?;
-    {
-        let put_at = put_at.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = watch.message().await {
-                let now = Instant::now();
-                for ev in msg.events() {
-                    if ev.event_type() != EventType::Put {
-                        continue;
-                    }
-                    let Some(kv) = ev.kv() else { continue };
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    if let Ok(r) = Registration::parse(PREFIX, &key, kv.value())
-                        && let Ok(mut m) = put_at.lock()
-                    {
-                        m.entry(r.address).or_insert(now);
-                    }
-                }
-            }
-        });
+    let out = tokio::process::Command::new(sekisho_bin())
+        .args(["bench", "join", "--etcd", &etcd.url, "--gateway", &gw.url])
+        .args(["--chain", CHAIN, "--replicas", &replicas.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("sekisho bench join: {}; {stdout}", out.status);
     }
-    let args = ["--etcd", etcd.url.as_str(), "--drain-delay", "200ms"];
-    let stays = FilterProcess::start("noop", &args).await?;
-    let gw = loaded_gateway(json!({"etcd": {"endpoints": [etcd.url]}})).await?;
-    let mut client = gw.client().await;
-    first_call(&mut client, &stays.url, || Some(Instant::now())).await?;
-    let mut times = Vec::new();
-    for _ in 0..replicas {
-        let replica = FilterProcess::start("noop", &args).await?;
-        let url = replica.url.clone();
-        let put_at = put_at.clone();
-        times.push(
-            first_call(&mut client, &url, || {
-                put_at.lock().ok().and_then(|m| m.get(&url).copied())
-            })
-            .await?,
-        );
-        replica.terminate().await?;
-        until_unlisted(&mut client, &url).await?;
-    }
-    Ok(times)
+    let each = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ms, in the order run: "))
+        .with_context(|| format!("sekisho bench join printed no times: {stdout}"))?;
+    each.split_whitespace()
+        .map(|v| Ok(Duration::from_secs_f64(v.parse::<f64>()? / 1e3)))
+        .collect()
 }
 
 async fn kubernetes(replicas: usize) -> anyhow::Result<Vec<Duration>> {
