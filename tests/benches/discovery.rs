@@ -41,6 +41,10 @@ fn main() -> anyhow::Result<()> {
         .transpose()
         .context("REPLICAS")?
         .unwrap_or(20);
+    // Replicas take the loopback addresses 127.0.0.3 onwards.
+    if !(1..=250).contains(&replicas) {
+        bail!("REPLICAS: 1 to 250, not {replicas}");
+    }
     let intervals: Vec<Duration> = std::env::var("DNS_INTERVALS")
         .unwrap_or_else(|_| "1s,5s".into())
         .split(',')
