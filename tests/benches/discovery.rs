@@ -112,31 +112,21 @@ async fn loaded_gateway(discovery: serde_json::Value) -> anyhow::Result<TestGate
     Ok(gw)
 }
 
-/// Calls the gateway has sent to `address` (0 while it does not know it).
-async fn calls(gw: &mut GatewayClient<Channel>, address: &str) -> u64 {
-    let Ok(list) = gw.list_filters(gproto::ListFiltersRequest {}).await else {
-        return 0;
-    };
-    list.into_inner()
+/// The calls the gateway has sent to `address`, as its `ListFilters` says: `None` while it
+/// does not list it. (`TestGateway::endpoint` answers the same but connects anew each
+/// time, too slow for a poll every millisecond.)
+async fn calls_to(
+    gw: &mut GatewayClient<Channel>,
+    address: &str,
+) -> Result<Option<u64>, tonic::Status> {
+    let list = gw.list_filters(gproto::ListFiltersRequest {}).await?;
+    Ok(list
+        .into_inner()
         .filters
         .iter()
         .flat_map(|f| &f.endpoints)
-        .filter(|e| e.address == address)
-        .map(|e| e.calls)
-        .sum()
-}
-
-/// Whether the gateway lists `address` at all.
-async fn listed(gw: &mut GatewayClient<Channel>, address: &str) -> bool {
-    gw.list_filters(gproto::ListFiltersRequest {})
-        .await
-        .is_ok_and(|l| {
-            l.into_inner()
-                .filters
-                .iter()
-                .flat_map(|f| &f.endpoints)
-                .any(|e| e.address == address)
-        })
+        .find(|e| e.address == address)
+        .map(|e| e.calls))
 }
 
 /// From the moment `since` gives (once it gives one) to the first call served by
@@ -149,7 +139,7 @@ async fn first_call(
     let limit = Instant::now() + LIMIT;
     loop {
         if let Some(t) = since()
-            && calls(gw, address).await > 0
+            && matches!(calls_to(gw, address).await, Ok(Some(n)) if n > 0)
         {
             return Ok(t.elapsed());
         }
@@ -162,7 +152,8 @@ async fn first_call(
 
 async fn until_unlisted(gw: &mut GatewayClient<Channel>, address: &str) -> anyhow::Result<()> {
     let limit = Instant::now() + LIMIT;
-    while listed(gw, address).await {
+    // A gateway that does not answer has not said the replica went.
+    while !matches!(calls_to(gw, address).await, Ok(None)) {
         if Instant::now() > limit {
             bail!("replica {address} still listed {LIMIT:?} after it went");
         }
