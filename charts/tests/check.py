@@ -283,10 +283,14 @@ def main() -> int:
     common_checks(docs, "gpu-postgres")
     run_binary(binary, docs, "gpu-postgres")
     deploys = kinds(docs, "Deployment")
-    for f in ["face-detect", "ng-image"]:
+    for f, gpus in [("face-detect", 2), ("ng-image", 1)]:
         d = deploys[f"{RELEASE}-{f}"]
         c = containers(d)[0]
-        check(c["resources"]["limits"].get("nvidia.com/gpu") == 1, f"gpu-postgres: {f} requests a GPU")
+        check(c["resources"]["limits"].get("nvidia.com/gpu") == gpus, f"gpu-postgres: {f} requests {gpus} GPU(s)")
+        # With more than one, a session on each; one GPU is device 0, the default.
+        devices = c["args"][c["args"].index("--device-id") + 1] if "--device-id" in c["args"] else None
+        check(devices == (",".join(map(str, range(gpus))) if gpus > 1 else None),
+              f"gpu-postgres: {f} runs on each of its {gpus} GPU(s): --device-id {devices}")
         check(c["resources"]["limits"].get("memory") == "2Gi", f"gpu-postgres: {f} keeps its memory limit")
         check("--provider" in c["args"] and c["args"][c["args"].index("--provider") + 1] == "cuda",
               f"gpu-postgres: {f} runs on CUDA")

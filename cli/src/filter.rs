@@ -92,15 +92,17 @@ pub struct OnnxArgs {
     spec: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     provider: ProviderArg,
-    #[arg(long, default_value_t = 0)]
-    device_id: i32,
+    /// CUDA: the GPUs to run on, e.g. `0,1`: the sessions take them in turn, and
+    /// --workers is one per GPU unless given.
+    #[arg(long = "device-id", value_delimiter = ',', default_value = "0", value_parser = clap::value_parser!(i32).range(0..))]
+    device_ids: Vec<i32>,
     /// When CUDA is asked for but cannot be used: run on CPU (logged as an error) or
     /// refuse to start.
     #[arg(long, value_enum, default_value = "fallback")]
     on_missing_cuda: OnMissingArg,
-    /// CUDA: the most GPU memory the model's arenas may take in this process, shared
-    /// evenly by its --workers sessions, e.g. `6GiB` (or `6000MB`, or bytes); for pods
-    /// that share a GPU. Default: no limit (an arena keeps what it grew to).
+    /// CUDA: the most memory the model's arenas may take on each GPU, shared evenly by
+    /// the --workers sessions on it, e.g. `6GiB` (or `6000MB`, or bytes); for pods that
+    /// share a GPU. Default: no limit (an arena keeps what it grew to).
     #[arg(long, value_parser = parse_bytes)]
     gpu_mem_limit: Option<u64>,
     /// CUDA: how cuDNN picks each convolution's algorithm: `exhaustive` times them all at
@@ -108,7 +110,8 @@ pub struct OnnxArgs {
     /// `heuristic` takes cuDNN's ranking, `default` one fixed algorithm (least memory).
     #[arg(long, value_enum, default_value = "exhaustive")]
     cudnn_conv_search: ConvSearchArg,
-    /// face-detect, ng-image: sessions, each on its own worker thread (default 1).
+    /// face-detect, ng-image: sessions, each on its own worker thread (default 1; on
+    /// CUDA one per --device-id).
     /// qr-code: searches run at once, the other calls waiting their turn (default: two
     /// per core).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..1025))]
@@ -212,9 +215,19 @@ enum OnMissingArg {
 
 impl OnnxArgs {
     pub fn options(&self) -> ModelOptions {
+        let cuda = matches!(self.provider, ProviderArg::Cuda);
+        // Each GPU once, in the order given.
+        let mut devices: Vec<i32> = Vec::new();
+        for d in &self.device_ids {
+            if !devices.contains(d) {
+                devices.push(*d);
+            }
+        }
         let mut o = ModelOptions {
             model: self.model.clone(),
-            workers: self.workers.unwrap_or(1) as usize,
+            workers: self
+                .workers
+                .map_or(if cuda { devices.len() } else { 1 }, |n| n as usize),
             ..ModelOptions::default()
         };
         if let Some(l) = &self.onnxruntime {
@@ -224,25 +237,26 @@ impl OnnxArgs {
             ProviderArg::Cpu => Provider::Cpu,
             ProviderArg::Cuda => Provider::Cuda,
         };
-        o.runtime.device_id = self.device_id;
+        o.runtime.devices = devices;
         o.runtime.on_missing_cuda = match self.on_missing_cuda {
             OnMissingArg::Fallback => OnMissingCuda::Fallback,
             OnMissingArg::Refuse => OnMissingCuda::Refuse,
         };
         o.runtime.intra_threads = self.intra_threads;
         o.runtime.spin = self.spin;
-        // Each session has its own arena.
-        o.runtime.gpu_mem_limit = self.gpu_mem_limit.map(|l| (l / o.workers as u64).max(1));
+        o.runtime.gpu_mem_limit = self.gpu_mem_limit;
         o.runtime.conv_search = match self.cudnn_conv_search {
             ConvSearchArg::Exhaustive => ConvSearch::Exhaustive,
             ConvSearchArg::Heuristic => ConvSearch::Heuristic,
             ConvSearchArg::Default => ConvSearch::Default,
         };
-        if matches!(self.provider, ProviderArg::Cpu)
-            && (self.gpu_mem_limit.is_some() || self.cudnn_conv_search != ConvSearchArg::Exhaustive)
+        if !cuda
+            && (self.gpu_mem_limit.is_some()
+                || self.cudnn_conv_search != ConvSearchArg::Exhaustive
+                || self.device_ids != [0])
         {
             tracing::warn!(
-                "--gpu-mem-limit and --cudnn-conv-search apply to --provider cuda only; ignored on the CPU"
+                "--device-id, --gpu-mem-limit and --cudnn-conv-search apply to --provider cuda only; ignored on the CPU"
             );
         }
         o.batch.max_batch = self.max_batch.max(1);
@@ -395,22 +409,40 @@ mod tests {
     }
 
     #[test]
-    fn the_gpu_memory_limit_is_shared_by_the_workers_sessions() {
+    fn cuda_runs_a_session_per_gpu_listed_unless_told_how_many() {
         let o = options(&[]);
         assert_eq!(o.runtime.gpu_mem_limit, None);
         assert_eq!(o.runtime.conv_search, ConvSearch::Exhaustive);
+        assert_eq!((o.workers, o.runtime.devices.as_slice()), (1, &[0][..]));
         let o = options(&[
             "--provider",
             "cuda",
-            "--workers",
-            "3",
+            "--device-id",
+            "0,1",
             "--gpu-mem-limit",
             "6GiB",
             "--cudnn-conv-search",
             "heuristic",
         ]);
-        assert_eq!(o.runtime.gpu_mem_limit, Some(2 << 30));
+        assert_eq!((o.workers, o.runtime.devices.as_slice()), (2, &[0, 1][..]));
+        // The limit is each GPU's; the sessions there share it (runtime::placements).
+        assert_eq!(o.runtime.gpu_mem_limit, Some(6 << 30));
         assert_eq!(o.runtime.conv_search, ConvSearch::Heuristic);
-        assert!(Cli::try_parse_from(["filter", "--gpu-mem-limit", "lots"]).is_err());
+        let o = options(&["--provider", "cuda", "--device-id", "1", "--workers", "3"]);
+        assert_eq!((o.workers, o.runtime.devices.as_slice()), (3, &[1][..]));
+        let o = options(&["--provider", "cuda", "--device-id", "2,0,2"]);
+        assert_eq!((o.workers, o.runtime.devices.as_slice()), (2, &[2, 0][..]));
+        // On the CPU the devices do not set the sessions.
+        let o = options(&["--device-id", "0,1"]);
+        assert_eq!(o.workers, 1);
+        for bad in [
+            ["--gpu-mem-limit", "lots"],
+            ["--device-id", "-1"],
+            ["--device-id", "a"],
+        ] {
+            let mut args = vec!["filter"];
+            args.extend(bad);
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?} was taken");
+        }
     }
 }

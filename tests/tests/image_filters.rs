@@ -597,27 +597,39 @@ async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
         "face-detect",
         "--provider",
         "cuda",
+        "--device-id",
+        "1,0",
         "--on-missing-cuda",
         "refuse",
     ])
     .await;
     assert!(
-        err.contains("CUDA was asked for (device 0) but cannot be used"),
+        err.contains("CUDA was asked for (device 1) but cannot be used"),
         "{err}"
     );
 
     let f = FilterProcess::start(
         "face-detect",
-        &["--provider", "cuda", "--gpu-mem-limit", "1GiB"],
+        &[
+            "--provider",
+            "cuda",
+            "--device-id",
+            "0,1",
+            "--gpu-mem-limit",
+            "1GiB",
+        ],
     )
     .await
     .unwrap();
     let d = describe(&f).await;
     assert_eq!(d.info["execution_provider"], "cpu", "{:?}", d.info);
+    // A session per GPU listed, each fallen back.
+    assert_eq!(d.info["workers"], "2", "{:?}", d.info);
     // The CUDA settings asked for are not said to be in force on the CPU it fell back to.
     assert!(
-        !d.info.contains_key("gpu_mem_limit_per_session")
-            && !d.info.contains_key("cudnn_conv_search"),
+        ["cuda_devices", "gpu_mem_limit_per_gpu", "cudnn_conv_search"]
+            .iter()
+            .all(|k| !d.info.contains_key(*k)),
         "{:?}",
         d.info
     );

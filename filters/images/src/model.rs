@@ -91,8 +91,20 @@ pub struct Served {
     max_batch: usize,
     workers: usize,
     warmed: WarmUp,
-    /// On CUDA: each session's arena limit and cuDNN's algorithm search.
-    cuda: Option<(Option<u64>, runtime::ConvSearch)>,
+    /// Seconds from reading the model file to ready: loading the sessions, the check
+    /// and the warm-up.
+    ready_after: f64,
+    /// On CUDA: how.
+    cuda: Option<CudaUse>,
+}
+
+/// How the sessions use CUDA.
+struct CudaUse {
+    /// Each session's GPU, in the sessions' order.
+    devices: Vec<i32>,
+    /// The most memory the sessions may take on each GPU.
+    mem_limit: Option<u64>,
+    conv_search: runtime::ConvSearch,
 }
 
 impl Served {
@@ -102,13 +114,20 @@ impl Served {
 
     /// What `Describe` says about the model: the provider in use among it.
     pub fn info(&self, model: &str) -> std::collections::BTreeMap<String, String> {
-        let cuda = self.cuda.iter().flat_map(|(limit, search)| {
+        let cuda = self.cuda.iter().flat_map(|c| {
+            let mut devices: Vec<String> = Vec::new();
+            for d in c.devices.iter().map(i32::to_string) {
+                if !devices.contains(&d) {
+                    devices.push(d);
+                }
+            }
             [
+                ("cuda_devices", devices.join(",")),
                 (
-                    "gpu_mem_limit_per_session",
-                    limit.map_or("none".to_owned(), |l| l.to_string()),
+                    "gpu_mem_limit_per_gpu",
+                    c.mem_limit.map_or("none".to_owned(), |l| l.to_string()),
                 ),
-                ("cudnn_conv_search", search.as_str().to_owned()),
+                ("cudnn_conv_search", c.conv_search.as_str().to_owned()),
             ]
         });
         [
@@ -117,6 +136,7 @@ impl Served {
             ("model_path", self.path.display().to_string()),
             ("workers", self.workers.to_string()),
             ("warm_up", self.warmed.as_str().to_owned()),
+            ("model_ready_seconds", format!("{:.3}", self.ready_after)),
         ]
         .into_iter()
         .chain(cuda)
@@ -136,6 +156,7 @@ pub fn serve(
     probe: &Probe,
     opts: &ModelOptions,
 ) -> Result<Served, RuntimeError> {
+    let began = Instant::now();
     let bytes = runtime::read_model(&path)?;
     let bytes = edit(bytes).map_err(|reason| RuntimeError::Model {
         path: path.clone(),
@@ -148,13 +169,36 @@ pub fn serve(
             path: path.clone(),
             reason: e.to_string(),
         })?;
+    let places = runtime::placements(&opts.runtime, opts.workers.max(1));
     let mut sessions = Vec::new();
-    let mut provider = opts.runtime.provider;
-    for _ in 0..opts.workers.max(1) {
-        let built = runtime::session(&bytes, &opts.runtime)?;
-        provider = built.provider;
+    let mut cuda_on = Vec::new();
+    let mut cpu_for = None;
+    for place in &places {
+        let built = runtime::session(&bytes, &opts.runtime, *place)?;
+        match built.provider {
+            Provider::Cuda => cuda_on.push(place.device),
+            Provider::Cpu => cpu_for = cpu_for.or(Some(place.device)),
+        }
         sessions.push(built.session);
     }
+    // One batcher, one estimate of a batch's time: its sessions all run on GPUs, or all
+    // on the CPU.
+    if let (Some(missing), Some(working)) = (cpu_for, cuda_on.first())
+        && opts.runtime.provider == Provider::Cuda
+    {
+        return Err(RuntimeError::CudaMissing {
+            device: missing,
+            reason: format!(
+                "device {working} can be used, so the filter will not run some sessions on \
+                 the CPU beside it: give --device-id only the GPUs this process sees"
+            ),
+        });
+    }
+    let provider = if cuda_on.is_empty() {
+        Provider::Cpu
+    } else {
+        Provider::Cuda
+    };
     tracing::info!(model = %path.display(), provider = provider.as_str(), workers = sessions.len(), max_batch = opts.batch.max_batch, weight_inputs_dropped = dropped, "model loaded");
     // An empty name means the model's first input or output.
     let first = &sessions[0];
@@ -193,12 +237,27 @@ pub fn serve(
         check_runs(&mut sessions[0], input, &outputs, probe, most, retime).map_err(refuse)?;
     let warmed = match opts.warm_up.resolve(provider) {
         WarmUp::All if probe.fixed_shape => {
-            warm_all(&mut sessions, input, &outputs, &probe.item, most).map_err(refuse)?;
+            // cuDNN's search times each algorithm on the GPU: sessions searching at once
+            // would time each other's runs (and take workspace from each other), so on
+            // CUDA the sessions on one GPU warm one after another, the GPUs side by side.
+            // CPU sessions all run side by side.
+            let lanes: Vec<i64> = match provider {
+                Provider::Cuda => places.iter().map(|p| i64::from(p.device)).collect(),
+                Provider::Cpu => (0..sessions.len() as i64).collect(),
+            };
+            each_session(&mut sessions, &lanes, |i, session| {
+                let started = Instant::now();
+                warm_all(session, input, &outputs, &probe.item, most)?;
+                tracing::info!(model = %path.display(), session = i, max_batch = most, seconds = started.elapsed().as_secs_f64(), "session warmed");
+                Ok(())
+            })
+            .map_err(refuse)?;
             WarmUp::All
         }
         _ => WarmUp::Check,
     };
-    tracing::info!(model = %path.display(), warm_up = warmed.as_str(), max_batch = most, seconds = started.elapsed().as_secs_f64(), "model checked");
+    let ready_after = began.elapsed().as_secs_f64();
+    tracing::info!(model = %path.display(), warm_up = warmed.as_str(), max_batch = most, seconds = started.elapsed().as_secs_f64(), since_read = ready_after, "model checked");
     let batcher = Batcher::start(
         &path
             .file_stem()
@@ -218,8 +277,12 @@ pub fn serve(
         max_batch: batch.max_batch,
         workers,
         warmed,
-        cuda: (provider == Provider::Cuda)
-            .then_some((opts.runtime.gpu_mem_limit, opts.runtime.conv_search)),
+        ready_after,
+        cuda: (provider == Provider::Cuda).then_some(CudaUse {
+            devices: cuda_on,
+            mem_limit: opts.runtime.gpu_mem_limit,
+            conv_search: opts.runtime.conv_search,
+        }),
     })
 }
 
@@ -382,31 +445,106 @@ fn check_runs(
 /// A run's time and its input values.
 type Timed = (std::time::Duration, usize);
 
-/// Every session runs every batch size from 1 to `most`, side by side.
+/// One session runs every batch size from 1 to `most`.
 fn warm_all(
-    sessions: &mut [Session],
+    session: &mut Session,
     input: &str,
     outputs: &[&str],
     item: &[i64],
     most: usize,
 ) -> Result<(), String> {
     let one = item.iter().product::<i64>().max(0) as usize;
-    std::thread::scope(|s| {
-        let runs: Vec<_> = sessions
-            .iter_mut()
-            .map(|session| {
-                s.spawn(move || -> Result<(), String> {
-                    for n in 1..=most {
-                        run_batch(session, input, outputs, item, n, vec![0.0; one * n])
-                            .map_err(|e| format!("warming up a batch of {n}: {e}"))?;
-                    }
-                    Ok(())
-                })
-            })
+    for n in 1..=most {
+        run_batch(session, input, outputs, item, n, vec![0.0; one * n])
+            .map_err(|e| format!("warming up a batch of {n}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs `work` on every session (with its index): the sessions of one lane (`lanes[i]`
+/// is session i's) one after another, the lanes side by side, each on its own thread.
+/// The first error wins.
+fn each_session<S: Send>(
+    sessions: &mut [S],
+    lanes: &[i64],
+    work: impl Fn(usize, &mut S) -> Result<(), String> + Sync,
+) -> Result<(), String> {
+    let mut by_lane: std::collections::BTreeMap<i64, Vec<(usize, &mut S)>> = Default::default();
+    for (i, s) in sessions.iter_mut().enumerate() {
+        by_lane.entry(lanes[i]).or_default().push((i, s));
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = by_lane
+            .into_values()
+            .map(|lane| scope.spawn(move || lane.into_iter().try_for_each(|(i, s)| work(i, s))))
             .collect();
         runs.into_iter().try_for_each(|r| {
             r.join()
                 .unwrap_or_else(|_| Err("a warm-up run panicked".into()))
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::each_session;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// Runs sessions in `lanes`, each staying at least 50 ms and until one of each lane
+    /// has started (up to 20 s): the most that ran at once in all, and in one lane.
+    fn most_at_once(lanes: &[i64]) -> (usize, usize) {
+        let distinct = lanes.iter().collect::<BTreeSet<_>>().len();
+        let started = AtomicUsize::new(0);
+        let running = Mutex::new((0usize, BTreeMap::<i64, usize>::new()));
+        let most = Mutex::new((0usize, 0usize));
+        let mut sessions = vec![(); lanes.len()];
+        each_session(&mut sessions, lanes, |i, _| {
+            {
+                let mut r = running.lock().unwrap();
+                r.0 += 1;
+                let in_lane = r.1.entry(lanes[i]).or_default();
+                *in_lane += 1;
+                let in_lane = *in_lane;
+                let mut m = most.lock().unwrap();
+                *m = (m.0.max(r.0), m.1.max(in_lane));
+            }
+            started.fetch_add(1, Ordering::SeqCst);
+            let begun = Instant::now();
+            while (started.load(Ordering::SeqCst) < distinct
+                || begun.elapsed() < Duration::from_millis(50))
+                && begun.elapsed() < Duration::from_secs(20)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut r = running.lock().unwrap();
+            r.0 -= 1;
+            *r.1.get_mut(&lanes[i]).unwrap() -= 1;
+            Ok(())
+        })
+        .unwrap();
+        most.into_inner().unwrap()
+    }
+
+    #[test]
+    fn sessions_of_one_lane_warm_one_after_another_the_lanes_side_by_side() {
+        // CUDA: the lanes are the GPUs; the CPU: each session its own lane.
+        assert_eq!(most_at_once(&[0, 0, 0]), (1, 1));
+        assert_eq!(most_at_once(&[0, 1, 2]), (3, 1));
+        assert_eq!(most_at_once(&[0, 1, 0, 1]), (2, 1));
+        let mut sessions = vec![0u32; 3];
+        let err = each_session(&mut sessions, &[0, 0, 0], |i, s| {
+            *s += 1;
+            if i == 1 {
+                Err("the second failed".into())
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(err.unwrap_err(), "the second failed");
+        assert_eq!(sessions, [1, 1, 0], "a lane stops at its first error");
+    }
 }

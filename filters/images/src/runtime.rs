@@ -53,15 +53,15 @@ pub enum OnMissingCuda {
 pub struct RuntimeOptions {
     pub library: PathBuf,
     pub provider: Provider,
-    pub device_id: i32,
+    /// CUDA: the GPUs the sessions run on, each session on the next in turn.
+    pub devices: Vec<i32>,
     pub on_missing_cuda: OnMissingCuda,
     /// ONNX Runtime's intra-op threads per session (0: ONNX Runtime's default).
     pub intra_threads: usize,
     /// Whether idle intra-op threads spin-wait (fast hand-off, burns the cores).
     pub spin: bool,
-    /// CUDA: the most device memory each session's arena may take, in bytes (ONNX
-    /// Runtime's `gpu_mem_limit`; the arena then grows by what is asked, not by powers
-    /// of two). None: no limit.
+    /// CUDA: the most memory the sessions on one GPU may take there, in bytes, shared
+    /// evenly by their arenas ([`Placement`]). None: no limit.
     pub gpu_mem_limit: Option<u64>,
     /// CUDA: how cuDNN picks each convolution's algorithm.
     pub conv_search: ConvSearch,
@@ -96,7 +96,7 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             library: default_library(),
             provider: Provider::Cpu,
-            device_id: 0,
+            devices: vec![0],
             on_missing_cuda: OnMissingCuda::Fallback,
             intra_threads: 0,
             spin: false,
@@ -157,8 +157,43 @@ pub struct Built {
     pub provider: Provider,
 }
 
-/// Builds a session for `model` (bytes, already edited if need be).
-pub fn session(model: &[u8], opts: &RuntimeOptions) -> Result<Built, RuntimeError> {
+/// Where one session runs on CUDA: its GPU and its arena's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub device: i32,
+    /// The most its arena may take, in bytes (ONNX Runtime's `gpu_mem_limit`; the arena
+    /// then grows by what is asked, not by powers of two). None: no limit.
+    pub mem_limit: Option<u64>,
+}
+
+/// Where each of `sessions` sessions runs: on `opts.devices` in turn, each GPU's limit
+/// shared evenly by the sessions on it.
+pub fn placements(opts: &RuntimeOptions, sessions: usize) -> Vec<Placement> {
+    let devices: &[i32] = if opts.devices.is_empty() {
+        &[0]
+    } else {
+        &opts.devices
+    };
+    (0..sessions)
+        .map(|i| {
+            let k = i % devices.len();
+            // Sessions k, k + n, k + 2n, ... share device k.
+            let on_it = (sessions - k).div_ceil(devices.len()) as u64;
+            Placement {
+                device: devices[k],
+                mem_limit: opts.gpu_mem_limit.map(|l| (l / on_it).max(1)),
+            }
+        })
+        .collect()
+}
+
+/// Builds a session for `model` (bytes, already edited if need be), placed at `place`
+/// on CUDA.
+pub fn session(
+    model: &[u8],
+    opts: &RuntimeOptions,
+    place: Placement,
+) -> Result<Built, RuntimeError> {
     let env = init(&opts.library)?;
     let ort_err = |e: ort::Error| RuntimeError::Ort(e.to_string());
     let base = || -> Result<_, RuntimeError> {
@@ -176,7 +211,7 @@ pub fn session(model: &[u8], opts: &RuntimeOptions) -> Result<Built, RuntimeErro
         Ok(b)
     };
     if opts.provider == Provider::Cuda {
-        let cuda = cuda_provider(opts).build().error_on_failure();
+        let cuda = cuda_provider(opts, place).build().error_on_failure();
         let attempt = base()?
             .with_execution_providers([cuda])
             .map_err(|e| e.to_string())
@@ -190,7 +225,7 @@ pub fn session(model: &[u8], opts: &RuntimeOptions) -> Result<Built, RuntimeErro
             }
             Err(reason) => {
                 let e = RuntimeError::CudaMissing {
-                    device: opts.device_id,
+                    device: place.device,
                     reason,
                 };
                 if opts.on_missing_cuda == OnMissingCuda::Refuse {
@@ -207,18 +242,18 @@ pub fn session(model: &[u8], opts: &RuntimeOptions) -> Result<Built, RuntimeErro
     })
 }
 
-/// The CUDA execution provider as `opts` asks for it.
-fn cuda_provider(opts: &RuntimeOptions) -> ep::CUDA {
+/// The CUDA execution provider as `opts` asks for it, for a session at `place`.
+fn cuda_provider(opts: &RuntimeOptions, place: Placement) -> ep::CUDA {
     use ort::ep::ArenaExtendStrategy;
     use ort::ep::cuda::ConvAlgorithmSearch;
     let mut cuda = ep::CUDA::default()
-        .with_device_id(opts.device_id)
+        .with_device_id(place.device)
         .with_conv_algorithm_search(match opts.conv_search {
             ConvSearch::Exhaustive => ConvAlgorithmSearch::Exhaustive,
             ConvSearch::Heuristic => ConvAlgorithmSearch::Heuristic,
             ConvSearch::Default => ConvAlgorithmSearch::Default,
         });
-    if let Some(limit) = opts.gpu_mem_limit {
+    if let Some(limit) = place.mem_limit {
         // Growing by powers of two, an arena near its limit would ask for more than it
         // may have while what it needs would still fit.
         cuda = cuda
@@ -242,5 +277,37 @@ impl Provider {
             Provider::Cpu => "cpu",
             Provider::Cuda => "cuda",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Placement, RuntimeOptions, placements};
+
+    #[test]
+    fn sessions_take_the_gpus_in_turn_and_share_each_ones_memory_limit() {
+        let place = |devices: Vec<i32>, limit: Option<u64>, n: usize| {
+            let opts = RuntimeOptions {
+                devices,
+                gpu_mem_limit: limit,
+                ..RuntimeOptions::default()
+            };
+            placements(&opts, n)
+                .into_iter()
+                .map(|Placement { device, mem_limit }| (device, mem_limit))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(place(vec![0], None, 2), [(0, None), (0, None)]);
+        assert_eq!(place(vec![3], Some(6 << 30), 3), [(3, Some(2 << 30)); 3]);
+        // Three sessions on two GPUs: two on the first, one on the second, each GPU
+        // within the limit.
+        assert_eq!(
+            place(vec![0, 1], Some(6 << 30), 3),
+            [(0, Some(3 << 30)), (1, Some(6 << 30)), (0, Some(3 << 30))]
+        );
+        // Fewer sessions than GPUs: the first ones only.
+        assert_eq!(place(vec![0, 1, 2], None, 2), [(0, None), (1, None)]);
+        assert_eq!(place(vec![], None, 1), [(0, None)]);
+        assert_eq!(place(vec![0], Some(1), 4), [(0, Some(1)); 4]);
     }
 }

@@ -150,7 +150,8 @@ async fn a_model_that_declares_a_batch_of_one_serves_one_item_at_a_time() {
     assert_eq!(fixed.batches(), 16, "one batch per item");
 }
 
-/// `Describe` says how the model was warmed: `check` on the CPU unless told `all`;
+/// `Describe` says how the model was warmed, and how long that took from reading the
+/// file: `check` on the CPU unless told `all`;
 /// face-detect, whose input follows each photo's aspect ratio, has no one shape to warm
 /// and says `check` even when told `all`. A face-detect process given a classifier's
 /// model is refused (it has none of CenterFace's inputs and outputs).
@@ -165,6 +166,11 @@ fn describe_says_how_the_model_was_warmed_and_face_detect_refuses_another_model(
     o.warm_up = WarmUp::All;
     let all = NgImage::load(tiny_spec(&model), &o).unwrap();
     assert_eq!(all.info()["warm_up"], "all");
+    // And how long the model took to be ready: loading, check and warm-up.
+    for served in [&auto, &all] {
+        let secs: f64 = served.info()["model_ready_seconds"].parse().unwrap();
+        assert!(secs > 0.0 && secs.is_finite(), "{secs}");
+    }
 
     let mut f = options();
     f.warm_up = WarmUp::All;
