@@ -16,6 +16,7 @@
 #   SEKISHO_BIN=/tmp/g/bundle/sekisho MODEL=/tmp/g/bundle/open-nsfw.onnx \
 #     PHOTO=/tmp/g/bundle/photos/chelsea.png MAX_BATCH=32 bash /tmp/g/bundle/bench-cold.sh cuda 3
 # Anywhere, against a local build (CPU): scripts/bench-gpu.sh run <dir> cpu 5 1 8
+# SESSIONS="1 2" runs the batched filter with one session, then with two.
 set -euo pipefail
 what=${1:?usage: bench-gpu.sh pack | run <dir> [provider] [seconds] [rounds] [max-batch]}
 
@@ -88,41 +89,56 @@ print(f"{part.get('fixed', 0) * 1e3:.2f}+{part.get('per_value', 0) * 224 * 224 *
 PY
 }
 
+# Configurations, each "max-batch:sessions" or "null": the batched one once per count of
+# sessions in SESSIONS (e.g. SESSIONS="1 2": does a second session on the GPU, copying one
+# batch while another runs, pay?), then batch 1 and the null model.
+configs=()
+for n in ${SESSIONS:-1}; do configs+=("$batch:$n"); done
+configs+=("1:1" null)
 declare -A got means costs
 port=51200
 for r in $(seq "$rounds"); do
-  for b in "$batch" 1 null; do
+  for c in "${configs[@]}"; do
     port=$((port + 2))
-    if [ "$b" = null ]; then
+    if [ "$c" = null ]; then
       # Everything but the model: as many CPU sessions as cores, batches as large.
       model=(--model "$dir/null-nsfw.onnx" --provider cpu --workers "$(nproc)"
         --intra-threads 1 --max-batch "$batch")
     else
       model=(--model "$dir/open-nsfw.onnx" --provider "$provider"
-        --on-missing-cuda $onmissing --workers 1 --max-batch "$b")
+        --on-missing-cuda $onmissing --workers "${c#*:}" --max-batch "${c%:*}")
     fi
+    log="$tmp/filter-${c/:/x}.log"
     $bin filter ng-image --listen 127.0.0.1:$port "${model[@]}" \
-      --max-wait "$MAX_WAIT" --metrics-listen 127.0.0.1:$((port + 1)) > "$tmp/filter-$b.log" 2>&1 &
+      --max-wait "$MAX_WAIT" --metrics-listen 127.0.0.1:$((port + 1)) > "$log" 2>&1 &
     pid=$!
-    for _ in $(seq 300); do grep -q "listening on" "$tmp/filter-$b.log" && break; sleep 0.2; done
-    grep -q "listening on" "$tmp/filter-$b.log" || { cat "$tmp/filter-$b.log"; exit 1; }
-    got[$b]+="$($bin bench images --filter http://127.0.0.1:$port --concurrency "$concurrency" \
+    for _ in $(seq 3000); do grep -q "listening on" "$log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done
+    grep -q "listening on" "$log" || { cat "$log"; exit 1; }
+    got[$c]+="$($bin bench images --filter http://127.0.0.1:$port --concurrency "$concurrency" \
       --duration "${secs}s" --warmup 2s --json "$dir"/photos/* | rate) "
-    means[$b]+="$(mean_batch 127.0.0.1:$((port + 1))) "
-    costs[$b]+="$(run_cost 127.0.0.1:$((port + 1))) "
+    means[$c]+="$(mean_batch 127.0.0.1:$((port + 1))) "
+    costs[$c]+="$(run_cost 127.0.0.1:$((port + 1))) "
     kill $pid; wait $pid 2>/dev/null || true
   done
 done
-python3 - "$provider" "$concurrency" "$batch" "${got[$batch]}" "${got[1]}" "${means[$batch]}" "${got[null]}" "$(nproc)" "${costs[$batch]}" "${costs[1]}" <<'PY'
+rows=$(for c in "${configs[@]}"; do printf '%s|%s|%s|%s\n' "$c" "${got[$c]}" "${means[$c]}" "${costs[$c]}"; done)
+python3 - "$provider" "$concurrency" "$(nproc)" "$rows" <<'PY'
 import sys
-provider, conc, batch = sys.argv[1:4]
-many, one, null = ([float(x) for x in a.split()] for a in (sys.argv[4], sys.argv[5], sys.argv[7]))
-mean = sys.argv[6].split()
-m, o, z = (sum(v) / len(v) for v in (many, one, null))
-print(f"ng-image on {provider}, concurrency {conc}: max-batch {batch} {m:.1f} images/s {many} "
-      f"(mean batch {' '.join(mean)}); batch 1 {o:.1f} images/s {one}; ratio {m / o:.2f}x")
-print(f"the same photos through a model that does next to nothing, {sys.argv[8]} CPU sessions: "
-      f"{z:.1f} images/s {null} (decoding, pre-processing and gRPC alone)")
-print(f"the filter's estimate of a batch at the end of each round, fixed ms + ms an item: "
-      f"max-batch {batch} {sys.argv[9].split()}; batch 1 {sys.argv[10].split()}")
+provider, conc, cores, rows = sys.argv[1:5]
+rate = {}
+for line in rows.strip().splitlines():
+    c, got, mean, cost = line.split("|")
+    v = [float(x) for x in got.split()]
+    rate[c] = sum(v) / len(v)
+    if c == "null":
+        print(f"the same photos through a model that does next to nothing, {cores} CPU sessions: "
+              f"{rate[c]:.1f} images/s {v} (decoding, pre-processing and gRPC alone)")
+        continue
+    b, n = c.split(":")
+    print(f"ng-image on {provider}, concurrency {conc}, max-batch {b}, {n} session(s): "
+          f"{rate[c]:.1f} images/s {v}, mean batch {mean.split()}, the filter's estimate of a "
+          f"batch at the end of each round (fixed ms + ms an item) {cost.split()}")
+for c in rate:
+    if c not in ("null", "1:1"):
+        print(f"max-batch:sessions {c} against batch 1: {rate[c] / rate['1:1']:.2f}x")
 PY
