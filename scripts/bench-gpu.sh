@@ -3,7 +3,8 @@
 # machine: `sekisho filter ng-image` driven by `sekisho bench images` over loopback gRPC.
 # Each round also runs the filter on a model that does next to nothing (on the CPU):
 # what the machine's cores manage of decoding, pre-processing and gRPC alone, the
-# ceiling for the GPU runs. Meant for the GPU machine (BENCHMARKS.md, issue 4); runs
+# ceiling for the GPU runs. Each row also gives the CPU time per call of the filter and
+# of the load generator, which share the machine's cores here. Meant for the GPU machine (BENCHMARKS.md, issue 4); runs
 # anywhere.
 #
 # Here (builds release, stages the binary, the model, sample photos and this script, and
@@ -95,7 +96,19 @@ PY
 configs=()
 for n in ${SESSIONS:-1}; do configs+=("$batch:$n"); done
 configs+=("1:1" null)
-declare -A got means costs
+# Calls the filter has answered (sekisho_filter_requests_total, every code).
+answered() {
+  python3 - "$1" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics").read().decode()
+print(int(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+              if l.startswith("sekisho_filter_requests_total{"))))
+PY
+}
+# A process's CPU time so far, in clock ticks (user + system).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+declare -A got means costs cpu gen
 port=51200
 for r in $(seq "$rounds"); do
   for c in "${configs[@]}"; do
@@ -114,30 +127,44 @@ for r in $(seq "$rounds"); do
     pid=$!
     for _ in $(seq 3000); do grep -q "listening on" "$log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done
     grep -q "listening on" "$log" || { cat "$log"; exit 1; }
-    got[$c]+="$($bin bench images --filter http://127.0.0.1:$port --concurrency "$concurrency" \
-      --duration "${secs}s" --warmup 2s --json "$dir"/photos/* | rate) "
+    t0=$(ticks $pid); n0=$(answered 127.0.0.1:$((port + 1)))
+    # The load generator's own CPU time goes to $tmp/gen (it shares the machine's cores).
+    got[$c]+="$(python3 -c 'import resource, subprocess, sys
+out = subprocess.run(sys.argv[2:], stdout=subprocess.PIPE, check=True).stdout
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(str(r.ru_utime + r.ru_stime))
+sys.stdout.buffer.write(out)' "$tmp/gen" $bin bench images --filter http://127.0.0.1:$port \
+      --concurrency "$concurrency" --duration "${secs}s" --warmup 2s --json "$dir"/photos/* | rate) "
+    t1=$(ticks $pid); n1=$(answered 127.0.0.1:$((port + 1)))
+    # CPU milliseconds per call answered, the filter's and the load generator's.
+    cpu[$c]+="$(python3 -c "print(round(($t1 - $t0) / $hz * 1e3 / max($n1 - $n0, 1), 2))") "
+    gen[$c]+="$(python3 -c "print(round(float(open('$tmp/gen').read()) * 1e3 / max($n1 - $n0, 1), 2))") "
     means[$c]+="$(mean_batch 127.0.0.1:$((port + 1))) "
     costs[$c]+="$(run_cost 127.0.0.1:$((port + 1))) "
     kill $pid; wait $pid 2>/dev/null || true
   done
 done
-rows=$(for c in "${configs[@]}"; do printf '%s|%s|%s|%s\n' "$c" "${got[$c]}" "${means[$c]}" "${costs[$c]}"; done)
+rows=$(for c in "${configs[@]}"; do printf '%s|%s|%s|%s|%s|%s\n' "$c" "${got[$c]}" "${means[$c]}" "${costs[$c]}" "${cpu[$c]}" "${gen[$c]}"; done)
 python3 - "$provider" "$concurrency" "$(nproc)" "$rows" <<'PY'
 import sys
 provider, conc, cores, rows = sys.argv[1:5]
 rate = {}
 for line in rows.strip().splitlines():
-    c, got, mean, cost = line.split("|")
+    c, got, mean, cost, cpu, gen = line.split("|")
     v = [float(x) for x in got.split()]
     rate[c] = sum(v) / len(v)
+    cpu = [float(x) for x in cpu.split()]
+    gen = [float(x) for x in gen.split()]
+    use = (f"CPU ms per call, the filter {cpu}, the load generator {gen}"
+           f" (for 3,000/s the filter alone needs {3 * min(cpu):.1f} cores at the least)")
     if c == "null":
         print(f"the same photos through a model that does next to nothing, {cores} CPU sessions: "
-              f"{rate[c]:.1f} images/s {v} (decoding, pre-processing and gRPC alone)")
+              f"{rate[c]:.1f} images/s {v} (decoding, pre-processing and gRPC alone); {use}")
         continue
     b, n = c.split(":")
     print(f"ng-image on {provider}, concurrency {conc}, max-batch {b}, {n} session(s): "
           f"{rate[c]:.1f} images/s {v}, mean batch {mean.split()}, the filter's estimate of a "
-          f"batch at the end of each round (fixed ms + ms an item) {cost.split()}")
+          f"batch at the end of each round (fixed ms + ms an item) {cost.split()}; {use}")
 for c in rate:
     if c not in ("null", "1:1"):
         print(f"max-batch:sessions {c} against batch 1: {rate[c] / rate['1:1']:.2f}x")
