@@ -128,6 +128,8 @@ pub struct BatchStats {
     pub cost: RunCost,
     /// The batches running now.
     pub running: Running,
+    /// What admission adds to the estimate of the work ahead.
+    pub margin: crate::work::Margin,
 }
 
 impl BatchStats {
@@ -180,6 +182,9 @@ pub const RUN_COST: &str = "sekisho_filter_run_cost_seconds";
 /// Items (or calls) let through although the estimate would have refused them, the filter
 /// idle and nothing measured for [`PROBE_AFTER`], by model.
 pub const PROBES_TOTAL: &str = "sekisho_filter_probes_total";
+/// How much longer than its estimate admission takes the work ahead of a call to be
+/// (`work::Margin`: 0 with no calls answered unrun of late), by model.
+pub const ADMISSION_MARGIN: &str = "sekisho_filter_admission_margin";
 
 /// Help texts for the batcher's metrics.
 pub fn describe_metrics() {
@@ -208,6 +213,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         RUN_COST,
         "The estimate of one run's (a batch's, or a call's) time that admission uses, fitted to recent runs, by model and part: fixed (seconds per run), per_value (seconds per input value)."
+    );
+    describe_gauge!(
+        ADMISSION_MARGIN,
+        "How much longer than its estimate admission takes the work ahead of a call to be (0.2: 20% longer), raised by calls admitted and then answered unrun for their deadline, lowered by calls run, by model."
     );
     describe_counter!(
         PROBES_TOTAL,
@@ -313,7 +322,7 @@ impl Batcher {
         let ahead = if self.queued_values.load(Ordering::Relaxed) == 0 && self.idle_workers() > 0 {
             Duration::ZERO
         } else {
-            self.drain()
+            self.stats.margin.apply(self.drain())
         };
         let wait = ahead + self.stats.time_for(values);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -505,6 +514,7 @@ impl Worker {
             self.stats
                 .items
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            crate::work::Margin::publish(&self.model, self.stats.margin.ran(batch.len()));
             let started = Instant::now();
             let wait = metrics::histogram!(QUEUE_WAIT, "model" => self.model.clone());
             for job in &batch {
@@ -545,6 +555,9 @@ impl Worker {
             count.fetch_add(n as u64, Ordering::Relaxed);
             metrics::counter!(ABANDONED_TOTAL, "model" => self.model.clone(), "reason" => reason)
                 .increment(n as u64);
+            if reason == EXPIRED {
+                crate::work::Margin::publish(&self.model, self.stats.margin.expired(n));
+            }
         }
     }
 

@@ -331,6 +331,63 @@ impl Running {
     }
 }
 
+/// How much longer than its estimate the work ahead of a call is taken to be when the
+/// call is admitted: `ahead × (1 + margin)`. The estimate is a mean, so without a margin
+/// a call admitted near the edge misses its deadline about as often as it makes it, and
+/// is answered unrun after waiting, when its caller no longer has time to go elsewhere.
+/// The margin rises with each admitted call answered unrun and falls with each that
+/// runs, settling where about [`Margin::TARGET`] of them are answered unrun; with no
+/// queue (no call answered unrun) it falls back to nothing and turns no call away.
+#[derive(Debug, Default)]
+pub struct Margin(AtomicU64);
+
+impl Margin {
+    /// The share of admitted calls answered unrun it aims at.
+    pub const TARGET: f64 = 0.05;
+    /// What one call answered unrun adds (less the target's share).
+    const STEP: f64 = 0.1;
+    /// At most this much (the work ahead taken as three times its estimate).
+    const MOST: f64 = 2.0;
+
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    /// `ahead`, with the margin.
+    pub fn apply(&self, ahead: Duration) -> Duration {
+        ahead.mul_f64(1.0 + self.get())
+    }
+
+    /// `n` admitted calls ran. Returns the margin if it changed.
+    pub fn ran(&self, n: usize) -> Option<f64> {
+        self.adjust(-Self::STEP * Self::TARGET * n as f64)
+    }
+
+    /// `n` admitted calls were answered unrun, their deadlines too near. Returns the
+    /// margin if it changed.
+    pub fn expired(&self, n: usize) -> Option<f64> {
+        self.adjust(Self::STEP * (1.0 - Self::TARGET) * n as f64)
+    }
+
+    fn adjust(&self, by: f64) -> Option<f64> {
+        let old = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                let m = (f64::from_bits(b) + by).clamp(0.0, Self::MOST);
+                (m.to_bits() != b).then_some(m.to_bits())
+            })
+            .ok()?;
+        Some((f64::from_bits(old) + by).clamp(0.0, Self::MOST))
+    }
+
+    /// Sets the gauge (`sekisho_filter_admission_margin`) for `model`.
+    pub fn publish(model: &str, margin: Option<f64>) {
+        if let Some(m) = margin {
+            metrics::gauge!(crate::batch::ADMISSION_MARGIN, "model" => model.to_owned()).set(m);
+        }
+    }
+}
+
 /// Calls run, and calls not run: dropped because their caller had gone, answered unrun
 /// because their deadline would pass first, refused on arrival for their deadline or a
 /// full queue.
@@ -345,6 +402,7 @@ pub struct WorkStats {
     /// ([`PROBE_AFTER`]).
     pub probes: AtomicU64,
     pub cost: RunCost,
+    pub margin: Margin,
 }
 
 /// Slots for calls that each take a core, and the queue in front of them.
@@ -464,6 +522,7 @@ impl WorkQueue {
             ));
         }
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
+        Margin::publish(&self.name, self.stats.margin.ran(1));
         // A call that waited has had its slot since the last one was given back: the
         // time until its task ran counts as its own, or the estimate would leave out
         // what handing a slot over costs under load, and admit calls that then expire.
@@ -498,7 +557,7 @@ impl WorkQueue {
         let ahead = if self.slots.available_permits() > 0 {
             Duration::ZERO
         } else {
-            self.drain()
+            self.stats.margin.apply(self.drain())
         };
         let own = self.stats.cost.time_for(values);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -538,7 +597,10 @@ impl WorkQueue {
     fn abandon(&self, reason: &'static str) {
         let count = match reason {
             GONE => &self.stats.abandoned,
-            _ => &self.stats.expired,
+            _ => {
+                Margin::publish(&self.name, self.stats.margin.expired(1));
+                &self.stats.expired
+            }
         };
         count.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(ABANDONED_TOTAL, "model" => self.name.clone(), "reason" => reason)
@@ -713,6 +775,71 @@ mod tests {
             w.await.unwrap().unwrap();
         }
         far.await.unwrap().unwrap();
+    }
+
+    /// The margin rises with calls answered unrun and falls as calls run, level where
+    /// one in twenty admitted is answered unrun; with none, it is nothing.
+    #[test]
+    fn the_margin_rises_with_calls_answered_unrun_and_falls_as_calls_run() {
+        let m = Margin::default();
+        assert_eq!(m.ran(5), None, "nothing to lower");
+        assert_eq!(
+            m.apply(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        assert!((m.expired(1).unwrap() - 0.095).abs() < 1e-12);
+        assert_eq!(
+            m.apply(Duration::from_millis(100)).as_micros(),
+            109_500,
+            "the work ahead taken as 9.5% longer"
+        );
+        // One unrun in twenty admitted: level.
+        for _ in 0..50 {
+            m.ran(19);
+            m.expired(1);
+        }
+        assert!((m.get() - 0.095).abs() < 1e-9, "{}", m.get());
+        // One in ten: it keeps rising, to its bound.
+        for _ in 0..1000 {
+            m.ran(9);
+            m.expired(1);
+        }
+        assert_eq!(m.get(), Margin::MOST);
+        // Calls that all run bring it back to nothing.
+        m.ran(10_000);
+        assert_eq!(m.get(), 0.0);
+    }
+
+    /// A call that the plain estimate would admit is refused on arrival once calls
+    /// admitted like it have been answered unrun.
+    #[tokio::test]
+    async fn after_calls_answered_unrun_a_call_at_the_edge_is_refused_on_arrival() {
+        let q = Arc::new(WorkQueue::new("t", 1, 16));
+        q.stats.cost.seed(Duration::from_millis(50), 10);
+        let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(300));
+        let waiting = queue_behind(&q, 2, 10).await;
+        // ~100 ms queued, up to 50 left of the running call, 50 of its own: 300 ms is room.
+        let edge = || Instant::now() + Duration::from_millis(300);
+        let q2 = q.clone();
+        let admitted = tokio::spawn(async move { q2.enter(Some(edge()), 10).await.map(drop) });
+        while q.waiting() < 3 {
+            tokio::task::yield_now().await;
+        }
+        // Ten calls admitted and answered unrun: the work ahead is now taken as ~1.95×.
+        for _ in 0..10 {
+            q.abandon(EXPIRED);
+        }
+        assert!((q.stats.margin.get() - 0.95).abs() < 1e-9);
+        // Three 50 ms calls queued and what is left of the running one: ~150-200 ms
+        // times 1.95, and 50 of its own, do not fit in 300.
+        let refused = q.enter(Some(edge()), 10).await.err().expect("refused");
+        assert!(matches!(refused, BatchError::TooLate(..)), "{refused}");
+        assert_eq!(q.stats.refused_late.load(Ordering::Relaxed), 1);
+        busy.await.unwrap();
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        let _ = admitted.await.unwrap();
     }
 
     #[tokio::test]
