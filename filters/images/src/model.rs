@@ -100,7 +100,7 @@ pub struct Served {
 
 /// How the sessions use CUDA.
 struct CudaUse {
-    /// Each session's GPU, in the sessions' order.
+    /// The GPUs the sessions run on, each once.
     devices: Vec<i32>,
     /// The most memory the sessions may take on each GPU.
     mem_limit: Option<u64>,
@@ -115,12 +115,7 @@ impl Served {
     /// What `Describe` says about the model: the provider in use among it.
     pub fn info(&self, model: &str) -> std::collections::BTreeMap<String, String> {
         let cuda = self.cuda.iter().flat_map(|c| {
-            let mut devices: Vec<String> = Vec::new();
-            for d in c.devices.iter().map(i32::to_string) {
-                if !devices.contains(&d) {
-                    devices.push(d);
-                }
-            }
+            let devices: Vec<String> = c.devices.iter().map(i32::to_string).collect();
             [
                 ("cuda_devices", devices.join(",")),
                 (
@@ -176,16 +171,15 @@ pub fn serve(
     for place in &places {
         let built = runtime::session(&bytes, &opts.runtime, *place)?;
         match built.provider {
-            Provider::Cuda => cuda_on.push(place.device),
+            Provider::Cuda if !cuda_on.contains(&place.device) => cuda_on.push(place.device),
+            Provider::Cuda => {}
             Provider::Cpu => cpu_for = cpu_for.or(Some(place.device)),
         }
         sessions.push(built.session);
     }
     // One batcher, one estimate of a batch's time: its sessions all run on GPUs, or all
     // on the CPU.
-    if let (Some(missing), Some(working)) = (cpu_for, cuda_on.first())
-        && opts.runtime.provider == Provider::Cuda
-    {
+    if let (Some(missing), Some(working)) = (cpu_for, cuda_on.first()) {
         return Err(RuntimeError::CudaMissing {
             device: missing,
             reason: format!(
