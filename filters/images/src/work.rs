@@ -684,6 +684,15 @@ mod tests {
         })
     }
 
+    /// One slot, calls of 10 values estimated at 50 ms, and a call holding the slot for
+    /// 300 ms: the queue and that call.
+    async fn one_slot_held() -> (Arc<WorkQueue>, tokio::task::JoinHandle<()>) {
+        let q = Arc::new(WorkQueue::new("t", 1, 16));
+        q.stats.cost.seed(Duration::from_millis(50), 10);
+        let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(300));
+        (q, busy)
+    }
+
     /// `n` calls of `values` without deadlines, each taking its slot in turn and giving it
     /// back at once; returns when all of them are waiting.
     async fn queue_behind(
@@ -741,9 +750,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_the_queue_would_keep_past_its_deadline_is_refused_at_once() {
-        let q = Arc::new(WorkQueue::new("t", 1, 16));
-        q.stats.cost.seed(Duration::from_millis(50), 10);
-        let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(300));
+        let (q, busy) = one_slot_held().await;
         // Two calls of 50 ms each wait for the one slot.
         let waiting = queue_behind(&q, 2, 10).await;
         // 100 ms queued ahead, what is left of the 50 ms running, and 50 of its own do not
@@ -814,9 +821,7 @@ mod tests {
     /// admitted like it have been answered unrun.
     #[tokio::test]
     async fn after_calls_answered_unrun_a_call_at_the_edge_is_refused_on_arrival() {
-        let q = Arc::new(WorkQueue::new("t", 1, 16));
-        q.stats.cost.seed(Duration::from_millis(50), 10);
-        let busy = slow(q.enter(None, 10).await.unwrap(), Duration::from_millis(300));
+        let (q, busy) = one_slot_held().await;
         let waiting = queue_behind(&q, 2, 10).await;
         // ~100 ms queued, up to 50 left of the running call, 50 of its own: 300 ms is room.
         let edge = || Instant::now() + Duration::from_millis(300);
