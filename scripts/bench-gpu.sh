@@ -95,7 +95,8 @@ PY
 # batch while another runs, pay?), then batch 1 and the null model.
 configs=()
 for n in ${SESSIONS:-1}; do configs+=("$batch:$n"); done
-configs+=("1:1" null)
+[[ " ${configs[*]} " == *" 1:1 "* ]] || configs+=("1:1")
+configs+=(null)
 # Calls the filter has answered (sekisho_filter_requests_total, every code).
 answered() {
   python3 - "$1" <<'PY'
