@@ -9,7 +9,7 @@ use sekisho_filter_sdk::{EtcdRegistration, FilterServer};
 use sekisho_filters_images::intake::ImageLimits;
 use sekisho_filters_images::runtime::{ConvSearch, OnMissingCuda, Provider};
 use sekisho_filters_images::{
-    ClassifierSpec, FaceDetect, Intake, ModelOptions, NgImage, QrCode, WarmUp,
+    BatchSizes, ClassifierSpec, FaceDetect, Intake, ModelOptions, NgImage, QrCode, WarmUp,
 };
 use sekisho_filters_samples::{Keywords, Noop};
 
@@ -131,6 +131,13 @@ pub struct OnnxArgs {
     /// megapixel of model input per worker on CPU (1024: 0.45 GB, 2048: 1.55 GB).
     #[arg(long, default_value_t = sekisho_filters_images::face::DEFAULT_MAX_SIDE)]
     max_side: u32,
+    /// The batch sizes the model runs at: a batch runs at the smallest listed size that
+    /// holds it, the rest of its rows copies of its last item (e.g. `1,2,4,8,16,32`;
+    /// --max-batch is always one), or `every` size (no padding). `auto`: powers of two
+    /// on CUDA, where cuDNN's algorithm search and the warm-up run once per batch shape,
+    /// `every` on the CPU, where a row of padding costs what an item does.
+    #[arg(long, default_value = "auto", value_parser = parse_batch_sizes)]
+    batch_sizes: BatchSizes,
     /// How long the first item of a batch waits for more, after taking what is queued
     /// (0s: a free worker runs what is queued at once, so batches grow with the load).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -177,6 +184,26 @@ enum ConvSearchArg {
     Exhaustive,
     Heuristic,
     Default,
+}
+
+/// `auto`, `every`, or batch sizes separated by commas.
+fn parse_batch_sizes(s: &str) -> Result<BatchSizes, String> {
+    match s.trim() {
+        "auto" => Ok(BatchSizes::Auto),
+        "every" => Ok(BatchSizes::Every),
+        list => list
+            .split(',')
+            .map(|n| match n.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!(
+                    "`{}`: give `auto`, `every` or batch sizes above 0 separated by commas, \
+                     e.g. 1,2,4,8",
+                    n.trim()
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(BatchSizes::Only),
+    }
 }
 
 /// A size in bytes: a whole number, optionally followed by KiB, MiB, GiB (powers of
@@ -261,6 +288,7 @@ impl OnnxArgs {
         }
         o.batch.max_batch = self.max_batch.max(1);
         o.batch.max_wait = self.max_wait;
+        o.batch.sizes = self.batch_sizes.clone();
         o.warm_up = match self.warm_up {
             WarmUpArg::Auto => WarmUp::Auto,
             WarmUpArg::Check => WarmUp::Check,
@@ -406,6 +434,23 @@ mod tests {
         }
         let e = parse_bytes("6TB").unwrap_err();
         assert!(e.contains("unknown unit `TB`"), "{e}");
+    }
+
+    #[test]
+    fn batch_sizes_are_auto_every_or_a_list() {
+        assert_eq!(options(&[]).batch.sizes, BatchSizes::Auto);
+        assert_eq!(
+            options(&["--batch-sizes", "every"]).batch.sizes,
+            BatchSizes::Every
+        );
+        assert_eq!(
+            options(&["--batch-sizes", "8, 1,4"]).batch.sizes,
+            BatchSizes::Only(vec![8, 1, 4])
+        );
+        for bad in ["", "0", "1,,2", "-1", "all", "1.5"] {
+            let e = parse_batch_sizes(bad).unwrap_err();
+            assert!(e.contains("batch sizes above 0"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

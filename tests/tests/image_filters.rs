@@ -623,8 +623,10 @@ async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
     .unwrap();
     let d = describe(&f).await;
     assert_eq!(d.info["execution_provider"], "cpu", "{:?}", d.info);
-    // A session per GPU listed, each fallen back.
+    // A session per GPU listed, each fallen back; and batches of every size, as on the
+    // CPU (padding to CUDA's powers of two would only cost there).
     assert_eq!(d.info["workers"], "2", "{:?}", d.info);
+    assert_eq!(d.info["batch_sizes"], "every", "{:?}", d.info);
     // The CUDA settings asked for are not said to be in force on the CPU it fell back to.
     assert!(
         ["cuda_devices", "gpu_mem_limit_per_gpu", "cudnn_conv_search"]

@@ -9,7 +9,11 @@
 //! workers run side by side, not one after the other in one worker's batch while the
 //! other worker's core idles.
 //! Only items of the same shape share a batch; each caller gets back exactly its own
-//! rows of every output.
+//! rows of every output. With `sizes` the model runs only at those batch sizes: a batch
+//! of 5 with sizes 1, 2, 4, 8 runs as 8, the last item copied into the 3 rows left
+//! (TensorFlow Serving's `allowed_batch_sizes` does the same). On CUDA that keeps the
+//! input shapes few: cuDNN searches for its convolution algorithms once per shape, and
+//! the warm-up runs each one.
 //!
 //! Deadlines (the caller's `grpc-timeout`, [`sekisho_filter_sdk::deadline`]): under
 //! overload a queue otherwise fills with work that is answered after its caller has
@@ -46,6 +50,82 @@ pub struct BatchOptions {
     /// Input values (all a batch's items together) one batch holds at most: the memory
     /// a model takes grows with them. An item larger than this runs alone.
     pub max_batch_elements: usize,
+    /// The batch sizes the model runs at.
+    pub sizes: BatchSizes,
+}
+
+/// The batch sizes a model runs at (`--batch-sizes`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BatchSizes {
+    /// Powers of two (and the most a batch holds) on CUDA, every size on the CPU, where
+    /// a row of padding costs as much as an item.
+    #[default]
+    Auto,
+    /// Every size from 1 to the most: no padding.
+    Every,
+    /// These sizes (and the most a batch holds): a batch runs at the smallest of them
+    /// that holds it, padded.
+    Only(Vec<usize>),
+}
+
+impl BatchSizes {
+    /// The sizes a batch of at most `max_batch` items runs at, ascending, `max_batch`
+    /// the last; empty for every size. `Auto` must be resolved first (it is taken as
+    /// `Every`). A size above `max_batch` is refused.
+    pub fn sizes(&self, max_batch: usize) -> Result<Vec<usize>, String> {
+        let max_batch = max_batch.max(1);
+        match self {
+            BatchSizes::Auto | BatchSizes::Every => Ok(Vec::new()),
+            BatchSizes::Only(list) => {
+                if let Some(over) = list.iter().find(|&&s| s > max_batch) {
+                    return Err(format!(
+                        "batch size {over} is over the most a batch holds ({max_batch}, \
+                         --max-batch)"
+                    ));
+                }
+                let mut sizes: Vec<usize> = list.iter().copied().filter(|&s| s > 0).collect();
+                sizes.push(max_batch);
+                sizes.sort_unstable();
+                sizes.dedup();
+                Ok(sizes)
+            }
+        }
+    }
+
+    /// Powers of two up to `max_batch`, and `max_batch`.
+    pub fn powers_of_two(max_batch: usize) -> BatchSizes {
+        BatchSizes::Only(
+            std::iter::successors(Some(1usize), |s| s.checked_mul(2))
+                .take_while(|&s| s < max_batch)
+                .collect(),
+        )
+    }
+
+    /// How `Describe` gives them.
+    pub fn describe(sizes: &[usize]) -> String {
+        if sizes.is_empty() {
+            return "every".to_owned();
+        }
+        sizes
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The size a batch of `n` items (at most `most`, the most a batch of their shape holds)
+/// runs at: the smallest of `sizes` (ascending) from `n` up to `most`, else `most`; `n`
+/// itself when `sizes` is empty (every size).
+pub fn run_size(n: usize, most: usize, sizes: &[usize]) -> usize {
+    if sizes.is_empty() {
+        return n;
+    }
+    sizes
+        .iter()
+        .copied()
+        .find(|&s| s >= n && s <= most)
+        .unwrap_or(most.max(n))
 }
 
 impl Default for BatchOptions {
@@ -55,6 +135,7 @@ impl Default for BatchOptions {
             max_wait: Duration::ZERO,
             queue: 256,
             max_batch_elements: usize::MAX,
+            sizes: BatchSizes::Auto,
         }
     }
 }
@@ -120,6 +201,8 @@ pub struct BatchStats {
     pub abandoned: AtomicU64,
     pub expired: AtomicU64,
     pub refused_late: AtomicU64,
+    /// Rows run as padding, to bring a batch to one of the allowed sizes.
+    pub padding: AtomicU64,
     /// Items let through although the estimate would have refused them, the filter
     /// being idle and the estimate not measured for a while.
     pub probes: AtomicU64,
@@ -157,6 +240,8 @@ pub struct Batcher {
     /// Items, and input values, one batch holds at most.
     max_batch: usize,
     max_batch_elements: usize,
+    /// How many rows an item run alone takes (1, unless `sizes` pads it).
+    alone_rows: usize,
     pub stats: Arc<BatchStats>,
 }
 
@@ -166,6 +251,8 @@ pub const BATCH_SIZE: &str = "sekisho_filter_batch_size";
 pub const QUEUE_WAIT: &str = "sekisho_filter_queue_wait_seconds";
 /// Time one batch spends in ONNX Runtime, by model.
 pub const INFERENCE: &str = "sekisho_filter_inference_seconds";
+/// Rows of padding run to bring batches to an allowed size (`--batch-sizes`), by model.
+pub const BATCH_PADDING_TOTAL: &str = "sekisho_filter_batch_padding_total";
 /// Items refused because the queue was full, by model.
 pub const QUEUE_FULL_TOTAL: &str = "sekisho_filter_queue_full_total";
 /// Items queued but not run, by model and reason: `caller_gone` (the call had ended: its
@@ -197,6 +284,10 @@ pub fn describe_metrics() {
     describe_histogram!(
         INFERENCE,
         "Time one batch spends in ONNX Runtime, by model."
+    );
+    describe_counter!(
+        BATCH_PADDING_TOTAL,
+        "Rows of padding (copies of a batch's last item) run to bring batches to an allowed size (--batch-sizes), by model."
     );
     describe_counter!(
         QUEUE_FULL_TOTAL,
@@ -240,6 +331,8 @@ impl Batcher {
         let idle = Arc::new(AtomicUsize::new(0));
         let workers = sessions.len().max(1);
         let queued_values = Arc::new(AtomicU64::new(0));
+        // `Auto` is resolved by the caller, which knows the provider; here it is every size.
+        let sizes = opts.sizes.sizes(opts.max_batch).unwrap_or_default();
         for (i, session) in sessions.into_iter().enumerate() {
             let w = Worker {
                 model: model.to_owned(),
@@ -252,6 +345,7 @@ impl Batcher {
                 idle: idle.clone(),
                 queued_values: queued_values.clone(),
                 held: VecDeque::new(),
+                sizes: sizes.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("onnx-worker-{i}"))
@@ -267,6 +361,7 @@ impl Batcher {
             queued_values,
             max_batch: opts.max_batch.max(1),
             max_batch_elements: opts.max_batch_elements.max(1),
+            alone_rows: run_size(1, opts.max_batch.max(1), &sizes),
             stats,
         }
     }
@@ -324,7 +419,8 @@ impl Batcher {
         } else {
             self.stats.margin.apply(self.drain())
         };
-        let wait = ahead + self.stats.time_for(values);
+        let own = self.stats.time_for(values * self.alone_rows);
+        let wait = ahead + own;
         let left = deadline.saturating_duration_since(Instant::now());
         if wait <= left {
             return Ok(false);
@@ -351,10 +447,10 @@ impl Batcher {
                 self.tx.len(),
                 ahead.as_secs_f64() * 1e3,
                 self.workers,
-                self.stats.time_for(values).as_secs_f64() * 1e3,
+                own.as_secs_f64() * 1e3,
                 left.as_secs_f64() * 1e3
             ),
-            fits_after(ahead, self.stats.time_for(values), left),
+            fits_after(ahead, own, left),
         ))
     }
 
@@ -407,11 +503,10 @@ pub(crate) fn fits_after(ahead: Duration, own: Duration, left: Duration) -> Dura
 const GONE: &str = "caller_gone";
 const EXPIRED: &str = "deadline";
 
-/// A batch being collected, the earliest deadline among its jobs and their input values.
+/// A batch being collected, and the earliest deadline among its jobs.
 struct Batch {
     jobs: Vec<Job>,
     slack: Option<Instant>,
-    values: usize,
 }
 
 struct Worker {
@@ -427,6 +522,8 @@ struct Worker {
     queued_values: Arc<AtomicU64>,
     /// Jobs taken while collecting a batch of another shape: they start the next one.
     held: VecDeque<Job>,
+    /// The batch sizes the model runs at, ascending (empty: every size).
+    sizes: Vec<usize>,
 }
 
 impl Worker {
@@ -448,17 +545,13 @@ impl Worker {
                 self.abandon(1, GONE);
                 continue;
             }
-            if !first.probe && self.too_late(&first, first.data.len()) {
+            if !first.probe && self.too_late(&first, self.run_values(1, first.data.len())) {
                 self.expire(first);
                 continue;
             }
-            // Items of one shape have as many values each: the batch holds at most this
-            // many of them (and at least one).
-            let most = (self.opts.max_batch_elements / first.data.len().max(1))
-                .clamp(1, self.opts.max_batch.max(1));
+            let most = self.most(first.data.len());
             let mut batch = Batch {
                 slack: first.deadline,
-                values: first.data.len(),
                 jobs: vec![first],
             };
             // Held jobs of the same shape join first.
@@ -522,9 +615,21 @@ impl Worker {
             }
             metrics::histogram!(BATCH_SIZE, "model" => self.model.clone())
                 .record(batch.len() as f64);
-            let values: usize = batch.iter().map(|j| j.data.len()).sum();
+            let rows = run_size(batch.len(), most, &self.sizes);
+            debug_assert_eq!(
+                self.run_values(batch.len(), batch[0].data.len()),
+                rows * batch[0].data.len()
+            );
+            if rows > batch.len() {
+                let padding = (rows - batch.len()) as u64;
+                self.stats.padding.fetch_add(padding, Ordering::Relaxed);
+                metrics::counter!(BATCH_PADDING_TOTAL, "model" => self.model.clone())
+                    .increment(padding);
+            }
+            // What the model runs, padding included.
+            let values = batch[0].data.len() * rows;
             self.stats.running.begin(values, started);
-            let result = self.infer(&mut batch);
+            let result = self.infer(&mut batch, rows);
             self.stats.running.end(values, started);
             self.stats.cost.record(started.elapsed(), values);
             self.stats.cost.publish(&self.model);
@@ -568,6 +673,18 @@ impl Worker {
         job
     }
 
+    /// The most items of `per_item` input values each one batch holds (items of one
+    /// shape have as many values each; at least one).
+    fn most(&self, per_item: usize) -> usize {
+        (self.opts.max_batch_elements / per_item.max(1)).clamp(1, self.opts.max_batch.max(1))
+    }
+
+    /// The input values a batch of `items` items of `per_item` values each runs, the
+    /// padding to an allowed batch size included.
+    fn run_values(&self, items: usize, per_item: usize) -> usize {
+        per_item * run_size(items, self.most(per_item), &self.sizes)
+    }
+
     /// Whether `job`'s deadline would pass before a batch of `values` input values could
     /// end.
     fn too_late(&self, job: &Job, values: usize) -> bool {
@@ -586,7 +703,10 @@ impl Worker {
             format!(
                 "it waited {:.1} ms in the queue, and running it takes ~{:.1} ms",
                 job.queued.elapsed().as_secs_f64() * 1e3,
-                self.stats.time_for(job.data.len()).as_secs_f64() * 1e3
+                self.stats
+                    .time_for(self.run_values(1, job.data.len()))
+                    .as_secs_f64()
+                    * 1e3
             ),
             // Its own deadline passed in the queue: nothing to say of another's.
             Duration::ZERO,
@@ -601,7 +721,7 @@ impl Worker {
             self.abandon(1, GONE);
             return None;
         }
-        if !job.probe && self.too_late(&job, job.data.len()) {
+        if !job.probe && self.too_late(&job, self.run_values(1, job.data.len())) {
             self.expire(job);
             return None;
         }
@@ -609,60 +729,67 @@ impl Worker {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let values = batch.values + job.data.len();
+        let values = self.run_values(batch.jobs.len() + 1, job.data.len());
         if let Some(d) = earliest
             && d.saturating_duration_since(Instant::now()) < self.stats.time_for(values)
         {
             return Some(job);
         }
         batch.slack = earliest;
-        batch.values = values;
         batch.jobs.push(job);
         None
     }
 
-    /// Runs the batch; the jobs' input data is moved into the tensor, not copied, when
-    /// the batch is a single item.
-    fn infer(&mut self, batch: &mut [Job]) -> Result<Vec<Vec<Output>>, BatchError> {
+    /// Runs the batch as `rows` rows (at least its items; the last item's input repeated
+    /// in the rest); the jobs' input data is moved into the tensor, not copied, when the
+    /// batch is a single item run alone.
+    fn infer(&mut self, batch: &mut [Job], rows: usize) -> Result<Vec<Vec<Output>>, BatchError> {
         let n = batch.len();
-        let data: Vec<f32> = if n == 1 {
+        let data: Vec<f32> = if n == 1 && rows == 1 {
             std::mem::take(&mut batch[0].data)
         } else {
-            let mut d = Vec::with_capacity(batch[0].data.len() * n);
+            let mut d = Vec::with_capacity(batch[0].data.len() * rows);
             for j in batch.iter() {
                 d.extend_from_slice(&j.data);
+            }
+            let last = &batch[n - 1].data;
+            for _ in n..rows {
+                d.extend_from_slice(last);
             }
             d
         };
         let outputs: Vec<&str> = self.outputs.iter().map(String::as_str).collect();
+        // The padding's answers are nobody's.
         run_batch(
             &mut self.session,
             &self.input,
             &outputs,
             &batch[0].shape,
-            n,
+            (rows, n),
             data,
         )
     }
 }
 
-/// Runs `n` items of shape `item` (their values one after the other in `data`) as one
-/// batch and splits every output into the items' own rows.
+/// Runs `rows.0` items of shape `item` (their values one after the other in `data`) as
+/// one batch and splits every output into the rows of the first `rows.1` items (the
+/// rest are padding).
 pub(crate) fn run_batch(
     session: &mut Session,
     input: &str,
     outputs: &[&str],
     item: &[i64],
-    n: usize,
+    rows: (usize, usize),
     data: Vec<f32>,
 ) -> Result<Vec<Vec<Output>>, BatchError> {
+    let (n, keep) = (rows.0, rows.1.min(rows.0));
     let mut shape = Vec::with_capacity(item.len() + 1);
     shape.push(n as i64);
     shape.extend_from_slice(item);
     let failed = |e: ort::Error| BatchError::Failed(e.to_string());
     let tensor = Tensor::from_array((shape, data)).map_err(failed)?;
     let ran = session.run(ort::inputs![input => tensor]).map_err(failed)?;
-    let mut per_item: Vec<Vec<Output>> = (0..n).map(|_| Vec::new()).collect();
+    let mut per_item: Vec<Vec<Output>> = (0..keep).map(|_| Vec::new()).collect();
     for name in outputs {
         let value = ran
             .get(name)
@@ -683,4 +810,41 @@ pub(crate) fn run_batch(
         }
     }
     Ok(per_item)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BatchSizes, run_size};
+
+    #[test]
+    fn a_batch_runs_at_the_smallest_allowed_size_that_holds_it() {
+        let sizes = BatchSizes::powers_of_two(32).sizes(32).unwrap();
+        assert_eq!(sizes, [1, 2, 4, 8, 16, 32]);
+        let runs: Vec<usize> = (1..=32).map(|n| run_size(n, 32, &sizes)).collect();
+        assert_eq!(&runs[..9], [1, 2, 4, 4, 8, 8, 8, 8, 16]);
+        assert!(runs[16..].iter().all(|&r| r == 32), "{runs:?}");
+        // Every size: no padding.
+        assert_eq!(BatchSizes::Every.sizes(32).unwrap(), Vec::<usize>::new());
+        assert!((1..=32).all(|n| run_size(n, 32, &[]) == n));
+        // --max-batch is always one; unsorted and repeated sizes are fine.
+        let sizes = BatchSizes::Only(vec![8, 3, 3]).sizes(12).unwrap();
+        assert_eq!(sizes, [3, 8, 12]);
+        assert_eq!(run_size(9, 12, &sizes), 12);
+        // A shape whose batches hold fewer items (their input values) pads up to that
+        // most, never past it.
+        assert_eq!(run_size(4, 6, &sizes), 6);
+        assert_eq!(run_size(2, 6, &sizes), 3);
+        assert_eq!(BatchSizes::powers_of_two(1).sizes(1).unwrap(), [1]);
+        assert_eq!(
+            BatchSizes::powers_of_two(12).sizes(12).unwrap(),
+            [1, 2, 4, 8, 12]
+        );
+        let e = BatchSizes::Only(vec![4, 16]).sizes(8).unwrap_err();
+        assert!(
+            e.contains("batch size 16 is over the most a batch holds (8"),
+            "{e}"
+        );
+        assert_eq!(BatchSizes::describe(&[1, 2, 4]), "1,2,4");
+        assert_eq!(BatchSizes::describe(&[]), "every");
+    }
 }

@@ -22,6 +22,7 @@ pub mod rmqr;
 pub mod runtime;
 pub mod work;
 
+pub use batch::BatchSizes;
 pub use classify::{ClassifierSpec, NgConfig, NgImage};
 pub use face::{FaceConfig, FaceDetect};
 pub use intake::Intake;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
-use crate::batch::{BatchOptions, Batcher, run_batch};
+use crate::batch::{BatchOptions, BatchSizes, Batcher, run_batch};
 use crate::runtime::{self, Provider, RuntimeError, RuntimeOptions};
 
 /// What the sessions run before the filter serves (`--warm-up`). A model is always
@@ -22,9 +22,10 @@ pub enum WarmUp {
     /// model whose graph fixes its batch, takes another input or gives other outputs is
     /// refused with the reason before the filter serves.
     Check,
-    /// The check, then every session runs every batch size from 1 to the most once, so
-    /// that no call pays for a first run of its shape (on CUDA, cuDNN searches for its
-    /// convolution algorithms once per input shape).
+    /// The check, then every session runs every batch size the model runs at (from 1 to
+    /// the most, or those of `--batch-sizes`) once, so that no call pays for a first run
+    /// of its shape (on CUDA, cuDNN searches for its convolution algorithms once per
+    /// input shape).
     All,
 }
 
@@ -89,6 +90,8 @@ pub struct Served {
     pub provider: Provider,
     pub path: PathBuf,
     max_batch: usize,
+    /// The batch sizes the model runs at (empty: every size).
+    sizes: Vec<usize>,
     workers: usize,
     warmed: WarmUp,
     /// Seconds from reading the model file to ready: loading the sessions, the check
@@ -131,6 +134,7 @@ impl Served {
             ("model_path", self.path.display().to_string()),
             ("workers", self.workers.to_string()),
             ("warm_up", self.warmed.as_str().to_owned()),
+            ("batch_sizes", BatchSizes::describe(&self.sizes)),
             ("model_ready_seconds", format!("{:.3}", self.ready_after)),
         ]
         .into_iter()
@@ -219,7 +223,20 @@ pub fn serve(
     if declared == Some(1) && batch.max_batch > 1 {
         tracing::warn!(model = %path.display(), max_batch = batch.max_batch, "the model's input takes batches of exactly one item: serving one item at a time");
         batch.max_batch = 1;
+        batch.sizes = BatchSizes::Every;
     }
+    // On CUDA few batch shapes: cuDNN's algorithm search, and the warm-up, run once per
+    // shape. On the CPU a row of padding costs what an item does.
+    if batch.sizes == BatchSizes::Auto {
+        batch.sizes = match provider {
+            Provider::Cuda => BatchSizes::powers_of_two(batch.max_batch),
+            Provider::Cpu => BatchSizes::Every,
+        };
+    }
+    let sizes = batch
+        .sizes
+        .sizes(batch.max_batch)
+        .map_err(|e| RuntimeError::Options(format!("--batch-sizes: {e}")))?;
     let started = Instant::now();
     let most = most_in_batch(&batch, &probe.item);
     // On CUDA the first run of each input shape also searches for its convolution
@@ -235,14 +252,15 @@ pub fn serve(
             // would time each other's runs (and take workspace from each other), so on
             // CUDA the sessions on one GPU warm one after another, the GPUs side by side.
             // CPU sessions all run side by side.
+            let warm_sizes = sizes_up_to(&sizes, most);
             let lanes: Vec<i64> = match provider {
                 Provider::Cuda => places.iter().map(|p| i64::from(p.device)).collect(),
                 Provider::Cpu => (0..sessions.len() as i64).collect(),
             };
             each_session(&mut sessions, &lanes, |i, session| {
                 let started = Instant::now();
-                warm_all(session, input, &outputs, &probe.item, most)?;
-                tracing::info!(model = %path.display(), session = i, max_batch = most, seconds = started.elapsed().as_secs_f64(), "session warmed");
+                warm_all(session, input, &outputs, &probe.item, &warm_sizes)?;
+                tracing::info!(model = %path.display(), session = i, batch_sizes = ?warm_sizes, seconds = started.elapsed().as_secs_f64(), "session warmed");
                 Ok(())
             })
             .map_err(refuse)?;
@@ -269,6 +287,7 @@ pub fn serve(
         provider,
         path,
         max_batch: batch.max_batch,
+        sizes,
         workers,
         warmed,
         ready_after,
@@ -385,12 +404,13 @@ fn check_runs(
     retime: bool,
 ) -> Result<(Timed, Timed), String> {
     let one = probe.item.iter().product::<i64>().max(0) as usize;
-    let got = run_batch(session, input, outputs, &probe.item, 1, vec![0.0; one]).map_err(|e| {
-        format!(
-            "the model cannot run one input of {}: {e}",
-            shape_text(&probe.item)
-        )
-    })?;
+    let got =
+        run_batch(session, input, outputs, &probe.item, (1, 1), vec![0.0; one]).map_err(|e| {
+            format!(
+                "the model cannot run one input of {}: {e}",
+                shape_text(&probe.item)
+            )
+        })?;
     for ((name, out), want) in outputs.iter().zip(&got[0]).zip(&probe.values) {
         if let Some(want) = want
             && out.data.len() != *want
@@ -405,7 +425,7 @@ fn check_runs(
         }
     }
     let started = Instant::now();
-    run_batch(session, input, outputs, &probe.item, 1, vec![0.0; one])
+    run_batch(session, input, outputs, &probe.item, (1, 1), vec![0.0; one])
         .map_err(|e| format!("the model ran one input of zeros once, not twice: {e}"))?;
     let alone = (started.elapsed(), one);
     if most == 1 {
@@ -418,7 +438,7 @@ fn check_runs(
             input,
             outputs,
             &probe.item,
-            most,
+            (most, most),
             vec![0.0; one * most],
         )
         .map(|_| started.elapsed())
@@ -439,17 +459,28 @@ fn check_runs(
 /// A run's time and its input values.
 type Timed = (std::time::Duration, usize);
 
-/// One session runs every batch size from 1 to `most`.
+/// The batch sizes a batch of at most `most` items runs at (`sizes` empty: every size),
+/// ascending.
+fn sizes_up_to(sizes: &[usize], most: usize) -> Vec<usize> {
+    if sizes.is_empty() {
+        return (1..=most).collect();
+    }
+    let mut up_to: Vec<usize> = sizes.iter().copied().filter(|&s| s < most).collect();
+    up_to.push(most);
+    up_to
+}
+
+/// One session runs each of `sizes`.
 fn warm_all(
     session: &mut Session,
     input: &str,
     outputs: &[&str],
     item: &[i64],
-    most: usize,
+    sizes: &[usize],
 ) -> Result<(), String> {
     let one = item.iter().product::<i64>().max(0) as usize;
-    for n in 1..=most {
-        run_batch(session, input, outputs, item, n, vec![0.0; one * n])
+    for &n in sizes {
+        run_batch(session, input, outputs, item, (n, n), vec![0.0; one * n])
             .map_err(|e| format!("warming up a batch of {n}: {e}"))?;
     }
     Ok(())
@@ -482,7 +513,16 @@ fn each_session<S: Send>(
 
 #[cfg(test)]
 mod tests {
-    use super::each_session;
+    use super::{each_session, sizes_up_to};
+
+    #[test]
+    fn the_warm_up_runs_each_size_a_batch_runs_at() {
+        assert_eq!(sizes_up_to(&[], 4), [1, 2, 3, 4]);
+        assert_eq!(sizes_up_to(&[1, 2, 4, 8], 8), [1, 2, 4, 8]);
+        // Batches of this shape hold at most 6 (their input values): padded up to 6.
+        assert_eq!(sizes_up_to(&[1, 2, 4, 8], 6), [1, 2, 4, 6]);
+        assert_eq!(sizes_up_to(&[1], 1), [1]);
+    }
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -120,6 +120,9 @@ pub enum RuntimeError {
     CudaMissing { device: i32, reason: String },
     #[error("ONNX Runtime: {0}")]
     Ort(String),
+    /// Options that do not fit together.
+    #[error("{0}")]
+    Options(String),
 }
 
 static ENV: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use sekisho_filter_sdk::Filter;
-use sekisho_filters_images::{ClassifierSpec, FaceDetect, ModelOptions, NgImage, WarmUp};
+use sekisho_filters_images::{
+    BatchSizes, ClassifierSpec, FaceDetect, ModelOptions, NgImage, WarmUp,
+};
 
 mod common;
 use common::{cache, options, reference, tiny_spec};
@@ -163,9 +165,22 @@ fn describe_says_how_the_model_was_warmed_and_face_detect_refuses_another_model(
     o.workers = 2;
     let auto = NgImage::load(tiny_spec(&model), &o).unwrap();
     assert_eq!(auto.info()["warm_up"], "check");
+    // On the CPU every batch size runs: no padding.
+    assert_eq!(auto.info()["batch_sizes"], "every");
     o.warm_up = WarmUp::All;
+    o.batch.sizes = BatchSizes::Only(vec![16]);
+    let over = NgImage::load(tiny_spec(&model), &o)
+        .err()
+        .expect("16 is over 4");
+    assert!(
+        over.to_string()
+            .contains("--batch-sizes: batch size 16 is over the most a batch holds (4"),
+        "{over}"
+    );
+    o.batch.sizes = BatchSizes::Only(vec![2]);
     let all = NgImage::load(tiny_spec(&model), &o).unwrap();
     assert_eq!(all.info()["warm_up"], "all");
+    assert_eq!(all.info()["batch_sizes"], "2,4");
     // And how long the model took to be ready: loading, check and warm-up.
     for served in [&auto, &all] {
         let secs: f64 = served.info()["model_ready_seconds"].parse().unwrap();

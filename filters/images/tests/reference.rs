@@ -452,6 +452,117 @@ async fn a_free_worker_batches_what_queued_without_waiting() {
     eprintln!("16 items sent together ran in {batches} batches");
 }
 
+/// With `--batch-sizes 4` (and `--max-batch 8`, always one) the model runs batches of 4
+/// or 8 rows only, the rows past the items copies of the last one, and every item still
+/// gets the answer the model gives it without padding: 16 open_nsfw items of different
+/// shades one at a time (each padded to 4), then sent together, against the same items
+/// through a worker that runs every size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_padded_to_the_allowed_sizes_give_each_item_its_own_answer() {
+    use sekisho_filters_images::BatchSizes;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let mut o = ng_options();
+    o.workers = 1;
+    o.batch.max_batch = 8;
+    o.batch.sizes = BatchSizes::Every;
+    let every = serve_nsfw(&o);
+    assert_eq!(every.info("nsfw")["batch_sizes"], "every");
+    o.batch.sizes = BatchSizes::Only(vec![4]);
+    o.batch.max_wait = std::time::Duration::from_millis(50);
+    let padded = serve_nsfw(&o);
+    assert_eq!(padded.info("nsfw")["batch_sizes"], "4,8");
+    let item = |i: usize| vec![i as f32 * 8.0 - 64.0; 224 * 224 * 3];
+    let shape = vec![224i64, 224, 3];
+    let mut want = Vec::new();
+    for i in 0..16 {
+        want.push(every.batcher.run(shape.clone(), item(i)).await.unwrap());
+    }
+    assert_eq!(load(&every.batcher.stats.padding), 0, "no padding");
+    let close = |a: &[sekisho_filters_images::batch::Output],
+                 b: &[sekisho_filters_images::batch::Output]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.shape == y.shape
+                    && x.data
+                        .iter()
+                        .zip(&y.data)
+                        .all(|(p, q)| (p - q).abs() < 1e-4)
+            })
+    };
+    for (i, w) in want.iter().enumerate() {
+        let got = padded.batcher.run(shape.clone(), item(i)).await.unwrap();
+        assert!(close(&got, w), "item {i} alone: {got:?} padded, {w:?} not");
+    }
+    let stats = &padded.batcher.stats;
+    assert_eq!(
+        (
+            load(&stats.batches),
+            load(&stats.items),
+            load(&stats.padding)
+        ),
+        (16, 16, 48),
+        "each item alone ran in 4 rows"
+    );
+    let together =
+        futures::future::join_all((0..16).map(|i| padded.batcher.run(shape.clone(), item(i))))
+            .await;
+    for (i, (got, w)) in together.iter().zip(&want).enumerate() {
+        let got = got.as_ref().unwrap();
+        assert!(close(got, w), "item {i} batched: {got:?} padded, {w:?} not");
+    }
+    let (batches, items, padding) = (
+        load(&stats.batches) - 16,
+        load(&stats.items) - 16,
+        load(&stats.padding) - 48,
+    );
+    assert_eq!(items, 16);
+    assert!(
+        batches < 16,
+        "16 items sent together ran in {batches} batches"
+    );
+    // Every batch ran as 4 or 8 rows: 1 to 4 items in 4, 5 to 8 in 8, so at most 3 rows
+    // of padding a batch.
+    let rows = items + padding;
+    assert!(
+        rows % 4 == 0 && rows >= 4 * batches && rows <= 8 * batches && padding <= 3 * batches,
+        "{items} items in {batches} batches with {padding} rows of padding"
+    );
+    eprintln!("16 items together: {batches} batches, {padding} rows of padding");
+}
+
+/// An item run alone is padded to the smallest allowed batch size, and admission prices
+/// it so: with `--batch-sizes 4` (and `--max-batch 4`) a call with time for two items but
+/// not the four rows it would run as is refused on arrival; the same call to a worker
+/// that runs every size runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_prices_an_item_as_the_padded_batch_it_runs_as() {
+    use sekisho_filter_sdk::with_deadline;
+    use sekisho_filters_images::BatchSizes;
+    use std::time::{Duration, Instant};
+    let mut o = ng_options();
+    o.workers = 1;
+    o.batch.max_batch = 4;
+    let shape = vec![224i64, 224, 3];
+    // The estimate: 200 ms a row, far above the model's real time.
+    let per = Duration::from_millis(200);
+    for (sizes, runs) in [
+        (BatchSizes::Every, true),
+        (BatchSizes::Only(vec![4]), false),
+    ] {
+        o.batch.sizes = sizes.clone();
+        let served = serve_nsfw(&o);
+        served.batcher.stats.seed(per, 224 * 224 * 3);
+        let call = served.batcher.run(shape.clone(), vec![0.5; 224 * 224 * 3]);
+        let got = with_deadline(Some(Instant::now() + per * 2), call).await;
+        if runs {
+            got.unwrap_or_else(|e| panic!("{sizes:?}: {e}"));
+        } else {
+            let err = got.expect_err("four rows do not fit in two rows' time");
+            assert!(err.to_string().contains("~800.0 ms for this one"), "{err}");
+        }
+    }
+}
+
 /// A batch holds at most `max_batch_elements` input values: 16 open_nsfw items sent at
 /// once to one worker whose batches may hold 8 items but the values of only 2 run in
 /// batches of 2 at most, still batched, each item its own answer. (face-detect sets the
