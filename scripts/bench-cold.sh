@@ -11,7 +11,8 @@
 # before the model check and warm-up, compared as `none`; optional), MODEL (default:
 # the cache's open-nsfw.onnx), PHOTO (default: chelsea.png of the sample photos),
 # MAX_BATCH (8), WORKERS (1), MODES (default: `check all`; a mode `all:heuristic` also
-# passes `--cudnn-conv-search heuristic`, which matters on CUDA only).
+# passes `--cudnn-conv-search heuristic`, which matters on CUDA only, and one ending in
+# `/SIZES` passes `--batch-sizes SIZES`: `all/every`, `all:heuristic/1,2,4,8`).
 set -euo pipefail
 provider=${1:-cpu}
 rounds=${2:-3}
@@ -68,10 +69,11 @@ for r in $(seq "$rounds"); do
   for mode in $modes; do
     if [ "$mode" = none ]; then
       cmd=("$OLD_BIN" filter ng-image)
-    elif [[ $mode == *:* ]]; then
-      cmd=("$bin" filter ng-image --warm-up "${mode%%:*}" --cudnn-conv-search "${mode#*:}")
     else
-      cmd=("$bin" filter ng-image --warm-up "$mode")
+      base=${mode%%/*}
+      cmd=("$bin" filter ng-image --warm-up "${base%%:*}")
+      [[ $base == *:* ]] && cmd+=(--cudnn-conv-search "${base#*:}")
+      [[ $mode == */* ]] && cmd+=(--batch-sizes "${mode#*/}")
     fi
     t0=$(date +%s%N)
     "${cmd[@]}" --listen 127.0.0.1:51300 --metrics-listen 127.0.0.1:51301 --model "$model" \
@@ -100,12 +102,13 @@ for line in open(sys.argv[1]):
 provider, batch, workers = sys.argv[2:5]
 print(f"ng-image on {provider}, {workers} worker(s), max-batch {batch}: medians of "
       f"{len(next(iter(rows.values())))} starts; ms, caller's time (model's per batch)")
-print(f"{'warm-up':<8} {'start':>7} | {'1st call':>17} {'again':>17} | "
+w = max(8, *(len(m) for m in rows))
+print(f"{'warm-up':<{w}} {'start':>7} | {'1st call':>17} {'again':>17} | "
       f"{'1st ' + batch + ' at once':>22} {'again':>22}")
 med = lambda xs: sorted(xs)[len(xs) // 2]
 for mode, vs in rows.items():
     c = [med([v[i] for v in vs]) for i in range(13)]
     cell = lambda i: f"{c[i]:7.1f} ({c[i + 1]:6.1f})"
     burst = lambda i: f"{c[i]:7.1f} ({c[i + 1]:6.1f} ×{c[i + 2]:.0f})"
-    print(f"{mode:<8} {c[0]:7.0f} | {cell(1):>17} {cell(7):>17} | {burst(4):>22} {burst(10):>22}")
+    print(f"{mode:<{w}} {c[0]:7.0f} | {cell(1):>17} {cell(7):>17} | {burst(4):>22} {burst(10):>22}")
 PY

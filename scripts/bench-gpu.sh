@@ -17,7 +17,8 @@
 #   SEKISHO_BIN=/tmp/g/bundle/sekisho MODEL=/tmp/g/bundle/open-nsfw.onnx \
 #     PHOTO=/tmp/g/bundle/photos/chelsea.png MAX_BATCH=32 bash /tmp/g/bundle/bench-cold.sh cuda 3
 # Anywhere, against a local build (CPU): scripts/bench-gpu.sh run <dir> cpu 5 1 8
-# SESSIONS="1 2" runs the batched filter with one session, then with two.
+# SESSIONS="1 2" runs the batched filter with one session, then with two; BATCH_SIZES
+# (e.g. `every`) gives it --batch-sizes (default `auto`: powers of two on CUDA).
 set -euo pipefail
 what=${1:?usage: bench-gpu.sh pack | run <dir> [provider] [seconds] [rounds] [max-batch]}
 
@@ -121,6 +122,7 @@ for r in $(seq "$rounds"); do
     else
       model=(--model "$dir/open-nsfw.onnx" --provider "$provider"
         --on-missing-cuda $onmissing --workers "${c#*:}" --max-batch "${c%:*}")
+      [ "$c" != 1:1 ] && [ -n "${BATCH_SIZES:-}" ] && model+=(--batch-sizes "$BATCH_SIZES")
     fi
     log="$tmp/filter-${c/:/x}.log"
     $bin filter ng-image --listen 127.0.0.1:$port "${model[@]}" \
