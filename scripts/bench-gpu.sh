@@ -17,8 +17,11 @@
 #   SEKISHO_BIN=/tmp/g/bundle/sekisho MODEL=/tmp/g/bundle/open-nsfw.onnx \
 #     PHOTO=/tmp/g/bundle/photos/chelsea.png MAX_BATCH=32 bash /tmp/g/bundle/bench-cold.sh cuda 3
 # Anywhere, against a local build (CPU): scripts/bench-gpu.sh run <dir> cpu 5 1 8
-# SESSIONS="1 2" runs the batched filter with one session, then with two; BATCH_SIZES
-# (e.g. `every`) gives it --batch-sizes (default `auto`: powers of two on CUDA).
+# First, unless SCORES=0, each photo's score alone on the provider (on CUDA also with
+# --cuda-tf32) next to the CPU's, which `pack` takes.
+# SESSIONS="1 2" runs the batched filter with one session, then with two; BATCHED_ARGS
+# gives it more flags (e.g. `--cuda-tf32`, or `--batch-sizes every`: the default on CUDA
+# pads batches to powers of two).
 set -euo pipefail
 what=${1:?usage: bench-gpu.sh pack | run <dir> [provider] [seconds] [rounds] [max-batch]}
 
@@ -39,6 +42,20 @@ if [ "$what" = pack ]; then
   cp "${SEKISHO_CACHE:-.sekisho/cache}/models/open-nsfw.onnx" "$stage/"
   python3 filters/images/reference/reference.py null-nsfw "$stage/null-nsfw.onnx"
   python3 filters/images/reference/reference.py samples "$stage/photos" > /dev/null
+  # The photos' scores on this machine's CPU, for the GPU run to compare its own with;
+  # with retina.jpg, which scores far from 0 (0.18), where small changes show.
+  python3 filters/images/reference/reference.py large-samples "$stage/large" > /dev/null
+  mkdir "$stage/scored"
+  cp "$stage"/photos/* "$stage/large/retina.jpg" "$stage/scored/"
+  rm -r "$stage/large"
+  SEKISHO_LOG=warn "$bin" filter ng-image --listen 127.0.0.1:51490 --model "$stage/open-nsfw.onnx" \
+    > "$stage/cpu-filter.log" 2>&1 &
+  cpu_filter=$!
+  for _ in $(seq 300); do grep -q "listening on" "$stage/cpu-filter.log" && break; sleep 0.2; done
+  "$bin" bench images --filter http://127.0.0.1:51490 --scores "$stage"/scored/* \
+    > "$stage/cpu-scores.jsonl"
+  kill $cpu_filter; wait $cpu_filter 2>/dev/null || true
+  rm "$stage/cpu-filter.log"
   # pack.sh takes paths relative to the repository root; the bundle lands in /tmp/g/bundle.
   mv "$stage" bundle
   trap 'rm -rf bundle' EXIT
@@ -91,6 +108,34 @@ print(f"{part.get('fixed', 0) * 1e3:.2f}+{part.get('per_value', 0) * 224 * 224 *
 PY
 }
 
+# Scores first (SCORES=0 skips them): each photo alone through the filter on $provider,
+# float32 and (on CUDA) with --cuda-tf32, against the scores `pack` took on the CPU.
+scores_on() { # label, then the filter's extra flags
+  local label=$1 log="$tmp/scores-$1.log"
+  shift
+  $bin filter ng-image --listen 127.0.0.1:51190 --model "$dir/open-nsfw.onnx" \
+    --provider "$provider" --on-missing-cuda $onmissing --warm-up check --max-batch 1 \
+    "$@" > "$log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 3000); do grep -q "listening on" "$log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done
+  grep -q "listening on" "$log" || { cat "$log"; return 1; }
+  $bin bench images --filter http://127.0.0.1:51190 --scores "$dir"/scored/* > "$tmp/scores-$label.jsonl"
+  kill $pid; wait $pid 2>/dev/null || true
+  python3 - "$dir/cpu-scores.jsonl" "$tmp/scores-$label.jsonl" "$provider, $label" <<'PY'
+import json, os, sys
+load = lambda f: {os.path.basename(r["image"]): r["score"] for r in map(json.loads, open(f))}
+cpu, here = load(sys.argv[1]), load(sys.argv[2])
+diff = {k: abs(here[k] - cpu[k]) for k in cpu}
+worst = max(diff, key=diff.get)
+print(f"scores on {sys.argv[3]} against the CPU's, {len(diff)} photos: largest difference "
+      f"{diff[worst]:.6f} ({worst}: {here[worst]:.6f} vs {cpu[worst]:.6f})")
+PY
+}
+if [ "${SCORES:-1}" = 1 ] && [ -f "$dir/cpu-scores.jsonl" ]; then
+  scores_on float32
+  [ "$provider" = cuda ] && scores_on tf32 --cuda-tf32
+fi
+
 # Configurations, each "max-batch:sessions" or "null": the batched one once per count of
 # sessions in SESSIONS (e.g. SESSIONS="1 2": does a second session on the GPU, copying one
 # batch while another runs, pay?), then batch 1 and the null model.
@@ -122,7 +167,8 @@ for r in $(seq "$rounds"); do
     else
       model=(--model "$dir/open-nsfw.onnx" --provider "$provider"
         --on-missing-cuda $onmissing --workers "${c#*:}" --max-batch "${c%:*}")
-      [ "$c" != 1:1 ] && [ -n "${BATCH_SIZES:-}" ] && model+=(--batch-sizes "$BATCH_SIZES")
+      # shellcheck disable=SC2206 # flags, split on spaces
+      [ "$c" != 1:1 ] && model+=(${BATCHED_ARGS:-})
     fi
     log="$tmp/filter-${c/:/x}.log"
     $bin filter ng-image --listen 127.0.0.1:$port "${model[@]}" \

@@ -127,6 +127,11 @@ enum Mode {
         /// Poisson process, the same sequence every run), rather than evenly spaced.
         #[arg(long, requires = "rate")]
         poisson: bool,
+        /// Send each image once, one at a time, and print each answer (the image's path,
+        /// score and labels) as a line of JSON instead of measuring: e.g. a filter's
+        /// scores on the CPU and on CUDA, to compare.
+        #[arg(long, conflicts_with_all = ["chain", "rate", "requests"])]
+        scores: bool,
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
@@ -313,6 +318,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             timeout,
             rate,
             poisson,
+            scores,
             images,
         } => {
             let reqs = images
@@ -320,6 +326,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .map(|p| image_request(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let ch = channels(&filter, 1).await?.remove(0);
+            if scores {
+                let mut client = FilterClient::new(ch)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20);
+                for (path, req) in images.iter().zip(reqs) {
+                    let got = client
+                        .apply(with_timeout(req, timeout))
+                        .await
+                        .with_context(|| format!("{}", path.display()))?
+                        .into_inner();
+                    let labels: std::collections::BTreeMap<_, _> = got.labels.into_iter().collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "image": path.display().to_string(),
+                            "score": got.score,
+                            "labels": labels,
+                        })
+                    );
+                }
+                return Ok(());
+            }
             let to = match &chain {
                 Some(c) => ImageTarget::Chain(
                     GatewayClient::new(ch)

@@ -617,6 +617,7 @@ async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
             "0,1",
             "--gpu-mem-limit",
             "1GiB",
+            "--cuda-tf32",
         ],
     )
     .await
@@ -629,9 +630,14 @@ async fn cuda_asked_for_but_absent_refuses_or_falls_back_loudly() {
     assert_eq!(d.info["batch_sizes"], "every", "{:?}", d.info);
     // The CUDA settings asked for are not said to be in force on the CPU it fell back to.
     assert!(
-        ["cuda_devices", "gpu_mem_limit_per_gpu", "cudnn_conv_search"]
-            .iter()
-            .all(|k| !d.info.contains_key(*k)),
+        [
+            "cuda_devices",
+            "gpu_mem_limit_per_gpu",
+            "cudnn_conv_search",
+            "cuda_tf32"
+        ]
+        .iter()
+        .all(|k| !d.info.contains_key(*k)),
         "{:?}",
         d.info
     );
@@ -910,5 +916,71 @@ async fn a_chain_asking_face_detect_for_more_than_its_max_side_is_refused() {
             .contains("stages[0].filters[0].config.max_side: "),
         "{}",
         e.message()
+    );
+}
+
+/// `sekisho bench images --scores` prints each image's answer as a line of JSON (what
+/// `scripts/bench-gpu.sh` compares between the CPU and CUDA): the score and labels the
+/// filter's `Apply` gives for that file; a file the filter cannot read stops it with the
+/// file's name and the filter's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_images_scores_prints_each_images_answer() {
+    let photos = sample_photos().unwrap();
+    let f = FilterProcess::start("ng-image", &[]).await.unwrap();
+    let run = |paths: Vec<std::path::PathBuf>| {
+        let url = f.url.clone();
+        async move {
+            tokio::process::Command::new(sekisho_tests::sekisho_bin())
+                .args(["bench", "images", "--filter", &url, "--scores"])
+                .args(paths)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let files = [("chelsea.png", "image/png"), ("rocket.jpg", "image/jpeg")];
+    let out = run(files.iter().map(|(n, _)| photos.path().join(n)).collect()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let mut client = FilterClient::connect(f.url.clone()).await.unwrap();
+    for ((name, content_type), line) in files.iter().zip(&lines) {
+        let got = client
+            .apply(fproto::ApplyRequest {
+                content: Some(fproto::Content {
+                    content_type: (*content_type).into(),
+                    payload: Some(image_payload(
+                        std::fs::read(photos.path().join(name)).unwrap(),
+                    )),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(line["image"].as_str().unwrap().ends_with(name), "{line}");
+        assert_eq!(line["score"].as_f64(), Some(got.score), "{line}");
+        assert_eq!(line["labels"].as_object().unwrap().len(), got.labels.len());
+        for (k, v) in &got.labels {
+            assert_eq!(line["labels"][k].as_f64(), Some(*v), "{k}: {line}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, "not a picture").unwrap();
+    let out = run(vec![photos.path().join("chelsea.png"), text]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("notes.png") && err.contains("not an image this filter reads"),
+        "{err}"
     );
 }

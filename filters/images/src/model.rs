@@ -108,6 +108,7 @@ struct CudaUse {
     /// The most memory the sessions may take on each GPU.
     mem_limit: Option<u64>,
     conv_search: runtime::ConvSearch,
+    tf32: bool,
 }
 
 impl Served {
@@ -126,6 +127,7 @@ impl Served {
                     c.mem_limit.map_or("none".to_owned(), |l| l.to_string()),
                 ),
                 ("cudnn_conv_search", c.conv_search.as_str().to_owned()),
+                ("cuda_tf32", c.tf32.to_string()),
             ]
         });
         [
@@ -295,6 +297,7 @@ pub fn serve(
             devices: cuda_on,
             mem_limit: opts.runtime.gpu_mem_limit,
             conv_search: opts.runtime.conv_search,
+            tf32: opts.runtime.tf32,
         }),
     })
 }

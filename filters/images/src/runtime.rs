@@ -65,6 +65,11 @@ pub struct RuntimeOptions {
     pub gpu_mem_limit: Option<u64>,
     /// CUDA: how cuDNN picks each convolution's algorithm.
     pub conv_search: ConvSearch,
+    /// CUDA: let convolutions and matrix products round their inputs to TensorFloat-32
+    /// (10-bit mantissas) on tensor cores. ONNX Runtime does unless told not to; off by
+    /// default here, so that scores are float32's, as on the CPU and in the reference
+    /// pipelines that thresholds are set against.
+    pub tf32: bool,
 }
 
 /// How cuDNN picks a convolution's algorithm on CUDA (ONNX Runtime's
@@ -102,6 +107,7 @@ impl Default for RuntimeOptions {
             spin: false,
             gpu_mem_limit: None,
             conv_search: ConvSearch::default(),
+            tf32: false,
         }
     }
 }
@@ -251,6 +257,8 @@ fn cuda_provider(opts: &RuntimeOptions, place: Placement) -> ep::CUDA {
     use ort::ep::cuda::ConvAlgorithmSearch;
     let mut cuda = ep::CUDA::default()
         .with_device_id(place.device)
+        // Always said: ONNX Runtime's own default is on.
+        .with_tf32(opts.tf32)
         .with_conv_algorithm_search(match opts.conv_search {
             ConvSearch::Exhaustive => ConvAlgorithmSearch::Exhaustive,
             ConvSearch::Heuristic => ConvAlgorithmSearch::Heuristic,
