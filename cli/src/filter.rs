@@ -161,7 +161,8 @@ pub struct OnnxArgs {
     /// BENCHMARKS.md (d)). Default: decoded whole, as the reference pipeline does.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub jpeg_min_side: Option<u32>,
-    /// The ONNX Runtime library (default: ORT_DYLIB_PATH, else the cache's copy).
+    /// The ONNX Runtime library (default: ORT_DYLIB_PATH, else the cache's copy: with
+    /// --provider cuda, onnxruntime-gpu's when `scripts/fetch-models.sh --gpu` fetched it).
     #[arg(long)]
     onnxruntime: Option<PathBuf>,
     /// Image filters: pixels decoded and worked on at once across requests (a decoded
@@ -262,13 +263,13 @@ impl OnnxArgs {
                 .map_or(if cuda { devices.len() } else { 1 }, |n| n as usize),
             ..ModelOptions::default()
         };
-        if let Some(l) = &self.onnxruntime {
-            o.runtime.library = l.clone();
-        }
         o.runtime.provider = match self.provider {
             ProviderArg::Cpu => Provider::Cpu,
             ProviderArg::Cuda => Provider::Cuda,
         };
+        o.runtime.library = self.onnxruntime.clone().unwrap_or_else(|| {
+            sekisho_filters_images::runtime::default_library_for(o.runtime.provider)
+        });
         o.runtime.devices = devices;
         o.runtime.on_missing_cuda = match self.on_missing_cuda {
             OnMissingArg::Fallback => OnMissingCuda::Fallback,

@@ -984,3 +984,77 @@ async fn bench_images_scores_prints_each_images_answer() {
         "{err}"
     );
 }
+
+/// onnxruntime-gpu's own library (`scripts/fetch-models.sh --gpu`; `scripts/test.sh`
+/// fetches it and sets `SEKISHO_REQUIRE_ORT_GPU=1`, without which a missing one skips
+/// this), on this machine with neither a GPU nor CUDA: asked for CUDA and told to refuse,
+/// the filter stops naming the CUDA provider library it could not load and where ONNX
+/// Runtime came from; told to fall back, its CPU sessions give the scores the CPU
+/// wheel's library gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnxruntime_gpu_without_a_gpu_says_what_is_missing_and_serves_on_the_cpu() {
+    let gpu = sekisho_tests::cache_dir().join("onnxruntime-gpu/libonnxruntime.so.1.31.1");
+    if !gpu.is_file() {
+        assert!(
+            std::env::var_os("SEKISHO_REQUIRE_ORT_GPU").is_none(),
+            "SEKISHO_REQUIRE_ORT_GPU is set but {} is missing: scripts/fetch-models.sh --gpu",
+            gpu.display()
+        );
+        eprintln!("skipped: no {}", gpu.display());
+        return;
+    }
+    let lib = gpu.to_str().unwrap();
+    let err = refused_at_start(&[
+        "ng-image",
+        "--provider",
+        "cuda",
+        "--on-missing-cuda",
+        "refuse",
+        "--onnxruntime",
+        lib,
+    ])
+    .await;
+    assert!(
+        err.contains("CUDA was asked for (device 0) but cannot be used")
+            && err.contains("libonnxruntime_providers_cuda.so")
+            && err.contains(&format!("ONNX Runtime from {lib}")),
+        "{err}"
+    );
+
+    let photos = sample_photos().unwrap();
+    let fallen = FilterProcess::start("ng-image", &["--provider", "cuda", "--onnxruntime", lib])
+        .await
+        .unwrap();
+    assert_eq!(describe(&fallen).await.info["execution_provider"], "cpu");
+    let cpu = FilterProcess::start("ng-image", &[]).await.unwrap();
+    for (name, content_type) in [
+        ("chelsea.png", "image/png"),
+        ("rocket.jpg", "image/jpeg"),
+        ("astronaut.png", "image/png"),
+    ] {
+        let mut scores = Vec::new();
+        for f in [&fallen, &cpu] {
+            let mut client = FilterClient::connect(f.url.clone()).await.unwrap();
+            let got = client
+                .apply(fproto::ApplyRequest {
+                    content: Some(fproto::Content {
+                        content_type: content_type.into(),
+                        payload: Some(image_payload(
+                            std::fs::read(photos.path().join(name)).unwrap(),
+                        )),
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            scores.push(got.score);
+        }
+        assert!(
+            (scores[0] - scores[1]).abs() < 1e-6,
+            "{name}: {} with onnxruntime-gpu's library, {} with the CPU one",
+            scores[0],
+            scores[1]
+        );
+    }
+}

@@ -331,7 +331,8 @@ impl Batcher {
         let idle = Arc::new(AtomicUsize::new(0));
         let workers = sessions.len().max(1);
         let queued_values = Arc::new(AtomicU64::new(0));
-        // `Auto` is resolved by the caller, which knows the provider; here it is every size.
+        // `model::serve` resolves `Auto` (it knows the provider) and refuses sizes over the
+        // most; here either is every size.
         let sizes = opts.sizes.sizes(opts.max_batch).unwrap_or_default();
         for (i, session) in sessions.into_iter().enumerate() {
             let w = Worker {

@@ -22,9 +22,21 @@ pub fn cache_dir() -> PathBuf {
 
 /// The ONNX Runtime library: `ORT_DYLIB_PATH`, else the cache's copy.
 pub fn default_library() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("onnxruntime/libonnxruntime.so.1.31.1"))
+    default_library_for(Provider::Cpu)
+}
+
+/// The ONNX Runtime library for `provider`: `ORT_DYLIB_PATH`, else the cache's copy; for
+/// CUDA the `onnxruntime-gpu` one (`scripts/fetch-models.sh --gpu`) when it is there (the
+/// CPU one has no CUDA provider: asked for CUDA, it fails loudly, saying where to get it).
+pub fn default_library_for(provider: Provider) -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let gpu = cache_dir().join("onnxruntime-gpu/libonnxruntime.so.1.31.1");
+    if provider == Provider::Cuda && gpu.is_file() {
+        return gpu;
+    }
+    cache_dir().join("onnxruntime/libonnxruntime.so.1.31.1")
 }
 
 /// A model file in the cache (`models/<name>`).
@@ -235,7 +247,13 @@ pub fn session(
             Err(reason) => {
                 let e = RuntimeError::CudaMissing {
                     device: place.device,
-                    reason,
+                    reason: format!(
+                        "{} (ONNX Runtime from {}; `scripts/fetch-models.sh --gpu` \
+                         fetches onnxruntime-gpu, which needs CUDA 13 and cuDNN 9 on the \
+                         library path)",
+                        reason.trim_end(),
+                        opts.library.display()
+                    ),
                 };
                 if opts.on_missing_cuda == OnMissingCuda::Refuse {
                     return Err(e);
