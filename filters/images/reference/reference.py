@@ -120,8 +120,8 @@ def large_samples(out_dir):
 
 def format_samples(out_dir):
     """Photos as WebP, as Pillow (libwebp) writes them: lossy, lossy with an alpha
-    channel, lossless; as GIF: plain, with a transparent colour, animated; and as a CMYK
-    JPEG."""
+    channel, lossless; as GIF: plain, with a transparent colour, animated; as a CMYK
+    JPEG; and as PNGs of 16 bits a channel, RGB and RGBA."""
     import skimage.data
     src = os.path.dirname(skimage.data.__file__)
     os.makedirs(out_dir, exist_ok=True)
@@ -138,9 +138,20 @@ def format_samples(out_dir):
     c.save(os.path.join(out_dir, "chelsea_animated.gif"), save_all=True, duration=100,
            append_images=[c.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
     c.convert("CMYK").save(os.path.join(out_dir, "chelsea_cmyk.jpg"), quality=90)
+    # 16 bits a channel (as scanners and photo editors write them; Pillow cannot write
+    # them, OpenCV can): each value's low byte random, so that taking the high byte and
+    # rounding value / 257 differ.
+    import cv2
+    rng = np.random.default_rng(16)
+    for name, img in (("coffee_16bit.png", Image.open(os.path.join(src, "coffee.png")).convert("RGB")),
+                      ("astronaut_16bit_alpha.png", a)):
+        v = np.asarray(img).astype(np.uint16) * 256 + rng.integers(0, 256, (img.height, img.width,
+                                                                            len(img.mode)), dtype=np.uint16)
+        bgr = v[:, :, [2, 1, 0, 3][:v.shape[2]]]
+        cv2.imwrite(os.path.join(out_dir, name), bgr)
     written = ["chelsea.webp", "astronaut_alpha.webp", "coffee_lossless.webp",
                "chelsea.gif", "chelsea_transparent.gif", "chelsea_animated.gif",
-               "chelsea_cmyk.jpg"]
+               "chelsea_cmyk.jpg", "coffee_16bit.png", "astronaut_16bit_alpha.png"]
     print(json.dumps({"written": written}))
 
 

@@ -238,11 +238,26 @@ fn dct_shrink((w, h): (u32, u32), need: (u32, u32)) -> u32 {
 /// RGB at 8 bits per channel. Grey is repeated into each channel and alpha dropped, as
 /// `DynamicImage::to_rgb8` does, but for the 8-bit layouts without its per-pixel trip
 /// through `f32` (image 0.25 converts through its colour-space code; a 512×512 grey
-/// photo was ~4% of a filter's CPU on the benchmark photos); 16-bit and float images
+/// photo was ~4% of a filter's CPU on the benchmark photos). A 16-bit value keeps its
+/// high byte, as Pillow reads 16-bit RGB(A) PNGs and OpenCV every 16-bit image
+/// (`to_rgb8` rounds value / 257, 1 more in about a quarter of values); float images
 /// take `to_rgb8`.
 fn to_rgb8(img: DynamicImage) -> RgbImage {
     let (w, h) = (img.width(), img.height());
+    let high = |v: u16| (v >> 8) as u8;
     let raw: Vec<u8> = match img {
+        DynamicImage::ImageRgb16(c) => c.as_raw().iter().map(|&v| high(v)).collect(),
+        DynamicImage::ImageRgba16(c) => c
+            .as_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [high(p[0]), high(p[1]), high(p[2])])
+            .collect(),
+        DynamicImage::ImageLuma16(g) => g.as_raw().iter().flat_map(|&v| [high(v); 3]).collect(),
+        DynamicImage::ImageLumaA16(g) => g
+            .as_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [high(p[0]); 3])
+            .collect(),
         DynamicImage::ImageRgb8(rgb) => return rgb,
         DynamicImage::ImageLuma8(g) => g.as_raw().iter().flat_map(|&v| [v, v, v]).collect(),
         DynamicImage::ImageLumaA8(g) => g
@@ -623,6 +638,34 @@ pub(crate) mod tests {
             assert_eq!(got.dimensions(), (w, h));
             assert!(got == want, "{:?} converted differently", img.color());
         }
+    }
+
+    /// 16-bit values keep their high byte, as Pillow and OpenCV read them: 0x12FF is
+    /// 0x12, where `to_rgb8`'s rounding of 0x12FF / 257 gives 0x13.
+    #[test]
+    fn sixteen_bit_layouts_keep_the_high_byte() {
+        let v = |a: u16, b: u16, c: u16| [a, b, c];
+        let [a, b, c] = v(0x12FF, 0xFF80, 0x0080);
+        let rgb = image::ImageBuffer::from_raw(1, 1, vec![a, b, c]).unwrap();
+        let rgba = image::ImageBuffer::from_raw(1, 1, vec![a, b, c, 0x0101]).unwrap();
+        let grey = image::ImageBuffer::from_raw(1, 1, vec![a]).unwrap();
+        let grey_a = image::ImageBuffer::from_raw(1, 1, vec![b, 0]).unwrap();
+        let cases = [
+            (DynamicImage::ImageRgb16(rgb), [0x12, 0xFF, 0x00]),
+            (DynamicImage::ImageRgba16(rgba), [0x12, 0xFF, 0x00]),
+            (DynamicImage::ImageLuma16(grey), [0x12; 3]),
+            (DynamicImage::ImageLumaA16(grey_a), [0xFF; 3]),
+        ];
+        for (img, want) in cases {
+            assert_eq!(to_rgb8(img.clone()).as_raw(), &want, "{:?}", img.color());
+        }
+        let rounded =
+            DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(1, 1, vec![a, b, c]).unwrap());
+        assert_eq!(
+            rounded.to_rgb8().as_raw()[0],
+            0x13,
+            "image's own rounding differs"
+        );
     }
 
     #[test]
