@@ -121,7 +121,7 @@ def large_samples(out_dir):
 def format_samples(out_dir):
     """Photos as WebP, as Pillow (libwebp) writes them: lossy, lossy with an alpha
     channel, lossless; as GIF: plain, with a transparent colour, animated; as a CMYK
-    JPEG; and as PNGs of 16 bits a channel, RGB and RGBA."""
+    JPEG; and as PNGs of 16 bits a channel (RGB, RGBA) and of 1 and 4 bits."""
     import skimage.data
     src = os.path.dirname(skimage.data.__file__)
     os.makedirs(out_dir, exist_ok=True)
@@ -149,9 +149,15 @@ def format_samples(out_dir):
                                                                             len(img.mode)), dtype=np.uint16)
         bgr = v[:, :, [2, 1, 0, 3][:v.shape[2]]]
         cv2.imwrite(os.path.join(out_dir, name), bgr)
+    # PNGs of fewer than 8 bits a value: 1-bit black and white, a 4-bit palette with a
+    # transparent colour.
+    c.convert("1").save(os.path.join(out_dir, "chelsea_1bit.png"))
+    c.quantize(16).save(os.path.join(out_dir, "chelsea_4bit_palette.png"), bits=4,
+                        transparency=0)
     written = ["chelsea.webp", "astronaut_alpha.webp", "coffee_lossless.webp",
                "chelsea.gif", "chelsea_transparent.gif", "chelsea_animated.gif",
-               "chelsea_cmyk.jpg", "coffee_16bit.png", "astronaut_16bit_alpha.png"]
+               "chelsea_cmyk.jpg", "coffee_16bit.png", "astronaut_16bit_alpha.png",
+               "chelsea_1bit.png", "chelsea_4bit_palette.png"]
     print(json.dumps({"written": written}))
 
 
