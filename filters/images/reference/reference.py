@@ -120,7 +120,7 @@ def large_samples(out_dir):
 
 def format_samples(out_dir):
     """Photos as WebP, as Pillow (libwebp) writes them: lossy, lossy with an alpha
-    channel, lossless; as GIF: plain, with a transparent colour, animated; as a CMYK
+    channel, lossless, animated (lossy and lossless); as GIF: plain, with a transparent colour, animated; as a CMYK
     JPEG; and as PNGs of 16 bits a channel (RGB, RGBA) and of 1 and 4 bits."""
     import skimage.data
     src = os.path.dirname(skimage.data.__file__)
@@ -154,10 +154,17 @@ def format_samples(out_dir):
     c.convert("1").save(os.path.join(out_dir, "chelsea_1bit.png"))
     c.quantize(16).save(os.path.join(out_dir, "chelsea_4bit_palette.png"), bits=4,
                         transparency=0)
+    # Animated WebPs (their first frame is the image), lossy and lossless.
+    flipped = c.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    c.save(os.path.join(out_dir, "chelsea_animated.webp"), save_all=True, duration=100,
+           append_images=[flipped], quality=80)
+    c.save(os.path.join(out_dir, "chelsea_animated_lossless.webp"), save_all=True,
+           duration=100, append_images=[flipped], lossless=True)
     written = ["chelsea.webp", "astronaut_alpha.webp", "coffee_lossless.webp",
                "chelsea.gif", "chelsea_transparent.gif", "chelsea_animated.gif",
                "chelsea_cmyk.jpg", "coffee_16bit.png", "astronaut_16bit_alpha.png",
-               "chelsea_1bit.png", "chelsea_4bit_palette.png"]
+               "chelsea_1bit.png", "chelsea_4bit_palette.png", "chelsea_animated.webp",
+               "chelsea_animated_lossless.webp"]
     print(json.dumps({"written": written}))
 
 
