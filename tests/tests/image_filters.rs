@@ -686,6 +686,26 @@ async fn refused_at_start(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// What filter process `f` answers to `Apply` with the file at `path`.
+async fn apply_file(
+    f: &FilterProcess,
+    path: &std::path::Path,
+    content_type: &str,
+) -> fproto::ApplyResponse {
+    let mut client = FilterClient::connect(f.url.clone()).await.unwrap();
+    client
+        .apply(fproto::ApplyRequest {
+            content: Some(fproto::Content {
+                content_type: content_type.into(),
+                payload: Some(image_payload(std::fs::read(path).unwrap())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// What a filter process answers to `Describe`.
 async fn describe(f: &FilterProcess) -> fproto::FilterDescriptor {
     FilterClient::connect(f.url.clone())
@@ -951,21 +971,8 @@ async fn bench_images_scores_prints_each_images_answer() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
-    let mut client = FilterClient::connect(f.url.clone()).await.unwrap();
     for ((name, content_type), line) in files.iter().zip(&lines) {
-        let got = client
-            .apply(fproto::ApplyRequest {
-                content: Some(fproto::Content {
-                    content_type: (*content_type).into(),
-                    payload: Some(image_payload(
-                        std::fs::read(photos.path().join(name)).unwrap(),
-                    )),
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let got = apply_file(&f, &photos.path().join(name), content_type).await;
         assert!(line["image"].as_str().unwrap().ends_with(name), "{line}");
         assert_eq!(line["score"].as_f64(), Some(got.score), "{line}");
         assert_eq!(line["labels"].as_object().unwrap().len(), got.labels.len());
@@ -1034,21 +1041,11 @@ async fn onnxruntime_gpu_without_a_gpu_says_what_is_missing_and_serves_on_the_cp
     ] {
         let mut scores = Vec::new();
         for f in [&fallen, &cpu] {
-            let mut client = FilterClient::connect(f.url.clone()).await.unwrap();
-            let got = client
-                .apply(fproto::ApplyRequest {
-                    content: Some(fproto::Content {
-                        content_type: content_type.into(),
-                        payload: Some(image_payload(
-                            std::fs::read(photos.path().join(name)).unwrap(),
-                        )),
-                    }),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            scores.push(got.score);
+            scores.push(
+                apply_file(f, &photos.path().join(name), content_type)
+                    .await
+                    .score,
+            );
         }
         assert!(
             (scores[0] - scores[1]).abs() < 1e-6,
