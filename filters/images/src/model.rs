@@ -517,6 +517,10 @@ fn each_session<S: Send>(
 #[cfg(test)]
 mod tests {
     use super::{each_session, sizes_up_to};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
 
     #[test]
     fn the_warm_up_runs_each_size_a_batch_runs_at() {
@@ -526,10 +530,6 @@ mod tests {
         assert_eq!(sizes_up_to(&[1, 2, 4, 8], 6), [1, 2, 4, 6]);
         assert_eq!(sizes_up_to(&[1], 1), [1]);
     }
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::{Duration, Instant};
 
     /// Runs sessions in `lanes`, each staying at least 50 ms and until one of each lane
     /// has started (up to 20 s): the most that ran at once in all, and in one lane.
