@@ -644,8 +644,7 @@ pub(crate) mod tests {
     /// 0x12, where `to_rgb8`'s rounding of 0x12FF / 257 gives 0x13.
     #[test]
     fn sixteen_bit_layouts_keep_the_high_byte() {
-        let v = |a: u16, b: u16, c: u16| [a, b, c];
-        let [a, b, c] = v(0x12FF, 0xFF80, 0x0080);
+        let [a, b, c]: [u16; 3] = [0x12FF, 0xFF80, 0x0080];
         let rgb = image::ImageBuffer::from_raw(1, 1, vec![a, b, c]).unwrap();
         let rgba = image::ImageBuffer::from_raw(1, 1, vec![a, b, c, 0x0101]).unwrap();
         let grey = image::ImageBuffer::from_raw(1, 1, vec![a]).unwrap();
